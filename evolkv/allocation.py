@@ -1,0 +1,105 @@
+"""Turn a config's budgets into integer token counts per layer and KV head for one context.
+
+Both the evaluator and the runtime call ``plan_tokens``, so a config keeps exactly the same tokens in
+search and in serving.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evolkv.config import KVConfig, ModelSpec
+
+
+def waterfill(total: float, weights: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
+    """Split ``total`` proportionally to ``weights`` without exceeding ``caps``; overflow goes to the rest.
+
+    weights, caps: [N] float. Returns [N] float summing to ``min(total, caps.sum())``.
+    """
+    alloc = torch.zeros_like(weights)
+    free = torch.ones_like(weights, dtype=torch.bool)
+    remaining = min(float(total), float(caps.sum()))
+    for _ in range(weights.numel() + 1):
+        w = torch.where(free, weights, torch.zeros_like(weights))
+        if remaining <= 1e-9 or float(w.sum()) <= 0:
+            if remaining > 1e-9:  # zero-weight entries take what is left, evenly
+                room = (caps - alloc).clamp(min=0)
+                alloc += room * (remaining / float(room.sum()))
+            break
+        share = w / w.sum() * remaining
+        over = free & (alloc + share >= caps)
+        if not bool(over.any()):
+            alloc += share
+            break
+        remaining -= float((caps - alloc)[over].sum())
+        alloc[over] = caps[over]
+        free &= ~over
+    return alloc
+
+
+def round_to_total(values: torch.Tensor, total: int, caps: torch.Tensor) -> torch.Tensor:
+    """Largest-remainder rounding of ``values`` (float, any shape) to integers summing to ``total``."""
+    flat, cap = values.flatten(), caps.flatten()
+    base = flat.floor().clamp(max=cap)
+    short = int(total - base.sum().item())
+    if short > 0:
+        remainder = torch.where(base < cap, flat - base, torch.full_like(flat, -1.0))
+        order = torch.argsort(remainder, descending=True, stable=True)[:short]
+        base[order] += 1
+    return base.long().view_as(values)
+
+
+def plan_tokens(cfg: KVConfig, context_len: int, capacity: list[int]) -> torch.Tensor:
+    """Tokens kept per layer and KV head, [L, H] long.
+
+    ``capacity[l]`` is how many tokens layer ``l`` can usefully keep (the context, or the sliding window).
+    The sum over all layers and heads equals the config's demand, rounded, whenever capacity allows.
+    """
+    num_heads = cfg.model.num_kv_heads
+    demand = torch.zeros(cfg.model.num_layers, num_heads, dtype=torch.float64)
+    for i, layer in enumerate(cfg.layers):
+        per_head = layer.budget * context_len if cfg.budget.kind == "fraction" else layer.budget
+        shares = torch.tensor(layer.heads or [1.0 / num_heads] * num_heads, dtype=torch.float64)
+        demand[i] = per_head * num_heads * shares
+    caps = torch.tensor(capacity, dtype=torch.float64)[:, None].expand_as(demand).clone()
+    alloc = waterfill(float(demand.sum()), demand.flatten(), caps.flatten()).view_as(demand)
+    return round_to_total(alloc, round(float(alloc.sum())), caps)
+
+
+def adaptive_split(sorted_scores: torch.Tensor, total: torch.Tensor, cap: int, floor: float = 0.2) -> torch.Tensor:
+    """AdaKV: split a layer's ``total`` tokens among heads by the best scores across heads.
+
+    sorted_scores: [B, H, T] scores in each head's ranking order (descending; window tokens +inf, tokens
+    that cannot be kept -inf). total: [B] long. Each head first gets ``floor * total / H`` (the AdaKV
+    safeguard), the rest go to the highest remaining scores of any head. Returns [B, H] long.
+    """
+    batch, heads, length = sorted_scores.shape
+    cap = min(cap, length)
+    base = (floor * total.double() / heads).floor().long().clamp(max=cap)[:, None].expand(batch, heads).clone()
+    counts = base.clone()
+    for b in range(batch):
+        rest = int(total[b]) - int(base[b].sum())
+        if rest <= 0:
+            continue
+        positions = torch.arange(length, device=sorted_scores.device)
+        eligible = (positions[None, :] >= base[b][:, None]) & (positions[None, :] < cap)  # [H, T]
+        pool = torch.where(eligible, sorted_scores[b].double(), torch.full_like(sorted_scores[b], float("-inf"),
+                                                                                 dtype=torch.float64))
+        chosen = torch.topk(pool.flatten(), min(rest, int(eligible.sum()))).indices // length
+        counts[b] += torch.bincount(chosen, minlength=heads).to(counts.dtype)
+    return counts
+
+
+def layer_capacity(spec: ModelSpec, layer: int, context_len: int) -> int:
+    """Tokens of a ``context_len`` prefill that layer ``layer`` can still attend to when decoding."""
+    if spec.is_sliding(layer):
+        return min(context_len, spec.sliding_window - 1)
+    return context_len
+
+
+def kv_bytes(cfg: KVConfig, context_len: int) -> int:
+    """Bytes of the compressed cache of one sequence after prefill (keys and values, all layers)."""
+    spec = cfg.model
+    plan = plan_tokens(cfg, context_len, [layer_capacity(spec, i, context_len) for i in range(spec.num_layers)])
+    per_layer_bits = torch.tensor([layer.k_bits + layer.v_bits for layer in cfg.layers], dtype=torch.float64)
+    return int((plan.sum(dim=1).double() * per_layer_bits).sum() * spec.head_dim / 8)

@@ -1,0 +1,346 @@
+"""``evolkv``: search, store, look up and apply KV-cache compression configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from evolkv.errors import EvolKVError
+
+class _Group(typer.core.TyperGroup):
+    """Turns evolkv's errors into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EvolKVError as e:
+            Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Group, help="Search how to spend a KV-cache memory budget across an LLM's layers and heads, "
+                       "store every run, and export the winner for inference.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+runs_app = typer.Typer(cls=_Group, help="Browse the search history.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+console = Console()
+err = Console(stderr=True)
+
+DB = typer.Option(None, "--db", help="Database URL or SQLite path [default: $EVOLKV_DB or ~/.evolkv/evolkv.db].")
+JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+def _store(db: Optional[str]):
+    from evolkv.store.store import Store
+
+    return Store(db)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+class _RichReporter:
+    """Draws a search's stages and generations as rich progress bars."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.task, self.gen_task = progress, None, None
+
+    def stage(self, text: str, total: int | None = None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(text, total=total, best="")
+
+    def advance(self, amount: int = 1) -> None:
+        self.progress.advance(self.task, amount)
+
+    def generation(self, gen: int, total: int, best: float, rate: float) -> None:
+        if self.gen_task is None:
+            if self.task is not None:
+                self.progress.update(self.task, visible=False)
+            self.gen_task = self.progress.add_task("search", total=total, best="")
+        self.progress.update(self.gen_task, completed=gen,
+                             best=f"best KL {best:.4f}  {rate:.2f} evals/s")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[best]}"), console=err, transient=False)
+
+
+def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool) -> None:
+    from evolkv.config import Budget
+    from evolkv.executors import make_executor
+    from evolkv.search.loop import run_search
+
+    Budget.parse(settings.budget)  # fail on a bad budget before loading anything
+    store = _store(db)
+    _quiet_transformers()
+    with _progress() as progress:
+        reporter = _RichReporter(progress)
+        reporter.stage(f"load {settings.model or 'default model'}")
+        loaded, executor = make_executor(settings)
+        try:
+            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
+        except KeyboardInterrupt:
+            latest = store.runs(1)
+            if latest and latest[0]["status"] == "running":
+                store.update_run(latest[0]["id"], status="interrupted")
+                err.print(f"interrupted: resume with `evolkv resume {latest[0]['id']}`")
+            raise typer.Exit(130)
+    _print_detail(detail, as_json)
+
+
+@app.command()
+def search(
+    budget: str = typer.Option(..., "--budget", "-b", help="Memory budget: '10%' of the context's KV entries, "
+                               "or '128' tokens per KV head (average over layers and heads)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from configs/models.yaml, local "
+                                        "directory or HF id in the local cache [default: embedded Gemma 3 270M]."),
+    generations: int = typer.Option(6, min=1, help="Generations of the optimiser."),
+    population: int = typer.Option(8, min=2, help="Candidates per generation."),
+    optimizer: str = typer.Option("cmaes", help="cmaes | ga | de | optuna-tpe | optuna-cmaes."),
+    tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
+                              "vartrack, or paths to .jsonl files with context/question/answers."),
+    samples: int = typer.Option(4, min=1, help="Samples per task in each split (search and held-out)."),
+    length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
+    per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads."),
+    groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn."),
+    scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming."),
+    query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
+                                     "(SnapKV) or after the context alone (question asked later)."),
+    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming", help="Baselines evaluated alongside."),
+    seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
+    batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    db: Optional[str] = DB,
+    as_json: bool = JSON,
+) -> None:
+    """Search per-layer (and per-head) token budgets that keep the model's answers closest to full cache."""
+    from evolkv.search.loop import SearchSettings
+
+    settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
+                              population=population, seed=seed, tasks=_split(tasks), samples=samples,
+                              length=length, per_head=per_head, groups=groups, scorer=scorer,
+                              query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
+                              device=device)
+    _validate(settings)
+    _run_and_report(settings, None, db, as_json)
+
+
+@app.command()
+def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
+           as_json: bool = JSON) -> None:
+    """Finish an interrupted search: finished generations are read back from the store, not re-evaluated."""
+    from evolkv.search.loop import SearchSettings
+
+    run = _store(db).run(run_id)
+    if run.status == "finished":
+        raise EvolKVError(f"run {run.id} is already finished")
+    known = {f.name for f in fields(SearchSettings)}
+    settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
+    _run_and_report(settings, run.id, db, as_json)
+
+
+@runs_app.command("list")
+def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."), db: Optional[str] = DB,
+              as_json: bool = JSON) -> None:
+    """The search history: id, model, mode, budget, optimizer, status, best objective, date."""
+    rows = _store(db).runs(limit)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "model", "mode", "budget", "optimizer", "status", "gens", "best KL", "created")
+    for r in rows:
+        table.add_row(r["id"], r["model"], r["mode"], r["budget"], r["optimizer"], r["status"],
+                      str(r["generations_done"]), _fmt(r["best_objective"]), r["created_at"])
+    console.print(table if rows else "no runs yet: start one with `evolkv search --budget 10%`")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
+              as_json: bool = JSON) -> None:
+    """Per-generation progress, and the winner against every baseline on search and held-out splits."""
+    _print_detail(_store(db).detail(run_id), as_json)
+
+
+def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(detail, indent=2))
+        return
+    console.print(f"[bold]run {detail['id']}[/bold]  {detail['model']}  budget {detail['budget']}  "
+                  f"{detail['optimizer']}  status {detail['status']}")
+    progress = Table("gen", "evaluated", "failed", "best", "mean", "best so far", title="generations")
+    for g in detail["generations"]:
+        progress.add_row(str(g["generation"] + 1), str(g["evaluated"]), str(g["failed"]), _fmt(g["best"]),
+                         _fmt(g["mean"]), _fmt(g["best_so_far"]))
+    console.print(progress)
+    results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM", "held-out NLL",
+                    title="winner vs baselines (KL to the full cache: lower is better)")
+    for label, splits in sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner"):
+        get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
+        results.add_row(label.removeprefix("baseline:"), _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
+                        _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")))
+    console.print(results)
+
+
+@app.command()
+def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+           out: Optional[str] = typer.Option(None, "--out", "-o", help="File to write [default: stdout]."),
+           db: Optional[str] = DB) -> None:
+    """Write a run's winning config as versioned JSON (schema evolkv.kvconfig/1)."""
+    found = _store(db).winner(run_id)
+    if found is None:
+        raise EvolKVError(f"run {run_id} has no winner yet (unfinished or failed)")
+    _emit(found[1], out)
+
+
+@app.command()
+def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budget you can afford."),
+           model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as searched."),
+           out: Optional[str] = typer.Option(None, "--out", "-o", help="Also write the config to this file."),
+           db: Optional[str] = DB, as_json: bool = JSON) -> None:
+    """Best stored config for a model at or under a budget, without running anything."""
+    from evolkv.config import Budget
+    from evolkv.models import default_model
+
+    wanted = Budget.parse(budget)
+    name = model or default_model()
+    found = _store(db).lookup(name, wanted)
+    if found is None:
+        raise EvolKVError(f"no stored winner for {name} at or under {wanted}; run `evolkv search` first")
+    cfg, info = found
+    if out:
+        cfg.save(out)
+    if as_json:
+        print(json.dumps({**info, "config": cfg.to_dict()}, indent=2))
+    else:
+        console.print(f"run {info['run_id']}  budget {info['budget']}  search KL {_fmt(info['search_objective'])}"
+                      f"  held-out KL {_fmt(info['heldout_objective'])}" + (f"  -> {out}" if out else ""))
+
+
+@app.command("eval")
+def evaluate(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Config JSON to score."),
+    baseline: Optional[str] = typer.Option(None, help="Or a baseline: full | uniform | pyramid | adakv | streaming."),
+    budget: str = typer.Option("10%", "--budget", "-b", help="Budget of the baseline."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
+    tasks: str = typer.Option("passkey,multikey", help="Comma-separated tasks or .jsonl files."),
+    samples: int = typer.Option(10, min=1, help="Samples per task."),
+    length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
+    split: str = typer.Option("heldout", help="search | heldout."),
+    seed: int = typer.Option(0, help="Seed of the synthetic tasks."),
+    query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    as_json: bool = JSON,
+) -> None:
+    """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
+    from evolkv.config import Budget, KVConfig, ScorerSpec
+    from evolkv.executors import make_executor
+    from evolkv.search.baselines import baseline as make_baseline
+    from evolkv.search.loop import SearchSettings
+
+    if (config is None) == (baseline is None):
+        raise EvolKVError("give exactly one of --config FILE or --baseline NAME")
+    cfg = KVConfig.load(config) if config else None
+    settings = SearchSettings(model=model, tasks=_split(tasks), samples=samples, length=length, seed=seed,
+                              query_aware=query_aware, device=device,
+                              scorer=cfg.scorer.name if cfg else "snapkv",
+                              window=cfg.scorer.window if cfg else 8)
+    _validate(settings)
+    if split not in ("search", "heldout"):
+        raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
+    wanted = Budget.parse(budget)
+    _quiet_transformers()
+    with _progress() as progress:
+        reporter = _RichReporter(progress)
+        reporter.stage(f"load {model or 'default model'}")
+        loaded, executor = make_executor(settings)
+        if cfg is None:
+            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec())
+        cfg.check_fits(loaded.spec)
+        reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
+        executor.prepare(split, progress=reporter.advance)
+        reporter.stage("score")
+        score = executor.evaluate([cfg], split)[0]
+        accuracy = executor.exact_match([cfg], split)[0]
+    result = {"config": cfg.label, "budget": str(cfg.budget), "split": split, "samples": len(executor.samples[split]),
+              "status": score.status, "reason": score.reason, "kl": score.objective, **score.metrics, **accuracy}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("metric", "value", title=f"{cfg.label} at {cfg.budget} on {result['samples']} {split} samples")
+    for key, value in result.items():
+        if key not in ("config", "budget", "split", "samples", "reason") or value:
+            table.add_row(key, _fmt(value, 4))
+    console.print(table)
+
+
+@app.command()
+def models() -> None:
+    """Model aliases from configs/models.yaml (none is downloaded: each must be local)."""
+    from evolkv.models import _aliases
+
+    data = _aliases()
+    table = Table("alias", "source", title=f"default: {data.get('default')}")
+    for name, entry in data.get("aliases", {}).items():
+        table.add_row(name, entry.get("package") and f"package {entry['package']}" or entry.get("path")
+                      or entry.get("hf_id"))
+    console.print(table)
+
+
+def _emit(cfg, out: Optional[str]) -> None:
+    if out:
+        cfg.save(out)
+        err.print(f"wrote {out}")
+    else:
+        print(cfg.to_json())
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _validate(settings) -> None:
+    from evolkv.config import Budget
+    from evolkv.evaluators.scorers import SCORERS
+    from evolkv.evaluators.tasks import TASKS
+    from evolkv.search.baselines import BASELINES
+    from evolkv.search.optimizers import OPTIMIZERS
+
+    Budget.parse(settings.budget)
+    for task in settings.tasks:
+        if task not in TASKS and not task.endswith(".jsonl"):
+            raise EvolKVError(f"unknown task {task!r}; known: {', '.join(TASKS)} or a .jsonl file")
+    if not settings.tasks:
+        raise EvolKVError("give at least one task")
+    if settings.optimizer not in OPTIMIZERS:
+        raise EvolKVError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if settings.scorer not in SCORERS:
+        raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
+    for name in settings.baselines:
+        if name not in BASELINES:
+            raise EvolKVError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,286 @@
+"""The genome: a frozen, validated KV-cache compression config and its JSON form.
+
+A config says, for one model architecture, how many tokens each layer and each KV head keeps after prefill
+and at which key/value precision it stores them. JSON form (the export format)::
+
+    {"schema": "evolkv.kvconfig/1",
+     "model": {"name": ..., "num_layers": 18, "num_kv_heads": 1, "head_dim": 256, "fingerprint": ...},
+     "budget": "10%",
+     "scorer": {"name": "snapkv", "window": 8, "kernel": 5},
+     "layers": [{"budget": 0.12, "heads": [1.0], "k_bits": 16, "v_bits": 16, "group_size": 32, "residual": 0}],
+     "provenance": {...}}
+
+A layer's ``budget`` is in the unit of the config's budget: a fraction of the context (``"10%"``) or tokens
+per KV head (``"128"``). Its ``heads`` split that layer's tokens among KV heads (shares summing to 1), or is
+``null`` for the AdaKV rule (heads share the layer's tokens by score, per sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from evolkv.errors import BudgetError, ConfigError
+
+SCHEMA = "evolkv.kvconfig/1"
+ALLOWED_BITS = (16, 8, 4, 2)
+ALLOWED_GROUPS = (32, 64, 128)
+
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A KV memory budget: a fraction of the context's entries, or tokens per KV head."""
+
+    kind: Literal["fraction", "tokens"]
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind == "fraction" and not 0.0 < self.value <= 1.0:
+            raise BudgetError(f"budget {self.value:.4g} of the context is outside (0%, 100%]")
+        if self.kind == "tokens" and (self.value < 1 or self.value != int(self.value)):
+            raise BudgetError(f"budget of {self.value:g} tokens must be a whole number >= 1")
+        if self.kind not in ("fraction", "tokens"):
+            raise BudgetError(f"budget kind must be 'fraction' or 'tokens', not {self.kind!r}")
+
+    @classmethod
+    def parse(cls, text: str | float | int) -> Budget:
+        """``"1.5%"`` -> 1.5% of the context; ``"128"`` -> 128 tokens per head."""
+        match = _BUDGET_RE.match(str(text))
+        if not match:
+            raise BudgetError(f"budget {text!r} is neither a percentage like '10%' nor a token count like '128'")
+        number, percent = float(match.group(1)), match.group(2)
+        if percent:
+            if number <= 0 or number > 100:
+                raise BudgetError(f"budget {text!r} must be in (0%, 100%]")
+            return cls("fraction", number / 100.0)
+        if number <= 0:
+            raise BudgetError(f"budget {text!r} must be at least 1 token per head")
+        if number != int(number):
+            raise BudgetError(f"budget {text!r}: a token count is a whole number (write '{number:g}%' for a share)")
+        return cls("tokens", number)
+
+    def per_head_tokens(self, context_len: int) -> float:
+        """Average tokens each KV head keeps for a context of ``context_len`` tokens."""
+        if self.kind == "fraction":
+            return self.value * context_len
+        return min(self.value, float(context_len))
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.kind == "fraction" else f"{int(self.value)}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a config must agree with: the attention geometry of the model it was searched on."""
+
+    name: str
+    model_type: str
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    layer_types: tuple[str, ...]
+    sliding_window: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if len(self.layer_types) != self.num_layers:
+            raise ConfigError(f"model spec lists {len(self.layer_types)} layer types for {self.num_layers} layers")
+        if self.num_q_heads % self.num_kv_heads:
+            raise ConfigError(f"{self.num_q_heads} query heads do not group over {self.num_kv_heads} KV heads")
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the geometry (not the name): equal for every checkpoint of one architecture."""
+        geometry = [self.model_type, self.num_layers, self.num_q_heads, self.num_kv_heads, self.head_dim,
+                    list(self.layer_types), self.sliding_window]
+        return hashlib.sha256(json.dumps(geometry).encode()).hexdigest()[:16]
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.sliding_window is not None and self.layer_types[layer] == "sliding_attention"
+
+    def describe(self) -> str:
+        return (f"{self.num_layers} layers, {self.num_kv_heads} KV heads, head_dim {self.head_dim}, "
+                f"{self.model_type}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "layer_types": list(self.layer_types), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        fingerprint = data.pop("fingerprint", None)
+        spec = cls(**data)
+        if fingerprint is not None and fingerprint != spec.fingerprint:
+            raise ConfigError("model fingerprint does not match the model fields (config edited by hand?)")
+        return spec
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """How tokens are ranked at the end of prefill (see ``evolkv.evaluators.scorers``)."""
+
+    name: str = "snapkv"
+    window: int = 8
+    kernel: int = 5
+
+    def __post_init__(self) -> None:
+        from evolkv.evaluators.scorers import SCORERS
+
+        if self.name not in SCORERS:
+            raise ConfigError(f"unknown scorer {self.name!r}; known: {', '.join(sorted(SCORERS))}")
+        if self.window < 1 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ConfigError("scorer window must be >= 1 and kernel an odd number >= 1")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer's share of the budget, its KV-head split and its storage precision."""
+
+    budget: float
+    heads: tuple[float, ...] | None = None
+    k_bits: int = 16
+    v_bits: int = 16
+    group_size: int = 32
+    residual: int = 0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.budget) or self.budget < 0:
+            raise ConfigError(f"layer budget must be a finite number >= 0, got {self.budget!r}")
+        if self.heads is not None:
+            heads = tuple(float(h) for h in self.heads)
+            object.__setattr__(self, "heads", heads)
+            if any(h < 0 or not math.isfinite(h) for h in heads) or abs(sum(heads) - 1.0) > 1e-6:
+                raise ConfigError(f"head shares must be >= 0 and sum to 1, got {list(heads)}")
+        for name in ("k_bits", "v_bits"):
+            if getattr(self, name) not in ALLOWED_BITS:
+                raise ConfigError(f"{name}={getattr(self, name)} is not one of {ALLOWED_BITS}")
+        if self.group_size not in ALLOWED_GROUPS:
+            raise ConfigError(f"group_size={self.group_size} is not one of {ALLOWED_GROUPS}")
+        if self.residual < 0:
+            raise ConfigError(f"residual window must be >= 0, got {self.residual}")
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """A full compression config for one model: the unit the search optimises, stores and exports."""
+
+    model: ModelSpec
+    budget: Budget
+    scorer: ScorerSpec
+    layers: tuple[LayerSpec, ...]
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if len(self.layers) != self.model.num_layers:
+            raise ConfigError(f"config has {len(self.layers)} layers but the model spec has {self.model.num_layers}")
+        for i, layer in enumerate(self.layers):
+            if layer.heads is not None and len(layer.heads) != self.model.num_kv_heads:
+                raise ConfigError(f"layer {i} splits over {len(layer.heads)} heads, the model has "
+                                  f"{self.model.num_kv_heads} KV heads")
+            if self.budget.kind == "fraction" and layer.budget > 1.0 + 1e-9:
+                raise ConfigError(f"layer {i} keeps {layer.budget:.3g} of the context (more than all of it)")
+
+    @property
+    def mean_budget(self) -> float:
+        """Average layer budget, in the config budget's unit."""
+        return sum(layer.budget for layer in self.layers) / len(self.layers)
+
+    @property
+    def label(self) -> str:
+        return str(self.provenance.get("label", "config"))
+
+    def check_fits(self, spec: ModelSpec) -> None:
+        """Raise ``ConfigError`` naming the difference if this config was made for another architecture."""
+        mine = self.model
+        if mine.fingerprint == spec.fingerprint:
+            return
+        for attr in ("num_layers", "num_kv_heads", "num_q_heads", "head_dim", "model_type", "sliding_window",
+                     "layer_types"):
+            if getattr(mine, attr) != getattr(spec, attr):
+                raise ConfigError(f"config is for {mine.name} ({attr}={getattr(mine, attr)}) but the model "
+                                  f"{spec.name} has {attr}={getattr(spec, attr)}")
+        raise ConfigError(f"config fingerprint {mine.fingerprint} does not match model {spec.name}")
+
+    def with_provenance(self, **items: Any) -> KVConfig:
+        return replace(self, provenance={**self.provenance, **items})
+
+    # -- JSON ---------------------------------------------------------------------------------------------
+    def to_dict(self, provenance: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schema": SCHEMA,
+            "model": self.model.to_dict(),
+            "budget": str(self.budget),
+            "scorer": asdict(self.scorer),
+            "layers": [{**asdict(layer), "heads": None if layer.heads is None else list(layer.heads)}
+                       for layer in self.layers],
+        }
+        if provenance:
+            data["provenance"] = self.provenance
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def hash(self) -> str:
+        """Content hash over everything but provenance (candidates are deduplicated by it)."""
+        canonical = self.to_dict(provenance=False)
+        canonical["layers"] = [{**layer, "budget": round(layer["budget"], 9),
+                                "heads": None if layer["heads"] is None else [round(h, 9) for h in layer["heads"]]}
+                               for layer in canonical["layers"]]
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:24]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> KVConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("config JSON must be an object")
+        if data.get("schema") != SCHEMA:
+            raise ConfigError(f"config schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        try:
+            layers = tuple(LayerSpec(**{**layer, "heads": None if layer.get("heads") is None
+                                        else tuple(layer["heads"])}) for layer in data["layers"])
+            return cls(model=ModelSpec.from_dict(data["model"]), budget=Budget.parse(data["budget"]),
+                       scorer=ScorerSpec(**data.get("scorer", {})), layers=layers,
+                       provenance=dict(data.get("provenance") or {}))
+        except KeyError as e:
+            raise ConfigError(f"config JSON lacks the field {e.args[0]!r}") from e
+        except TypeError as e:
+            raise ConfigError(f"config JSON has a malformed field: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> KVConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KVConfig:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        return cls.from_json(text)
+
+    def save(self, path: str | Path) -> None:
+        try:
+            Path(path).write_text(self.to_json() + "\n")
+        except OSError as e:
+            raise ConfigError(f"cannot write config {path}: {e.strerror}") from e
+
+
+def uniform_config(model: ModelSpec, budget: Budget, scorer: ScorerSpec | None = None,
+                   **layer_fields: Any) -> KVConfig:
+    """Every layer keeps the target budget, split evenly over KV heads."""
+    heads = tuple([1.0 / model.num_kv_heads] * model.num_kv_heads)
+    layer = LayerSpec(budget=budget.value, heads=heads, **layer_fields)
+    return KVConfig(model, budget, scorer or ScorerSpec(), tuple([layer] * model.num_layers))

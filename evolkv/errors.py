@@ -1,0 +1,25 @@
+"""One exception root for everything a user can get wrong, and a few children."""
+
+
+class EvolKVError(Exception):
+    """Root of evolkv's errors: the CLI prints its message as one line and exits non-zero."""
+
+
+class ConfigError(EvolKVError):
+    """A compression config is malformed, invalid, or does not fit the model."""
+
+
+class BudgetError(ConfigError):
+    """A memory budget cannot be parsed or is out of range."""
+
+
+class ModelError(EvolKVError):
+    """A model cannot be resolved or loaded locally."""
+
+
+class TaskError(EvolKVError):
+    """A task name or task file is invalid."""
+
+
+class StoreError(EvolKVError):
+    """The database cannot be opened or written, or a record is missing."""

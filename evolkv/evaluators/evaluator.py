@@ -1,0 +1,249 @@
+"""Prefill once, score many.
+
+Compression happens at the end of prefill, so the prefill of a sample is the same for every candidate.
+``prepare`` runs it once per sample and keeps each layer's keys, values and each scorer's ranking per KV
+head. ``score`` then builds, for a batch of candidates, their compressed caches by gathering a prefix of
+the ranking per head, and runs one batched forward of the continuation tokens over them:
+
+    objective = mean over answer tokens of KL(full-cache distribution || candidate distribution)
+
+The caches and the attention are those of ``evolkv.runtime``, so a candidate scores exactly what
+``model.generate`` produces with the same config applied.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from evolkv import kernels
+from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
+from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
+from evolkv.evaluators.scorers import SCORERS, rank
+from evolkv.evaluators.tasks import Sample
+from evolkv.runtime import CompressedCache, PrefillPolicy, attach
+
+
+@dataclass
+class Prepared:
+    """One prefilled sample: everything a candidate's score needs, computed once."""
+
+    sample: Sample
+    length: int  # T, tokens prefilled
+    keys: list[torch.Tensor]  # per layer [1, H_kv, T, D]
+    values: list[torch.Tensor]
+    orders: dict[str, list[torch.Tensor]]  # scorer -> per layer [1, H_kv, T]
+    sorted_scores: dict[str, list[torch.Tensor]]
+    feed: torch.Tensor  # [F] continuation tokens fed over the compressed cache
+    targets: torch.Tensor  # [A] tokens predicted by the last A positions of the feed
+    answer_tokens: int  # greedy tokens to decode for exact match
+    first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
+    ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
+
+
+@dataclass
+class Score:
+    """What one candidate achieved on a set of samples (lower objective is better)."""
+
+    objective: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"
+    reason: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class _Capture(PrefillPolicy):
+    """Keep the full prefill, and record each scorer's ranking per layer and head."""
+
+    def __init__(self, spec: ModelSpec, scorers: dict[str, ScorerSpec]) -> None:
+        self.spec = spec
+        self.scorers = {name: SCORERS[s.name](window=s.window, kernel=s.kernel) for name, s in scorers.items()}
+        self.orders: dict[str, list] = {name: [None] * spec.num_layers for name in scorers}
+        self.sorted: dict[str, list] = {name: [None] * spec.num_layers for name in scorers}
+
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
+        keys = cache.layers[layer_idx].keys
+        length = keys.shape[2]
+        first_valid = length - layer_capacity(self.spec, layer_idx, length)
+        for name, scorer in self.scorers.items():
+            window = min(scorer.window, query.shape[2])
+            order, sorted_scores = rank(scorer.score(query[:, :, -window:], keys, scaling), window, first_valid)
+            self.orders[name][layer_idx], self.sorted[name][layer_idx] = order, sorted_scores
+
+
+def scorer_key(spec: ScorerSpec) -> str:
+    return f"{spec.name}:{spec.window}:{spec.kernel}"
+
+
+class Evaluator:
+    """Scores compression configs of one model on prefilled samples."""
+
+    def __init__(self, model, tokenizer, spec: ModelSpec, scorers: Sequence[ScorerSpec] = (ScorerSpec(),),
+                 query_aware: bool = False, batch_size: int = 8) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.scorers = {scorer_key(s): s for s in scorers}
+        self.query_aware = query_aware
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.full = uniform_config(spec, Budget("fraction", 1.0))
+
+    # -- prefill once ---------------------------------------------------------------------------------------
+    def _encode(self, text: str, special: bool) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=special).input_ids, dtype=torch.long)
+
+    @torch.no_grad()
+    def prepare(self, samples: Sequence[Sample], progress: Callable[[], None] | None = None) -> list[Prepared]:
+        prepared = []
+        for sample in samples:
+            prepared.append(self._prepare_one(sample))
+            if progress:
+                progress()
+        return prepared
+
+    def _prepare_one(self, sample: Sample) -> Prepared:
+        context = self._encode(sample.context, special=True)
+        question = self._encode("\n" + sample.question, special=False)
+        answer = self._encode(" " + sample.answer.strip(), special=False)
+        prompt = torch.cat([context, question]) if self.query_aware else context
+        policy = _Capture(self.spec, self.scorers)
+        cache = CompressedCache(self.spec.num_layers, policy)
+        with attach(self.model):
+            out = self.model(prompt[None].to(self.device), past_key_values=cache, logits_to_keep=1)
+        first = int(out.logits[0, -1].argmax()) if self.query_aware else None
+        feed = answer[:-1] if self.query_aware else torch.cat([question, answer[:-1]])
+        targets = answer[1:] if self.query_aware else answer
+        prepared = Prepared(
+            sample=sample, length=prompt.numel(),
+            keys=[layer.keys for layer in cache.layers], values=[layer.values for layer in cache.layers],
+            orders=policy.orders, sorted_scores=policy.sorted, feed=feed.to(self.device),
+            targets=targets.to(self.device), answer_tokens=answer.numel(), first_token=first)
+        if targets.numel():
+            prepared.ref_logprobs = self._logprobs([self.full], prepared)[0]
+        return prepared
+
+    # -- score many -----------------------------------------------------------------------------------------
+    def _counts(self, cfg: KVConfig, prep: Prepared) -> list[torch.Tensor]:
+        """Tokens kept per layer and head for ``cfg`` on ``prep``: per layer [H_kv] long."""
+        caps = [layer_capacity(self.spec, i, prep.length) for i in range(self.spec.num_layers)]
+        plan = plan_tokens(cfg, prep.length, caps)
+        counts = []
+        for i, layer in enumerate(cfg.layers):
+            if layer.heads is None:
+                ranked = prep.sorted_scores[scorer_key(cfg.scorer)][i]
+                counts.append(adaptive_split(ranked, plan[i].sum()[None], caps[i])[0])
+            else:
+                counts.append(plan[i])
+        return counts
+
+    def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
+        cache = CompressedCache(self.spec.num_layers)
+        per_config = [self._counts(cfg, prep) for cfg in configs]
+        for i, layer in enumerate(cache.layers):
+            counts = torch.stack([c[i] for c in per_config]).to(self.device)  # [C, H_kv]
+            orders = torch.cat([prep.orders[scorer_key(cfg.scorer)][i] for cfg in configs])  # [C, H_kv, T]
+            keys, values, pos = kernels.gather_kv(prep.keys[i], prep.values[i], orders, counts)
+            layer.set_entries(keys, values, pos, prep.length)
+        return cache
+
+    @torch.no_grad()
+    def _logprobs(self, configs: Sequence[KVConfig], prep: Prepared) -> torch.Tensor:
+        """Teacher-forced log-probabilities of the targets' positions: [C, A, V]."""
+        cache = self._cache(configs, prep)
+        feed = prep.feed[None].expand(len(configs), -1)
+        with attach(self.model):
+            logits = self.model(feed, past_key_values=cache, logits_to_keep=prep.targets.numel()).logits
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def score(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
+              progress: Callable[[int], None] | None = None) -> list[Score]:
+        """Score every config on every prepared sample; a failing batch is retried one config at a time."""
+        per_config: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
+        failures: dict[int, str] = {}
+        started = time.perf_counter()
+        for prep in prepared:
+            if not prep.targets.numel():
+                continue
+            for chunk in _chunks(list(range(len(configs))), self.batch_size):
+                for index, metrics in self._score_chunk([configs[i] for i in chunk], chunk, prep, failures):
+                    for key, value in metrics.items():
+                        per_config[index][key].append(value)
+                        per_config[index][f"{prep.sample.task}/{key}"].append(value)
+            if progress:
+                progress(len(configs))
+        elapsed = (time.perf_counter() - started) / max(len(configs), 1)
+        scores = []
+        for i in range(len(configs)):
+            if i in failures:
+                scores.append(Score(math.inf, status="failed", reason=failures[i], duration_s=elapsed))
+                continue
+            metrics = {key: sum(v) / len(v) for key, v in per_config[i].items()}
+            scores.append(Score(metrics.get("kl", 0.0), metrics, duration_s=elapsed))
+        return scores
+
+    def _score_chunk(self, configs, indices, prep, failures):
+        live = [(cfg, i) for cfg, i in zip(configs, indices) if i not in failures]
+        if not live:
+            return []
+        try:
+            logprobs = self._logprobs([cfg for cfg, _ in live], prep)  # [C, A, V]
+        except (RuntimeError, ValueError) as e:
+            if len(live) == 1:
+                failures[live[0][1]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                return []
+            return [r for cfg, i in live for r in self._score_chunk([cfg], [i], prep, failures)]
+        ref = prep.ref_logprobs[None]  # [1, A, V]
+        kl = (ref.exp() * (ref - logprobs)).sum(-1).clamp(min=0).mean(-1)  # [C]
+        nll = -logprobs.gather(-1, prep.targets[None, :, None].expand(len(live), -1, 1)).squeeze(-1).mean(-1)
+        agree = (logprobs.argmax(-1) == ref.argmax(-1)).float().mean(-1)
+        results = []
+        for j, (_, i) in enumerate(live):
+            if not torch.isfinite(kl[j]):
+                failures[i] = "non-finite objective (NaN/inf logits)"
+                continue
+            results.append((i, {"kl": float(kl[j]), "nll": float(nll[j]), "top1": float(agree[j])}))
+        return results
+
+    # -- exact match ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]) -> list[dict[str, float]]:
+        """Greedy-decode each sample's answer under each config; accuracy overall and per task."""
+        hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
+        for prep in prepared:
+            for chunk in _chunks(list(range(len(configs))), self.batch_size):
+                texts = self._greedy([configs[i] for i in chunk], prep)
+                for i, text in zip(chunk, texts):
+                    hit = float(text.strip().startswith(prep.sample.answer.strip()))
+                    hits[i]["em"].append(hit)
+                    hits[i][f"{prep.sample.task}/em"].append(hit)
+        return [{key: sum(v) / len(v) for key, v in h.items()} for h in hits]
+
+    def _greedy(self, configs: Sequence[KVConfig], prep: Prepared) -> list[str]:
+        count = len(configs)
+        cache = self._cache(configs, prep)
+        if self.query_aware:
+            pending = torch.full((count, 1), prep.first_token, device=self.device)
+            tokens = [pending]
+        else:
+            question = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)]
+            pending, tokens = question[None].expand(count, -1), []
+        with attach(self.model):
+            while sum(t.shape[1] for t in tokens) < prep.answer_tokens:
+                logits = self.model(pending, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+                pending = logits.argmax(-1, keepdim=True)  # [C, 1]
+                tokens.append(pending)
+        generated = torch.cat(tokens, dim=1)
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,67 @@
+"""Pure-torch references: attention over a compressed, per-head variable-length KV cache, and the gather
+that builds such a cache from a ranking. The Triton kernels are checked against these; on CPU they are the
+path the evaluator and runtime take.
+
+A compressed layer cache is three tensors: keys and values [B, H_kv, L, D] and positions [B, H_kv, L]
+(the token position each entry came from, -1 for an empty slot). Heads may keep different numbers of
+entries; shorter heads are padded with -1 positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attend(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_pos: torch.Tensor,
+    query_pos: torch.Tensor,
+    scaling: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of ``query`` over the entries of a (compressed) cache.
+
+    query: [B, H_q, T_q, D]; keys, values: [B, H_kv, L, D]; key_pos: [B, H_kv, L] long (-1 = empty);
+    query_pos: [T_q] long. An entry is visible to a query when 0 <= key_pos <= query_pos and, for a sliding
+    layer, key_pos > query_pos - sliding_window. Returns (out [B, H_q, T_q, D], lse [B, H_q, T_q] fp32).
+    """
+    batch, num_q, t_q, dim = query.shape
+    num_kv, length = keys.shape[1], keys.shape[2]
+    group = num_q // num_kv
+    q = query.float().view(batch, num_kv, group, t_q, dim)  # [B, H_kv, G, T_q, D]
+    logits = torch.einsum("bhgqd,bhld->bhgql", q, keys.float()) * scaling  # [B, H_kv, G, T_q, L]
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    kp = key_pos[:, :, None, None, :]  # [B, H_kv, 1, 1, L]
+    qp = query_pos.to(key_pos.device)[None, None, None, :, None]  # [1, 1, 1, T_q, 1]
+    hidden = (kp < 0) | (kp > qp)
+    if sliding_window is not None:
+        hidden |= kp <= qp - sliding_window
+    logits = logits.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)  # [B, H_kv, G, T_q]
+    probs = torch.exp(logits - lse[..., None]).nan_to_num(0.0)
+    out = torch.einsum("bhgql,bhld->bhgqd", probs, values.float())
+    return out.reshape(batch, num_q, t_q, dim).to(query.dtype), lse.reshape(batch, num_q, t_q)
+
+
+def gather_kv(
+    keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the first ``counts[b, h]`` entries of each head's ranking.
+
+    keys, values: [B or 1, H_kv, T, D] (position t at index t); order: [B or 1, H_kv, T] long;
+    counts: [B, H_kv] long. Returns keys, values [B, H_kv, L, D] and positions [B, H_kv, L] with
+    L = counts.max(); slots past a head's count hold position -1.
+    """
+    batch, heads = counts.shape
+    length = max(int(counts.max()), 1) if counts.numel() else 1
+    idx = order[..., :length].expand(batch, heads, length)  # [B, H_kv, L]
+    gather_idx = idx[..., None].expand(batch, heads, length, keys.shape[-1])
+    kept_keys = keys.expand(batch, -1, -1, -1).gather(2, gather_idx)
+    kept_values = values.expand(batch, -1, -1, -1).gather(2, gather_idx)
+    slot = torch.arange(length, device=counts.device)
+    pos = torch.where(slot[None, None, :] < counts[..., None], idx, torch.full_like(idx, -1))
+    return kept_keys, kept_values, pos

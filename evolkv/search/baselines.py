@@ -1,0 +1,54 @@
+"""Fixed allocations every run is compared against at the same budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
+
+
+def full(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """No compression: every token of every layer (the quality reference)."""
+    return uniform_config(model, Budget("fraction", 1.0), scorer)
+
+
+def uniform(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """SnapKV: the same budget in every layer and head."""
+    return uniform_config(model, budget, scorer)
+
+
+def pyramid(model: ModelSpec, budget: Budget, scorer: ScorerSpec, beta: float = 20.0) -> KVConfig:
+    """PyramidKV: budgets fall linearly from the bottom layer to the top one (same mean)."""
+    layers, mean = model.num_layers, budget.value
+    low = mean / beta
+    high = 2 * mean - low
+    if budget.kind == "fraction" and high > 1.0:  # keep the bottom layer within the context
+        high, low = 1.0, 2 * mean - 1.0
+    step = (high - low) / max(layers - 1, 1)
+    heads = tuple([1.0 / model.num_kv_heads] * model.num_kv_heads)
+    specs = tuple(LayerSpec(budget=high - i * step, heads=heads) for i in range(layers))
+    return KVConfig(model, budget, scorer, specs)
+
+
+def adakv(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """AdaKV: uniform layer budgets, heads share each layer's tokens by score, per sample."""
+    specs = tuple(LayerSpec(budget=budget.value, heads=None) for _ in range(model.num_layers))
+    return KVConfig(model, budget, scorer, specs)
+
+
+def streaming(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """StreamingLLM: attention sinks plus the most recent tokens, uniform budgets."""
+    return uniform_config(model, budget, ScorerSpec("streaming", window=scorer.window, kernel=1))
+
+
+BASELINES: dict[str, Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]] = {
+    "full": full, "uniform": uniform, "pyramid": pyramid, "adakv": adakv, "streaming": streaming,
+}
+
+
+def baseline(name: str, model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    from evolkv.errors import ConfigError
+
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    return BASELINES[name](model, budget, scorer).with_provenance(label=f"baseline:{name}")

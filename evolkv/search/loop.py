@@ -1,0 +1,199 @@
+"""The one loop that joins ask -> evaluate -> tell -> persist.
+
+Every evaluation is written to the store as soon as its population is scored, and read back before
+anything is evaluated, so re-running a run id (``evolkv resume``) replays the finished generations from
+the store and loses at most the generation in flight.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
+from evolkv.evaluators.evaluator import Score
+from evolkv.search.baselines import baseline
+from evolkv.search.optimizers import make_optimizer
+from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.store.store import Store
+
+
+@dataclass
+class SearchSettings:
+    """Everything that defines a run (stored with it, so ``resume`` can rebuild it)."""
+
+    model: str | None = None
+    budget: str = "10%"
+    optimizer: str = "cmaes"
+    generations: int = 6
+    population: int = 8
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "multikey"])
+    samples: int = 4
+    length: int = 1000
+    per_head: bool = False
+    groups: int = 0
+    scorer: str = "snapkv"
+    window: int = 8
+    query_aware: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Reporter:
+    """Progress callbacks of a search; the CLI draws them, the default ignores them."""
+
+    def stage(self, text: str, total: int | None = None) -> None: ...
+    def advance(self, amount: int = 1) -> None: ...
+    def generation(self, gen: int, total: int, best: float, rate: float) -> None: ...
+
+
+def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store, run_id: str | None = None,
+               reporter: Reporter | None = None) -> dict[str, Any]:
+    """Search a config for ``settings.budget``; returns the run's summary (also in the store)."""
+    reporter = reporter or Reporter()
+    budget = Budget.parse(settings.budget)
+    scorer = ScorerSpec(settings.scorer, window=settings.window)
+    if run_id is None:
+        run_id = uuid.uuid4().hex[:12]
+        store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict())
+    store.update_run(run_id, status="running")
+    job = _Job(settings, spec, executor, store, run_id, reporter)
+
+    for split in ("search", "heldout"):
+        reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
+        executor.prepare(split, progress=reporter.advance)
+
+    baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
+    job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
+
+    space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head)
+    incumbent = space.encode(baseline("uniform", spec, budget, scorer))
+    best_f, best_cfg = math.inf, None
+    for gen_start, gen_count, view in _schedule(settings, space, incumbent):
+        if isinstance(view, SubSpace):
+            view.incumbent = incumbent
+        lower, upper = view.bounds
+        optimizer = make_optimizer(settings.optimizer, view.n_var, lower, upper, settings.population,
+                                   settings.seed + gen_start, x0=np.clip(view.encode(space.decode(incumbent)),
+                                                                         lower, upper))
+        for gen in range(gen_start, gen_start + gen_count):
+            started = time.perf_counter()
+            X = optimizer.ask()
+            configs = [view.decode(x) for x in X]
+            scores = job.evaluate(configs, generation=gen, labels=["search"] * len(configs))
+            F = np.array([s.objective if s.ok else np.inf for s in scores])
+            optimizer.tell(X, F)
+            for x, f, cfg in zip(X, F, configs):
+                if f < best_f:
+                    best_f, best_cfg = float(f), cfg
+                    incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
+            store.update_run(run_id, generations_done=gen + 1, best_objective=best_f if best_cfg else None)
+            reporter.generation(gen + 1, _total_generations(settings, space),
+                                best_f, len(configs) / (time.perf_counter() - started))
+
+    if best_cfg is None:
+        store.update_run(run_id, status="failed")
+        return store.detail(run_id)
+    winner = best_cfg.with_provenance(run_id=run_id, label="winner", model=spec.name, search_objective=best_f,
+                                      tasks=settings.tasks, samples=settings.samples, length=settings.length,
+                                      seed=settings.seed, optimizer=settings.optimizer,
+                                      query_aware=settings.query_aware, versions=_versions())
+    reporter.stage("re-score winner and baselines on held-out data")
+    finals = [winner, *baselines.values()]
+    labels = ["winner", *[f"baseline:{n}" for n in baselines]]
+    job.evaluate(finals, generation=-2, labels=labels)
+    heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
+    job.exact_match(finals, labels)
+    winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
+    store.set_winner(run_id, winner, best_f, heldout[0].objective if heldout[0].ok else None, heldout[0].metrics)
+    store.update_run(run_id, status="finished", best_objective=best_f)
+    return store.detail(run_id)
+
+
+class _Job:
+    """Evaluate-and-persist for one run, reading back whatever the store already has."""
+
+    def __init__(self, settings, spec, executor, store, run_id, reporter):
+        self.settings, self.spec, self.executor = settings, spec, executor
+        self.store, self.run_id, self.reporter = store, run_id, reporter
+
+    def evaluate(self, configs: list[KVConfig], generation: int, labels: list[str],
+                 split: str = "search") -> list[Score]:
+        results: dict[str, Score] = {}
+        todo: dict[str, KVConfig] = {}
+        for cfg, label in zip(configs, labels):
+            digest = cfg.hash()
+            rows = self.store.find_evaluations(self.run_id, digest, split)
+            if rows:
+                row = rows[0]
+                score = Score(row.objective if row.objective is not None else math.inf, row.metrics,
+                              row.status, row.reason, 0.0)
+                if not any(r.generation == generation and r.label == label for r in rows):
+                    self.store.add_evaluation(self.run_id, cfg, generation, label, split, score, "store")
+                results[digest] = score
+            else:
+                todo.setdefault(digest, cfg)
+        if todo:
+            scores = self.executor.evaluate(list(todo.values()), split)
+            computed = dict(zip(todo, scores))
+            for cfg, label in dict.fromkeys((cfg, label) for cfg, label in zip(configs, labels)
+                                            if cfg.hash() in computed):
+                self.store.add_evaluation(self.run_id, cfg, generation, label, split, computed[cfg.hash()],
+                                          self.executor.worker)
+            results.update(computed)
+        return [results[cfg.hash()] for cfg in configs]
+
+    def exact_match(self, configs: list[KVConfig], labels: list[str]) -> None:
+        """Greedy exact-match accuracy of the final configs on both splits, stored as evaluations."""
+        for split in ("search", "heldout"):
+            done = {row.label for row, _ in self.store.evaluations(self.run_id)
+                    if row.split == f"{split}/em"}
+            todo = [(cfg, label) for cfg, label in zip(configs, labels) if label not in done]
+            if not todo:
+                continue
+            self.reporter.stage(f"exact-match accuracy on the {split} split")
+            accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split)
+            for (cfg, label), acc in zip(todo, accuracy):
+                self.store.add_evaluation(self.run_id, cfg, -2, label, f"{split}/em",
+                                          Score(acc["em"], acc), self.executor.worker)
+
+
+def _schedule(settings: SearchSettings, space: BudgetSpace, incumbent: np.ndarray):
+    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn."""
+    if settings.groups <= 1:
+        yield 0, settings.generations, space
+        return
+    layers = space.model.num_layers
+    size = math.ceil(layers / settings.groups)
+    groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
+    per_group = max(1, settings.generations // len(groups))
+    for i, group in enumerate(groups):
+        yield i * per_group, per_group, SubSpace(space, group, incumbent)
+
+
+def _total_generations(settings: SearchSettings, space: BudgetSpace) -> int:
+    if settings.groups <= 1:
+        return settings.generations
+    size = math.ceil(space.model.num_layers / settings.groups)
+    count = math.ceil(space.model.num_layers / size)
+    return count * max(1, settings.generations // count)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import evolkv
+
+    return {"evolkv": evolkv.__version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,53 @@
+"""pymoo algorithms (CMA-ES, GA, DE) through pymoo's own ask/tell interface."""
+
+from __future__ import annotations
+
+import numpy as np
+from pymoo.core.population import Population
+from pymoo.core.problem import Problem
+from pymoo.core.termination import NoTermination
+
+from evolkv.search.base import PENALTY, Optimizer
+
+
+class PymooOptimizer(Optimizer):
+    def __init__(self, algorithm: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = algorithm
+        self._algorithm = self._make(algorithm)
+        problem = Problem(n_var=self.n_var, n_obj=1, xl=self.lower, xu=self.upper)
+        self._algorithm.setup(problem, termination=NoTermination(), seed=self.seed, verbose=False)
+        self._pending: Population | None = None
+
+    def _make(self, algorithm: str):
+        if algorithm == "cmaes":
+            from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
+
+            return CMAES(x0=self.x0, sigma=0.25, popsize=self.population, restarts=0)
+        if algorithm == "ga":
+            from pymoo.algorithms.soo.nonconvex.ga import GA
+            from pymoo.core.sampling import Sampling
+
+            x0 = self.x0
+
+            class AroundX0(Sampling):  # first generation: x0 and Gaussian perturbations of it
+                def _do(self, problem, n_samples, random_state=None, **kwargs):
+                    noise = random_state.normal(0.0, 0.5, size=(n_samples, problem.n_var))
+                    noise[0] = 0.0
+                    return np.clip(x0 + noise, problem.xl, problem.xu)
+
+            return GA(pop_size=self.population, sampling=AroundX0(), eliminate_duplicates=True)
+        if algorithm == "de":
+            from pymoo.algorithms.soo.nonconvex.de import DE
+
+            return DE(pop_size=self.population)
+        raise ValueError(algorithm)
+
+    def _ask(self) -> np.ndarray:
+        self._pending = self._algorithm.ask()
+        return self._pending.get("X")
+
+    def _tell(self, X: np.ndarray, F: np.ndarray, failed: np.ndarray) -> None:
+        pop = self._pending
+        pop.set("F", np.where(failed, PENALTY, F)[:, None])
+        self._algorithm.tell(infills=pop)

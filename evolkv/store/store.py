@@ -1,0 +1,232 @@
+"""The store: every run, candidate, evaluation and winner, in SQLite (default) or PostgreSQL.
+
+The store is the source of truth: the search loop reads back any evaluation it already made, so a killed
+search resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from evolkv.config import Budget, KVConfig, ModelSpec
+from evolkv.errors import StoreError
+from evolkv.store.models import Base, CandidateRow, EvaluationRow, ModelRow, RunRow, WinnerRow, utcnow
+
+
+def default_url() -> str:
+    if os.environ.get("EVOLKV_DB"):
+        return os.environ["EVOLKV_DB"]
+    return f"sqlite:///{Path.home() / '.evolkv' / 'evolkv.db'}"
+
+
+def _as_url(target: str) -> str:
+    return target if "://" in target else f"sqlite:///{Path(target).expanduser()}"
+
+
+class Store:
+    """Typed access to the evolkv database at ``url`` (a SQLAlchemy URL or a SQLite file path)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = _as_url(url or default_url())
+        try:
+            if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
+                path = Path(self.url.removeprefix("sqlite:///"))
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, connect_args=self._connect_args())
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self.engine)
+        except (ArgumentError, NoSuchModuleError, ValueError) as e:
+            raise StoreError(f"bad database URL {self.url!r}: {e}") from e
+        except (OperationalError, OSError) as e:
+            raise StoreError(f"cannot open database {self.url}: {_first_line(e)}") from e
+        except SQLAlchemyError as e:
+            raise StoreError(f"database error at {self.url}: {_first_line(e)}") from e
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {"timeout": 30} if self.url.startswith("sqlite") else {}
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    def _write(self, fn):
+        try:
+            with self._session() as session, session.begin():
+                return fn(session)
+        except SQLAlchemyError as e:
+            raise StoreError(f"database write failed: {_first_line(e)}") from e
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def model_id(self, spec: ModelSpec) -> int:
+        def fn(session: Session) -> int:
+            row = session.scalar(select(ModelRow).filter_by(name=spec.name, fingerprint=spec.fingerprint))
+            if row is None:
+                row = ModelRow(name=spec.name, fingerprint=spec.fingerprint, spec=spec.to_dict())
+                session.add(row)
+                session.flush()
+            return row.id
+        return self._write(fn)
+
+    def create_run(self, run_id: str, spec: ModelSpec, budget: Budget, optimizer: str, seed: int,
+                   settings: dict[str, Any], mode: str = "budget") -> None:
+        model_id = self.model_id(spec)
+        self._write(lambda s: s.add(RunRow(id=run_id, model_id=model_id, mode=mode, budget=str(budget),
+                                           budget_kind=budget.kind, budget_value=budget.value,
+                                           optimizer=optimizer, seed=seed, settings=settings)))
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        def fn(session: Session) -> None:
+            row = session.get(RunRow, run_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if fields.get("status") in ("finished", "failed"):
+                row.finished_at = utcnow()
+        self._write(fn)
+
+    def _candidate(self, session: Session, cfg: KVConfig) -> CandidateRow:
+        digest = cfg.hash()
+        row = session.scalar(select(CandidateRow).filter_by(hash=digest))
+        if row is None:
+            model = session.scalar(select(ModelRow).filter_by(name=cfg.model.name, fingerprint=cfg.model.fingerprint))
+            row = CandidateRow(hash=digest, model_id=model.id, config=cfg.to_dict(provenance=False))
+            session.add(row)
+            session.flush()
+        return row
+
+    def add_evaluation(self, run_id: str, cfg: KVConfig, generation: int, label: str, split: str, score,
+                       worker: str = "local") -> None:
+        def fn(session: Session) -> None:
+            candidate = self._candidate(session, cfg)
+            objective = score.objective if math.isfinite(score.objective) else None
+            session.add(EvaluationRow(run_id=run_id, candidate_id=candidate.id, generation=generation, label=label,
+                                      split=split, objective=objective, metrics=score.metrics,
+                                      status=score.status, reason=score.reason, duration_s=score.duration_s,
+                                      worker=worker))
+        self._write(fn)
+
+    def set_winner(self, run_id: str, cfg: KVConfig, search_objective: float, heldout_objective: float | None,
+                   heldout_metrics: dict[str, float]) -> None:
+        def fn(session: Session) -> None:
+            candidate = self._candidate(session, cfg)
+            session.merge(WinnerRow(run_id=run_id, candidate_id=candidate.id, search_objective=search_objective,
+                                    heldout_objective=heldout_objective, heldout_metrics=heldout_metrics,
+                                    provenance=cfg.provenance))
+        self._write(fn)
+
+    # -- reads ----------------------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunRow:
+        with self._session() as session:
+            row = session.get(RunRow, run_id)
+            if row is None:
+                matches = session.scalars(select(RunRow).where(RunRow.id.startswith(run_id))).all()
+                if len(matches) != 1:
+                    raise StoreError(f"no run {run_id!r} in {self.url}" if not matches
+                                     else f"run id {run_id!r} is ambiguous ({len(matches)} runs)")
+                row = matches[0]
+            return row
+
+    def model_spec(self, model_id: int) -> ModelSpec:
+        with self._session() as session:
+            return ModelSpec.from_dict(session.get(ModelRow, model_id).spec)
+
+    def find_evaluations(self, run_id: str, digest: str, split: str) -> list[EvaluationRow]:
+        """This run's evaluations of the config with hash ``digest`` on ``split``, oldest first."""
+        with self._session() as session:
+            return list(session.scalars(select(EvaluationRow).join(CandidateRow)
+                                        .where(EvaluationRow.run_id == run_id, CandidateRow.hash == digest,
+                                               EvaluationRow.split == split).order_by(EvaluationRow.id)))
+
+    def evaluations(self, run_id: str) -> list[tuple[EvaluationRow, str]]:
+        with self._session() as session:
+            rows = session.execute(select(EvaluationRow, CandidateRow.hash).join(CandidateRow)
+                                   .where(EvaluationRow.run_id == run_id).order_by(EvaluationRow.id)).all()
+            return [(row, digest) for row, digest in rows]
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._session() as session:
+            rows = session.execute(select(RunRow, ModelRow.name).join(ModelRow)
+                                   .order_by(RunRow.created_at.desc()).limit(limit)).all()
+            return [_run_dict(run, name) for run, name in rows]
+
+    def winner(self, run_id: str) -> tuple[WinnerRow, KVConfig] | None:
+        with self._session() as session:
+            row = session.get(WinnerRow, self.run(run_id).id)
+            if row is None:
+                return None
+            config = session.get(CandidateRow, row.candidate_id).config
+            return row, KVConfig.from_dict(config).with_provenance(**(row.provenance or {}))
+
+    def detail(self, run_id: str) -> dict[str, Any]:
+        """A run with its per-generation progress, baselines and winner (the data of ``runs show``)."""
+        run = self.run(run_id)
+        with self._session() as session:
+            model = session.get(ModelRow, run.model_id)
+        generations: dict[int, list[float]] = defaultdict(list)
+        failed: dict[int, int] = defaultdict(int)
+        labelled: dict[str, dict[str, Any]] = defaultdict(dict)
+        for row, _ in self.evaluations(run.id):
+            if row.generation >= 0 and row.split == "search":
+                if row.objective is None:
+                    failed[row.generation] += 1
+                else:
+                    generations[row.generation].append(row.objective)
+            if row.label != "search" and row.generation < 0:
+                labelled[row.label][row.split] = {"objective": row.objective, **row.metrics}
+        progress, best = [], math.inf
+        for gen in sorted(set(generations) | set(failed)):
+            values = generations.get(gen, [])
+            best = min([best, *values])
+            progress.append({"generation": gen, "evaluated": len(values) + failed[gen], "failed": failed[gen],
+                             "best": min(values) if values else None,
+                             "mean": sum(values) / len(values) if values else None, "best_so_far": best})
+        winner = self.winner(run.id)
+        return {**_run_dict(run, model.name), "settings": run.settings, "generations": progress,
+                "results": dict(labelled),
+                "winner": None if winner is None else {"search_objective": winner[0].search_objective,
+                                                       "heldout_objective": winner[0].heldout_objective,
+                                                       "heldout_metrics": winner[0].heldout_metrics,
+                                                       "config_hash": winner[1].hash()}}
+
+    def lookup(self, model: str, budget: Budget) -> tuple[KVConfig, dict[str, Any]] | None:
+        """The stored winner for ``model`` with the largest budget at or under ``budget`` (best held-out first)."""
+        with self._session() as session:
+            rows = session.execute(
+                select(WinnerRow, RunRow, CandidateRow.config).join(RunRow, WinnerRow.run_id == RunRow.id)
+                .join(CandidateRow, WinnerRow.candidate_id == CandidateRow.id).join(ModelRow)
+                .where(func.lower(ModelRow.name) == model.lower(), RunRow.budget_kind == budget.kind,
+                       RunRow.budget_value <= budget.value + 1e-12)).all()
+        if not rows:
+            return None
+        winner, run, config = max(rows, key=lambda r: (r[1].budget_value, -(r[0].heldout_objective or math.inf)))
+        return KVConfig.from_dict(config).with_provenance(**(winner.provenance or {})), {"run_id": run.id, "budget": run.budget,
+                                            "search_objective": winner.search_objective,
+                                            "heldout_objective": winner.heldout_objective}
+
+
+def _run_dict(run: RunRow, model: str) -> dict[str, Any]:
+    return {"id": run.id, "model": model, "mode": run.mode, "budget": run.budget, "optimizer": run.optimizer,
+            "seed": run.seed, "status": run.status, "best_objective": run.best_objective,
+            "generations_done": run.generations_done,
+            "created_at": run.created_at.isoformat(timespec="seconds") if run.created_at else None,
+            "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None}
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,119 @@
+"""Tiny random-initialised models (Llama, Qwen3, Gemma 3 with sliding layers), all with GQA, saved to local
+directories so tests load them through the real ``from_pretrained`` path. Full-size values beside each."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def make_tokenizer():
+    """A character-level fast tokenizer: every printable character is a token."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    from tokenizers import processors
+
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def _llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,  # 4096
+        intermediate_size=128,  # 14336
+        num_hidden_layers=4,  # 32
+        num_attention_heads=4,  # 32
+        num_key_value_heads=2,  # 8
+        head_dim=16,  # 128
+        max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _qwen3(vocab: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=64,  # 4096
+        intermediate_size=128,  # 12288
+        num_hidden_layers=3,  # 36
+        num_attention_heads=8,  # 32
+        num_key_value_heads=2,  # 8
+        head_dim=16,  # 128
+        max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def _gemma3(vocab: int):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=64,  # 640
+        intermediate_size=128,  # 2048
+        num_hidden_layers=4,  # 18
+        num_attention_heads=4,  # 4
+        num_key_value_heads=2,  # 1
+        head_dim=16,  # 256
+        query_pre_attn_scalar=16,  # 256
+        sliding_window=48,  # 512
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return Gemma3ForCausalLM(config)
+
+
+BUILDERS = {"llama": _llama, "qwen3": _qwen3, "gemma3": _gemma3}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """{arch: local directory} of tiny saved models, each with the char tokenizer."""
+    tokenizer = make_tokenizer()
+    dirs = {}
+    for name, build in BUILDERS.items():
+        torch.manual_seed(0)
+        model = build(len(tokenizer)).eval()
+        path = tmp_path_factory.mktemp(f"tiny-{name}")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[name] = str(path)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def loaded(model_dirs):
+    """{arch: LoadedModel} loaded through evolkv.models.load (from_pretrained on the local dirs)."""
+    from evolkv import models
+
+    return {name: models.load(path) for name, path in model_dirs.items()}
+
+
+@pytest.fixture(params=list(BUILDERS))
+def tiny(request, loaded):
+    return loaded[request.param]
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'evolkv.db'}"

@@ -1,0 +1,103 @@
+"""The CLI end to end on a tiny local model, and every bad input as one clear line with a non-zero exit."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from evolkv.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def searched(model_dirs, tmp_path_factory):
+    db = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'evolkv.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 2,
+                    "--population", 3, "--samples", 1, "--length", 200, "--tasks", "passkey,multikey",
+                    "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    return db, json.loads(result.stdout), model_dirs["llama"]
+
+
+def test_search_stores_run_with_winner_and_baselines(searched):
+    _, detail, _ = searched
+    assert detail["status"] == "finished" and detail["winner"]["heldout_objective"] is not None
+    assert {"winner", "baseline:uniform", "baseline:full", "baseline:pyramid", "baseline:adakv",
+            "baseline:streaming"} <= set(detail["results"])
+    assert set(detail["results"]["winner"]) == {"search", "heldout", "search/em", "heldout/em"}
+    assert [g["generation"] for g in detail["generations"]] == [0, 1]
+
+
+def test_runs_list_and_show(searched):
+    db, detail, _ = searched
+    listed = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
+    assert listed[0]["id"] == detail["id"] and listed[0]["budget"] == "20%"
+    shown = invoke("runs", "show", detail["id"][:6], "--db", db)
+    assert shown.exit_code == 0 and "winner" in shown.stdout and "uniform" in shown.stdout
+
+
+def test_export_lookup_and_eval_round_trip(searched, tmp_path):
+    db, detail, model = searched
+    out = tmp_path / "cfg.json"
+    assert invoke("export", detail["id"], "--out", out, "--db", db).exit_code == 0
+    exported = json.loads(out.read_text())
+    assert exported["schema"] == "evolkv.kvconfig/1" and exported["provenance"]["run_id"] == detail["id"]
+    found = json.loads(invoke("lookup", "--model", model, "--budget", "25%", "--db", db, "--json").stdout)
+    assert found["run_id"] == detail["id"] and found["config"]["layers"] == exported["layers"]
+    scored = invoke("eval", "--model", model, "--config", out, "--tasks", "passkey", "--samples", 1,
+                    "--length", 200, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["status"] == "ok"
+
+
+def _one_line_error(result):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+@pytest.mark.parametrize("budget", ["0", "150%", "abc", "0%"])
+def test_bad_budgets(budget, tmp_path):
+    line = _one_line_error(invoke("search", "--budget", budget, "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and "budget" in line
+
+
+def test_unknown_model(tmp_path):
+    line = _one_line_error(invoke("search", "--budget", "10%", "--model", "no/such-model", "--db",
+                                  tmp_path / "x.db"))
+    assert "no/such-model" in line
+
+
+def test_malformed_and_mismatched_configs(searched, tmp_path, model_dirs):
+    db, detail, _ = searched
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "not valid JSON" in _one_line_error(invoke("eval", "--model", model_dirs["qwen3"], "--config", bad))
+    good = tmp_path / "good.json"
+    invoke("export", detail["id"], "--out", good, "--db", db)
+    line = _one_line_error(invoke("eval", "--model", model_dirs["qwen3"], "--config", good, "--samples", 1,
+                                  "--length", 100))
+    assert "config is for" in line
+
+
+def test_bad_db_and_unknown_run(tmp_path):
+    assert "bad database URL" in _one_line_error(invoke("runs", "list", "--db", "nosuch://x"))
+    assert "no run" in _one_line_error(invoke("runs", "show", "nope", "--db", tmp_path / "x.db"))
+    assert "no run" in _one_line_error(invoke("resume", "nope", "--db", tmp_path / "x.db"))
+    assert "no stored winner" in _one_line_error(invoke("lookup", "--budget", "10%", "--db", tmp_path / "x.db"))
+
+
+def test_resume_of_finished_run_is_refused(searched):
+    db, detail, _ = searched
+    assert "already finished" in _one_line_error(invoke("resume", detail["id"], "--db", db))
+
+
+def test_help_explains():
+    result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--budget" in result.stdout and "tokens per KV head" in result.stdout

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
+from evolkv.errors import BudgetError, ConfigError
+
+SPEC = ModelSpec("toy", "llama", 4, 8, 2, 16, ["full_attention"] * 4)
+
+
+@pytest.mark.parametrize("text,kind,value", [("10%", "fraction", 0.1), ("1.5%", "fraction", 0.015),
+                                             ("100%", "fraction", 1.0), ("128", "tokens", 128)])
+def test_budget_parses(text, kind, value):
+    budget = Budget.parse(text)
+    assert (budget.kind, budget.value) == (kind, pytest.approx(value))
+    assert Budget.parse(str(budget)) == budget
+
+
+@pytest.mark.parametrize("text", ["0", "0%", "150%", "abc", "-5", "", "1.5", "10 %%"])
+def test_bad_budgets_raise(text):
+    with pytest.raises(BudgetError):
+        Budget.parse(text)
+
+
+def test_json_round_trip_and_hash():
+    cfg = uniform_config(SPEC, Budget.parse("10%")).with_provenance(run_id="r1")
+    again = KVConfig.from_json(cfg.to_json())
+    assert again == cfg and again.hash() == cfg.hash()
+    assert again.provenance == {"run_id": "r1"}
+    assert json.loads(cfg.to_json())["schema"] == "evolkv.kvconfig/1"
+    assert cfg.with_provenance(label="x").hash() == cfg.hash()  # provenance is not content
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(schema="other/1"), "schema"),
+    (lambda d: d.pop("layers"), "layers"),
+    (lambda d: d["layers"].pop(), "layers"),
+    (lambda d: d["layers"][0].update(k_bits=3), "k_bits"),
+    (lambda d: d["layers"][0].update(heads=[0.9, 0.9]), "sum to 1"),
+    (lambda d: d["layers"][0].update(budget=-1), "budget"),
+    (lambda d: d.update(budget="150%"), "100%"),
+    (lambda d: d["model"].update(model_type="mistral"), "fingerprint"),
+    (lambda d: d["model"].update(num_layers=5), "layer types"),
+    (lambda d: d["scorer"].update(name="nope"), "scorer"),
+])
+def test_malformed_configs_raise_config_error(mutate, message):
+    data = uniform_config(SPEC, Budget.parse("10%")).to_dict()
+    mutate(data)
+    with pytest.raises(ConfigError, match=message):
+        KVConfig.from_dict(data)
+
+
+def test_not_json_is_one_clear_error():
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        KVConfig.from_json("{nope")
+
+
+def test_check_fits_names_the_difference():
+    cfg = uniform_config(SPEC, Budget.parse("10%"))
+    other = ModelSpec("big", "llama", 32, 32, 8, 128, ["full_attention"] * 32)
+    with pytest.raises(ConfigError, match="num_layers"):
+        cfg.check_fits(other)
+    cfg.check_fits(ModelSpec("renamed", "llama", 4, 8, 2, 16, ["full_attention"] * 4))
+
+
+def test_layer_spec_validation():
+    with pytest.raises(ConfigError):
+        LayerSpec(budget=0.1, group_size=48)
+    with pytest.raises(ConfigError):
+        ScorerSpec(kernel=4)

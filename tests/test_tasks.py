@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from evolkv.errors import TaskError
+from evolkv.evaluators.tasks import TASKS, from_jsonl, load_tasks, synthetic
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_synthetic_tasks_are_seeded_and_splits_differ(task, loaded):
+    tok = loaded["llama"].tokenizer
+    a = synthetic(task, 3, 300, 0, "search", tok)
+    assert a == synthetic(task, 3, 300, 0, "search", tok)
+    held = synthetic(task, 3, 300, 0, "heldout", tok)
+    assert {s.context for s in a}.isdisjoint({s.context for s in held})
+    for s in a:
+        assert s.answer in s.context and s.answer.isdigit()
+
+
+def test_length_is_roughly_tokens(loaded):
+    tok = loaded["llama"].tokenizer
+    sample = synthetic("passkey", 1, 600, 0, "search", tok)[0]
+    assert 450 <= len(tok(sample.context).input_ids) <= 800
+
+
+def test_jsonl_loader_splits_and_errors(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    rows = [{"context": f"c{i}", "question": "q?", "answers": [str(i)]} for i in range(20)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    search, held = from_jsonl(path, "search"), from_jsonl(path, "heldout")
+    assert len(search) + len(held) == 20 and search and held
+    path.write_text('{"context": "x"}\n')
+    with pytest.raises(TaskError, match="mine.jsonl:1"):
+        from_jsonl(path, "search")
+
+
+def test_unknown_task(loaded):
+    with pytest.raises(TaskError):
+        load_tasks(["nope"], 1, 100, 0, "search", loaded["llama"].tokenizer)
