@@ -28,6 +28,8 @@ from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
 from evolkv.runtime import CompressedCache, PrefillPolicy, attach
 
+LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
+
 
 @dataclass
 class Prepared:
@@ -215,13 +217,14 @@ class Evaluator:
     # -- exact match ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]) -> list[dict[str, float]]:
-        """Greedy-decode each sample's answer under each config; accuracy overall and per task."""
+        """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
+        ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
-                    hit = float(text.strip().startswith(prep.sample.answer.strip()))
+                    hit = float(prep.sample.answer.strip().lower() in text.lower())
                     hits[i]["em"].append(hit)
                     hits[i][f"{prep.sample.task}/em"].append(hit)
         return [{key: sum(v) / len(v) for key, v in h.items()} for h in hits]
@@ -236,7 +239,7 @@ class Evaluator:
             question = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)]
             pending, tokens = question[None].expand(count, -1), []
         with attach(self.model):
-            while sum(t.shape[1] for t in tokens) < prep.answer_tokens:
+            while sum(t.shape[1] for t in tokens) < prep.answer_tokens + LEAD_IN:
                 logits = self.model(pending, past_key_values=cache, logits_to_keep=1).logits[:, -1]
                 pending = logits.argmax(-1, keepdim=True)  # [C, 1]
                 tokens.append(pending)
