@@ -148,12 +148,30 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         layer = cache.layers[module.layer_idx]
         key_pos = layer.pos
         query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
-    out, _ = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding,
-                              kwargs.get("softcap"))
+    fresh = cache is None or (not layer.compressed and layer.seen == t_q)
+    if fresh and kwargs.get("softcap") is None:  # a plain prefill: no cache entries to select
+        out = _prefill_attention(query, key, value, scaling, sliding)
+    else:
+        out, _ = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
     if cache is not None and not layer.compressed and cache.policy is not None:
         cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding)
         layer.compressed = True
     return out.transpose(1, 2).contiguous(), None
+
+
+def _prefill_attention(query, key, value, scaling, sliding_window):
+    """Causal (optionally sliding-window) attention of a prefill through SDPA (flash kernels on GPU).
+
+    query: [B, H_q, T, D]; key, value: [B, H_kv, T, D]. Returns [B, H_q, T, D].
+    """
+    length = query.shape[2]
+    mask = None
+    if sliding_window is not None and length > sliding_window:
+        i = torch.arange(length, device=query.device)
+        mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - sliding_window)  # [T, T]
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=mask is None, scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1])
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, evolkv_attention)

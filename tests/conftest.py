@@ -3,30 +3,12 @@ directories so tests load them through the real ``from_pretrained`` path. Full-s
 
 from __future__ import annotations
 
-import string
-
 import pytest
 import torch
 
+from evolkv.testing import char_tokenizer as make_tokenizer
+
 torch.set_num_threads(2)
-
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-
-
-def make_tokenizer():
-    """A character-level fast tokenizer: every printable character is a token."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    core.decoder = decoders.Fuse()
-    from tokenizers import processors
-
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
 
 
 def _llama(vocab: int):
