@@ -15,10 +15,11 @@ import argparse
 import dataclasses
 import random
 import statistics
-import time
 
 import numpy as np
 import torch
+
+from timing import timed
 
 from evolkv import runtime
 from evolkv.config import Budget, ScorerSpec, uniform_config
@@ -55,19 +56,6 @@ def make_sample(context_tokens: int, answer_tokens: int) -> Sample:
     parts = [FILLER] * (context_tokens // len(FILLER))
     parts.insert(len(parts) // 3, f"The pass key is {answer}. ")
     return Sample("bench", "".join(parts), "What is the pass key? The pass key is", answer, "bench:0")
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:

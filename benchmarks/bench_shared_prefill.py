@@ -12,29 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
+
+from timing import timed
 
 from evolkv import models, runtime
 from evolkv.config import Budget, ScorerSpec
 from evolkv.evaluators.evaluator import Evaluator
 from evolkv.evaluators.tasks import synthetic
 from evolkv.search.space import BudgetSpace
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:

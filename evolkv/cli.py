@@ -99,14 +99,7 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
         reporter = _RichReporter(progress)
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(settings)
-        try:
-            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
-        except KeyboardInterrupt:
-            latest = store.runs(1)
-            if latest and latest[0]["status"] == "running":
-                store.update_run(latest[0]["id"], status="interrupted")
-                err.print(f"interrupted: resume with `evolkv resume {latest[0]['id']}`")
-            raise typer.Exit(130)
+        detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
     _print_detail(detail, as_json)
 
 

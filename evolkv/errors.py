@@ -23,3 +23,11 @@ class TaskError(EvolKVError):
 
 class StoreError(EvolKVError):
     """The database cannot be opened or written, or a record is missing."""
+
+
+class SearchInterrupted(EvolKVError):
+    """A search stopped before its end; everything evaluated so far is in the store."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"search {run_id} interrupted; finish it with `evolkv resume {run_id}`")
+        self.run_id = run_id

@@ -2,6 +2,7 @@
 
 import pytest
 
+from evolkv.errors import SearchInterrupted
 from evolkv.executors import make_executor
 from evolkv.search.loop import SearchSettings, run_search
 from evolkv.store.store import Store
@@ -35,10 +36,10 @@ def test_killed_search_resumes_to_the_same_result(model_dirs, tmp_path, optimize
     straight = run_search(settings, loaded.spec, executor, Store(str(tmp_path / "a.db")))
 
     store = Store(str(tmp_path / "b.db"))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SearchInterrupted) as stopped:
         run_search(settings, loaded.spec, Interrupting(executor, stop_at=3), store)
-    run_id = store.runs()[0]["id"]
-    assert store.run(run_id).generations_done >= 1
+    run_id = stopped.value.run_id
+    assert store.run(run_id).status == "interrupted" and store.run(run_id).generations_done >= 1
     resumed = run_search(settings, loaded.spec, executor, store, run_id=run_id)
     assert resumed["status"] == "finished"
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]

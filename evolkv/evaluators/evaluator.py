@@ -24,6 +24,7 @@ import torch
 from evolkv import kernels
 from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
+from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
 from evolkv.runtime import CompressedCache, PrefillPolicy, attach
@@ -147,6 +148,10 @@ class Evaluator:
         return counts
 
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
+        for cfg in configs:
+            if scorer_key(cfg.scorer) not in prep.orders:
+                raise ConfigError(f"scorer {scorer_key(cfg.scorer)} was not among the evaluator's scorers "
+                                  f"({', '.join(prep.orders)})")
         cache = CompressedCache(self.spec.num_layers)
         per_config = [self._counts(cfg, prep) for cfg in configs]
         for i, layer in enumerate(cache.layers):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
+from evolkv.errors import SearchInterrupted
 from evolkv.evaluators.evaluator import Score
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
@@ -68,6 +69,14 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
         run_id = uuid.uuid4().hex[:12]
         store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict())
     store.update_run(run_id, status="running")
+    try:
+        return _search(settings, spec, executor, store, run_id, reporter, budget, scorer)
+    except KeyboardInterrupt:
+        store.update_run(run_id, status="interrupted")
+        raise SearchInterrupted(run_id) from None
+
+
+def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -> dict[str, Any]:
     job = _Job(settings, spec, executor, store, run_id, reporter)
 
     for split in ("search", "heldout"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from pymoo.core.population import Population
 from pymoo.core.problem import Problem
@@ -14,10 +17,24 @@ class PymooOptimizer(Optimizer):
     def __init__(self, algorithm: str, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.name = algorithm
-        self._algorithm = self._make(algorithm)
+        self._rng_state = np.random.RandomState(self.seed).get_state()
         problem = Problem(n_var=self.n_var, n_obj=1, xl=self.lower, xu=self.upper)
-        self._algorithm.setup(problem, termination=NoTermination(), seed=self.seed, verbose=False)
+        with self._own_rng():
+            self._algorithm = self._make(algorithm)
+            # cma reads seed 0 as "seed from the clock": shift seeds so that every seed is reproducible
+            self._algorithm.setup(problem, termination=NoTermination(), seed=self.seed + 1, verbose=False)
         self._pending: Population | None = None
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """cma samples from numpy's global RNG: give this optimiser a private copy of it."""
+        outside = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(outside)
 
     def _make(self, algorithm: str):
         if algorithm == "cmaes":
@@ -44,10 +61,12 @@ class PymooOptimizer(Optimizer):
         raise ValueError(algorithm)
 
     def _ask(self) -> np.ndarray:
-        self._pending = self._algorithm.ask()
+        with self._own_rng():
+            self._pending = self._algorithm.ask()
         return self._pending.get("X")
 
     def _tell(self, X: np.ndarray, F: np.ndarray, failed: np.ndarray) -> None:
         pop = self._pending
         pop.set("F", np.where(failed, PENALTY, F)[:, None])
-        self._algorithm.tell(infills=pop)
+        with self._own_rng():
+            self._algorithm.tell(infills=pop)
