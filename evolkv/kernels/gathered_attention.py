@@ -1,0 +1,161 @@
+"""Attention of many candidates' answer tokens over their compressed caches, gathered on the fly.
+
+Every candidate ``c`` keeps, per KV head ``h``, the first ``counts[c, h]`` entries of that head's token
+ranking ``order[c, h]`` (indices into the shared prefill cache of one sample). The kernel reads those rows
+of the shared keys/values by index (no gathered copy is made), then the candidate's own new tokens
+(causal), with an online softmax. One program handles one (candidate, KV head) and a block of query rows,
+the rows of a GQA group folded together so each gathered key row is read once per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from evolkv.kernels.reference import attend, gather_kv
+
+
+@triton.jit
+def _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE: tl.constexpr):
+    """One block of the online softmax: q [M, D], k/v [N, D], visible [M, N]."""
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    else:
+        s = tl.dot(q, tl.trans(k)) * scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _gathered_attention_kernel(
+    Q, K, V, ORDER, COUNTS, KN, VN, OUT, LSE,
+    stride_qc, stride_qh, stride_qt,
+    stride_kh, stride_kt,
+    stride_oc, stride_oh,
+    stride_cc,
+    stride_nc, stride_nh, stride_nt,
+    stride_outc, stride_outh, stride_outt,
+    stride_lc, stride_lh,
+    num_kv, t_q, context, scale,
+    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    c = pid // num_kv
+    h = pid % num_kv
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # flattened (group head, query)
+    row_ok = rows < GROUP * t_q
+    g = rows // t_q
+    i = rows % t_q
+    d = tl.arange(0, HEAD_DIM)
+    head = h * GROUP + g  # query head
+    q = tl.load(Q + c * stride_qc + head[:, None] * stride_qh + i[:, None] * stride_qt + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q_pos = context + i
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    count = tl.load(COUNTS + c * stride_cc + h)
+    for start in range(0, count, BLOCK_N):  # the kept prefix of this head's ranking
+        offs = start + tl.arange(0, BLOCK_N)
+        kept = offs < count
+        idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
+        k = tl.load(K + h * stride_kh + idx[:, None] * stride_kt + d[None, :], mask=kept[:, None], other=0.0)
+        v = tl.load(V + h * stride_kh + idx[:, None] * stride_kt + d[None, :], mask=kept[:, None], other=0.0)
+        visible = kept[None, :] & row_ok[:, None]
+        if WINDOW > 0:
+            visible = visible & (idx[None, :] > q_pos[:, None] - WINDOW)
+        m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
+
+    base = c * stride_nc + h * stride_nh
+    for start in range(0, t_q, BLOCK_N):  # the candidate's own new tokens, causal
+        j = start + tl.arange(0, BLOCK_N)
+        new_ok = j < t_q
+        k = tl.load(KN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
+        v = tl.load(VN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
+        visible = new_ok[None, :] & (j[None, :] <= i[:, None]) & row_ok[:, None]
+        if WINDOW > 0:
+            visible = visible & (j[None, :] > i[:, None] - WINDOW)
+        m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
+
+    l_safe = tl.where(row_ok, l_i, 1.0)  # rows past the end are never stored
+    out = acc / l_safe[:, None]
+    tl.store(OUT + c * stride_outc + head[:, None] * stride_outh + i[:, None] * stride_outt + d[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + c * stride_lc + head * stride_lh + i, m_i + tl.log(l_safe), mask=row_ok)
+
+
+def gathered_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
+    new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
+    block_m: int = 64, block_n: int = 64, num_warps: int = 4, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel (into ``out`` / ``lse`` when given).
+
+    query: [C, H_q, T_q, D]; keys, values: [H_kv, T, D] (the shared prefill cache of one sample);
+    order: [C or 1, H_kv, T] integer ranking; counts: [C, H_kv]; new_keys, new_values: [C, H_kv, T_q, D]
+    (the answer tokens' own, at positions T..T+T_q-1). Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
+    """
+    cands, num_q, t_q, dim = query.shape
+    num_kv, context, _ = keys.shape
+    if num_q % num_kv or dim not in (16, 32, 64, 128, 256):
+        raise ValueError(f"unsupported shapes: {num_q} query heads over {num_kv} KV heads, head_dim {dim}")
+    if values.shape != keys.shape or new_keys.shape != (cands, num_kv, t_q, dim) or new_values.shape != new_keys.shape:
+        raise ValueError("keys/values/new_keys/new_values shapes disagree with the query")
+    if order.shape[-2:] != (num_kv, context) or counts.shape != (cands, num_kv):
+        raise ValueError("order must be [C or 1, H_kv, T] and counts [C, H_kv]")
+    if not (query.dtype == keys.dtype == values.dtype == new_keys.dtype == new_values.dtype):
+        raise ValueError("query, keys and values must share one dtype")
+    keys, values = keys.contiguous(), values.contiguous()
+    query, new_keys, new_values = query.contiguous(), new_keys.contiguous(), new_values.contiguous()
+    order = order.to(torch.int32).expand(cands, -1, -1)
+    if order.stride(-1) != 1:
+        order = order.contiguous()
+    counts = counts.to(torch.int32).clamp(0, context).contiguous()
+    out = torch.empty_like(query) if out is None else out
+    lse = torch.empty(cands, num_q, t_q, dtype=torch.float32, device=query.device) if lse is None else lse
+    if out.shape != query.shape or lse.shape != (cands, num_q, t_q) or not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out must be contiguous like query and lse [C, H_q, T_q]")
+    group = num_q // num_kv
+    block_m = max(16, min(block_m, triton.next_power_of_2(group * t_q)))
+    grid = (cands * num_kv, triton.cdiv(group * t_q, block_m))
+    _gathered_attention_kernel[grid](
+        query, keys, values, order, counts, new_keys, new_values, out, lse,
+        query.stride(0), query.stride(1), query.stride(2),
+        keys.stride(0), keys.stride(1),
+        order.stride(0), order.stride(1),
+        counts.stride(0),
+        new_keys.stride(0), new_keys.stride(1), new_keys.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        num_kv, t_q, context, scaling,
+        GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        IEEE=query.dtype == torch.float32, num_warps=num_warps,
+    )
+    return out, lse
+
+
+def gathered_attention_ref(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
+    new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same function in torch: gather copies, append the new tokens, attend (see ``reference``)."""
+    cands, _, t_q, _ = query.shape
+    context = keys.shape[1]
+    kept_k, kept_v, pos = gather_kv(keys[None], values[None], order.long(), counts.long())
+    new_pos = torch.arange(context, context + t_q, device=query.device).expand(cands, keys.shape[0], t_q)
+    return attend(query, torch.cat([kept_k, new_keys], 2), torch.cat([kept_v, new_values], 2),
+                  torch.cat([pos, new_pos], 2), torch.arange(context, context + t_q, device=query.device),
+                  scaling, sliding_window)
