@@ -69,14 +69,16 @@ def main() -> None:
             order = torch.argsort(torch.rand(1, num_kv, context, device=device, generator=gen), dim=-1)
             mean = args.budget * context
             counts = (mean * (0.5 + torch.rand(cands, num_kv, device=device, generator=gen))).long()
-            inputs = (q, keys, values, order, counts, new_k, new_v, scaling)
+            torch_inputs = (q, keys, values, order, counts, new_k, new_v, scaling)
+            # the kernel takes int32 indices, converted once per sample (as the evaluator would), not per launch
+            inputs = (q, keys, values, order.to(torch.int32), counts.to(torch.int32), new_k, new_v, scaling)
             out, _ = gathered_attention(*inputs)
-            ref, _ = gathered_attention_ref(*inputs)
+            ref, _ = gathered_attention_ref(*torch_inputs)
             err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
             kernel_ms, tile = min((triton.testing.do_bench(
                 lambda: gathered_attention(*inputs, block_m=bm, block_n=bn, num_warps=w), warmup=25, rep=200,
                 return_mode="median"), f"{bm}x{bn}/{w}") for bm, bn, w in TILES)
-            torch_ms = triton.testing.do_bench(lambda: torch_path(*inputs), warmup=10, rep=100,
+            torch_ms = triton.testing.do_bench(lambda: torch_path(*torch_inputs), warmup=10, rep=100,
                                                return_mode="median")
             kept = int(counts.sum())
             must_move = (kept * dim * 2 * 2 + kept * 4  # gathered K and V rows (bf16) and their int32 indices

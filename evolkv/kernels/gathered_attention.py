@@ -67,7 +67,7 @@ def _gathered_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    count = tl.load(COUNTS + c * stride_cc + h)
+    count = tl.minimum(tl.load(COUNTS + c * stride_cc + h), context)
     for start in range(0, count, BLOCK_N):  # the kept prefix of this head's ranking
         offs = start + tl.arange(0, BLOCK_N)
         kept = offs < count
@@ -120,10 +120,13 @@ def gathered_attention(
         raise ValueError("query, keys and values must share one dtype")
     keys, values = keys.contiguous(), values.contiguous()
     query, new_keys, new_values = query.contiguous(), new_keys.contiguous(), new_values.contiguous()
+    # int32, contiguous inputs pass through untouched (callers convert once per sample, not per launch)
     order = order.to(torch.int32).expand(cands, -1, -1)
     if order.stride(-1) != 1:
         order = order.contiguous()
-    counts = counts.to(torch.int32).clamp(0, context).contiguous()
+    counts = counts.to(torch.int32)
+    if not counts.is_contiguous():
+        counts = counts.contiguous()
     out = torch.empty_like(query) if out is None else out
     lse = torch.empty(cands, num_q, t_q, dtype=torch.float32, device=query.device) if lse is None else lse
     if out.shape != query.shape or lse.shape != (cands, num_q, t_q) or not (out.is_contiguous() and lse.is_contiguous()):
