@@ -87,6 +87,38 @@ class CompressedLayer(CacheLayerMixin):
         return int((self.pos >= 0).sum()) if self.is_initialized else 0
 
 
+class GatheredLayer(CompressedLayer):
+    """Many candidates' compressed caches over one shared prefill, never copied out.
+
+    Holds the sample's prefill keys/values [H_kv, T, D], each candidate's ranking ``order`` [C or 1, H_kv, T]
+    (int32) and ``counts`` [C, H_kv] (candidate c keeps the first counts[c, h] entries of order[c, h]), and the
+    tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D].
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
+                 seen: int) -> None:
+        super().__init__()
+        self.shared = (keys, values)
+        self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
+        cands, heads = counts.shape
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys = keys.new_empty(cands, heads, 0, keys.shape[-1])
+        self.values = values.new_empty(cands, heads, 0, values.shape[-1])
+        self.seen, self.compressed, self.is_initialized = seen, True, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.seen += key_states.shape[2]
+        return self.keys, self.values
+
+    def entries(self) -> int:
+        return int(self.counts.sum()) + self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("a gathered (evaluation) cache cannot be reordered for beam search")
+
+
 class PrefillPolicy:
     """What a cache does with a layer once its prefill attention is done."""
 
@@ -146,6 +178,10 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
     else:
         layer = cache.layers[module.layer_idx]
+        if isinstance(layer, GatheredLayer):
+            out, _ = kernels.attend_gathered(query, *layer.shared, layer.order, layer.counts, layer.keys,
+                                                layer.values, scaling, sliding)
+            return out.transpose(1, 2).contiguous(), None
         key_pos = layer.pos
         query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
     fresh = cache is None or (not layer.compressed and layer.seen == t_q)

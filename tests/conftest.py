@@ -3,8 +3,14 @@ directories so tests load them through the real ``from_pretrained`` path. Full-s
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in the interpreter on CPU; set before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from evolkv.testing import char_tokenizer as make_tokenizer
 
@@ -88,7 +94,8 @@ def loaded(model_dirs):
     """{arch: LoadedModel} loaded through evolkv.models.load (from_pretrained on the local dirs)."""
     from evolkv import models
 
-    return {name: models.load(path) for name, path in model_dirs.items()}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU machine the kernels path is tested too
+    return {name: models.load(path, device) for name, path in model_dirs.items()}
 
 
 @pytest.fixture(params=list(BUILDERS))

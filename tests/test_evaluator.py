@@ -26,13 +26,17 @@ def _samples(tiny, count=2, split="search"):
     return synthetic("passkey", count, 300, 0, split, tiny.tokenizer)
 
 
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
 @pytest.mark.parametrize("budget", ["10%", "30%"])
-def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget):
+def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv("EVOLKV_KERNELS", kernels)  # the Triton kernel runs under TRITON_INTERPRET=1 on CPU
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     space = BudgetSpace(tiny.spec, Budget.parse(budget), per_head=True)
     cfg = space.decode(np.random.default_rng(0).uniform(-2, 2, space.n_var))
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
-                        evaluator._encode("\n" + prep.sample.question, False)])[None]
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
     with torch.no_grad(), runtime.apply(tiny.model, cfg):
         gen = tiny.model.generate(prompt, max_new_tokens=6, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True)

@@ -11,7 +11,7 @@ from evolkv.search.baselines import adakv
 
 def _prompt(tiny, length=120):
     torch.manual_seed(3)
-    return torch.randint(4, len(tiny.tokenizer), (1, length))
+    return torch.randint(4, len(tiny.tokenizer), (1, length)).to(tiny.model.device)
 
 
 def test_full_budget_equals_plain_generate(tiny):

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evolkv import kernels
 from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
-from evolkv.runtime import CompressedCache, PrefillPolicy, attach
+from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
 
@@ -116,7 +115,7 @@ class Evaluator:
         context = self._encode(sample.context, special=True)
         question = self._encode("\n" + sample.question, special=False)
         answer = self._encode(" " + sample.answer.strip(), special=False)
-        prompt = torch.cat([context, question]) if self.query_aware else context
+        prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
         policy = _Capture(self.spec, self.scorers)
         cache = CompressedCache(self.spec.num_layers, policy)
         with attach(self.model):
@@ -154,11 +153,14 @@ class Evaluator:
                                   f"({', '.join(prep.orders)})")
         cache = CompressedCache(self.spec.num_layers)
         per_config = [self._counts(cfg, prep) for cfg in configs]
-        for i, layer in enumerate(cache.layers):
+        keys = {scorer_key(cfg.scorer) for cfg in configs}
+        for i in range(self.spec.num_layers):
             counts = torch.stack([c[i] for c in per_config]).to(self.device)  # [C, H_kv]
-            orders = torch.cat([prep.orders[scorer_key(cfg.scorer)][i] for cfg in configs])  # [C, H_kv, T]
-            keys, values, pos = kernels.gather_kv(prep.keys[i], prep.values[i], orders, counts)
-            layer.set_entries(keys, values, pos, prep.length)
+            if len(keys) == 1:  # one ranking shared by every candidate
+                orders = prep.orders[next(iter(keys))][i]  # [1, H_kv, T]
+            else:
+                orders = torch.cat([prep.orders[scorer_key(cfg.scorer)][i] for cfg in configs])  # [C, H_kv, T]
+            cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length)
         return cache
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.reference import attend, gather_kv
+from evolkv.kernels.reference import gathered_attention_ref  # noqa: F401  (re-exported beside the kernel)
 
 
 @triton.jit
@@ -46,7 +46,7 @@ def _gathered_attention_kernel(
     stride_nc, stride_nh, stride_nt,
     stride_outc, stride_outh, stride_outt,
     stride_lc, stride_lh,
-    num_kv, t_q, context, scale,
+    num_kv, t_q, new_len, context, scale,
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -61,7 +61,7 @@ def _gathered_attention_kernel(
     head = h * GROUP + g  # query head
     q = tl.load(Q + c * stride_qc + head[:, None] * stride_qh + i[:, None] * stride_qt + d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    q_pos = context + i
+    q_pos = context + new_len - t_q + i  # queries are the last t_q of the new tokens
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -80,14 +80,14 @@ def _gathered_attention_kernel(
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
     base = c * stride_nc + h * stride_nh
-    for start in range(0, t_q, BLOCK_N):  # the candidate's own new tokens, causal
+    for start in range(0, new_len, BLOCK_N):  # the candidate's own new tokens, causal
         j = start + tl.arange(0, BLOCK_N)
-        new_ok = j < t_q
+        new_ok = j < new_len
         k = tl.load(KN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
         v = tl.load(VN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
-        visible = new_ok[None, :] & (j[None, :] <= i[:, None]) & row_ok[:, None]
+        visible = new_ok[None, :] & ((context + j)[None, :] <= q_pos[:, None]) & row_ok[:, None]
         if WINDOW > 0:
-            visible = visible & (j[None, :] > i[:, None] - WINDOW)
+            visible = visible & ((context + j)[None, :] > q_pos[:, None] - WINDOW)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
     l_safe = tl.where(row_ok, l_i, 1.0)  # rows past the end are never stored
@@ -105,14 +105,17 @@ def gathered_attention(
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
     query: [C, H_q, T_q, D]; keys, values: [H_kv, T, D] (the shared prefill cache of one sample);
-    order: [C or 1, H_kv, T] integer ranking; counts: [C, H_kv]; new_keys, new_values: [C, H_kv, T_q, D]
-    (the answer tokens' own, at positions T..T+T_q-1). Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
+    order: [C or 1, H_kv, T] integer ranking; counts: [C, H_kv]; new_keys, new_values: [C, H_kv, N, D]
+    (tokens after the prefill, at positions T..T+N-1; the queries are the last T_q of them, N >= T_q).
+    Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
     """
     cands, num_q, t_q, dim = query.shape
     num_kv, context, _ = keys.shape
     if num_q % num_kv or dim not in (16, 32, 64, 128, 256):
         raise ValueError(f"unsupported shapes: {num_q} query heads over {num_kv} KV heads, head_dim {dim}")
-    if values.shape != keys.shape or new_keys.shape != (cands, num_kv, t_q, dim) or new_values.shape != new_keys.shape:
+    new_len = new_keys.shape[2]
+    if (values.shape != keys.shape or new_keys.shape != (cands, num_kv, new_len, dim) or new_len < t_q
+            or new_values.shape != new_keys.shape):
         raise ValueError("keys/values/new_keys/new_values shapes disagree with the query")
     if order.shape[-2:] != (num_kv, context) or counts.shape != (cands, num_kv):
         raise ValueError("order must be [C or 1, H_kv, T] and counts [C, H_kv]")
@@ -143,22 +146,8 @@ def gathered_attention(
         new_keys.stride(0), new_keys.stride(1), new_keys.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        num_kv, t_q, context, scaling,
+        num_kv, t_q, new_len, context, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, num_warps=num_warps,
     )
     return out, lse
-
-
-def gathered_attention_ref(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
-    new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same function in torch: gather copies, append the new tokens, attend (see ``reference``)."""
-    cands, _, t_q, _ = query.shape
-    context = keys.shape[1]
-    kept_k, kept_v, pos = gather_kv(keys[None], values[None], order.long(), counts.long())
-    new_pos = torch.arange(context, context + t_q, device=query.device).expand(cands, keys.shape[0], t_q)
-    return attend(query, torch.cat([kept_k, new_keys], 2), torch.cat([kept_v, new_values], 2),
-                  torch.cat([pos, new_pos], 2), torch.arange(context, context + t_q, device=query.device),
-                  scaling, sliding_window)

@@ -65,3 +65,17 @@ def gather_kv(
     slot = torch.arange(length, device=counts.device)
     pos = torch.where(slot[None, None, :] < counts[..., None], idx, torch.full_like(idx, -1))
     return kept_keys, kept_values, pos
+
+
+def gathered_attention_ref(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
+    new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same function in torch: gather copies, append the new tokens, attend (see ``reference``)."""
+    cands, _, t_q, _ = query.shape
+    context, new_len = keys.shape[1], new_keys.shape[2]
+    kept_k, kept_v, pos = gather_kv(keys[None], values[None], order.long(), counts.long())
+    new_pos = torch.arange(context, context + new_len, device=query.device)
+    return attend(query, torch.cat([kept_k, new_keys], 2), torch.cat([kept_v, new_values], 2),
+                  torch.cat([pos, new_pos.expand(cands, keys.shape[0], new_len)], 2), new_pos[new_len - t_q:],
+                  scaling, sliding_window)

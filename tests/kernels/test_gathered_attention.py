@@ -1,13 +1,9 @@
 """The gathered-attention Triton kernel against its torch reference (on CPU under TRITON_INTERPRET=1)."""
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-triton = pytest.importorskip("triton")
+triton = pytest.importorskip("triton")  # conftest sets TRITON_INTERPRET=1 on machines without CUDA
 
 from evolkv.kernels.gathered_attention import gathered_attention, gathered_attention_ref  # noqa: E402
 
@@ -56,6 +52,16 @@ def test_budgets_zero_and_full(budget):
     out, _ = gathered_attention(*args, 0.25, block_m=16, block_n=16)
     ref, _ = gathered_attention_ref(*args, 0.25)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+
+
+def test_queries_after_earlier_new_tokens():
+    """Greedy decoding: 4 tokens already appended after the prefill, one query (the last)."""
+    q, keys, values, order, counts, new_k, new_v = _inputs(2, 2, 4, 40, 5, 16, torch.float32, seed=3)
+    out, lse = gathered_attention(q[:, :, -1:], keys, values, order, counts, new_k, new_v, 0.25, 16,
+                                  block_m=16, block_n=16)
+    ref, ref_lse = gathered_attention_ref(q[:, :, -1:], keys, values, order, counts, new_k, new_v, 0.25, 16)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)
 
 
 def test_every_output_is_written():
