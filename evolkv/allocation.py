@@ -75,6 +75,7 @@ def adaptive_split(sorted_scores: torch.Tensor, total: torch.Tensor, cap: int, f
     """
     batch, heads, length = sorted_scores.shape
     cap = min(cap, length)
+    total = total.to(sorted_scores.device)
     base = (floor * total.double() / heads).floor().long().clamp(max=cap)[:, None].expand(batch, heads).clone()
     counts = base.clone()
     for b in range(batch):
