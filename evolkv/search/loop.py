@@ -89,7 +89,9 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head)
     incumbent = space.encode(baseline("uniform", spec, budget, scorer))
     best_f, best_cfg = math.inf, None
-    for gen_start, gen_count, view in _schedule(settings, space, incumbent):
+    blocks = list(_schedule(settings, space))
+    total_generations = sum(count for _, count, _ in blocks)
+    for gen_start, gen_count, view in blocks:
         if isinstance(view, SubSpace):
             view.incumbent = incumbent
         lower, upper = view.bounds
@@ -108,8 +110,7 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
                     best_f, best_cfg = float(f), cfg
                     incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
             store.update_run(run_id, generations_done=gen + 1, best_objective=best_f if best_cfg else None)
-            reporter.generation(gen + 1, _total_generations(settings, space),
-                                best_f, len(configs) / (time.perf_counter() - started))
+            reporter.generation(gen + 1, total_generations, best_f, len(configs) / (time.perf_counter() - started))
 
     if best_cfg is None:
         store.update_run(run_id, status="failed")
@@ -178,7 +179,7 @@ class _Job:
                                           Score(acc["em"], acc), self.executor.worker)
 
 
-def _schedule(settings: SearchSettings, space: BudgetSpace, incumbent: np.ndarray):
+def _schedule(settings: SearchSettings, space: BudgetSpace):
     """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn."""
     if settings.groups <= 1:
         yield 0, settings.generations, space
@@ -188,15 +189,7 @@ def _schedule(settings: SearchSettings, space: BudgetSpace, incumbent: np.ndarra
     groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
     per_group = max(1, settings.generations // len(groups))
     for i, group in enumerate(groups):
-        yield i * per_group, per_group, SubSpace(space, group, incumbent)
-
-
-def _total_generations(settings: SearchSettings, space: BudgetSpace) -> int:
-    if settings.groups <= 1:
-        return settings.generations
-    size = math.ceil(space.model.num_layers / settings.groups)
-    count = math.ceil(space.model.num_layers / size)
-    return count * max(1, settings.generations // count)
+        yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
 
 
 def _versions() -> dict[str, str]:
