@@ -79,3 +79,52 @@ def gathered_attention_ref(
     return attend(query, torch.cat([kept_k, new_keys], 2), torch.cat([kept_v, new_values], 2),
                   torch.cat([pos, new_pos.expand(cands, keys.shape[0], new_len)], 2), new_pos[new_len - t_q:],
                   scaling, sliding_window)
+
+
+def quantize_ref(x: torch.Tensor, bits: int, group_size: int, per_channel: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KIVI-style asymmetric quantization, packed into int32 words along the last dim.
+
+    x: [R, T, D]. Keys use ``per_channel=True``: each channel is quantized over groups of ``group_size``
+    consecutive tokens (T % group_size == 0), scale/zero [R, T / G, D]. Values use ``per_channel=False``:
+    each token over groups of ``group_size`` channels (D % group_size == 0), scale/zero [R, T, D / G].
+    code = clamp(floor((x - min) / scale + 0.5), 0, 2**bits - 1) with scale = (max - min) / (2**bits - 1).
+    Returns (packed [R, T, D * bits / 32] int32, scale fp32, zero fp32); code j of a word sits at bits j*bits.
+    """
+    rows, length, dim = x.shape
+    levels = 2**bits - 1
+    xf = x.float()
+    if per_channel:
+        grouped = xf.view(rows, length // group_size, group_size, dim)  # [R, T/G, G, D]
+        low, high = grouped.amin(dim=2), grouped.amax(dim=2)  # [R, T/G, D]
+        scale = (high - low) / levels
+        codes = (grouped - low[:, :, None]) / torch.where(scale > 0, scale, 1.0)[:, :, None]
+        codes = codes.view(rows, length, dim)
+    else:
+        grouped = xf.view(rows, length, dim // group_size, group_size)  # [R, T, D/G, G]
+        low, high = grouped.amin(dim=3), grouped.amax(dim=3)  # [R, T, D/G]
+        scale = (high - low) / levels
+        codes = (grouped - low[..., None]) / torch.where(scale > 0, scale, 1.0)[..., None]
+        codes = codes.view(rows, length, dim)
+    codes = torch.floor(codes + 0.5).clamp(0, levels).to(torch.int64)
+    per_word = 32 // bits
+    shifts = torch.arange(per_word, device=x.device) * bits
+    words = (codes.view(rows, length, dim // per_word, per_word) << shifts).sum(-1)  # disjoint bits: sum == or
+    packed = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return packed, scale, low
+
+
+def dequantize_ref(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
+                   per_channel: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of ``quantize_ref``: [R, T, D * bits / 32] int32 -> [R, T, D] in ``dtype``."""
+    rows, length, words = packed.shape
+    per_word = 32 // bits
+    shifts = torch.arange(per_word, device=packed.device) * bits
+    codes = ((packed.to(torch.int64)[..., None] >> shifts) & (2**bits - 1)).view(rows, length, words * per_word)
+    if per_channel:
+        scale = scale.repeat_interleave(group_size, dim=1)
+        zero = zero.repeat_interleave(group_size, dim=1)
+    else:
+        scale = scale.repeat_interleave(group_size, dim=2)
+        zero = zero.repeat_interleave(group_size, dim=2)
+    return (codes.float() * scale + zero).to(dtype)
