@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import triton.testing
 
 from evolkv.kernels.gathered_attention import gathered_attention, gathered_attention_ref
-from evolkv.kernels.reference import gather_kv
+from evolkv.kernels.decode_attention import decode_attention
+from evolkv.kernels.reference import attend, gather_kv
 
 TILES = [(64, 64, 4), (128, 64, 8), (128, 32, 4)]  # (BLOCK_M, BLOCK_N, warps) tried; the best is reported
 
@@ -86,6 +87,36 @@ def main() -> None:
             achieved = must_move / (kernel_ms * 1e-3)
             print(f"{context:>8} {cands:>4} {kernel_ms:>10.3f} {torch_ms:>9.3f} {torch_ms / kernel_ms:>8.1f}x "
                   f"{achieved / 1e9:>12.0f} {achieved / bandwidth:>9.0%} {err:>8.1e} {tile:>10}", flush=True)
+    decode_section(bandwidth, [int(c) for c in args.contexts.split(",")] + [131072], args.budget)
+
+
+def decode_section(bandwidth: float, contexts: list[int], budget: float) -> None:
+    """Runtime decode: one query token per sequence over a compressed per-head cache (batch 8)."""
+    device, dtype, batch, num_q, num_kv, dim = "cuda", torch.bfloat16, 8, 32, 8, 128
+    print(f"\ndecode: batch {batch}, 1 query token, {budget:.0%} of the context kept per head (heads differ)")
+    print(f"{'context':>8} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'kernel GB/s':>12} {'of copy bw':>10} "
+          f"{'rel err':>8}")
+    for context in contexts:
+        gen = torch.Generator(device=device).manual_seed(context)
+        length = int(budget * context)
+        keys = torch.randn(batch, num_kv, length, dim, device=device, generator=gen, dtype=dtype)
+        values = torch.randn_like(keys)
+        kept = (length * (0.5 + 0.5 * torch.rand(batch, num_kv, 1, device=device, generator=gen))).long()
+        slot = torch.arange(length, device=device)
+        pos = torch.where(slot < kept, torch.randint(0, context, (batch, num_kv, length), device=device,
+                                                     generator=gen), torch.full_like(slot, -1))
+        query = torch.randn(batch, num_q, 1, dim, device=device, generator=gen, dtype=dtype)
+        query_pos = torch.tensor([context], device=device)
+        args = (query, keys, values, pos, query_pos, dim ** -0.5)
+        out, _ = decode_attention(*args)
+        ref, _ = attend(*args)
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        kernel_ms = triton.testing.do_bench(lambda: decode_attention(*args), warmup=25, rep=200, return_mode="median")
+        torch_ms = triton.testing.do_bench(lambda: attend(*args), warmup=10, rep=100, return_mode="median")
+        must_move = keys.numel() * 2 * 2 + pos.numel() * 4 + query.numel() * 2 * 2
+        achieved = must_move / (kernel_ms * 1e-3)
+        print(f"{context:>8} {kernel_ms:>10.3f} {torch_ms:>9.3f} {torch_ms / kernel_ms:>8.1f}x "
+              f"{achieved / 1e9:>12.0f} {achieved / bandwidth:>9.0%} {err:>8.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ def _prompt(tiny, length=120):
     return torch.randint(4, len(tiny.tokenizer), (1, length)).to(tiny.model.device)
 
 
-def test_full_budget_equals_plain_generate(tiny):
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_full_budget_equals_plain_generate(tiny, kernels, monkeypatch):
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv("EVOLKV_KERNELS", kernels)  # decode through the Triton kernel (interpreted on CPU)
     ids = _prompt(tiny)
     kwargs = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():

@@ -6,9 +6,22 @@ import os
 
 import torch
 
-from evolkv.kernels.reference import attend, gather_kv, gathered_attention_ref
+from evolkv.kernels import reference
+from evolkv.kernels.reference import gather_kv, gathered_attention_ref
+
+DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
 
 __all__ = ["attend", "attend_gathered", "gather_kv"]
+
+
+def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
+    """Attention over a compressed cache (see ``reference.attend``): the split-sequence Triton decode kernel
+    for a few query tokens on CUDA, the torch reference otherwise."""
+    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and _use_triton(query):
+        from evolkv.kernels.decode_attention import decode_attention
+
+        return decode_attention(query, keys, values, key_pos, query_pos, scaling, sliding_window)
+    return reference.attend(query, keys, values, key_pos, query_pos, scaling, sliding_window, softcap)
 
 
 def attend_gathered(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window=None):
