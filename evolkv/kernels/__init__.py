@@ -10,6 +10,7 @@ from evolkv.kernels import reference
 from evolkv.kernels.reference import gather_kv, gathered_attention_ref
 
 DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
+DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, 2026-11-24 results)
 
 __all__ = ["attend", "attend_gathered", "gather_kv"]
 
@@ -17,7 +18,8 @@ __all__ = ["attend", "attend_gathered", "gather_kv"]
 def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
     """Attention over a compressed cache (see ``reference.attend``): the split-sequence Triton decode kernel
     for a few query tokens on CUDA, the torch reference otherwise."""
-    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and _use_triton(query):
+    small = keys.shape[2] < DECODE_MIN_ENTRIES and os.environ.get("EVOLKV_KERNELS") != "triton"
+    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and not small and _use_triton(query):
         from evolkv.kernels.decode_attention import decode_attention
 
         return decode_attention(query, keys, values, key_pos, query_pos, scaling, sliding_window)

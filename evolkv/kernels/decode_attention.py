@@ -80,8 +80,9 @@ def decode_attention(
     if values.shape != keys.shape or query.dtype != keys.dtype or values.dtype != keys.dtype:
         raise ValueError("keys and values must match each other and the query's dtype")
     query, keys, values = query.contiguous(), keys.contiguous(), values.contiguous()
-    key_pos = key_pos.to(torch.int32).contiguous()
-    query_pos = query_pos.to(device=query.device, dtype=torch.int32).contiguous()
+    if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
+        key_pos = key_pos.to(torch.int32).contiguous()
+    query_pos = query_pos.to(device=query.device, dtype=torch.int32)
     if splits is None:  # enough programs to fill the GPU, chunks of at least a few blocks
         splits = max(1, min(triton.cdiv(length, 4 * block_n), triton.cdiv(264, batch * num_kv)))
     split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
@@ -103,6 +104,8 @@ def decode_attention(
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32,
     )
+    if splits == 1:
+        return (acc[..., 0, :] / lsum[..., 0, None]).to(query.dtype), m[..., 0] + torch.log(lsum[..., 0])
     top = m.amax(dim=-1, keepdim=True)  # [B, H_q, T_q, 1]
     weight = torch.exp(m - top).nan_to_num(0.0)  # chunks with nothing visible weigh 0
     total = (lsum * weight).sum(-1)  # [B, H_q, T_q]
