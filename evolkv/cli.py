@@ -162,10 +162,12 @@ def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."),
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("id", "model", "mode", "budget", "optimizer", "status", "gens", "best KL", "created")
+    table = Table(Column("id", no_wrap=True), Column("model", no_wrap=True), "mode", "budget", "optimizer",
+                  Column("status", no_wrap=True), "gens", "best KL", Column("created", no_wrap=True))
     for r in rows:
         table.add_row(r["id"], r["model"], r["mode"], r["budget"], r["optimizer"], r["status"],
-                      str(r["generations_done"]), _fmt(r["best_objective"]), r["created_at"])
+                      str(r["generations_done"]), _fmt(r["best_objective"]),
+                      (r["created_at"] or "").replace("T", " ")[:16])
     console.print(table if rows else "no runs yet: start one with `evolkv search --budget 10%`")
 
 

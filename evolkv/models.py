@@ -115,8 +115,10 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "float32") -
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True)
     except (OSError, ValueError) as e:
-        where = "the directory" if local else "the local Hugging Face cache (evolkv never downloads)"
-        raise ModelError(f"cannot load model {display!r} from {where}: {str(e).splitlines()[0]}") from e
+        if local:
+            raise ModelError(f"cannot load model {display!r} from {location}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"model {display!r} is not a local directory, not an alias in configs/models.yaml and "
+                         f"not in the local Hugging Face cache (evolkv never downloads)") from e
     try:
         model = model.to(device).eval()
     except (RuntimeError, AssertionError) as e:
