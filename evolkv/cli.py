@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
@@ -162,12 +163,12 @@ def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."),
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(Column("id", no_wrap=True), Column("model", no_wrap=True), "mode", "budget", "optimizer",
-                  Column("status", no_wrap=True), "gens", "best KL", Column("created", no_wrap=True))
+    table = Table(Column("id", no_wrap=True), Column("model", overflow="ellipsis", max_width=24), "budget",
+                  "optimizer", Column("status", no_wrap=True), "gens", "best KL", Column("created", no_wrap=True),
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for r in rows:
-        table.add_row(r["id"], r["model"], r["mode"], r["budget"], r["optimizer"], r["status"],
-                      str(r["generations_done"]), _fmt(r["best_objective"]),
-                      (r["created_at"] or "").replace("T", " ")[:16])
+        table.add_row(r["id"], r["model"], r["budget"], r["optimizer"], r["status"], str(r["generations_done"]),
+                      _fmt(r["best_objective"]), (r["created_at"] or "").replace("T", " ")[5:16])
     console.print(table if rows else "no runs yet: start one with `evolkv search --budget 10%`")
 
 
