@@ -29,7 +29,7 @@ def attend(
     layer, key_pos > query_pos - sliding_window. Returns (out [B, H_q, T_q, D], lse [B, H_q, T_q] fp32).
     """
     batch, num_q, t_q, dim = query.shape
-    num_kv, length = keys.shape[1], keys.shape[2]
+    num_kv = keys.shape[1]
     group = num_q // num_kv
     q = query.float().view(batch, num_kv, group, t_q, dim)  # [B, H_kv, G, T_q, D]
     logits = torch.einsum("bhgqd,bhld->bhgql", q, keys.float()) * scaling  # [B, H_kv, G, T_q, L]

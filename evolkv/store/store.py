@@ -134,10 +134,6 @@ class Store:
                 row = matches[0]
             return row
 
-    def model_spec(self, model_id: int) -> ModelSpec:
-        with self._session() as session:
-            return ModelSpec.from_dict(session.get(ModelRow, model_id).spec)
-
     def find_evaluations(self, run_id: str, digest: str, split: str) -> list[EvaluationRow]:
         """This run's evaluations of the config with hash ``digest`` on ``split``, oldest first."""
         with self._session() as session:
