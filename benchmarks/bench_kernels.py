@@ -21,7 +21,8 @@ from evolkv.kernels.gathered_attention import gathered_attention, gathered_atten
 from evolkv.kernels.decode_attention import decode_attention
 from evolkv.kernels.reference import attend, gather_kv
 
-TILES = [(64, 64, 4), (128, 64, 8), (128, 32, 4)]  # (BLOCK_M, BLOCK_N, warps) tried; the best is reported
+TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4), (64, 32, 4, 5),
+         (64, 128, 8, 3)]  # (BLOCK_M, BLOCK_N, warps, stages) tried; the best is reported
 
 
 def copy_bandwidth(device: str) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e12:.2f} TB/s (read + write)")
     print(f"{'context':>8} {'pop':>4} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'kernel GB/s':>12} "
-          f"{'of copy bw':>10} {'rel err':>8} {'tile':>10}")
+          f"{'of copy bw':>10} {'rel err':>8} {'tile':>14}")
     for context in [int(c) for c in args.contexts.split(",")]:
         for cands in [int(p) for p in args.populations.split(",")]:
             gen = torch.Generator(device=device).manual_seed(context + cands)
@@ -77,8 +78,8 @@ def main() -> None:
             ref, _ = gathered_attention_ref(*torch_inputs)
             err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
             kernel_ms, tile = min((triton.testing.do_bench(
-                lambda: gathered_attention(*inputs, block_m=bm, block_n=bn, num_warps=w), warmup=25, rep=200,
-                return_mode="median"), f"{bm}x{bn}/{w}") for bm, bn, w in TILES)
+                lambda: gathered_attention(*inputs, block_m=bm, block_n=bn, num_warps=w, num_stages=st),
+                warmup=25, rep=200, return_mode="median"), f"{bm}x{bn}/{w}w/{st}s") for bm, bn, w, st in TILES)
             torch_ms = triton.testing.do_bench(lambda: torch_path(*torch_inputs), warmup=10, rep=100,
                                                return_mode="median")
             kept = int(counts.sum())
@@ -86,7 +87,7 @@ def main() -> None:
                          + 2 * q.numel() * 2 + 2 * new_k.numel() * 2 + q.numel() // dim * 4)
             achieved = must_move / (kernel_ms * 1e-3)
             print(f"{context:>8} {cands:>4} {kernel_ms:>10.3f} {torch_ms:>9.3f} {torch_ms / kernel_ms:>8.1f}x "
-                  f"{achieved / 1e9:>12.0f} {achieved / bandwidth:>9.0%} {err:>8.1e} {tile:>10}", flush=True)
+                  f"{achieved / 1e9:>12.0f} {achieved / bandwidth:>9.0%} {err:>8.1e} {tile:>14}", flush=True)
     decode_section(bandwidth, [int(c) for c in args.contexts.split(",")] + [131072], args.budget)
 
 

@@ -100,7 +100,7 @@ def _gathered_attention_kernel(
 def gathered_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
-    block_m: int = 64, block_n: int = 64, num_warps: int = 4, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
@@ -148,6 +148,6 @@ def gathered_attention(
         lse.stride(0), lse.stride(1),
         num_kv, t_q, new_len, context, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=query.dtype == torch.float32, num_warps=num_warps,
+        IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
