@@ -100,7 +100,8 @@ def _gathered_attention_kernel(
 def gathered_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
-    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+    out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
