@@ -39,7 +39,7 @@ class Prepared:
     length: int  # T, tokens prefilled
     keys: list[torch.Tensor]  # per layer [1, H_kv, T, D]
     values: list[torch.Tensor]
-    orders: dict[str, list[torch.Tensor]]  # scorer -> per layer [1, H_kv, T]
+    orders: dict[str, list[torch.Tensor]]  # scorer -> per layer [1, H_kv, T] int32
     sorted_scores: dict[str, list[torch.Tensor]]
     feed: torch.Tensor  # [F] continuation tokens fed over the compressed cache
     targets: torch.Tensor  # [A] tokens predicted by the last A positions of the feed
@@ -79,7 +79,8 @@ class _Capture(PrefillPolicy):
         for name, scorer in self.scorers.items():
             window = min(scorer.window, query.shape[2])
             order, sorted_scores = rank(scorer.score(query[:, :, -window:], keys, scaling), window, first_valid)
-            self.orders[name][layer_idx], self.sorted[name][layer_idx] = order, sorted_scores
+            # int32 once per sample: the kernel's index type (GatheredLayer would convert it on every score call)
+            self.orders[name][layer_idx], self.sorted[name][layer_idx] = order.to(torch.int32), sorted_scores
 
 
 def scorer_key(spec: ScorerSpec) -> str:
