@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.gathered_attention import _online_block
+from evolkv.kernels.gathered_attention import _load_query_rows, _online_block
 
 
 @triton.jit
@@ -32,14 +32,9 @@ def _decode_partial_kernel(
     b = pid // num_kv
     h = pid % num_kv
     split = tl.program_id(1)
-    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < GROUP * t_q
-    g = rows // t_q
-    i = rows % t_q
-    head = h * GROUP + g
+    q, i, head, row_ok = _load_query_rows(Q, b * stride_qb, stride_qh, stride_qt, h, tl.program_id(2), t_q,
+                                          GROUP, HEAD_DIM, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + i[:, None] * stride_qt + d[None, :],
-                mask=row_ok[:, None], other=0.0)
     q_pos = tl.load(QPOS + i, mask=row_ok, other=0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -59,9 +54,9 @@ def _decode_partial_kernel(
             visible = visible & (pos[None, :] > q_pos[:, None] - WINDOW)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
-    out = M_OUT + b * stride_mb + head * stride_mh + i * stride_mt + split
-    tl.store(out, m_i, mask=row_ok)
-    tl.store(L_OUT + b * stride_mb + head * stride_mh + i * stride_mt + split, l_i, mask=row_ok)
+    partial = b * stride_mb + head * stride_mh + i * stride_mt + split  # m and l share one layout
+    tl.store(M_OUT + partial, m_i, mask=row_ok)
+    tl.store(L_OUT + partial, l_i, mask=row_ok)
     tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + i[:, None] * stride_at + split * stride_as
              + d[None, :], acc, mask=row_ok[:, None])
 

@@ -37,6 +37,23 @@ def _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _load_query_rows(Q, q_base, stride_qh, stride_qt, h, m_block, t_q,
+                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A block of query rows of KV head ``h``: its GQA group's heads and the t_q queries, folded together.
+
+    Returns (q [BLOCK_M, D], query index i, query head, row_ok) for rows = (group head, query) flattened.
+    """
+    rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < GROUP * t_q
+    i = rows % t_q
+    head = h * GROUP + rows // t_q
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + q_base + head[:, None] * stride_qh + i[:, None] * stride_qt + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    return q, i, head, row_ok
+
+
+@triton.jit
 def _gathered_attention_kernel(
     Q, K, V, ORDER, COUNTS, KN, VN, OUT, LSE,
     stride_qc, stride_qh, stride_qt,
@@ -53,14 +70,9 @@ def _gathered_attention_kernel(
     pid = tl.program_id(0)
     c = pid // num_kv
     h = pid % num_kv
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # flattened (group head, query)
-    row_ok = rows < GROUP * t_q
-    g = rows // t_q
-    i = rows % t_q
+    q, i, head, row_ok = _load_query_rows(Q, c * stride_qc, stride_qh, stride_qt, h, tl.program_id(1), t_q,
+                                          GROUP, HEAD_DIM, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
-    head = h * GROUP + g  # query head
-    q = tl.load(Q + c * stride_qc + head[:, None] * stride_qh + i[:, None] * stride_qt + d[None, :],
-                mask=row_ok[:, None], other=0.0)
     q_pos = context + new_len - t_q + i  # queries are the last t_q of the new tokens
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
