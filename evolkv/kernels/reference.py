@@ -93,19 +93,14 @@ def quantize_ref(x: torch.Tensor, bits: int, group_size: int, per_channel: bool
     """
     rows, length, dim = x.shape
     levels = 2**bits - 1
-    xf = x.float()
     if per_channel:
-        grouped = xf.view(rows, length // group_size, group_size, dim)  # [R, T/G, G, D]
-        low, high = grouped.amin(dim=2), grouped.amax(dim=2)  # [R, T/G, D]
-        scale = (high - low) / levels
-        codes = (grouped - low[:, :, None]) / torch.where(scale > 0, scale, 1.0)[:, :, None]
-        codes = codes.view(rows, length, dim)
+        grouped, axis = x.float().view(rows, length // group_size, group_size, dim), 2  # [R, T/G, G, D]
     else:
-        grouped = xf.view(rows, length, dim // group_size, group_size)  # [R, T, D/G, G]
-        low, high = grouped.amin(dim=3), grouped.amax(dim=3)  # [R, T, D/G]
-        scale = (high - low) / levels
-        codes = (grouped - low[..., None]) / torch.where(scale > 0, scale, 1.0)[..., None]
-        codes = codes.view(rows, length, dim)
+        grouped, axis = x.float().view(rows, length, dim // group_size, group_size), 3  # [R, T, D/G, G]
+    low, high = grouped.amin(dim=axis, keepdim=True), grouped.amax(dim=axis, keepdim=True)
+    scale = (high - low) / levels
+    codes = ((grouped - low) / torch.where(scale > 0, scale, 1.0)).view(rows, length, dim)
+    scale, low = scale.squeeze(axis), low.squeeze(axis)  # [R, T/G, D] or [R, T, D/G]
     codes = torch.floor(codes + 0.5).clamp(0, levels).to(torch.int64)
     per_word = 32 // bits
     shifts = torch.arange(per_word, device=x.device) * bits
@@ -121,10 +116,6 @@ def dequantize_ref(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
     per_word = 32 // bits
     shifts = torch.arange(per_word, device=packed.device) * bits
     codes = ((packed.to(torch.int64)[..., None] >> shifts) & (2**bits - 1)).view(rows, length, words * per_word)
-    if per_channel:
-        scale = scale.repeat_interleave(group_size, dim=1)
-        zero = zero.repeat_interleave(group_size, dim=1)
-    else:
-        scale = scale.repeat_interleave(group_size, dim=2)
-        zero = zero.repeat_interleave(group_size, dim=2)
+    axis = 1 if per_channel else 2  # keys: groups of tokens; values: groups of channels
+    scale, zero = scale.repeat_interleave(group_size, dim=axis), zero.repeat_interleave(group_size, dim=axis)
     return (codes.float() * scale + zero).to(dtype)
