@@ -7,12 +7,13 @@ import os
 import torch
 
 from evolkv.kernels import reference
-from evolkv.kernels.reference import gather_kv, gathered_attention_ref
+from evolkv.kernels.packed import attend_packed_ref, gathered_attention_packed_ref
+from evolkv.kernels.reference import gather_kv
 
 DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
 DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, 2026-11-24 results)
 
-__all__ = ["attend", "attend_gathered", "gather_kv"]
+__all__ = ["attend", "attend_gathered", "attend_packed", "gather_kv"]
 
 
 def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
@@ -26,14 +27,28 @@ def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None
     return reference.attend(query, keys, values, key_pos, query_pos, scaling, sliding_window, softcap)
 
 
-def attend_gathered(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window=None):
+def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
+    """Attention over a packed (quantized) cache (see ``packed.attend_packed_ref``): the decode kernel, which
+    dequantizes as it reads, for a few query tokens on CUDA; dequantize-then-attend in torch otherwise."""
+    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and _use_triton(query):
+        from evolkv.kernels.decode_attention import decode_attention_packed
+
+        return decode_attention_packed(query, packed, key_pos, query_pos, scaling, sliding_window)
+    return attend_packed_ref(query, packed, key_pos, query_pos, scaling, sliding_window, softcap)
+
+
+def attend_gathered(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window=None,
+                    packed=None, residual=0):
     """Many candidates' queries over their ranking prefixes of one shared cache (see ``gathered_attention``
-    in ``evolkv.kernels.gathered_attention``): the Triton kernel on CUDA, the torch reference elsewhere."""
+    in ``evolkv.kernels.gathered_attention``), ranks >= ``residual`` read from ``packed`` when given: the
+    Triton kernel on CUDA, the torch reference elsewhere."""
     if _use_triton(query):
         from evolkv.kernels.gathered_attention import gathered_attention as kernel
 
-        return kernel(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window)
-    return gathered_attention_ref(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window)
+        return kernel(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window,
+                      packed=packed, residual=residual)
+    return gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
+                                         sliding_window, packed, residual)
 
 
 def _use_triton(query: torch.Tensor) -> bool:

@@ -14,19 +14,23 @@ import triton
 import triton.language as tl
 
 from evolkv.kernels.gathered_attention import _load_query_rows, _online_block
+from evolkv.kernels.packed import PackedKV, value_group
+from evolkv.kernels.quantize import load_entries
 
 
 @triton.jit
 def _decode_partial_kernel(
-    Q, K, V, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
+    Q, K, V, KS, KZ, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
     stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
+    stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+    stride_ksb, stride_ksh, stride_kst, stride_vsb, stride_vsh, stride_vst,
     stride_pb, stride_ph,
     stride_mb, stride_mh, stride_mt,
     stride_ab, stride_ah, stride_at, stride_as,
     num_kv, t_q, length, split_len, scale,
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // num_kv
@@ -36,6 +40,8 @@ def _decode_partial_kernel(
                                           GROUP, HEAD_DIM, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
     q_pos = tl.load(QPOS + i, mask=row_ok, other=0)
+    k_row, v_row = b * stride_kb + h * stride_kh, b * stride_vb + h * stride_vh
+    ks_row, vs_row = b * stride_ksb + h * stride_ksh, b * stride_vsb + h * stride_vsh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -46,9 +52,10 @@ def _decode_partial_kernel(
         offs = start + tl.arange(0, BLOCK_N)
         inside = offs < end
         pos = tl.load(KPOS + b * stride_pb + h * stride_ph + offs, mask=inside, other=-1)
-        base = b * stride_kb + h * stride_kh + offs[:, None] * stride_kt + d[None, :]
-        k = tl.load(K + base, mask=inside[:, None], other=0.0)
-        v = tl.load(V + base, mask=inside[:, None], other=0.0)
+        k = load_entries(K + k_row, KS + ks_row, KZ + ks_row, offs, inside, stride_kt, stride_kst,
+                         K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N).to(q.dtype)
+        v = load_entries(V + v_row, VS + vs_row, VZ + vs_row, offs, inside, stride_vt, stride_vst,
+                         V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N).to(q.dtype)
         visible = (pos[None, :] >= 0) & (pos[None, :] <= q_pos[:, None]) & row_ok[:, None]
         if WINDOW > 0:
             visible = visible & (pos[None, :] > q_pos[:, None] - WINDOW)
@@ -68,13 +75,45 @@ def decode_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """query: [B, H_q, T_q, D]; keys, values: [B, H_kv, L, D]; key_pos: [B, H_kv, L] (-1 = empty);
     query_pos: [T_q]. Returns (out [B, H_q, T_q, D], lse [B, H_q, T_q] fp32), as ``reference.attend``."""
-    batch, num_q, t_q, dim = query.shape
-    num_kv, length = keys.shape[1], keys.shape[2]
-    if num_q % num_kv or dim not in (16, 32, 64, 128, 256) or key_pos.shape != keys.shape[:3]:
-        raise ValueError("unsupported shapes for decode attention")
     if values.shape != keys.shape or query.dtype != keys.dtype or values.dtype != keys.dtype:
         raise ValueError("keys and values must match each other and the query's dtype")
-    query, keys, values = query.contiguous(), keys.contiguous(), values.contiguous()
+    if keys.dim() != 4 or key_pos.shape != keys.shape[:3]:
+        raise ValueError("unsupported shapes for decode attention")
+    keys, values = keys.contiguous(), values.contiguous()
+    k_strides = [keys.stride(0), keys.stride(1), keys.stride(2)]
+    return _launch(query, [keys, values, keys, keys, keys, keys], k_strides + k_strides + [0] * 6, key_pos,
+                   query_pos, scaling, sliding_window, splits, block_m, block_n,
+                   dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1))
+
+
+def decode_attention_packed(
+    query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor, scaling: float,
+    sliding_window: int | None = None, splits: int | None = None, block_m: int = 16, block_n: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same over a packed cache: ``packed`` holds B * H_kv rows (row b * H_kv + h) of L entries, each
+    dequantized as it is read; key_pos: [B, H_kv, L]."""
+    batch, num_kv, length = key_pos.shape
+    if packed.rows != batch * num_kv or packed.length != length or packed.dim != query.shape[-1]:
+        raise ValueError("packed cache rows/length disagree with key_pos and the query")
+    parts = [packed.k, packed.v, packed.k_scale, packed.k_zero, packed.v_scale, packed.v_zero]
+    parts = [p if p is not None else packed.k for p in parts]  # 16-bit halves have no scales: never read
+    strides = []
+    for tensor in (parts[0], parts[1], parts[2], parts[4]):  # rows split into (sequence, head)
+        strides += [tensor.stride(0) * num_kv, tensor.stride(0), tensor.stride(1)]
+    if packed.k_bits == 16 and query.dtype != packed.k.dtype or packed.v_bits == 16 and query.dtype != packed.v.dtype:
+        raise ValueError("full-precision halves of the packed cache must have the query's dtype")
+    bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
+                V_GROUP=value_group(packed.group, packed.dim))
+    return _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n,
+                   bits)
+
+
+def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits):
+    batch, num_q, t_q, dim = query.shape
+    num_kv, length = key_pos.shape[1], key_pos.shape[2]
+    if num_q % num_kv or dim not in (16, 32, 64, 128, 256) or key_pos.shape[0] != batch:
+        raise ValueError("unsupported shapes for decode attention")
+    query = query.contiguous()
     if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
         key_pos = key_pos.to(torch.int32).contiguous()
     query_pos = query_pos.to(device=query.device, dtype=torch.int32)
@@ -89,15 +128,15 @@ def decode_attention(
     block_m = max(16, min(block_m, triton.next_power_of_2(group * t_q)))
     grid = (batch * num_kv, splits, triton.cdiv(group * t_q, block_m))
     _decode_partial_kernel[grid](
-        query, keys, values, key_pos, query_pos, m, lsum, acc,
+        query, *parts, key_pos, query_pos, m, lsum, acc,
         query.stride(0), query.stride(1), query.stride(2),
-        keys.stride(0), keys.stride(1), keys.stride(2),
+        *strides,
         key_pos.stride(0), key_pos.stride(1),
         m.stride(0), m.stride(1), m.stride(2),
         acc.stride(0), acc.stride(1), acc.stride(2), acc.stride(3),
         num_kv, t_q, length, split_len, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=query.dtype == torch.float32,
+        IEEE=query.dtype == torch.float32, **bits,
     )
     if splits == 1:
         return (acc[..., 0, :] / lsum[..., 0, None]).to(query.dtype), m[..., 0] + torch.log(lsum[..., 0])

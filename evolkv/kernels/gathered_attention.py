@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from evolkv.kernels.packed import PackedKV, value_group
+from evolkv.kernels.quantize import load_entries
 from evolkv.kernels.reference import gathered_attention_ref  # noqa: F401  (re-exported beside the kernel)
 
 
@@ -56,6 +58,7 @@ def _load_query_rows(Q, q_base, stride_qh, stride_qt, h, m_block, t_q,
 @triton.jit
 def _gathered_attention_kernel(
     Q, K, V, ORDER, COUNTS, KN, VN, OUT, LSE,
+    KP, KS, KZ, VP, VS, VZ,
     stride_qc, stride_qh, stride_qt,
     stride_kh, stride_kt,
     stride_oc, stride_oh,
@@ -63,9 +66,12 @@ def _gathered_attention_kernel(
     stride_nc, stride_nh, stride_nt,
     stride_outc, stride_outh, stride_outt,
     stride_lc, stride_lh,
-    num_kv, t_q, new_len, context, scale,
+    stride_kph, stride_kpt, stride_ksh, stride_kst, stride_vph, stride_vpt, stride_vsh, stride_vst,
+    num_kv, t_q, new_len, context, residual, scale,
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    PACKED: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
+    V_GROUP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     c = pid // num_kv
@@ -80,9 +86,10 @@ def _gathered_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     count = tl.minimum(tl.load(COUNTS + c * stride_cc + h), context)
-    for start in range(0, count, BLOCK_N):  # the kept prefix of this head's ranking
+    full_end = tl.minimum(count, residual) if PACKED else count
+    for start in range(0, full_end, BLOCK_N):  # the kept prefix of this head's ranking, full precision
         offs = start + tl.arange(0, BLOCK_N)
-        kept = offs < count
+        kept = offs < full_end
         idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
         k = tl.load(K + h * stride_kh + idx[:, None] * stride_kt + d[None, :], mask=kept[:, None], other=0.0)
         v = tl.load(V + h * stride_kh + idx[:, None] * stride_kt + d[None, :], mask=kept[:, None], other=0.0)
@@ -90,6 +97,20 @@ def _gathered_attention_kernel(
         if WINDOW > 0:
             visible = visible & (idx[None, :] > q_pos[:, None] - WINDOW)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
+
+    if PACKED:  # ranks [residual, count): stored packed in ranking order, so read contiguously
+        for start in range(residual, count, BLOCK_N):
+            offs = start + tl.arange(0, BLOCK_N)
+            kept = offs < count
+            k = load_entries(KP + h * stride_kph, KS + h * stride_ksh, KZ + h * stride_ksh, offs, kept,
+                             stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N)
+            v = load_entries(VP + h * stride_vph, VS + h * stride_vsh, VZ + h * stride_vsh, offs, kept,
+                             stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N)
+            visible = kept[None, :] & row_ok[:, None]
+            if WINDOW > 0:
+                idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
+                visible = visible & (idx[None, :] > q_pos[:, None] - WINDOW)
+            m_i, l_i, acc = _online_block(q, k.to(q.dtype), v.to(q.dtype), visible, m_i, l_i, acc, scale, IEEE)
 
     base = c * stride_nc + h * stride_nh
     for start in range(0, new_len, BLOCK_N):  # the candidate's own new tokens, causal
@@ -114,12 +135,15 @@ def gathered_attention(
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
     block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
     out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+    packed: PackedKV | None = None, residual: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
     query: [C, H_q, T_q, D]; keys, values: [H_kv, T, D] (the shared prefill cache of one sample);
     order: [C or 1, H_kv, T] integer ranking; counts: [C, H_kv]; new_keys, new_values: [C, H_kv, N, D]
     (tokens after the prefill, at positions T..T+N-1; the queries are the last T_q of them, N >= T_q).
+    With ``packed`` (the same cache quantized in the ranking's order, one row per KV head; every candidate
+    shares that one ranking), ranks from ``residual`` on are read from it, dequantized on the fly.
     Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
     """
     cands, num_q, t_q, dim = query.shape
@@ -150,17 +174,33 @@ def gathered_attention(
     group = num_q // num_kv
     block_m = max(16, min(block_m, triton.next_power_of_2(group * t_q)))
     grid = (cands * num_kv, triton.cdiv(group * t_q, block_m))
+    if packed is not None:
+        shared_ranking = order.shape[0] == 1 or bool((order == order[:1]).all())
+        if packed.rows != num_kv or packed.length != context or packed.dim != dim or not shared_ranking:
+            raise ValueError("packed cache must hold [H_kv, T] entries of this cache in the one shared ranking")
+        if residual % packed.group:
+            raise ValueError(f"residual {residual} is not a multiple of the group size {packed.group}")
+        parts = [packed.k, packed.k_scale, packed.k_zero, packed.v, packed.v_scale, packed.v_zero]
+        parts = [p if p is not None else keys for p in parts]  # 16-bit halves have no scales: never read
+        strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
+                   parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]
+        bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
+                    V_GROUP=value_group(packed.group, dim))
+    else:
+        parts, strides = [keys] * 6, [0] * 8
+        bits = dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1)
     _gathered_attention_kernel[grid](
-        query, keys, values, order, counts, new_keys, new_values, out, lse,
+        query, keys, values, order, counts, new_keys, new_values, out, lse, *parts,
         query.stride(0), query.stride(1), query.stride(2),
         keys.stride(0), keys.stride(1),
         order.stride(0), order.stride(1),
         counts.stride(0),
         new_keys.stride(0), new_keys.stride(1), new_keys.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        num_kv, t_q, new_len, context, scaling,
+        lse.stride(0), lse.stride(1), *strides,
+        num_kv, t_q, new_len, context, residual, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        IEEE=query.dtype == torch.float32, PACKED=packed is not None, **bits,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse

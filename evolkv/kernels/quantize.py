@@ -51,30 +51,41 @@ def _quantize_kernel(X, PACKED, SCALE, ZERO, length,
 
 
 @triton.jit
+def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GROUP: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+    """Entries ``offs`` [BLOCK] of one row of a packed cache as float32 [BLOCK, D]: unpacked and dequantized,
+    or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points."""
+    d = tl.arange(0, HEAD_DIM)
+    if BITS == 16:
+        x = tl.load(P + offs[:, None] * stride_pt + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    else:
+        PER_WORD: tl.constexpr = 32 // BITS
+        w = tl.arange(0, HEAD_DIM // PER_WORD)
+        words = tl.load(P + offs[:, None] * stride_pt + w[None, :], mask=ok[:, None], other=0)
+        shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
+        codes = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)
+        codes = tl.reshape(codes, (BLOCK, HEAD_DIM)).to(tl.float32)
+        if PER_CHANNEL:  # keys: one scale per channel and group of entries
+            at = (offs // GROUP)[:, None] * stride_st + d[None, :]
+        else:  # values: one scale per entry and group of channels
+            at = offs[:, None] * stride_st + (d // GROUP)[None, :]
+        scale = tl.load(S + at, mask=ok[:, None], other=0.0).to(tl.float32)
+        zero = tl.load(Z + at, mask=ok[:, None], other=0.0).to(tl.float32)
+        x = codes * scale + zero
+    return x
+
+
+@triton.jit
 def _dequantize_kernel(PACKED, SCALE, ZERO, OUT, length,
                        stride_pr, stride_pt, stride_sr, stride_st, stride_or, stride_ot,
                        BITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, PER_CHANNEL: tl.constexpr,
                        BLOCK_T: tl.constexpr):
     r = tl.program_id(0)
-    tb = tl.program_id(1)
-    t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok = t < length
-    PER_WORD: tl.constexpr = 32 // BITS
-    w = tl.arange(0, DIM // PER_WORD)
-    words = tl.load(PACKED + r * stride_pr + t[:, None] * stride_pt + w[None, :], mask=ok[:, None], other=0)
-    shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
-    codes = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)
-    codes = tl.reshape(codes, (BLOCK_T, DIM)).to(tl.float32)
+    x = load_entries(PACKED + r * stride_pr, SCALE + r * stride_sr, ZERO + r * stride_sr, t, ok, stride_pt,
+                     stride_st, BITS, GROUP, DIM, PER_CHANNEL, BLOCK_T)
     d = tl.arange(0, DIM)
-    if PER_CHANNEL:
-        group_row = t // GROUP
-        scale = tl.load(SCALE + r * stride_sr + group_row[:, None] * stride_st + d[None, :], mask=ok[:, None], other=0.0)
-        zero = tl.load(ZERO + r * stride_sr + group_row[:, None] * stride_st + d[None, :], mask=ok[:, None], other=0.0)
-    else:
-        g = d // GROUP
-        scale = tl.load(SCALE + r * stride_sr + t[:, None] * stride_st + g[None, :], mask=ok[:, None], other=0.0)
-        zero = tl.load(ZERO + r * stride_sr + t[:, None] * stride_st + g[None, :], mask=ok[:, None], other=0.0)
-    x = codes * scale + zero
     tl.store(OUT + r * stride_or + t[:, None] * stride_ot + d[None, :], x.to(OUT.dtype.element_ty), mask=ok[:, None])
 
 

@@ -44,3 +44,20 @@ def test_matches_reference(case, dtype):
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
     torch.testing.assert_close(lse, ref_lse, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("bits", [(2, 2), (4, 8), (16, 2), (4, 16)])
+def test_packed_cache_matches_dequantized_reference(bits):
+    """The runtime's quantized part: B * H_kv rows packed, read and dequantized inside the kernel."""
+    from evolkv.kernels.decode_attention import decode_attention_packed
+    from evolkv.kernels.packed import attend_packed_ref, pack
+
+    batch, num_kv, group, length, dim = 2, 2, 4, 90, 32
+    keys, values, pos = _cache(batch, num_kv, length, dim, torch.float32, seed=sum(bits))
+    packed = pack(keys.flatten(0, 1), values.flatten(0, 1), *bits, group=32)
+    query = torch.randn(batch, num_kv * group, 1, dim, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    query_pos = torch.tensor([400])
+    out, lse = decode_attention_packed(query, packed, pos, query_pos, dim ** -0.5, splits=2, block_n=16)
+    ref, ref_lse = attend_packed_ref(query, packed, pos, query_pos, dim ** -0.5)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)

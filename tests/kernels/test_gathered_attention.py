@@ -77,3 +77,46 @@ def test_rejects_bad_shapes():
         gathered_attention(q[:, :3], keys, values, order, counts, new_k, new_v, 0.25)
     with pytest.raises(ValueError):
         gathered_attention(q, keys, values, order, counts[:1], new_k, new_v, 0.25)
+
+
+PACKED_CASES = [  # cands, H_kv, group, context, T_q, head_dim, window, k_bits, v_bits, group_size, residual
+    (3, 2, 4, 70, 3, 32, None, 2, 2, 32, 0),
+    (2, 2, 1, 100, 2, 64, None, 4, 2, 32, 32),
+    (2, 1, 8, 75, 4, 16, 30, 8, 4, 32, 32),
+    (3, 2, 4, 90, 2, 32, None, 16, 2, 64, 0),
+    (2, 2, 2, 45, 3, 32, None, 2, 16, 32, 32),
+]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_packed_cache_matches_dequantized_reference(case):
+    """Ranks >= residual read from the packed cache (dequantized in the kernel) equal attention over the
+    dequantized dense copy; counts anywhere in [0, T], including inside the residual and mid-group."""
+    from evolkv.kernels.packed import gathered_attention_packed_ref, pack_ranked
+
+    cands, num_kv, group, context, t_q, dim, window, k_bits, v_bits, group_size, residual = case
+    q, keys, values, order, counts, new_k, new_v = _inputs(cands, num_kv, group, context, t_q, dim, torch.float32,
+                                                           seed=k_bits + v_bits)
+    counts[0, 0] = min(residual, context) // 2  # inside the residual window
+    packed = pack_ranked(keys, values, order[0], k_bits, v_bits, group_size)
+    out, lse = gathered_attention(q, keys, values, order, counts, new_k, new_v, dim ** -0.5, window,
+                                  block_m=16, block_n=16, packed=packed, residual=residual)
+    ref, ref_lse = gathered_attention_packed_ref(q, keys, values, order, counts, new_k, new_v, dim ** -0.5,
+                                                 window, packed=packed, residual=residual)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)
+    plain, _ = gathered_attention_ref(q, keys, values, order, counts, new_k, new_v, dim ** -0.5, window)
+    if k_bits < 16 and counts.max() > residual:
+        assert not torch.allclose(out, plain, atol=1e-3)  # the quantized entries were really used
+
+
+def test_packed_cache_rejects_another_ranking():
+    from evolkv.kernels.packed import pack_ranked
+
+    q, keys, values, order, counts, new_k, new_v = _inputs(2, 2, 2, 64, 2, 32, torch.float32)
+    packed = pack_ranked(keys, values, order[0], 4, 4, 32)
+    other = torch.stack([order[0], order[0].flip(-1)])
+    with pytest.raises(ValueError):
+        gathered_attention(q, keys, values, other, counts, new_k, new_v, 0.2, packed=packed)
+    with pytest.raises(ValueError):
+        gathered_attention(q, keys, values, order, counts, new_k, new_v, 0.2, packed=packed, residual=16)

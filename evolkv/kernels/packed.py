@@ -1,0 +1,153 @@
+"""A KV cache stored at reduced precision: the layout the runtime keeps and the kernels read.
+
+``PackedKV`` holds R rows (one per sequence and KV head) of up to T entries each, in the order the entries
+were ranked, keys and values each either KIVI-packed (``bits`` in 8/4/2) or full precision (16):
+
+- keys per channel over groups of ``group`` consecutive entries: codes [R, Tg, D * bits / 32] int32 with
+  Tg = T rounded up to whole groups, scale/zero [R, Tg / group, D];
+- values per entry over groups of ``min(group, D)`` channels: codes [R, Tg, D * bits / 32], scale/zero
+  [R, Tg, D / group'].
+
+Scales and zero points are stored as float16 (what ``kv_bytes`` counts). A last, partial key group is
+filled with copies of its last entry, which leaves its minimum and maximum, and so every code, unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from evolkv.kernels.reference import dequantize_ref, quantize_ref
+
+SCALE_DTYPE = torch.float16
+
+
+def value_group(group: int, dim: int) -> int:
+    """Values are quantized over groups of this many channels (a head narrower than the group is one group)."""
+    return min(group, dim)
+
+
+@dataclass
+class PackedKV:
+    """Keys and values of ``rows`` rows of ``length`` entries each, at (k_bits, v_bits)."""
+
+    k_bits: int
+    v_bits: int
+    group: int
+    length: int
+    dim: int
+    k: torch.Tensor  # int32 codes [R, Tg, W] or, at 16 bits, the entries [R, T, D]
+    v: torch.Tensor
+    k_scale: torch.Tensor | None = None  # [R, Tg / group, D]
+    k_zero: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None  # [R, Tg, D / group']
+    v_zero: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[0]
+
+    def nbytes(self) -> int:
+        """Storage of every tensor (codes, full-precision entries, scales and zero points)."""
+        parts = (self.k, self.v, self.k_scale, self.k_zero, self.v_scale, self.v_zero)
+        return sum(p.numel() * p.element_size() for p in parts if p is not None)
+
+    def narrow(self, start: int, length: int) -> PackedKV:
+        """Entries [start, start + length) of every row; ``start`` must sit on a key-group boundary."""
+        if start % self.group:
+            raise ValueError(f"start {start} is not on a group boundary of {self.group}")
+        length = max(0, min(length, self.length - start))
+        end = -(-(start + length) // self.group) * self.group  # keep whole groups
+        rows = lambda t, s, e: None if t is None else t[:, s:e]  # noqa: E731
+        g0, g1 = start // self.group, end // self.group
+        k_end = end if self.k_bits < 16 else start + length
+        v_end = end if self.v_bits < 16 else start + length
+        return PackedKV(self.k_bits, self.v_bits, self.group, length, self.dim,
+                        self.k[:, start:k_end], self.v[:, start:v_end],
+                        rows(self.k_scale, g0, g1), rows(self.k_zero, g0, g1),
+                        rows(self.v_scale, start, end), rows(self.v_zero, start, end))
+
+
+def _quantize(x: torch.Tensor, bits: int, group: int, per_channel: bool):
+    from evolkv.kernels import _use_triton
+
+    if _use_triton(x) and x.shape[1]:
+        from evolkv.kernels.quantize import quantize
+
+        codes, scale, zero = quantize(x, bits, group, per_channel)
+    else:
+        codes, scale, zero = quantize_ref(x, bits, group, per_channel)
+    return codes, scale.to(SCALE_DTYPE), zero.to(SCALE_DTYPE)
+
+
+def pack(keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, group: int) -> PackedKV:
+    """Quantize ``keys``/``values`` [R, T, D] (entries in storage order) to (k_bits, v_bits)."""
+    rows, length, dim = keys.shape
+    padded = -(-length // group) * group
+    if padded > length and (k_bits < 16 or v_bits < 16):
+        last = keys[:, -1:].expand(rows, padded - length, dim)  # copies of the last entry: same min/max
+        keys_p = torch.cat([keys, last], 1)
+        values_p = torch.cat([values, values[:, -1:].expand(rows, padded - length, dim)], 1)
+    else:
+        keys_p, values_p = keys, values
+    out = PackedKV(k_bits, v_bits, group, length, dim, keys.contiguous(), values.contiguous())
+    if k_bits < 16:
+        out.k, out.k_scale, out.k_zero = _quantize(keys_p, k_bits, group, per_channel=True)
+    if v_bits < 16:
+        out.v, out.v_scale, out.v_zero = _quantize(values_p, v_bits, value_group(group, dim), per_channel=False)
+    return out
+
+
+def pack_ranked(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, k_bits: int, v_bits: int,
+                group: int) -> PackedKV:
+    """Quantize a cache [R, T, D] in each row's ranking ``order`` [R, T] (the storage order of its entries)."""
+    idx = order.long()[..., None].expand(-1, -1, keys.shape[-1])
+    return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group)
+
+
+def unpack(packed: PackedKV, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries the kernels see: keys, values [R, T, D] in ``dtype`` (dequantized where packed)."""
+    def restore(data, scale, zero, bits, group, per_channel):
+        if bits == 16:
+            return data[:, :packed.length].to(dtype)
+        full = dequantize_ref(data, scale.float(), zero.float(), bits, group, per_channel, dtype)
+        return full[:, :packed.length]
+
+    keys = restore(packed.k, packed.k_scale, packed.k_zero, packed.k_bits, packed.group, True)
+    values = restore(packed.v, packed.v_scale, packed.v_zero, packed.v_bits,
+                     value_group(packed.group, packed.dim), False)
+    return keys, values
+
+
+def with_packed_entries(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, packed: PackedKV,
+                        residual: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefill cache as a candidate reading ``packed`` sees it: keys, values [H_kv, T, D] in position
+    order, every entry of rank >= ``residual`` in ``order`` [H_kv, T] replaced by its dequantized value."""
+    packed_keys, packed_values = unpack(packed, keys.dtype)  # [H_kv, T, D] in ranking order
+    idx = order[:, residual:].long()[..., None].expand(-1, -1, keys.shape[-1])
+    keys = keys.scatter(1, idx, packed_keys[:, residual:])
+    values = values.scatter(1, idx, packed_values[:, residual:])
+    return keys, values
+
+
+def gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
+                                  sliding_window=None, packed: PackedKV | None = None, residual: int = 0):
+    """``reference.gathered_attention_ref`` with ranks >= ``residual`` read from ``packed`` (dequantized)."""
+    from evolkv.kernels.reference import gathered_attention_ref
+
+    if packed is not None:
+        keys, values = with_packed_entries(keys, values, order[0], packed, residual)
+    return gathered_attention_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
+                                  sliding_window)
+
+
+def attend_packed_ref(query, packed: PackedKV, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
+    """``reference.attend`` over a packed cache of B * H_kv rows (row b * H_kv + h), dequantized first."""
+    from evolkv.kernels.reference import attend
+
+    batch, heads, length = key_pos.shape
+    keys, values = unpack(packed, query.dtype)
+    shape = (batch, heads, length, packed.dim)
+    return attend(query, keys.reshape(shape), values.reshape(shape), key_pos, query_pos, scaling, sliding_window,
+                  softcap)
