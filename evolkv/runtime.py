@@ -24,6 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv import kernels
+from evolkv.kernels.packed import PackedKV, pack_ranked
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -39,6 +40,8 @@ class CompressedLayer(CacheLayerMixin):
         self.pos: torch.Tensor | None = None
         self.seen = 0
         self.compressed = False
+        self.packed: PackedKV | None = None  # quantized entries (B * H_kv rows), beside the full-precision ones
+        self.packed_pos: torch.Tensor | None = None  # [B, H_kv, L'] their positions (-1 = empty)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -72,11 +75,17 @@ class CompressedLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def set_packed(self, packed: PackedKV, pos: torch.Tensor) -> None:
+        """Add quantized entries (read by attention beside the full-precision ones)."""
+        self.packed, self.packed_pos = packed, pos
+
     def reset(self) -> None:
-        self.keys = self.values = self.pos = None
+        self.keys = self.values = self.pos = self.packed = self.packed_pos = None
         self.seen, self.compressed, self.is_initialized = 0, False, False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.packed is not None:
+            raise NotImplementedError("a quantized cache cannot be reordered for beam search")
         if self.is_initialized:
             beam_idx = beam_idx.to(self.keys.device)
             self.keys, self.values = self.keys[beam_idx], self.values[beam_idx]
@@ -84,7 +93,10 @@ class CompressedLayer(CacheLayerMixin):
 
     def entries(self) -> int:
         """Number of occupied (key, value) slots over the batch and heads."""
-        return int((self.pos >= 0).sum()) if self.is_initialized else 0
+        if not self.is_initialized:
+            return 0
+        packed = int((self.packed_pos >= 0).sum()) if self.packed_pos is not None else 0
+        return int((self.pos >= 0).sum()) + packed
 
 
 class GatheredLayer(CompressedLayer):
@@ -92,14 +104,16 @@ class GatheredLayer(CompressedLayer):
 
     Holds the sample's prefill keys/values [H_kv, T, D], each candidate's ranking ``order`` [C or 1, H_kv, T]
     (int32) and ``counts`` [C, H_kv] (candidate c keeps the first counts[c, h] entries of order[c, h]), and the
-    tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D].
+    tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D]. Candidates of a quantized layer
+    read their ranks from ``residual`` on from ``packs`` (one packed prefill per precision, shared).
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
-                 seen: int) -> None:
+                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int]] | None = None) -> None:
         super().__init__()
         self.shared = (keys, values)
         self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
+        self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual)
         cands, heads = counts.shape
         self.dtype, self.device = keys.dtype, keys.device
         self.keys = keys.new_empty(cands, heads, 0, keys.shape[-1])
@@ -160,8 +174,22 @@ class Compressor(PrefillPolicy):
         counts = self._plan[layer_idx].to(layer.keys.device).expand(batch, -1)  # [B, H_kv]
         if self.cfg.layers[layer_idx].heads is None:
             counts = adaptive_split(sorted_scores, counts.sum(-1), layer_capacity(spec, layer_idx, length))
-        keys, values, pos = kernels.gather_kv(layer.keys, layer.values, order, counts)
-        layer.set_entries(keys, values, pos, length)
+        spec_l = self.cfg.layers[layer_idx]
+        if not spec_l.quantized:
+            layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts), length)
+            return
+        # ranks < residual stay at full precision; the rest is stored packed in ranking order, quantized in
+        # groups over the whole ranking (as the evaluator's shared packed prefill is)
+        residual = spec_l.residual
+        packed = pack_ranked(layer.keys.flatten(0, 1), layer.values.flatten(0, 1), order.flatten(0, 1),
+                             spec_l.k_bits, spec_l.v_bits, spec_l.group_size)
+        keep = (counts - residual).clamp(min=0)  # [B, H_kv] packed entries per head
+        kept = int(keep.max()) if keep.numel() else 0
+        slot = torch.arange(kept, device=order.device)
+        packed_pos = torch.where(slot < keep[..., None], order[..., residual:residual + kept].long(), -1)
+        layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts.clamp(max=residual)), length)
+        if kept:
+            layer.set_packed(packed.narrow(residual, kept), packed_pos)
 
 
 def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -178,6 +206,8 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
     else:
         layer = cache.layers[module.layer_idx]
+        if isinstance(layer, GatheredLayer) and layer.packs:
+            return _attend_gathered_packed(query, layer, scaling, sliding).transpose(1, 2).contiguous(), None
         if isinstance(layer, GatheredLayer):
             out, _ = kernels.attend_gathered(query, *layer.shared, layer.order, layer.counts, layer.keys,
                                                 layer.values, scaling, sliding)
@@ -188,11 +218,35 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
     if fresh and kwargs.get("softcap") is None:  # a plain prefill: no cache entries to select
         out = _prefill_attention(query, key, value, scaling, sliding)
     else:
-        out, _ = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
+        out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
+        if cache is not None and layer.packed is not None:  # quantized entries: merge the two softmaxes
+            packed_out, packed_lse = kernels.attend_packed(query, layer.packed, layer.packed_pos, query_pos,
+                                                           scaling, sliding, kwargs.get("softcap"))
+            total = torch.logaddexp(lse, packed_lse)
+            weight, packed_weight = (lse - total).exp().nan_to_num(0.0), (packed_lse - total).exp().nan_to_num(0.0)
+            out = (out.float() * weight[..., None] + packed_out.float() * packed_weight[..., None]).to(query.dtype)
     if cache is not None and not layer.compressed and cache.policy is not None:
         cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding)
         layer.compressed = True
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
+    """Candidates grouped by the packed prefill they read (the rest read the full-precision one)."""
+    out = torch.empty_like(query)
+    plain = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
+    groups = []
+    for rows, packed, residual in layer.packs:
+        plain[rows] = False
+        groups.append((rows, packed, residual))
+    if plain.any():
+        groups.append((plain.nonzero().squeeze(1), None, 0))
+    for rows, packed, residual in groups:
+        order = layer.order if layer.order.shape[0] == 1 else layer.order[rows]
+        out[rows], _ = kernels.attend_gathered(query[rows], *layer.shared, order, layer.counts[rows],
+                                               layer.keys[rows], layer.values[rows], scaling, sliding,
+                                               packed=packed, residual=residual)
+    return out
 
 
 def _prefill_attention(query, key, value, scaling, sliding_window):

@@ -26,15 +26,29 @@ def _samples(tiny, count=2, split="search"):
     return synthetic("passkey", count, 300, 0, split, tiny.tokenizer)
 
 
+PRECISIONS = [(2, 2, 0), (4, 2, 32), (16, 4, 32), (8, 16, 0)]  # k_bits, v_bits, residual
+
+
+def _mixed(cfg, shift=0):
+    """Every layer at another precision (and residual window)."""
+    layers = [dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r)
+              for layer, (k, v, r) in zip(cfg.layers, PRECISIONS[shift:] + PRECISIONS[:shift])]
+    return dataclasses.replace(cfg, layers=tuple(layers))
+
+
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("budget", ["10%", "30%"])
+@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized"])
 def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
     if kernels == "triton":
         pytest.importorskip("triton")
     monkeypatch.setenv("EVOLKV_KERNELS", kernels)  # the Triton kernel runs under TRITON_INTERPRET=1 on CPU
     prep = evaluator.prepare(_samples(tiny, 1))[0]
+    budget, quantized = budget.split("-")[0], budget.endswith("quantized")
     space = BudgetSpace(tiny.spec, Budget.parse(budget), per_head=True)
     cfg = space.decode(np.random.default_rng(0).uniform(-2, 2, space.n_var))
+    others = [uniform_config(tiny.spec, Budget.parse("100%"))]
+    if quantized:  # scored beside candidates reading other packed prefills of the same layers
+        cfg, others = _mixed(cfg), others + [_mixed(cfg, 1), _mixed(cfg, 2)]
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
                         evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
     with torch.no_grad(), runtime.apply(tiny.model, cfg):
@@ -42,7 +56,7 @@ def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, bu
                                   return_dict_in_generate=True)
     tokens = gen.sequences[0, prompt.shape[1]:]
     teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
-    fast = evaluator._logprobs([uniform_config(tiny.spec, Budget.parse("100%")), cfg], teacher)[1]
+    fast = evaluator._logprobs(others[:1] + [cfg] + others[1:], teacher)[1]
     slow = torch.log_softmax(torch.stack(gen.logits[1:])[:, 0].float(), dim=-1)
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
 

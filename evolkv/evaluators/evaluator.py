@@ -26,6 +26,7 @@ from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_confi
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
+from evolkv.kernels.packed import PackedKV, pack_ranked
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
@@ -46,6 +47,15 @@ class Prepared:
     answer_tokens: int  # greedy tokens to decode for exact match
     first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
     ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
+    packed: dict[tuple, PackedKV] = field(default_factory=dict)  # (scorer, layer, k, v, group) -> ranked, packed
+
+    def packed_layer(self, scorer: str, layer: int, k_bits: int, v_bits: int, group: int) -> PackedKV:
+        """This layer's prefill packed at one precision in the scorer's ranking order (made once, then shared)."""
+        key = (scorer, layer, k_bits, v_bits, group)
+        if key not in self.packed:
+            self.packed[key] = pack_ranked(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
+                                           k_bits, v_bits, group)
+        return self.packed[key]
 
 
 @dataclass
@@ -161,7 +171,15 @@ class Evaluator:
                 orders = prep.orders[next(iter(keys))][i]  # [1, H_kv, T]
             else:
                 orders = torch.cat([prep.orders[scorer_key(cfg.scorer)][i] for cfg in configs])  # [C, H_kv, T]
-            cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length)
+            packs = defaultdict(list)  # candidates of one scorer and precision read one packed prefill
+            for c, cfg in enumerate(configs):
+                layer = cfg.layers[i]
+                if layer.quantized:
+                    packs[(scorer_key(cfg.scorer), layer.k_bits, layer.v_bits, layer.group_size,
+                           layer.residual)].append(c)
+            groups = [(torch.tensor(rows, device=self.device), prep.packed_layer(name, i, kb, vb, group), residual)
+                      for (name, kb, vb, group, residual), rows in packs.items()]
+            cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length, groups)
         return cache
 
     @torch.no_grad()

@@ -138,10 +138,12 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, **bits,
     )
+    # a row with nothing visible has sum 0 and output 0 (as the reference), lse -inf
     if splits == 1:
-        return (acc[..., 0, :] / lsum[..., 0, None]).to(query.dtype), m[..., 0] + torch.log(lsum[..., 0])
+        out = acc[..., 0, :] / lsum[..., 0, None].clamp(min=1e-30)
+        return out.to(query.dtype), m[..., 0] + torch.log(lsum[..., 0])
     top = m.amax(dim=-1, keepdim=True)  # [B, H_q, T_q, 1]
     weight = torch.exp(m - top).nan_to_num(0.0)  # chunks with nothing visible weigh 0
     total = (lsum * weight).sum(-1)  # [B, H_q, T_q]
-    out = (acc * weight[..., None]).sum(-2) / total[..., None]
+    out = (acc * weight[..., None]).sum(-2) / total[..., None].clamp(min=1e-30)
     return out.to(query.dtype), top.squeeze(-1) + torch.log(total)

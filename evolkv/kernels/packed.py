@@ -3,10 +3,12 @@
 ``PackedKV`` holds R rows (one per sequence and KV head) of up to T entries each, in the order the entries
 were ranked, keys and values each either KIVI-packed (``bits`` in 8/4/2) or full precision (16):
 
-- keys per channel over groups of ``group`` consecutive entries: codes [R, Tg, D * bits / 32] int32 with
-  Tg = T rounded up to whole groups, scale/zero [R, Tg / group, D];
-- values per entry over groups of ``min(group, D)`` channels: codes [R, Tg, D * bits / 32], scale/zero
-  [R, Tg, D / group'].
+- keys per channel over groups of ``group`` consecutive entries: codes [R, T', D * bits / 32] int32,
+  scale/zero [R, ceil(T / group), D];
+- values per entry over groups of ``min(group, D)`` channels: codes [R, T', D * bits / 32], scale/zero
+  [R, T', D / group'];
+
+where T' is T or T rounded up to whole groups (codes past T are never read).
 
 Scales and zero points are stored as float16 (what ``kv_bytes`` counts). A last, partial key group is
 filled with copies of its last entry, which leaves its minimum and maximum, and so every code, unchanged.
@@ -37,11 +39,11 @@ class PackedKV:
     group: int
     length: int
     dim: int
-    k: torch.Tensor  # int32 codes [R, Tg, W] or, at 16 bits, the entries [R, T, D]
+    k: torch.Tensor  # int32 codes [R, T', W] or, at 16 bits, the entries [R, T, D]
     v: torch.Tensor
-    k_scale: torch.Tensor | None = None  # [R, Tg / group, D]
+    k_scale: torch.Tensor | None = None  # [R, ceil(T / group), D]
     k_zero: torch.Tensor | None = None
-    v_scale: torch.Tensor | None = None  # [R, Tg, D / group']
+    v_scale: torch.Tensor | None = None  # [R, T', D / group']
     v_zero: torch.Tensor | None = None
 
     @property
@@ -54,19 +56,18 @@ class PackedKV:
         return sum(p.numel() * p.element_size() for p in parts if p is not None)
 
     def narrow(self, start: int, length: int) -> PackedKV:
-        """Entries [start, start + length) of every row; ``start`` must sit on a key-group boundary."""
+        """A copy of entries [start, start + length) of every row (``start`` on a key-group boundary): their
+        codes, and the scales and zero points of the key groups they touch."""
         if start % self.group:
             raise ValueError(f"start {start} is not on a group boundary of {self.group}")
         length = max(0, min(length, self.length - start))
-        end = -(-(start + length) // self.group) * self.group  # keep whole groups
-        rows = lambda t, s, e: None if t is None else t[:, s:e]  # noqa: E731
-        g0, g1 = start // self.group, end // self.group
-        k_end = end if self.k_bits < 16 else start + length
-        v_end = end if self.v_bits < 16 else start + length
+        end = start + length
+        g0, g1 = start // self.group, -(-end // self.group)
+        cut = lambda t, s, e: None if t is None else t[:, s:e].clone()  # noqa: E731  (copies: frees the rest)
         return PackedKV(self.k_bits, self.v_bits, self.group, length, self.dim,
-                        self.k[:, start:k_end], self.v[:, start:v_end],
-                        rows(self.k_scale, g0, g1), rows(self.k_zero, g0, g1),
-                        rows(self.v_scale, start, end), rows(self.v_zero, start, end))
+                        cut(self.k, start, end), cut(self.v, start, end),
+                        cut(self.k_scale, g0, g1), cut(self.k_zero, g0, g1),
+                        cut(self.v_scale, start, end), cut(self.v_zero, start, end))
 
 
 def _quantize(x: torch.Tensor, bits: int, group: int, per_channel: bool):

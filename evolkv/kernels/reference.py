@@ -111,11 +111,12 @@ def quantize_ref(x: torch.Tensor, bits: int, group_size: int, per_channel: bool
 
 def dequantize_ref(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
                    per_channel: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of ``quantize_ref``: [R, T, D * bits / 32] int32 -> [R, T, D] in ``dtype``."""
+    """Inverse of ``quantize_ref``: [R, T, D * bits / 32] int32 -> [R, T, D] in ``dtype`` (keys: the last
+    scale group may cover fewer than ``group_size`` tokens)."""
     rows, length, words = packed.shape
     per_word = 32 // bits
     shifts = torch.arange(per_word, device=packed.device) * bits
     codes = ((packed.to(torch.int64)[..., None] >> shifts) & (2**bits - 1)).view(rows, length, words * per_word)
     axis = 1 if per_channel else 2  # keys: groups of tokens; values: groups of channels
-    scale, zero = scale.repeat_interleave(group_size, dim=axis), zero.repeat_interleave(group_size, dim=axis)
+    scale, zero = (t.repeat_interleave(group_size, dim=axis).narrow(axis, 0, codes.shape[axis]) for t in (scale, zero))
     return (codes.float() * scale + zero).to(dtype)

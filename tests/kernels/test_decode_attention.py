@@ -61,3 +61,14 @@ def test_packed_cache_matches_dequantized_reference(bits):
     ref, ref_lse = attend_packed_ref(query, packed, pos, query_pos, dim ** -0.5)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_nothing_visible_gives_zero_output(splits):
+    keys, values, pos = _cache(1, 2, 48, 16, torch.float32, seed=9)
+    pos = torch.full_like(pos, -1)
+    query = torch.randn(1, 4, 1, 16).to(DEVICE)
+    out, lse = decode_attention(query, keys, values, pos, torch.tensor([60]), 0.25, None, splits, block_n=16)
+    ref, ref_lse = attend(query, keys, values, pos, torch.tensor([60]), 0.25)
+    torch.testing.assert_close(out, ref)
+    assert torch.isneginf(lse).all() and torch.isneginf(ref_lse).all()
