@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from evolkv.config import KVConfig, ModelSpec
+from evolkv.config import KVConfig, LayerSpec, ModelSpec
 
 
 def waterfill(total: float, weights: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
@@ -98,9 +98,42 @@ def layer_capacity(spec: ModelSpec, layer: int, context_len: int) -> int:
     return context_len
 
 
-def kv_bytes(cfg: KVConfig, context_len: int) -> int:
-    """Bytes of the compressed cache of one sequence after prefill (keys and values, all layers)."""
+SCALE_BYTES = 2  # each scale and zero point is stored as float16
+
+
+def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> int:
+    """Bytes one KV head of a layer stores for ``kept`` entries (keys and values): ranks below the residual
+    window at full precision, the rest as packed codes plus scales and zero points (see
+    ``evolkv.kernels.packed``: key groups run over the whole ranking, so they start at the residual)."""
+    full = min(kept, layer.residual) if layer.quantized else kept
+    packed = kept - full
+    total = 0
+    for bits, keys in ((layer.k_bits, True), (layer.v_bits, False)):
+        if bits == 16:
+            total += kept * dim * dtype_bytes
+            continue
+        total += full * dim * dtype_bytes + packed * dim * bits // 8
+        if keys and packed:  # one (scale, zero) per channel and group of entries touched
+            groups = -(-kept // layer.group_size) - layer.residual // layer.group_size
+            total += groups * dim * 2 * SCALE_BYTES
+        elif packed:  # one (scale, zero) per entry and group of channels
+            total += packed * (dim // min(layer.group_size, dim)) * 2 * SCALE_BYTES
+    return total
+
+
+def kv_bytes(cfg: KVConfig, context_len: int, dtype_bytes: int = 2) -> int:
+    """Bytes of the compressed cache of one sequence after prefill (keys and values, all layers, scales and
+    zero points included), for full-precision entries of ``dtype_bytes`` each."""
     spec = cfg.model
     plan = plan_tokens(cfg, context_len, [layer_capacity(spec, i, context_len) for i in range(spec.num_layers)])
-    per_layer_bits = torch.tensor([layer.k_bits + layer.v_bits for layer in cfg.layers], dtype=torch.float64)
-    return int((plan.sum(dim=1).double() * per_layer_bits).sum() * spec.head_dim / 8)
+    return sum(head_bytes(int(n), layer, spec.head_dim, dtype_bytes)
+               for layer, counts in zip(cfg.layers, plan) for n in counts)
+
+
+def avg_bits(cfg: KVConfig, context_len: int) -> float:
+    """Memory as bits per element of the uncompressed 16-bit cache (16.0 = full cache, 4.0 = a quarter):
+    what ``--target-bits`` and the fronts' memory axis measure."""
+    spec = cfg.model
+    elements = sum(layer_capacity(spec, i, context_len) for i in range(spec.num_layers))
+    elements *= 2 * spec.num_kv_heads * spec.head_dim
+    return 8 * kv_bytes(cfg, context_len) / elements

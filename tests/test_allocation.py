@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from evolkv.allocation import adaptive_split, kv_bytes, plan_tokens, round_to_total, waterfill
+from evolkv.allocation import adaptive_split, avg_bits, kv_bytes, plan_tokens, round_to_total, waterfill
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 
 SPEC = ModelSpec("toy", "gemma3_text", 4, 4, 2, 16, ["sliding_attention"] * 3 + ["full_attention"], 32)
@@ -38,3 +39,40 @@ def test_adaptive_split_sums_and_floors():
 def test_kv_bytes_counts_keys_and_values():
     cfg = uniform_config(SPEC, Budget.parse("100%"))
     assert kv_bytes(cfg, 20) == 20 * 4 * 2 * 16 * 2 * 2  # tokens * layers * heads * dim * (K+V) * 2 bytes
+
+
+def test_avg_bits_of_uniform_precisions():
+    full = uniform_config(SPEC, Budget.parse("100%"))
+    assert avg_bits(full, 100) == 16.0
+    spec = ModelSpec("toy", "llama", 4, 4, 2, 16, ["full_attention"] * 4)
+    assert avg_bits(uniform_config(spec, Budget.parse("50%")), 100) == 8.0
+    # K4V2 over 96 entries, groups of 32, no residual: 3 bits + key scales 2*16/32 + value scales 2*16/16
+    cfg = uniform_config(spec, Budget.parse("100%"), k_bits=4, v_bits=2)
+    assert avg_bits(cfg, 96) == pytest.approx(3 + (1 + 2) / 2)
+
+
+@pytest.mark.parametrize("budget", ["100%", "50%"])
+def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
+    """The analytic memory objective against the runtime's cache after a real prefill of a tiny model."""
+    import dataclasses
+
+    from evolkv import runtime
+
+    base = uniform_config(tiny.spec, Budget.parse(budget))
+    precisions = [(2, 2, 0), (4, 2, 32), (16, 4, 32), (8, 16, 0), (4, 4, 64)]
+    cfg = dataclasses.replace(base, layers=tuple(
+        dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, group_size=32)
+        for layer, (k, v, r) in zip(base.layers, precisions)))
+    length = 200
+    prompt = torch.randint(3, 50, (1, length), generator=torch.Generator().manual_seed(0)).to(tiny.model.device)
+    cache = runtime.CompressedCache(cfg.model.num_layers, runtime.Compressor(cfg))
+    with torch.no_grad(), runtime.attach(tiny.model):
+        tiny.model(prompt, past_key_values=cache)
+    dtype_bytes = cache.layers[0].keys.element_size()
+    actual = 0
+    for layer in cache.layers:
+        actual += int((layer.pos >= 0).sum()) * tiny.spec.head_dim * dtype_bytes * 2  # full-precision entries
+        if layer.packed is not None:
+            assert (layer.packed_pos >= 0).all()  # heads keep equal counts here: no padding to discount
+            actual += layer.packed.nbytes()
+    assert kv_bytes(cfg, length, dtype_bytes) == actual
