@@ -1,0 +1,143 @@
+"""Attention over KIVI-packed caches: the kernels (dequantize as they read) vs. the torch path.
+
+1. Gathered (evaluator): Llama-3-8B attention shapes (32 query heads, 8 KV heads, head_dim 128), one layer,
+   32 answer tokens, a population of candidates each keeping ``--budget`` of the context per head (heads
+   differ) of one shared prefill packed at K{b}V{b} in ranking order (groups of 32, no residual window).
+   Torch path: dequantize the packed cache, gather each candidate's prefix, SDPA (what the evaluator does
+   without the kernel). The bf16 kernel over the unquantized cache is timed beside it.
+2. Decode (runtime): batch 8, one query token, a packed per-head cache of ``--decode-budget`` (default: all)
+   of the context.
+   Torch path: dequantize, then attend.
+
+Bandwidth = bytes the kernel must move (codes, scales and zero points of the kept entries, queries, new
+tokens, output) / median time, as a fraction of the measured device-to-device copy bandwidth.
+
+    PYTHONPATH=. python benchmarks/bench_quantized.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+import triton.testing
+
+from benchmarks.bench_kernels import copy_bandwidth, torch_path
+from evolkv.kernels.decode_attention import decode_attention_packed
+from evolkv.kernels.gathered_attention import gathered_attention
+from evolkv.kernels.packed import attend_packed_ref, gathered_attention_packed_ref, pack, pack_ranked, unpack
+
+TILES = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
+
+
+def bench(fn, rep=200):
+    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def packed_bytes_per_entry(bits: int, dim: int, group: int, keys: bool) -> float:
+    scales = 2 * 2 * dim / group if keys else 2 * 2 * (dim // min(group, dim))
+    return dim * bits / 8 + scales
+
+
+def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answer, group):
+    device, dtype, num_q, num_kv, dim = "cuda", torch.bfloat16, 32, 8, 128
+    scaling = dim ** -0.5
+    print(f"\ngathered attention over a packed prefill: {budget:.0%} kept per head, {answer} answer tokens, "
+          f"group {group}")
+    print(f"{'context':>8} {'pop':>4} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} "
+          f"{'bf16 kernel':>11} {'GB/s':>6} {'of copy':>8} {'rel err':>8} {'tile':>14}")
+    for context in contexts:
+        for cands in populations:
+            gen = torch.Generator(device=device).manual_seed(context + cands)
+            rand = lambda *s: torch.randn(*s, device=device, generator=gen, dtype=dtype)  # noqa: E731
+            q = rand(cands, num_q, answer, dim)
+            keys, values = rand(num_kv, context, dim), rand(num_kv, context, dim)
+            new_k, new_v = rand(cands, num_kv, answer, dim), rand(cands, num_kv, answer, dim)
+            order = torch.argsort(torch.rand(1, num_kv, context, device=device, generator=gen), dim=-1)
+            order = order.to(torch.int32)
+            counts = (budget * context * (0.5 + torch.rand(cands, num_kv, device=device, generator=gen)))
+            counts = counts.to(torch.int32)
+            bf16_ms = bench(lambda: gathered_attention(q, keys, values, order, counts, new_k, new_v, scaling))
+            identity = torch.arange(context, device=device, dtype=torch.int32).expand(1, num_kv, context)
+            for bits in bit_widths:
+                packed = pack_ranked(keys, values, order[0], bits, bits, group)
+                args = (q, keys, values, order, counts, new_k, new_v, scaling)
+                out, _ = gathered_attention(*args, packed=packed)
+                ref, _ = gathered_attention_packed_ref(*args, packed=packed)
+                err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                kernel_ms, tile = min((bench(lambda: gathered_attention(
+                    *args, packed=packed, block_m=bm, block_n=bn, num_warps=w, num_stages=st)),
+                    f"{bm}x{bn}/{w}w/{st}s") for bm, bn, w, st in TILES)
+
+                def torch_quantized():
+                    dense_k, dense_v = unpack(packed, dtype)  # [H_kv, T, D] in ranking order
+                    return torch_path(q, dense_k, dense_v, identity.long(), counts.long(), new_k, new_v, scaling)
+
+                torch_ms = bench(torch_quantized, rep=100)
+                kept = int(counts.sum())
+                must_move = (kept * (packed_bytes_per_entry(bits, dim, group, True)
+                                     + packed_bytes_per_entry(bits, dim, group, False))
+                             + 2 * q.numel() * 2 + 2 * new_k.numel() * 2 + q.numel() // dim * 4)
+                achieved = must_move / (kernel_ms * 1e-3)
+                print(f"{context:>8} {cands:>4} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
+                      f"{torch_ms / kernel_ms:>8.1f}x {bf16_ms:>11.3f} {achieved / 1e9:>6.0f} "
+                      f"{achieved / bandwidth:>7.0%} {err:>8.1e} {tile:>14}", flush=True)
+                del packed
+
+
+def decode_section(bandwidth, contexts, bit_widths, budget, group):
+    device, dtype, batch, num_q, num_kv, dim = "cuda", torch.bfloat16, 8, 32, 8, 128
+    print(f"\ndecode over a packed per-head cache: batch {batch}, 1 query token, {budget:.0%} of the context")
+    print(f"{'context':>8} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'GB/s':>6} "
+          f"{'of copy':>8} {'rel err':>8}")
+    for context in contexts:
+        gen = torch.Generator(device=device).manual_seed(context)
+        length = int(budget * context)
+        keys = torch.randn(batch * num_kv, length, dim, device=device, generator=gen, dtype=dtype)
+        values = torch.randn_like(keys)
+        kept = (length * (0.5 + 0.5 * torch.rand(batch, num_kv, 1, device=device, generator=gen))).long()
+        slot = torch.arange(length, device=device)
+        pos = torch.where(slot < kept, torch.randint(0, context, (batch, num_kv, length), device=device,
+                                                     generator=gen), torch.full_like(slot, -1))
+        query = torch.randn(batch, num_q, 1, dim, device=device, generator=gen, dtype=dtype)
+        query_pos = torch.tensor([context], device=device)
+        for bits in bit_widths:
+            packed = pack(keys, values, bits, bits, group)
+            args = (query, packed, pos, query_pos, dim ** -0.5)
+            out, _ = decode_attention_packed(*args)
+            ref, _ = attend_packed_ref(*args)
+            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+            kernel_ms = bench(lambda: decode_attention_packed(*args))
+            torch_ms = bench(lambda: attend_packed_ref(*args), rep=100)
+            must_move = (keys.shape[0] * length * (packed_bytes_per_entry(bits, dim, group, True)
+                                                   + packed_bytes_per_entry(bits, dim, group, False))
+                         + pos.numel() * 4 + query.numel() * 2 * 2)
+            achieved = must_move / (kernel_ms * 1e-3)
+            print(f"{context:>8} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
+                  f"{torch_ms / kernel_ms:>8.1f}x {achieved / 1e9:>6.0f} {achieved / bandwidth:>7.0%} "
+                  f"{err:>8.1e}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", default="4096,16384,32768")
+    parser.add_argument("--populations", default="16,64")
+    parser.add_argument("--bits", default="8,4,2")
+    parser.add_argument("--budget", type=float, default=0.10)
+    parser.add_argument("--decode-budget", type=float, default=1.0, help="share of the context in the decode cache")
+    parser.add_argument("--answer", type=int, default=32)
+    parser.add_argument("--group", type=int, default=32)
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth("cuda")
+    print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e12:.2f} TB/s (read + write); "
+          f"triton {triton.__version__}, torch {torch.__version__}")
+    contexts = [int(c) for c in args.contexts.split(",")]
+    bits = [int(b) for b in args.bits.split(",")]
+    gathered_section(bandwidth, contexts, [int(p) for p in args.populations.split(",")], bits, args.budget,
+                     args.answer, args.group)
+    decode_section(bandwidth, contexts, bits, args.decode_budget, args.group)
+
+
+if __name__ == "__main__":
+    main()
