@@ -28,11 +28,20 @@ from evolkv.kernels.decode_attention import decode_attention_packed
 from evolkv.kernels.gathered_attention import gathered_attention
 from evolkv.kernels.packed import attend_packed_ref, gathered_attention_packed_ref, pack, pack_ranked, unpack
 
-TILES = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
+TILES = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 1), (128, 32, 8, 1)]
 
 
 def bench(fn, rep=200):
     return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def tile_times(launch):
+    """(median ms, tile) for every tile that fits the device (shared memory)."""
+    for bm, bn, w, st in TILES:
+        try:
+            yield bench(lambda: launch(block_m=bm, block_n=bn, num_warps=w, num_stages=st)), f"{bm}x{bn}/{w}w/{st}s"
+        except triton.runtime.errors.OutOfResources:
+            continue
 
 
 def packed_bytes_per_entry(bits: int, dim: int, group: int, keys: bool) -> float:
@@ -66,9 +75,7 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
                 out, _ = gathered_attention(*args, packed=packed)
                 ref, _ = gathered_attention_packed_ref(*args, packed=packed)
                 err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-                kernel_ms, tile = min((bench(lambda: gathered_attention(
-                    *args, packed=packed, block_m=bm, block_n=bn, num_warps=w, num_stages=st)),
-                    f"{bm}x{bn}/{w}w/{st}s") for bm, bn, w, st in TILES)
+                kernel_ms, tile = min(tile_times(lambda **tile: gathered_attention(*args, packed=packed, **tile)))
 
                 def torch_quantized():
                     dense_k, dense_v = unpack(packed, dtype)  # [H_kv, T, D] in ranking order
