@@ -1,4 +1,4 @@
-"""pymoo algorithms (CMA-ES, GA, DE) through pymoo's own ask/tell interface."""
+"""pymoo algorithms (CMA-ES, GA, DE; NSGA-II for two objectives) through pymoo's own ask/tell interface."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class PymooOptimizer(Optimizer):
         super().__init__(*args, **kwargs)
         self.name = algorithm
         self._rng_state = np.random.RandomState(self.seed).get_state()
-        problem = Problem(n_var=self.n_var, n_obj=1, xl=self.lower, xu=self.upper)
+        problem = Problem(n_var=self.n_var, n_obj=self.n_obj, xl=self.lower, xu=self.upper)
         with self._own_rng():
             self._algorithm = self._make(algorithm)
             # cma reads seed 0 as "seed from the clock": shift seeds so that every seed is reproducible
@@ -43,22 +43,32 @@ class PymooOptimizer(Optimizer):
             return CMAES(x0=self.x0, sigma=0.25, popsize=self.population, restarts=0)
         if algorithm == "ga":
             from pymoo.algorithms.soo.nonconvex.ga import GA
-            from pymoo.core.sampling import Sampling
 
-            x0 = self.x0
+            return GA(pop_size=self.population, sampling=self._around_x0(), eliminate_duplicates=True)
+        if algorithm == "nsga2":
+            from pymoo.algorithms.moo.nsga2 import NSGA2
 
-            class AroundX0(Sampling):  # first generation: x0 and Gaussian perturbations of it
-                def _do(self, problem, n_samples, random_state=None, **kwargs):
-                    noise = random_state.normal(0.0, 0.5, size=(n_samples, problem.n_var))
-                    noise[0] = 0.0
-                    return np.clip(x0 + noise, problem.xl, problem.xu)
-
-            return GA(pop_size=self.population, sampling=AroundX0(), eliminate_duplicates=True)
+            if self.n_obj < 2:
+                raise ValueError("nsga2 is a multi-objective optimiser (n_obj >= 2)")
+            return NSGA2(pop_size=self.population, sampling=self._around_x0(), eliminate_duplicates=True)
         if algorithm == "de":
             from pymoo.algorithms.soo.nonconvex.de import DE
 
             return DE(pop_size=self.population)
         raise ValueError(algorithm)
+
+    def _around_x0(self):
+        from pymoo.core.sampling import Sampling
+
+        x0, spread = self.x0, 0.5 * (self.upper - self.lower) / 6
+
+        class AroundX0(Sampling):  # first generation: x0 and Gaussian perturbations of it
+            def _do(self, problem, n_samples, random_state=None, **kwargs):
+                noise = random_state.normal(0.0, 1.0, size=(n_samples, problem.n_var)) * spread
+                noise[0] = 0.0
+                return np.clip(x0 + noise, problem.xl, problem.xu)
+
+        return AroundX0()
 
     def _ask(self) -> np.ndarray:
         with self._own_rng():
@@ -67,6 +77,7 @@ class PymooOptimizer(Optimizer):
 
     def _tell(self, X: np.ndarray, F: np.ndarray, failed: np.ndarray) -> None:
         pop = self._pending
-        pop.set("F", np.where(failed, PENALTY, F)[:, None])
+        F = F if F.ndim == 2 else F[:, None]
+        pop.set("F", np.where(failed[:, None], PENALTY, F))
         with self._own_rng():
             self._algorithm.tell(infills=pop)
