@@ -44,3 +44,31 @@ def test_killed_search_resumes_to_the_same_result(model_dirs, tmp_path, optimize
     assert resumed["status"] == "finished"
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
     assert resumed["winner"]["search_objective"] == pytest.approx(straight["winner"]["search_objective"])
+
+
+@pytest.mark.parametrize("mode,optimizer", [("quant", "nsga2"), ("quant", "optuna-nsga2"), ("joint", "optuna-tpe")])
+def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mode, optimizer):
+    """quant/joint: sensitivity-reduced space, a stored front (non-dominated, held-out re-scored), the winner
+    under the target; an interrupted run resumes to the same winner (optuna's study lives in the same DB)."""
+    settings = SearchSettings(model=model_dirs["llama"], budget="50%" if mode == "joint" else "100%", mode=mode,
+                              optimizer=optimizer, generations=2, population=6, samples=1, length=200,
+                              tasks=["passkey"], target_bits=6.0, group_size=32, clusters=2, baselines=["uniform"])
+    loaded, executor = make_executor(settings)
+    straight = run_search(settings, loaded.spec, executor, Store(str(tmp_path / "a.db")))
+    assert straight["status"] == "finished"
+    front = straight["front"]
+    assert front and [p["bits"] for p in front] == sorted(p["bits"] for p in front)
+    assert all(a["objective"] > b["objective"] for a, b in zip(front, front[1:]))  # more bits, less loss
+    assert all(p["heldout_objective"] is not None for p in front)
+    winner = [p for p in front if p["winner"]]
+    assert len(winner) == 1 and winner[0]["bits"] <= 6.0
+    space = straight["settings"]["space"]
+    assert space["log10_size_after"] < space["log10_size_before"]
+    assert {"baseline:KV4", "baseline:KIVI-2", "baseline:full"} <= set(straight["results"])
+
+    store = Store(str(tmp_path / "b.db"))
+    with pytest.raises(SearchInterrupted) as stopped:
+        run_search(settings, loaded.spec, Interrupting(executor, stop_at=4), store)
+    resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
+    assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
+    assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in front]

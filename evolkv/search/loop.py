@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from evolkv.allocation import avg_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.errors import SearchInterrupted
 from evolkv.evaluators.evaluator import Score
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
+from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, prune, sensitivity_configs, with_precisions
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.store.store import Store
 
@@ -46,6 +48,11 @@ class SearchSettings:
     batch_size: int = 8
     device: str = "cpu"
     dtype: str = "float32"
+    mode: str = "tokens"  # tokens | quant (precision pairs at full budget) | joint (budgets and precisions)
+    target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
+    group_size: int = 128
+    residual: int = 0
+    clusters: int = 4  # quant/joint: layer groups sharing a precision pair
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +74,7 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
     scorer = ScorerSpec(settings.scorer, window=settings.window)
     if run_id is None:
         run_id = uuid.uuid4().hex[:12]
-        store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict())
+        store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict(), settings.mode)
     store.update_run(run_id, status="running")
     try:
         return _search(settings, spec, executor, store, run_id, reporter, budget, scorer)
@@ -82,6 +89,8 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     for split in ("search", "heldout"):
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         executor.prepare(split, progress=reporter.advance)
+    if settings.mode != "tokens":
+        return _search_front(settings, spec, job, budget, scorer)
 
     baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
     job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
@@ -131,6 +140,109 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     return store.detail(run_id)
 
 
+QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
+MAX_FRONT = 16  # front points re-scored on held-out data (evenly spread over memory when there are more)
+
+
+def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
+    """Quant / joint mode: NSGA-II-style search of (quality loss, bits), a stored Pareto front, and the
+    winner = the best front point at or under ``target_bits``."""
+    store, run_id, reporter = job.store, job.run_id, job.reporter
+    joint = settings.mode == "joint"
+    tokens_budget = budget if joint else Budget("fraction", 1.0)
+    base = baseline("uniform", spec, tokens_budget, scorer)
+    baselines = {"full": baseline("full", spec, budget, scorer)}
+    if joint:
+        baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.baselines if n != "full"})
+    for name, (k, v) in QUANT_BASELINES.items():
+        baselines[name] = with_precisions(base, [(k, v)] * spec.num_layers, settings.group_size,
+                                          settings.residual).with_provenance(label=f"baseline:{name}")
+    job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
+
+    # KVTuner's reduction: one-layer sensitivity, prune dominated pairs, cluster layers
+    probes = sensitivity_configs(base, settings.group_size, settings.residual)
+    reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations")
+    scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes))
+    errors = np.zeros((spec.num_layers, len(PAIRS)))
+    for (layer, pair, _), score in zip(probes, scores):
+        errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
+    kept = prune(errors)
+    groups = cluster(errors, settings.clusters, settings.seed)
+    choices = [sorted(set().union(*(kept[layer] for layer in g)), key=lambda p: -(p[0] + p[1])) for g in groups]
+    tokens = BudgetSpace(spec, budget, scorer, per_head=settings.per_head) if joint else None
+    space = PrecisionSpace(base, groups, choices, settings.group_size, settings.residual, tokens)
+    before, after = space.size()
+    space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
+                  "choices": [[f"K{k}V{v}" for k, v in c] for c in choices],
+                  "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
+    store.update_run(run_id, settings={**settings.to_dict(), "space": space_info})
+    reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
+
+    lower, upper = space.bounds
+    x0 = np.clip(space.encode(baselines["KV4"]), lower, upper)
+    optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population, settings.seed,
+                               x0=x0, n_obj=2, storage=store.url if settings.optimizer.startswith("optuna") else None,
+                               study_name=f"evolkv-{run_id}")
+    seen: dict[str, tuple[KVConfig, float, float]] = {}
+    for gen in range(settings.generations):
+        started = time.perf_counter()
+        X = optimizer.ask()
+        configs = [space.decode(x) for x in X]
+        scores = job.evaluate(configs, generation=gen, labels=["search"] * len(configs))
+        F = np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
+        optimizer.tell(X, F)
+        for cfg, (f, bits) in zip(configs, F):
+            if np.isfinite(f):
+                seen[cfg.hash()] = (cfg, float(f), float(bits))
+        front = _pareto(list(seen.values()))
+        best = min((f for _, f, b in front if b <= settings.target_bits), default=math.inf)
+        store.update_run(run_id, generations_done=gen + 1, best_objective=best if math.isfinite(best) else None)
+        reporter.generation(gen + 1, settings.generations, best, len(configs) / (time.perf_counter() - started))
+
+    front = _pareto(list(seen.values()))
+    if not front:
+        store.update_run(run_id, status="failed")
+        return store.detail(run_id)
+    if len(front) > MAX_FRONT:
+        front = [front[i] for i in np.linspace(0, len(front) - 1, MAX_FRONT).round().astype(int)]
+    under = [p for p in front if p[2] <= settings.target_bits]
+    win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
+    reporter.stage("re-score the front and baselines on held-out data")
+    points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
+    labels = [f"front:{i}" for i in range(len(points))]
+    heldout = job.evaluate(points + list(baselines.values()), generation=-2,
+                           labels=labels + [f"baseline:{n}" for n in baselines], split="heldout")
+    winner_cfg, win_f, win_bits = front[win_index]
+    winner = winner_cfg.with_provenance(run_id=run_id, label="winner", model=spec.name, search_objective=win_f,
+                                        bits=win_bits, target_bits=settings.target_bits, mode=settings.mode,
+                                        tasks=settings.tasks, samples=settings.samples, length=settings.length,
+                                        seed=settings.seed, optimizer=settings.optimizer,
+                                        query_aware=settings.query_aware, versions=_versions(),
+                                        heldout_objective=heldout[win_index].objective,
+                                        under_target=bool(under))
+    finals = [winner, *baselines.values()]
+    job.evaluate([winner], generation=-2, labels=["winner"])
+    job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
+    job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in baselines]])
+    store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
+                             for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))])
+    win_heldout = heldout[win_index]
+    store.set_winner(run_id, winner, win_f, win_heldout.objective if win_heldout.ok else None, win_heldout.metrics)
+    store.update_run(run_id, status="finished", best_objective=win_f)
+    return store.detail(run_id)
+
+
+def _pareto(points: list[tuple[KVConfig, float, float]]) -> list[tuple[KVConfig, float, float]]:
+    """Non-dominated (config, loss, bits) points, sorted by bits (then loss)."""
+    ordered = sorted(points, key=lambda p: (p[2], p[1]))
+    front, best = [], math.inf
+    for point in ordered:
+        if point[1] < best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
 class _Job:
     """Evaluate-and-persist for one run, reading back whatever the store already has."""
 
@@ -156,6 +268,8 @@ class _Job:
                 todo.setdefault(digest, cfg)
         if todo:
             scores = self.executor.evaluate(list(todo.values()), split)
+            for cfg, score in zip(todo.values(), scores):  # memory beside quality, for every evaluation
+                score.metrics["bits"] = avg_bits(cfg, self.settings.length)
             computed = dict(zip(todo, scores))
             for cfg, label in dict.fromkeys((cfg, label) for cfg, label in zip(configs, labels)
                                             if cfg.hash() in computed):

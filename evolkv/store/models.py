@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 tables: models, runs, candidates (deduplicated by config hash), evaluations, winners."""
+"""SQLAlchemy 2.0 tables: models, runs, candidates (deduplicated by config hash), evaluations, winners and
+Pareto-front points."""
 
 from __future__ import annotations
 
@@ -76,3 +77,18 @@ class WinnerRow(Base):
     heldout_objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     heldout_metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     provenance: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class FrontRow(Base):
+    """One point of a run's Pareto front (quality loss vs. memory), with its held-out re-score."""
+
+    __tablename__ = "front_points"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # 0 = fewest bits
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    objective: Mapped[float] = mapped_column(Float)  # search-split quality loss (KL to the full cache)
+    bits: Mapped[float] = mapped_column(Float)  # average bits per element of the uncompressed 16-bit cache
+    heldout_objective: Mapped[float | None] = mapped_column(Float, nullable=True)
+    heldout_metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    winner: Mapped[bool] = mapped_column(default=False)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.config import Budget, KVConfig, ModelSpec
 from evolkv.errors import StoreError
-from evolkv.store.models import Base, CandidateRow, EvaluationRow, ModelRow, RunRow, WinnerRow, utcnow
+from evolkv.store.models import Base, CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
 
 
 def default_url() -> str:
@@ -122,6 +122,27 @@ class Store:
                                     provenance=cfg.provenance))
         self._write(fn)
 
+    def set_front(self, run_id: str, points: list[tuple[KVConfig, float, float, float | None, dict, bool]]) -> None:
+        """Replace the run's Pareto front: (config, search loss, bits, held-out loss, held-out metrics, winner)."""
+        def fn(session: Session) -> None:
+            for row in session.scalars(select(FrontRow).where(FrontRow.run_id == run_id)):
+                session.delete(row)
+            for i, (cfg, objective, bits, heldout, metrics, winner) in enumerate(points):
+                candidate = self._candidate(session, cfg)
+                session.add(FrontRow(run_id=run_id, index=i, candidate_id=candidate.id, objective=objective,
+                                     bits=bits, heldout_objective=heldout, heldout_metrics=metrics, winner=winner))
+        self._write(fn)
+
+    def front(self, run_id: str) -> list[tuple[dict[str, Any], KVConfig]]:
+        """The run's front, fewest bits first: (point, config)."""
+        with self._session() as session:
+            rows = session.execute(select(FrontRow, CandidateRow.config).join(CandidateRow)
+                                   .where(FrontRow.run_id == self.run(run_id).id).order_by(FrontRow.index)).all()
+            return [({"point": row.index, "objective": row.objective, "bits": row.bits,
+                      "heldout_objective": row.heldout_objective, "heldout_metrics": row.heldout_metrics,
+                      "winner": row.winner}, KVConfig.from_dict(config).with_provenance(label=f"front:{row.index}"))
+                    for row, config in rows]
+
     # -- reads ----------------------------------------------------------------------------------------------
     def run(self, run_id: str) -> RunRow:
         with self._session() as session:
@@ -175,7 +196,8 @@ class Store:
                     failed[row.generation] += 1
                 else:
                     generations[row.generation].append(row.objective)
-            if row.label != "search" and row.generation < 0:
+            if row.label not in ("search", "sensitivity") and not row.label.startswith("front:") \
+                    and row.generation < 0:
                 labelled[row.label][row.split] = {"objective": row.objective, **row.metrics}
         progress, best = [], math.inf
         for gen in sorted(set(generations) | set(failed)):
@@ -185,8 +207,9 @@ class Store:
                              "best": min(values) if values else None,
                              "mean": sum(values) / len(values) if values else None, "best_so_far": best})
         winner = self.winner(run.id)
+        front = [{**point, "precisions": _precisions(cfg)} for point, cfg in self.front(run.id)]
         return {**_run_dict(run, model.name), "settings": run.settings, "generations": progress,
-                "results": dict(labelled),
+                "results": dict(labelled), "front": front,
                 "winner": None if winner is None else {"search_objective": winner[0].search_objective,
                                                        "heldout_objective": winner[0].heldout_objective,
                                                        "heldout_metrics": winner[0].heldout_metrics,
@@ -206,6 +229,14 @@ class Store:
         return KVConfig.from_dict(config).with_provenance(**(winner.provenance or {})), {"run_id": run.id, "budget": run.budget,
                                             "search_objective": winner.search_objective,
                                             "heldout_objective": winner.heldout_objective}
+
+
+def _precisions(cfg: KVConfig) -> str:
+    """``K4V2x10 K8V4x8``: the layers' precision pairs, counted."""
+    counts: dict[str, int] = {}
+    for layer in cfg.layers:
+        counts[layer.precision] = counts.get(layer.precision, 0) + 1
+    return " ".join(f"{name}x{n}" for name, n in counts.items())
 
 
 def _run_dict(run: RunRow, model: str) -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""Per-layer key/value precision pairs, and the KVTuner-style reduction of their search space.
+
+1. ``sensitivity``: quantize one layer at a time to each pair (the other layers at full precision) and
+   measure the change of the model's output (KL to the full cache): an error matrix [layers, pairs].
+2. ``prune``: per layer, keep only the pairs no other pair beats on both error and bits.
+3. ``cluster``: group layers with similar (log) error profiles; a group shares one pair, chosen among
+   the union of its members' surviving pairs.
+
+``PrecisionSpace`` is what the optimiser sees: one gene in [0, 1) per group picks its pair (and, in joint
+mode, the token-budget genes of a ``BudgetSpace`` follow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from evolkv.config import ALLOWED_BITS, KVConfig
+
+PAIRS: tuple[tuple[int, int], ...] = tuple((k, v) for k in ALLOWED_BITS for v in ALLOWED_BITS)
+
+
+def with_precisions(cfg: KVConfig, pairs: list[tuple[int, int]], group_size: int, residual: int) -> KVConfig:
+    """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits)."""
+    layers = tuple(replace(layer, k_bits=k, v_bits=v, group_size=group_size,
+                           residual=residual if (k < 16 or v < 16) else 0)
+                   for layer, (k, v) in zip(cfg.layers, pairs))
+    return replace(cfg, layers=layers)
+
+
+def sensitivity_configs(base: KVConfig, group_size: int, residual: int,
+                        pairs: tuple[tuple[int, int], ...] = PAIRS) -> list[tuple[int, tuple[int, int], KVConfig]]:
+    """(layer, pair, config with only that layer quantized) for every layer and every pair but K16V16."""
+    full = [(16, 16)] * len(base.layers)
+    out = []
+    for layer in range(len(base.layers)):
+        for pair in pairs:
+            if pair != (16, 16):
+                chosen = list(full)
+                chosen[layer] = pair
+                out.append((layer, pair, with_precisions(base, chosen, group_size, residual).with_provenance(
+                    label=f"sensitivity:L{layer}:K{pair[0]}V{pair[1]}")))
+    return out
+
+
+def prune(errors: np.ndarray, pairs: tuple[tuple[int, int], ...] = PAIRS) -> list[list[tuple[int, int]]]:
+    """Per layer, the pairs not dominated on (error, k_bits + v_bits). errors: [layers, len(pairs)]."""
+    bits = np.array([k + v for k, v in pairs], dtype=float)
+    kept = []
+    for row in errors:
+        layer = []
+        for j, pair in enumerate(pairs):
+            dominated = ((row <= row[j]) & (bits <= bits[j]) & ((row < row[j]) | (bits < bits[j]))).any()
+            if not dominated:
+                layer.append(pair)
+        kept.append(sorted(layer, key=lambda p: -(p[0] + p[1])))
+    return kept
+
+
+def cluster(errors: np.ndarray, groups: int, seed: int = 0, iterations: int = 50) -> list[list[int]]:
+    """k-means on the layers' log-error profiles (deterministic: seeded, initialised at quantiles of the
+    mean profile). Returns ``groups`` (or fewer, when layers coincide) lists of layer indices."""
+    layers = errors.shape[0]
+    groups = max(1, min(groups, layers))
+    profile = np.log10(np.maximum(errors, 1e-8))
+    order = np.argsort(profile.mean(axis=1), kind="stable")
+    centers = profile[order[np.linspace(0, layers - 1, groups).round().astype(int)]]
+    assign = np.zeros(layers, dtype=int)
+    for _ in range(iterations):
+        distance = ((profile[:, None, :] - centers[None]) ** 2).sum(-1)
+        new = distance.argmin(axis=1)
+        if _ and (new == assign).all():
+            break
+        assign = new
+        for g in range(groups):
+            if (assign == g).any():
+                centers[g] = profile[assign == g].mean(axis=0)
+    return [sorted(np.flatnonzero(assign == g).tolist()) for g in range(groups) if (assign == g).any()]
+
+
+@dataclass
+class PrecisionSpace:
+    """Genes in [0, 1): one per layer group picks that group's (k_bits, v_bits) among ``choices[g]``;
+    with ``tokens`` (joint mode) the budget genes of that ``BudgetSpace`` follow."""
+
+    base: KVConfig
+    groups: list[list[int]]
+    choices: list[list[tuple[int, int]]]
+    group_size: int = 128
+    residual: int = 0
+    tokens: object | None = None  # a BudgetSpace in joint mode
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_precision(self) -> int:
+        return len(self.groups)
+
+    @property
+    def n_var(self) -> int:
+        return self.n_precision + (self.tokens.n_var if self.tokens is not None else 0)
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lower, upper = np.zeros(self.n_precision), np.full(self.n_precision, 1.0 - 1e-9)
+        if self.tokens is not None:
+            t_lower, t_upper = self.tokens.bounds
+            lower, upper = np.concatenate([lower, t_lower]), np.concatenate([upper, t_upper])
+        return lower, upper
+
+    def pairs(self, x: np.ndarray) -> list[tuple[int, int]]:
+        chosen = [(16, 16)] * len(self.base.layers)
+        for gene, layers, options in zip(x[: self.n_precision], self.groups, self.choices):
+            pair = options[min(int(np.clip(gene, 0, 1) * len(options)), len(options) - 1)]
+            for layer in layers:
+                chosen[layer] = pair
+        return chosen
+
+    def decode(self, x: np.ndarray) -> KVConfig:
+        x = np.asarray(x, dtype=float)
+        cfg = self.tokens.decode(x[self.n_precision:]) if self.tokens is not None else self.base
+        return with_precisions(cfg, self.pairs(x), self.group_size, self.residual)
+
+    def encode(self, cfg: KVConfig) -> np.ndarray:
+        """Genes picking, per group, the allowed pair nearest (in bits) to its first layer's pair."""
+        genes = []
+        for layers, options in zip(self.groups, self.choices):
+            layer = cfg.layers[layers[0]]
+            distance = [abs(k - layer.k_bits) + abs(v - layer.v_bits) for k, v in options]
+            genes.append((int(np.argmin(distance)) + 0.5) / len(options))
+        if self.tokens is not None:
+            genes = np.concatenate([genes, self.tokens.encode(cfg)])
+        return np.asarray(genes, dtype=float)
+
+    def size(self) -> tuple[float, float]:
+        """log10 of the number of precision assignments: every pair per layer, and after pruning/clustering."""
+        before = len(self.base.layers) * math.log10(len(PAIRS))
+        after = sum(math.log10(len(options)) for options in self.choices)
+        return before, after
