@@ -106,13 +106,24 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
 
 @app.command()
 def search(
-    budget: str = typer.Option(..., "--budget", "-b", help="Memory budget: '10%' of the context's KV entries, "
-                               "or '128' tokens per KV head (average over layers and heads)."),
+    budget: str = typer.Option("100%", "--budget", "-b", help="Token budget: '10%' of the context's KV entries, "
+                               "or '128' tokens per KV head (average over layers and heads). Quant mode keeps "
+                               "every token; joint mode searches precisions within this budget."),
+    mode: str = typer.Option("tokens", help="tokens: per-layer/head token budgets. quant: per-layer key/value "
+                             "precisions (KVTuner) on a Pareto front of KL vs bits. joint: both together."),
+    target_bits: float = typer.Option(4.0, help="quant/joint: pick the best front point at or under this many "
+                                      "bits per KV element (16 = full cache; scales, zero points and residual "
+                                      "window counted)."),
+    group_size: int = typer.Option(128, help="quant/joint: KIVI group size (32, 64 or 128)."),
+    residual: int = typer.Option(0, min=0, help="quant/joint: top-ranked entries kept at full precision "
+                                 "(a multiple of --group-size)."),
+    clusters: int = typer.Option(4, min=1, help="quant/joint: layer groups that share a precision pair."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from configs/models.yaml, local "
                                         "directory or HF id in the local cache [default: embedded Gemma 3 270M]."),
     generations: int = typer.Option(6, min=1, help="Generations of the optimiser."),
     population: int = typer.Option(8, min=2, help="Candidates per generation."),
-    optimizer: str = typer.Option("cmaes", help="cmaes | ga | de | optuna-tpe | optuna-cmaes."),
+    optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
+                                            "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
                               "vartrack, or paths to .jsonl files with context/question/answers."),
     samples: int = typer.Option(4, min=1, help="Samples per task in each split (search and held-out)."),
@@ -129,10 +140,20 @@ def search(
     db: Optional[str] = DB,
     as_json: bool = JSON,
 ) -> None:
-    """Search per-layer (and per-head) token budgets that keep the model's answers closest to full cache."""
+    """Search per-layer (and per-head) token budgets, or per-layer key/value precisions, that keep the
+    model's answers closest to the full cache within the memory you give it."""
     from evolkv.search.loop import SearchSettings
 
+    if mode not in ("tokens", "quant", "joint"):
+        raise EvolKVError(f"mode must be tokens, quant or joint, not {mode!r}")
+    if not 2.0 <= target_bits <= 16.0:
+        raise EvolKVError(f"--target-bits {target_bits:g} is outside [2, 16] bits per KV element")
+    if mode == "tokens" and budget == "100%":
+        raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
+    optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
+                              mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
+                              clusters=clusters,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
                               length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
@@ -197,17 +218,71 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         results.add_row(label.removeprefix("baseline:"), _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
                         _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")))
     console.print(results)
+    space = (detail.get("settings") or {}).get("space")
+    if space:
+        console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "
+                      f"10^{space['log10_size_after']:.1f} after pruning and clustering into "
+                      f"{len(space['groups'])} layer groups")
+    if detail.get("front"):
+        front = Table("point", "bits", "search KL", "held-out KL", "held-out NLL", "precisions", "",
+                      title="Pareto front (export one with `evolkv export ID --point N`)")
+        for p in detail["front"]:
+            front.add_row(str(p["point"]), _fmt(p["bits"], 3), _fmt(p["objective"]), _fmt(p["heldout_objective"]),
+                          _fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
+        console.print(front)
 
 
 @app.command()
 def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
            out: Optional[str] = typer.Option(None, "--out", "-o", help="File to write [default: stdout]."),
+           point: Optional[int] = typer.Option(None, "--point", help="Export this point of the run's Pareto "
+                                               "front (see `evolkv runs show`) instead of the winner."),
+           max_bits: Optional[float] = typer.Option(None, "--max-bits", help="Export the front point with the "
+                                                    "lowest search loss at or under this many bits."),
            db: Optional[str] = DB) -> None:
-    """Write a run's winning config as versioned JSON (schema evolkv.kvconfig/1)."""
-    found = _store(db).winner(run_id)
+    """Write a run's winning config (or a point of its Pareto front) as versioned JSON (evolkv.kvconfig/1)."""
+    store = _store(db)
+    if point is not None or max_bits is not None:
+        if point is not None and max_bits is not None:
+            raise EvolKVError("give --point or --max-bits, not both")
+        front = store.front(run_id)
+        if not front:
+            raise EvolKVError(f"run {run_id} has no Pareto front (token-budget runs have a single winner)")
+        if point is not None:
+            if not 0 <= point < len(front):
+                raise EvolKVError(f"--point {point} is not on the front (points 0..{len(front) - 1})")
+            info, cfg = front[point]
+        else:
+            under = [(info, cfg) for info, cfg in front if info["bits"] <= max_bits]
+            if not under:
+                raise EvolKVError(f"no front point at or under {max_bits:g} bits (the smallest has "
+                                  f"{front[0][0]['bits']:.3g})")
+            info, cfg = min(under, key=lambda item: item[0]["objective"])
+        _emit(cfg.with_provenance(run_id=store.run(run_id).id, front_point=info["point"], bits=info["bits"],
+                                  search_objective=info["objective"], heldout_objective=info["heldout_objective"]),
+              out)
+        return
+    found = store.winner(run_id)
     if found is None:
         raise EvolKVError(f"run {run_id} has no winner yet (unfinished or failed)")
     _emit(found[1], out)
+
+
+@app.command()
+def plot(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+         out: str = typer.Option("front.png", "--out", "-o", help="Image to write (.png, .svg, .pdf)."),
+         split: str = typer.Option("heldout", help="Loss of the points on: heldout | search."),
+         db: Optional[str] = DB) -> None:
+    """Draw a run's Pareto front (quality loss vs bits per KV element) with the baselines as points."""
+    from evolkv.plots import plot_front
+
+    if split not in ("search", "heldout"):
+        raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
+    detail = _store(db).detail(run_id)
+    if not detail.get("front"):
+        raise EvolKVError(f"run {detail['id']} has no Pareto front (use --mode quant or joint)")
+    plot_front(detail, out, split)
+    err.print(f"wrote {out}")
 
 
 @app.command()
@@ -331,6 +406,19 @@ def _validate(settings) -> None:
         raise EvolKVError("give at least one task")
     if settings.optimizer not in OPTIMIZERS:
         raise EvolKVError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if settings.mode != "tokens":
+        from evolkv.config import ALLOWED_GROUPS
+        from evolkv.search.optimizers import MULTI_OBJECTIVE
+
+        if settings.optimizer not in MULTI_OBJECTIVE:
+            raise EvolKVError(f"--mode {settings.mode} needs a multi-objective optimizer: "
+                              f"{', '.join(sorted(MULTI_OBJECTIVE))}")
+        if settings.group_size not in ALLOWED_GROUPS:
+            raise EvolKVError(f"--group-size {settings.group_size} is not one of {ALLOWED_GROUPS}")
+        if settings.residual % settings.group_size:
+            raise EvolKVError(f"--residual {settings.residual} is not a multiple of --group-size {settings.group_size}")
+    elif settings.optimizer in ("nsga2", "optuna-nsga2"):
+        raise EvolKVError(f"{settings.optimizer} needs two objectives: use it with --mode quant or joint")
     if settings.scorer not in SCORERS:
         raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
     for name in settings.baselines:

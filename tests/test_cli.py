@@ -101,3 +101,58 @@ def test_resume_of_finished_run_is_refused(searched):
 def test_help_explains():
     result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--budget" in result.stdout and "tokens per KV head" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def quant_searched(model_dirs, tmp_path_factory):
+    db = f"sqlite:///{tmp_path_factory.mktemp('quant') / 'evolkv.db'}"
+    result = invoke("search", "--mode", "quant", "--target-bits", 6, "--group-size", 32, "--clusters", 2,
+                    "--model", model_dirs["llama"], "--generations", 2, "--population", 6, "--samples", 1,
+                    "--length", 200, "--tasks", "passkey", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    return db, json.loads(result.stdout)
+
+
+def test_quant_search_front_is_shown_plotted_and_exported(quant_searched, tmp_path):
+    db, detail = quant_searched
+    assert detail["mode"] == "quant" and detail["front"]
+    shown = invoke("runs", "show", detail["id"], "--db", db)
+    assert shown.exit_code == 0 and "Pareto front" in shown.stdout and "KIVI-2" in shown.stdout
+    image = tmp_path / "front.png"
+    assert invoke("plot", detail["id"], "--out", image, "--db", db).exit_code == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = len(detail["front"]) - 1
+    out = tmp_path / "point.json"
+    assert invoke("export", detail["id"], "--point", last, "--out", out, "--db", db).exit_code == 0
+    exported = json.loads(out.read_text())
+    assert exported["provenance"]["front_point"] == last
+    assert exported["provenance"]["bits"] == pytest.approx(detail["front"][last]["bits"])
+    cheapest = detail["front"][0]["bits"]
+    picked = json.loads(invoke("export", detail["id"], "--max-bits", cheapest, "--db", db).stdout)
+    assert picked["provenance"]["front_point"] == 0
+    assert "not on the front" in _one_line_error(invoke("export", detail["id"], "--point", 99, "--db", db))
+    assert "no front point" in _one_line_error(invoke("export", detail["id"], "--max-bits", 0.5, "--db", db))
+
+
+@pytest.mark.parametrize("bits", [1, 17])
+def test_target_bits_out_of_range(bits, tmp_path):
+    line = _one_line_error(invoke("search", "--mode", "quant", "--target-bits", bits, "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and "--target-bits" in line
+
+
+def test_imported_config_with_bits_outside_the_allowed_set(searched, tmp_path, model_dirs):
+    db, detail, model = searched
+    good = tmp_path / "good.json"
+    invoke("export", detail["id"], "--out", good, "--db", db)
+    data = json.loads(good.read_text())
+    data["layers"][1]["k_bits"] = 3
+    bad = tmp_path / "bits.json"
+    bad.write_text(json.dumps(data))
+    line = _one_line_error(invoke("eval", "--model", model, "--config", bad))
+    assert line.startswith("error:") and "k_bits=3" in line
+
+
+def test_token_run_has_no_front(searched):
+    db, detail, _ = searched
+    assert "no Pareto front" in _one_line_error(invoke("plot", detail["id"], "--db", db))
+    assert "no Pareto front" in _one_line_error(invoke("export", detail["id"], "--point", 0, "--db", db))
