@@ -118,6 +118,8 @@ def search(
     residual: int = typer.Option(0, min=0, help="quant/joint: top-ranked entries kept at full precision "
                                  "(a multiple of --group-size)."),
     clusters: int = typer.Option(4, min=1, help="quant/joint: layer groups that share a precision pair."),
+    probe_samples: int = typer.Option(4, min=1, help="quant/joint: search samples the one-layer sensitivity "
+                                      "pass runs on."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from configs/models.yaml, local "
                                         "directory or HF id in the local cache [default: embedded Gemma 3 270M]."),
     generations: int = typer.Option(6, min=1, help="Generations of the optimiser."),
@@ -153,7 +155,7 @@ def search(
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
-                              clusters=clusters,
+                              clusters=clusters, probe_samples=probe_samples,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
                               length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,

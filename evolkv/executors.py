@@ -8,19 +8,30 @@ from evolkv.config import KVConfig
 from evolkv.evaluators.evaluator import Evaluator, Prepared, Score
 from evolkv.evaluators.tasks import Sample
 
+PROBE = "probe"
+
 
 class LocalExecutor:
     """Prefills each split's samples once (on first use) and scores populations on them."""
 
-    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]]) -> None:
+    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]], probe_samples: int = 4) -> None:
         self.evaluator = evaluator
         self.samples = samples
+        self.probe_samples = probe_samples  # size of the "probe" split: search samples spread over the tasks
         self.worker = f"local:{evaluator.device}"
         self._prepared: dict[str, list[Prepared]] = {}
 
     def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
-        if split not in self._prepared:
+        if split == PROBE:  # a subset of the search split, for cheap passes (precision sensitivity)
+            self.prepare("search", progress)
+            search = self._prepared["search"]
+            count = min(self.probe_samples, len(search))
+            self._prepared[PROBE] = [search[i * len(search) // count] for i in range(count)]
+        elif split not in self._prepared:
             self._prepared[split] = self.evaluator.prepare(self.samples[split], progress)
+
+    def split_size(self, split: str) -> int:
+        return min(self.probe_samples, len(self.samples["search"])) if split == PROBE else len(self.samples[split])
 
     def evaluate(self, configs: Sequence[KVConfig], split: str,
                  progress: Callable[[int], None] | None = None) -> list[Score]:
@@ -47,4 +58,4 @@ def make_executor(settings, reporter=None):
     scorers = [ScorerSpec(settings.scorer, window=settings.window), ScorerSpec("streaming", settings.window, 1)]
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size)
-    return loaded, LocalExecutor(evaluator, samples)
+    return loaded, LocalExecutor(evaluator, samples, getattr(settings, "probe_samples", 4))

@@ -27,6 +27,9 @@ class Interrupting:
     def exact_match(self, configs, split):
         return self.inner.exact_match(configs, split)
 
+    def split_size(self, split):
+        return self.inner.split_size(split)
+
 
 @pytest.mark.parametrize("optimizer,groups", [("cmaes", 0), ("ga", 2)])
 def test_killed_search_resumes_to_the_same_result(model_dirs, tmp_path, optimizer, groups):

@@ -19,6 +19,7 @@ from evolkv.allocation import avg_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.errors import SearchInterrupted
 from evolkv.evaluators.evaluator import Score
+from evolkv.executors import PROBE
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, prune, sensitivity_configs, with_precisions
@@ -53,6 +54,7 @@ class SearchSettings:
     group_size: int = 128
     residual: int = 0
     clusters: int = 4  # quant/joint: layer groups sharing a precision pair
+    probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,8 +163,10 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
 
     # KVTuner's reduction: one-layer sensitivity, prune dominated pairs, cluster layers
     probes = sensitivity_configs(base, settings.group_size, settings.residual)
-    reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations")
-    scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes))
+    reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
+                   total=len(probes) * job.executor.split_size(PROBE))
+    scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
+                          split=PROBE, progress=reporter.advance)
     errors = np.zeros((spec.num_layers, len(PAIRS)))
     for (layer, pair, _), score in zip(probes, scores):
         errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
@@ -251,7 +255,7 @@ class _Job:
         self.store, self.run_id, self.reporter = store, run_id, reporter
 
     def evaluate(self, configs: list[KVConfig], generation: int, labels: list[str],
-                 split: str = "search") -> list[Score]:
+                 split: str = "search", progress=None) -> list[Score]:
         results: dict[str, Score] = {}
         todo: dict[str, KVConfig] = {}
         for cfg, label in zip(configs, labels):
@@ -267,7 +271,7 @@ class _Job:
             else:
                 todo.setdefault(digest, cfg)
         if todo:
-            scores = self.executor.evaluate(list(todo.values()), split)
+            scores = self.executor.evaluate(list(todo.values()), split, progress=progress)
             for cfg, score in zip(todo.values(), scores):  # memory beside quality, for every evaluation
                 score.metrics["bits"] = avg_bits(cfg, self.settings.length)
             computed = dict(zip(todo, scores))
