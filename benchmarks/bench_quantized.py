@@ -9,7 +9,8 @@
    of the context.
    Torch path: dequantize, then attend.
 
-Bandwidth = bytes the kernel must move (codes, scales and zero points of the kept entries, queries, new
+"per-elem" times the same kernel loading every scale per element (``compact_scales=False``) instead of once
+per group and broadcasting it. Bandwidth = bytes the kernel must move (codes, scales and zero points of the kept entries, queries, new
 tokens, output) / median time, as a fraction of the measured device-to-device copy bandwidth.
 
     PYTHONPATH=. python benchmarks/bench_quantized.py
@@ -55,7 +56,7 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
     print(f"\ngathered attention over a packed prefill: {budget:.0%} kept per head, {answer} answer tokens, "
           f"group {group}")
     print(f"{'context':>8} {'pop':>4} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} "
-          f"{'bf16 kernel':>11} {'GB/s':>6} {'of copy':>8} {'rel err':>8} {'tile':>14}")
+          f"{'bf16 kernel':>11} {'per-elem':>9} {'GB/s':>6} {'of copy':>8} {'rel err':>8} {'tile':>14}")
     for context in contexts:
         for cands in populations:
             gen = torch.Generator(device=device).manual_seed(context + cands)
@@ -76,6 +77,8 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
                 ref, _ = gathered_attention_packed_ref(*args, packed=packed)
                 err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                 kernel_ms, tile = min(tile_times(lambda **tile: gathered_attention(*args, packed=packed, **tile)))
+                per_element_ms, _ = min(tile_times(lambda **tile: gathered_attention(
+                    *args, packed=packed, compact_scales=False, **tile)))
 
                 def torch_quantized():
                     dense_k, dense_v = unpack(packed, dtype)  # [H_kv, T, D] in ranking order
@@ -88,7 +91,7 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
                              + 2 * q.numel() * 2 + 2 * new_k.numel() * 2 + q.numel() // dim * 4)
                 achieved = must_move / (kernel_ms * 1e-3)
                 print(f"{context:>8} {cands:>4} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
-                      f"{torch_ms / kernel_ms:>8.1f}x {bf16_ms:>11.3f} {achieved / 1e9:>6.0f} "
+                      f"{torch_ms / kernel_ms:>8.1f}x {bf16_ms:>11.3f} {per_element_ms:>9.3f} {achieved / 1e9:>6.0f} "
                       f"{achieved / bandwidth:>7.0%} {err:>8.1e} {tile:>14}", flush=True)
                 del packed
 
@@ -96,8 +99,8 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
 def decode_section(bandwidth, contexts, bit_widths, budget, group):
     device, dtype, batch, num_q, num_kv, dim = "cuda", torch.bfloat16, 8, 32, 8, 128
     print(f"\ndecode over a packed per-head cache: batch {batch}, 1 query token, {budget:.0%} of the context")
-    print(f"{'context':>8} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'GB/s':>6} "
-          f"{'of copy':>8} {'rel err':>8}")
+    print(f"{'context':>8} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'per-elem':>9} "
+          f"{'GB/s':>6} {'of copy':>8} {'rel err':>8}")
     for context in contexts:
         gen = torch.Generator(device=device).manual_seed(context)
         length = int(budget * context)
@@ -116,13 +119,15 @@ def decode_section(bandwidth, contexts, bit_widths, budget, group):
             ref, _ = attend_packed_ref(*args)
             err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
             kernel_ms = bench(lambda: decode_attention_packed(*args))
+            per_element_ms = bench(lambda: decode_attention_packed(*args, compact_scales=False))
             torch_ms = bench(lambda: attend_packed_ref(*args), rep=100)
             must_move = (keys.shape[0] * length * (packed_bytes_per_entry(bits, dim, group, True)
                                                    + packed_bytes_per_entry(bits, dim, group, False))
                          + pos.numel() * 4 + query.numel() * 2 * 2)
             achieved = must_move / (kernel_ms * 1e-3)
             print(f"{context:>8} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
-                  f"{torch_ms / kernel_ms:>8.1f}x {achieved / 1e9:>6.0f} {achieved / bandwidth:>7.0%} "
+                  f"{torch_ms / kernel_ms:>8.1f}x {per_element_ms:>9.3f} {achieved / 1e9:>6.0f} "
+                  f"{achieved / bandwidth:>7.0%} "
                   f"{err:>8.1e}", flush=True)
 
 

@@ -71,7 +71,7 @@ def _gathered_attention_kernel(
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     PACKED: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
-    V_GROUP: tl.constexpr,
+    V_GROUP: tl.constexpr, COMPACT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     c = pid // num_kv
@@ -103,9 +103,9 @@ def _gathered_attention_kernel(
             offs = start + tl.arange(0, BLOCK_N)
             kept = offs < count
             k = load_entries(KP + h * stride_kph, KS + h * stride_ksh, KZ + h * stride_ksh, offs, kept,
-                             stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N)
+                             stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start, COMPACT)
             v = load_entries(VP + h * stride_vph, VS + h * stride_vsh, VZ + h * stride_vsh, offs, kept,
-                             stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N)
+                             stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start, COMPACT)
             visible = kept[None, :] & row_ok[:, None]
             if WINDOW > 0:
                 idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
@@ -135,7 +135,7 @@ def gathered_attention(
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
     block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
     out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-    packed: PackedKV | None = None, residual: int = 0,
+    packed: PackedKV | None = None, residual: int = 0, compact_scales: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
@@ -184,11 +184,13 @@ def gathered_attention(
         parts = [p if p is not None else keys for p in parts]  # 16-bit halves have no scales: never read
         strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
                    parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]
+        if compact_scales:  # blocks inside one key group (they start at the residual, a group boundary)
+            block_n = min(block_n, packed.group)
         bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
-                    V_GROUP=value_group(packed.group, dim))
+                    V_GROUP=value_group(packed.group, dim), COMPACT=compact_scales)
     else:
         parts, strides = [keys] * 6, [0] * 8
-        bits = dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1)
+        bits = dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1, COMPACT=False)
     _gathered_attention_kernel[grid](
         query, keys, values, order, counts, new_keys, new_values, out, lse, *parts,
         query.stride(0), query.stride(1), query.stride(2),

@@ -52,9 +52,14 @@ def _quantize_kernel(X, PACKED, SCALE, ZERO, length,
 
 @triton.jit
 def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GROUP: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, start=0,
+                 COMPACT: tl.constexpr = False):
     """Entries ``offs`` [BLOCK] of one row of a packed cache as float32 [BLOCK, D]: unpacked and dequantized,
-    or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points."""
+    or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points.
+
+    ``COMPACT`` loads each scale once and broadcasts it in registers: for keys the block must lie inside one
+    group (``offs = start + arange``, GROUP a multiple of BLOCK, ``start`` on a block boundary); otherwise
+    every element loads its own (cached) scale."""
     d = tl.arange(0, HEAD_DIM)
     if BITS == 16:
         x = tl.load(P + offs[:, None] * stride_pt + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
@@ -65,12 +70,25 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
         shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
         codes = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)
         codes = tl.reshape(codes, (BLOCK, HEAD_DIM)).to(tl.float32)
-        if PER_CHANNEL:  # keys: one scale per channel and group of entries
-            at = (offs // GROUP)[:, None] * stride_st + d[None, :]
-        else:  # values: one scale per entry and group of channels
-            at = offs[:, None] * stride_st + (d // GROUP)[None, :]
-        scale = tl.load(S + at, mask=ok[:, None], other=0.0).to(tl.float32)
-        zero = tl.load(Z + at, mask=ok[:, None], other=0.0).to(tl.float32)
+        if COMPACT and PER_CHANNEL:  # keys: the block's one scale row
+            at = (start // GROUP) * stride_st + d
+            scale = tl.load(S + at).to(tl.float32)[None, :]
+            zero = tl.load(Z + at).to(tl.float32)[None, :]
+        elif COMPACT:  # values: [BLOCK, D / GROUP] scales, broadcast over each group's channels
+            g = tl.arange(0, HEAD_DIM // GROUP)
+            at = offs[:, None] * stride_st + g[None, :]
+            shape: tl.constexpr = (BLOCK, HEAD_DIM // GROUP, GROUP)
+            scale = tl.load(S + at, mask=ok[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(Z + at, mask=ok[:, None], other=0.0).to(tl.float32)
+            scale = tl.reshape(tl.broadcast_to(scale[:, :, None], shape), (BLOCK, HEAD_DIM))
+            zero = tl.reshape(tl.broadcast_to(zero[:, :, None], shape), (BLOCK, HEAD_DIM))
+        else:
+            if PER_CHANNEL:  # keys: one scale per channel and group of entries
+                at = (offs // GROUP)[:, None] * stride_st + d[None, :]
+            else:  # values: one scale per entry and group of channels
+                at = offs[:, None] * stride_st + (d // GROUP)[None, :]
+            scale = tl.load(S + at, mask=ok[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(Z + at, mask=ok[:, None], other=0.0).to(tl.float32)
         x = codes * scale + zero
     return x
 

@@ -46,8 +46,9 @@ def test_matches_reference(case, dtype):
     torch.testing.assert_close(lse, ref_lse, atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["compact-scales", "per-element-scales"])
 @pytest.mark.parametrize("bits", [(2, 2), (4, 8), (16, 2), (4, 16)])
-def test_packed_cache_matches_dequantized_reference(bits):
+def test_packed_cache_matches_dequantized_reference(bits, compact):
     """The runtime's quantized part: B * H_kv rows packed, read and dequantized inside the kernel."""
     from evolkv.kernels.decode_attention import decode_attention_packed
     from evolkv.kernels.packed import attend_packed_ref, pack
@@ -57,7 +58,8 @@ def test_packed_cache_matches_dequantized_reference(bits):
     packed = pack(keys.flatten(0, 1), values.flatten(0, 1), *bits, group=32)
     query = torch.randn(batch, num_kv * group, 1, dim, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     query_pos = torch.tensor([400])
-    out, lse = decode_attention_packed(query, packed, pos, query_pos, dim ** -0.5, splits=2, block_n=16)
+    out, lse = decode_attention_packed(query, packed, pos, query_pos, dim ** -0.5, splits=2, block_n=16,
+                                       compact_scales=compact)
     ref, ref_lse = attend_packed_ref(query, packed, pos, query_pos, dim ** -0.5)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)

@@ -88,8 +88,9 @@ PACKED_CASES = [  # cands, H_kv, group, context, T_q, head_dim, window, k_bits, 
 ]
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["compact-scales", "per-element-scales"])
 @pytest.mark.parametrize("case", PACKED_CASES)
-def test_packed_cache_matches_dequantized_reference(case):
+def test_packed_cache_matches_dequantized_reference(case, compact):
     """Ranks >= residual read from the packed cache (dequantized in the kernel) equal attention over the
     dequantized dense copy; counts anywhere in [0, T], including inside the residual and mid-group."""
     from evolkv.kernels.packed import gathered_attention_packed_ref, pack_ranked
@@ -100,7 +101,7 @@ def test_packed_cache_matches_dequantized_reference(case):
     counts[0, 0] = min(residual, context) // 2  # inside the residual window
     packed = pack_ranked(keys, values, order[0], k_bits, v_bits, group_size)
     out, lse = gathered_attention(q, keys, values, order, counts, new_k, new_v, dim ** -0.5, window,
-                                  block_m=16, block_n=16, packed=packed, residual=residual)
+                                  block_m=16, block_n=16, packed=packed, residual=residual, compact_scales=compact)
     ref, ref_lse = gathered_attention_packed_ref(q, keys, values, order, counts, new_k, new_v, dim ** -0.5,
                                                  window, packed=packed, residual=residual)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
