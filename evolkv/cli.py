@@ -117,7 +117,7 @@ def search(
     group_size: int = typer.Option(128, help="quant/joint: KIVI group size (32, 64 or 128)."),
     residual: int = typer.Option(0, min=0, help="quant/joint: top-ranked entries kept at full precision "
                                  "(a multiple of --group-size)."),
-    clusters: int = typer.Option(4, min=1, help="quant/joint: layer groups that share a precision pair."),
+    clusters: int = typer.Option(6, min=1, help="quant/joint: layer groups that share a precision pair."),
     probe_samples: int = typer.Option(4, min=1, help="quant/joint: search samples the one-layer sensitivity "
                                       "pass runs on."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from configs/models.yaml, local "

@@ -12,6 +12,7 @@ from evolkv.kernels.reference import gather_kv
 
 DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
 DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, 2026-11-24 results)
+DENSIFY_MIN_CANDIDATES = 2  # from this many candidates a packed prefill is dequantized once per forward
 
 __all__ = ["attend", "attend_gathered", "attend_packed", "gather_kv"]
 
@@ -44,7 +45,11 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
     Triton kernel on CUDA, the torch reference elsewhere."""
     if _use_triton(query):
         from evolkv.kernels.gathered_attention import gathered_attention as kernel
+        from evolkv.kernels.packed import densify
 
+        if packed is not None and query.shape[0] >= DENSIFY_MIN_CANDIDATES and os.environ.get(
+                "EVOLKV_PACKED", "auto") != "on-the-fly":  # dequantize once, every candidate reads dense rows
+            packed = densify(packed, query.dtype)
         return kernel(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window,
                       packed=packed, residual=residual)
     return gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,

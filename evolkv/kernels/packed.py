@@ -107,6 +107,30 @@ def pack_ranked(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, k
     return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group)
 
 
+def densify(packed: PackedKV, dtype: torch.dtype) -> PackedKV:
+    """The same entries dequantized into a 16-bit ``PackedKV`` (the Triton dequantize kernel on CUDA).
+
+    For many candidates over one packed prefill, dequantizing once and letting every candidate read dense
+    rows beats each candidate dequantizing its prefix again (H100: ``benchmarks/bench_quantized.py``)."""
+    from evolkv.kernels import _use_triton
+
+    whole_groups = packed.k_bits == 16 or packed.k.shape[1] % packed.group == 0  # as ``pack`` leaves them
+    if _use_triton(packed.k) and packed.length and whole_groups:
+        from evolkv.kernels.quantize import dequantize
+
+        def restore(data, scale, zero, bits, group, per_channel):
+            if bits == 16:
+                return data[:, :packed.length]
+            return dequantize(data, scale, zero, bits, group, per_channel, dtype)[:, :packed.length]
+
+        keys = restore(packed.k, packed.k_scale, packed.k_zero, packed.k_bits, packed.group, True)
+        values = restore(packed.v, packed.v_scale, packed.v_zero, packed.v_bits,
+                         value_group(packed.group, packed.dim), False)
+    else:
+        keys, values = unpack(packed, dtype)
+    return PackedKV(16, 16, packed.group, packed.length, packed.dim, keys.contiguous(), values.contiguous())
+
+
 def unpack(packed: PackedKV, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The entries the kernels see: keys, values [R, T, D] in ``dtype`` (dequantized where packed)."""
     def restore(data, scale, zero, bits, group, per_channel):

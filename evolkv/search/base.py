@@ -24,7 +24,10 @@ class Optimizer(ABC):
         self.n_var, self.lower, self.upper = n_var, np.asarray(lower, float), np.asarray(upper, float)
         self.population, self.seed, self.n_obj = population, seed, n_obj
         self.storage, self.study_name = storage, study_name  # optuna keeps its study there (others ignore it)
-        self.x0 = np.zeros(n_var) if x0 is None else np.asarray(x0, float)
+        # x0: one starting point [n_var], or several [S, n_var] (the first generation starts with all of them)
+        seeds = np.zeros((1, n_var)) if x0 is None else np.atleast_2d(np.asarray(x0, float))
+        self.seeds = np.clip(seeds, self.lower, self.upper)
+        self.x0 = self.seeds[0]
         self.best_x: np.ndarray | None = None
         self.best_f = np.inf
 

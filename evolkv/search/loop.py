@@ -53,7 +53,7 @@ class SearchSettings:
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
     residual: int = 0
-    clusters: int = 4  # quant/joint: layer groups sharing a precision pair
+    clusters: int = 6  # quant/joint: layer groups sharing a precision pair
     probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,7 +172,10 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
         errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
     kept = prune(errors)
     groups = cluster(errors, settings.clusters, settings.seed)
-    choices = [sorted(set().union(*(kept[layer] for layer in g)), key=lambda p: -(p[0] + p[1])) for g in groups]
+    # the reduced space keeps every uniform baseline representable: the search can always match them
+    always = {(16, 16), *QUANT_BASELINES.values()}
+    choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
+               for g in groups]
     tokens = BudgetSpace(spec, budget, scorer, per_head=settings.per_head) if joint else None
     space = PrecisionSpace(base, groups, choices, settings.group_size, settings.residual, tokens)
     before, after = space.size()
@@ -183,7 +186,8 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
 
     lower, upper = space.bounds
-    x0 = np.clip(space.encode(baselines["KV4"]), lower, upper)
+    # first generation: every quantized uniform baseline, then mutations of them
+    x0 = np.clip(np.stack([space.encode(baselines[name]) for name in QUANT_BASELINES]), lower, upper)
     optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population, settings.seed,
                                x0=x0, n_obj=2, storage=store.url if settings.optimizer.startswith("optuna") else None,
                                study_name=f"evolkv-{run_id}")

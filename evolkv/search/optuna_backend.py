@@ -36,7 +36,8 @@ class OptunaOptimizer(Optimizer):
                 optuna.delete_study(study_name=name, storage=storage)
         self._study = optuna.create_study(directions=["minimize"] * self.n_obj, sampler=made, storage=storage,
                                           study_name=self.study_name if storage else None)
-        self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
+        for seed in self.seeds:
+            self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(seed)})
         self._trials: list[optuna.trial.Trial] = []
 
     def _ask(self) -> np.ndarray:

@@ -60,13 +60,14 @@ class PymooOptimizer(Optimizer):
     def _around_x0(self):
         from pymoo.core.sampling import Sampling
 
-        x0, spread = self.x0, 0.5 * (self.upper - self.lower) / 6
+        seeds, spread = self.seeds, 0.5 * (self.upper - self.lower) / 6
 
-        class AroundX0(Sampling):  # first generation: x0 and Gaussian perturbations of it
+        class AroundX0(Sampling):  # first generation: the seeds, then Gaussian perturbations of them in turn
             def _do(self, problem, n_samples, random_state=None, **kwargs):
                 noise = random_state.normal(0.0, 1.0, size=(n_samples, problem.n_var)) * spread
-                noise[0] = 0.0
-                return np.clip(x0 + noise, problem.xl, problem.xu)
+                noise[: len(seeds)] = 0.0
+                centres = seeds[np.arange(n_samples) % len(seeds)]
+                return np.clip(centres + noise, problem.xl, problem.xu)
 
         return AroundX0()
 

@@ -121,3 +121,18 @@ def test_packed_cache_rejects_another_ranking():
         gathered_attention(q, keys, values, other, counts, new_k, new_v, 0.2, packed=packed)
     with pytest.raises(ValueError):
         gathered_attention(q, keys, values, order, counts, new_k, new_v, 0.2, packed=packed, residual=16)
+
+
+def test_densified_packed_cache_gives_the_same_attention():
+    """Dequantize-once (what the evaluator does for a population) equals dequantize-on-the-fly."""
+    from evolkv.kernels.packed import densify, pack_ranked
+
+    q, keys, values, order, counts, new_k, new_v = _inputs(3, 2, 4, 70, 3, 32, torch.float32, seed=4)
+    packed = pack_ranked(keys, values, order[0], 4, 2, 32)
+    dense = densify(packed, torch.float32)
+    assert dense.k_bits == dense.v_bits == 16 and dense.k.shape == (2, 70, 32)
+    args = (q, keys, values, order, counts, new_k, new_v, 32 ** -0.5)
+    out, lse = gathered_attention(*args, block_m=16, block_n=16, packed=packed, residual=32)
+    out2, lse2 = gathered_attention(*args, block_m=16, block_n=16, packed=dense, residual=32)
+    torch.testing.assert_close(out2, out, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse2, lse, atol=2e-4, rtol=2e-4)
