@@ -12,7 +12,8 @@ from evolkv.kernels.reference import gather_kv
 
 DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
 DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, 2026-11-24 results)
-DENSIFY_MIN_CANDIDATES = 2  # from this many candidates a packed prefill is dequantized once per forward
+DENSIFY_MIN_CANDIDATES = 32  # from this many candidates a packed prefill is dequantized once per forward (H100:
+# at population 64 it wins from 16k context on, at 16 it does not; benchmarks/results/*bench_quantized*)
 
 __all__ = ["attend", "attend_gathered", "attend_packed", "gather_kv"]
 
