@@ -1,0 +1,59 @@
+"""Precision pairs: KVTuner's pruning and clustering, and the space the optimiser sees."""
+
+import numpy as np
+import pytest
+
+from evolkv.config import Budget, ModelSpec, uniform_config
+from evolkv.search.optimizers import make_optimizer
+from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, prune, sensitivity_configs
+
+SPEC = ModelSpec("toy", "llama", 4, 4, 2, 32, ["full_attention"] * 4)
+BASE = uniform_config(SPEC, Budget.parse("100%"))
+
+
+def test_prune_keeps_exactly_the_non_dominated_pairs():
+    bits = np.array([k + v for k, v in PAIRS], dtype=float)
+    errors = np.array([1.0 / bits, 1.0 / bits + np.arange(len(PAIRS)) * 1e-3])
+    errors[1, PAIRS.index((8, 4))] = 5.0  # dominated by cheaper, better pairs
+    kept = prune(errors)
+    for row, pairs in zip(errors, kept):
+        for pair in pairs:
+            j = PAIRS.index(pair)
+            assert not ((row <= row[j]) & (bits <= bits[j]) & ((row < row[j]) | (bits < bits[j]))).any()
+    assert (8, 4) not in kept[1] and (16, 16) in kept[0]
+
+
+def test_cluster_groups_layers_with_similar_profiles():
+    sensitive, robust = np.full(len(PAIRS), 1.0), np.full(len(PAIRS), 1e-4)
+    errors = np.stack([sensitive, robust, sensitive * 1.1, robust * 0.9])
+    assert sorted(cluster(errors, 2)) == [[0, 2], [1, 3]]
+    assert cluster(errors, 9) and sum(len(g) for g in cluster(errors, 9)) == 4
+
+
+def test_sensitivity_configs_quantize_one_layer_each():
+    probes = sensitivity_configs(BASE, group_size=32, residual=0)
+    assert len(probes) == SPEC.num_layers * (len(PAIRS) - 1)
+    for layer, (k, v), cfg in probes:
+        quantized = [i for i, spec in enumerate(cfg.layers) if spec.quantized]
+        assert quantized == [layer] and (cfg.layers[layer].k_bits, cfg.layers[layer].v_bits) == (k, v)
+
+
+def test_space_decodes_every_gene_to_an_allowed_pair_and_encodes_back():
+    groups, choices = [[0, 3], [1], [2]], [[(8, 8), (4, 4)], [(4, 2), (2, 2), (16, 16)], [(2, 4)]]
+    space = PrecisionSpace(BASE, groups, choices, group_size=32)
+    lower, upper = space.bounds
+    for x in np.random.default_rng(0).uniform(lower, upper, (20, space.n_var)):
+        cfg = space.decode(x)
+        for g, layers in enumerate(groups):
+            assert all((cfg.layers[i].k_bits, cfg.layers[i].v_bits) in choices[g] for i in layers)
+        assert space.decode(space.encode(cfg)) == cfg
+    before, after = space.size()
+    assert before == pytest.approx(4 * np.log10(16)) and after == pytest.approx(np.log10(2 * 3 * 1))
+
+
+@pytest.mark.parametrize("name", ["nsga2", "optuna-nsga2", "optuna-tpe"])
+def test_first_generation_starts_with_every_seed(name):
+    seeds = np.array([[0.1, 0.2, 0.3], [0.9, 0.8, 0.7]])
+    opt = make_optimizer(name, 3, np.zeros(3), np.ones(3), population=6, seed=0, x0=seeds, n_obj=2)
+    X = opt.ask()
+    assert np.allclose(X[:2], seeds)
