@@ -24,7 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv import kernels
-from evolkv.kernels.packed import PackedKV, pack_ranked
+from evolkv.kernels.packed import PackedKV, pack_ranked, with_packed_entries
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -114,6 +114,7 @@ class GatheredLayer(CompressedLayer):
         self.shared = (keys, values)
         self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
         self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual)
+        self.merged: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # torch path: dequantized prefills
         cands, heads = counts.shape
         self.dtype, self.device = keys.dtype, keys.device
         self.keys = keys.new_empty(cands, heads, 0, keys.shape[-1])
@@ -241,9 +242,15 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
         groups.append((rows, packed, residual))
     if plain.any():
         groups.append((plain.nonzero().squeeze(1), None, 0))
-    for rows, packed, residual in groups:
+    dense = not kernels._use_triton(query)  # torch path: dequantize each packed prefill once per cache
+    for i, (rows, packed, residual) in enumerate(groups):
         order = layer.order if layer.order.shape[0] == 1 else layer.order[rows]
-        out[rows], _ = kernels.attend_gathered(query[rows], *layer.shared, order, layer.counts[rows],
+        shared = layer.shared
+        if dense and packed is not None:
+            if i not in layer.merged:  # greedy decoding calls this once per token
+                layer.merged[i] = with_packed_entries(*layer.shared, order[0], packed, residual)
+            shared, packed = layer.merged[i], None
+        out[rows], _ = kernels.attend_gathered(query[rows], *shared, order, layer.counts[rows],
                                                layer.keys[rows], layer.values[rows], scaling, sliding,
                                                packed=packed, residual=residual)
     return out

@@ -88,3 +88,16 @@ def test_query_agnostic_feeds_the_question(tiny):
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     assert prep.feed.numel() > prep.targets.numel() and prep.first_token is None
     assert evaluator.score([uniform_config(tiny.spec, Budget.parse("10%"))], [prep])[0].ok
+
+
+def test_greedy_answers_of_a_quantized_config_equal_generate(tiny, evaluator):
+    """Exact match decodes over the (dequantized-once) packed prefill as ``generate`` does with the config."""
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    cfg = _mixed(uniform_config(tiny.spec, Budget.parse("40%")), 1)
+    texts = evaluator._greedy([uniform_config(tiny.spec, Budget.parse("100%")), cfg], prep)
+    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        out = tiny.model.generate(prompt, max_new_tokens=prep.answer_tokens + 4, do_sample=False,
+                                  eos_token_id=None, pad_token_id=0)  # exact match decodes past EOS too
+    assert texts[1] == tiny.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
