@@ -143,7 +143,6 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
 
 
 QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
-MAX_FRONT = 16  # front points re-scored on held-out data (evenly spread over memory when there are more)
 
 
 def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
@@ -211,8 +210,6 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     if not front:
         store.update_run(run_id, status="failed")
         return store.detail(run_id)
-    if len(front) > MAX_FRONT:
-        front = [front[i] for i in np.linspace(0, len(front) - 1, MAX_FRONT).round().astype(int)]
     under = [p for p in front if p[2] <= settings.target_bits]
     win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
     reporter.stage("re-score the front and baselines on held-out data")
