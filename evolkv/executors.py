@@ -1,61 +1,106 @@
-"""Executors run evaluations for the search loop. ``LocalExecutor`` scores in-process on one device."""
+"""Executors run evaluations for the search loop.
+
+``LocalExecutor`` scores in-process on one device; ``evolkv.ray_executor.RayExecutor`` spreads the samples
+over Ray actors. Both see the same three splits: ``search``, ``heldout`` and ``probe`` (a few search samples
+spread over the tasks, for cheap passes such as the precision sensitivity).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from evolkv.config import KVConfig
+from evolkv.errors import EvolKVError
 from evolkv.evaluators.evaluator import Evaluator, Prepared, Score
 from evolkv.evaluators.tasks import Sample
 
 PROBE = "probe"
 
 
+def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) blocks of ``count`` items over ``shards`` workers (sizes differ by <= 1)."""
+    base, extra = divmod(count, shards)
+    bounds, start = [], 0
+    for i in range(shards):
+        end = start + base + (i < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 class LocalExecutor:
     """Prefills each split's samples once (on first use) and scores populations on them."""
 
-    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]], probe_samples: int = 4) -> None:
+    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]]) -> None:
         self.evaluator = evaluator
         self.samples = samples
-        self.probe_samples = probe_samples  # size of the "probe" split: search samples spread over the tasks
         self.worker = f"local:{evaluator.device}"
         self._prepared: dict[str, list[Prepared]] = {}
 
     def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
-        if split == PROBE:  # a subset of the search split, for cheap passes (precision sensitivity)
-            self.prepare("search", progress)
-            search = self._prepared["search"]
-            count = min(self.probe_samples, len(search))
-            self._prepared[PROBE] = [search[i * len(search) // count] for i in range(count)]
-        elif split not in self._prepared:
+        if split not in self._prepared:
             self._prepared[split] = self.evaluator.prepare(self.samples[split], progress)
 
+    def prepared(self, split: str) -> list[Prepared]:
+        self.prepare(split)
+        return self._prepared[split]
+
     def split_size(self, split: str) -> int:
-        return min(self.probe_samples, len(self.samples["search"])) if split == PROBE else len(self.samples[split])
+        return len(self.samples[split])
 
     def evaluate(self, configs: Sequence[KVConfig], split: str,
                  progress: Callable[[int], None] | None = None) -> list[Score]:
-        self.prepare(split)
-        return self.evaluator.score(configs, self._prepared[split], progress)
+        return self.evaluator.score(configs, self.prepared(split), progress)
 
     def exact_match(self, configs: Sequence[KVConfig], split: str) -> list[dict[str, float]]:
-        self.prepare(split)
-        return self.evaluator.exact_match(configs, self._prepared[split])
+        return self.evaluator.exact_match(configs, self.prepared(split))
 
 
-def make_executor(settings, reporter=None):
-    """Load the model of ``settings`` and build a local executor over its tasks' two splits."""
+def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
+    """The run's samples: both splits of every task, and the probe subset of the search split."""
+    from evolkv.evaluators.tasks import SPLITS, load_tasks
+
+    samples = {split: load_tasks(settings.tasks, settings.samples, settings.length, settings.seed, split,
+                                 tokenizer) for split in SPLITS}
+    search = samples["search"]
+    count = min(getattr(settings, "probe_samples", 4), len(search))
+    samples[PROBE] = [search[i * len(search) // count] for i in range(count)]
+    return samples
+
+
+def make_local(settings, shard: tuple[int, int] | None = None):
+    """Load the model of ``settings`` and build a local executor (over shard ``(rank, world)`` of every
+    split's samples when given)."""
     import torch
 
     from evolkv import models
     from evolkv.config import ScorerSpec
-    from evolkv.evaluators.tasks import SPLITS, load_tasks
 
     loaded = models.load(settings.model, settings.device, settings.dtype)
     torch.manual_seed(settings.seed)
-    samples = {split: load_tasks(settings.tasks, settings.samples, settings.length, settings.seed, split,
-                                 loaded.tokenizer) for split in SPLITS}
+    samples = build_samples(settings, loaded.tokenizer)
+    if shard is not None:
+        rank, world = shard
+        samples = {split: items[slice(*shard_bounds(len(items), world)[rank])] for split, items in samples.items()}
     scorers = [ScorerSpec(settings.scorer, window=settings.window), ScorerSpec("streaming", settings.window, 1)]
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size)
-    return loaded, LocalExecutor(evaluator, samples, getattr(settings, "probe_samples", 4))
+    return loaded, LocalExecutor(evaluator, samples)
+
+
+def make_executor(settings, reporter=None):
+    """The executor ``settings.executor`` names (``local`` or ``ray``) and the model's description."""
+    executor = getattr(settings, "executor", "local")
+    if executor == "local":
+        return make_local(settings)
+    if executor != "ray":
+        raise EvolKVError(f"unknown executor {executor!r}; known: local, ray")
+    from evolkv import models
+
+    try:
+        from evolkv.ray_executor import RayExecutor
+    except ImportError as e:
+        raise EvolKVError("--executor ray needs the ray package: pip install 'evolkv[ray]'") from e
+    loaded = models.load(settings.model, "cpu", settings.dtype, weights=False)  # the driver needs no weights
+    samples = build_samples(settings, loaded.tokenizer)
+    return loaded, RayExecutor(settings, samples, settings.ray_address, settings.workers)

@@ -98,10 +98,11 @@ def model_spec(config: Any, name: str) -> ModelSpec:
                      layer_types=tuple(types), sliding_window=sliding)
 
 
-def load(name: str | None = None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load a causal LM and its tokenizer from local files only."""
+def load(name: str | None = None, device: str = "cpu", dtype: str = "float32", weights: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer from local files only (``weights=False``: config and tokenizer
+    only, ``model`` is None; what a Ray driver needs)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     display, location = resolve(name)
     local = Path(location).is_dir()
@@ -113,6 +114,11 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "float32") -
         raise ModelError(f"unknown dtype {dtype!r}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+        if not weights:
+            config = AutoConfig.from_pretrained(location, local_files_only=True)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return LoadedModel(display, None, tokenizer, model_spec(config, display))
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True)
     except (OSError, ValueError) as e:
         if local:

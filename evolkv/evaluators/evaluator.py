@@ -194,6 +194,12 @@ class Evaluator:
     def score(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
               progress: Callable[[int], None] | None = None) -> list[Score]:
         """Score every config on every prepared sample; a failing batch is retried one config at a time."""
+        return aggregate(self.score_samples(configs, prepared, progress))
+
+    def score_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
+                      progress: Callable[[int], None] | None = None) -> SampleScores:
+        """Per config, every metric's per-sample values in sample order (shards of the samples scored apart
+        and concatenated in order aggregate to exactly what one evaluator scoring them all gives)."""
         per_config: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         failures: dict[int, str] = {}
         started = time.perf_counter()
@@ -207,15 +213,7 @@ class Evaluator:
                         per_config[index][f"{prep.sample.task}/{key}"].append(value)
             if progress:
                 progress(len(configs))
-        elapsed = (time.perf_counter() - started) / max(len(configs), 1)
-        scores = []
-        for i in range(len(configs)):
-            if i in failures:
-                scores.append(Score(math.inf, status="failed", reason=failures[i], duration_s=elapsed))
-                continue
-            metrics = {key: sum(v) / len(v) for key, v in per_config[i].items()}
-            scores.append(Score(metrics.get("kl", 0.0), metrics, duration_s=elapsed))
-        return scores
+        return SampleScores([dict(m) for m in per_config], failures, time.perf_counter() - started)
 
     def _score_chunk(self, configs, indices, prep, failures):
         live = [(cfg, i) for cfg, i in zip(configs, indices) if i not in failures]
@@ -241,10 +239,15 @@ class Evaluator:
         return results
 
     # -- exact match ----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]) -> list[dict[str, float]]:
         """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
         ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task."""
+        return [{key: sum(v) / len(v) for key, v in h.items()} for h in self.exact_match_samples(configs, prepared)]
+
+    @torch.no_grad()
+    def exact_match_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]
+                            ) -> list[dict[str, list[float]]]:
+        """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), in sample order."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
@@ -253,7 +256,7 @@ class Evaluator:
                     hit = float(prep.sample.answer.strip().lower() in text.lower())
                     hits[i]["em"].append(hit)
                     hits[i][f"{prep.sample.task}/em"].append(hit)
-        return [{key: sum(v) / len(v) for key, v in h.items()} for h in hits]
+        return [dict(h) for h in hits]
 
     def _greedy(self, configs: Sequence[KVConfig], prep: Prepared) -> list[str]:
         count = len(configs)
@@ -271,6 +274,41 @@ class Evaluator:
                 tokens.append(pending)
         generated = torch.cat(tokens, dim=1)
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+@dataclass
+class SampleScores:
+    """What ``Evaluator.score_samples`` measured, before averaging over samples."""
+
+    values: list[dict[str, list[float]]]  # per config: metric -> per-sample values
+    failures: dict[int, str]  # config index -> reason
+    seconds: float = 0.0
+
+    @staticmethod
+    def concat(parts: Sequence[SampleScores]) -> SampleScores:
+        """Shards of the samples, in sample order, joined back."""
+        values = [defaultdict(list) for _ in parts[0].values] if parts else []
+        failures: dict[int, str] = {}
+        for part in parts:
+            for merged, mine in zip(values, part.values):
+                for key, v in mine.items():
+                    merged[key].extend(v)
+            for index, reason in part.failures.items():
+                failures.setdefault(index, reason)
+        return SampleScores([dict(v) for v in values], failures, max((p.seconds for p in parts), default=0.0))
+
+
+def aggregate(scores: SampleScores) -> list[Score]:
+    """Mean of every metric over the samples; the objective is the mean KL."""
+    elapsed = scores.seconds / max(len(scores.values), 1)
+    out = []
+    for i, per_metric in enumerate(scores.values):
+        if i in scores.failures:
+            out.append(Score(math.inf, status="failed", reason=scores.failures[i], duration_s=elapsed))
+            continue
+        metrics = {key: sum(v) / len(v) for key, v in per_metric.items()}
+        out.append(Score(metrics.get("kl", 0.0), metrics, duration_s=elapsed))
+    return out
 
 
 def _chunks(items: list, size: int):

@@ -55,6 +55,9 @@ class SearchSettings:
     residual: int = 0
     clusters: int = 6  # quant/joint: layer groups sharing a precision pair
     probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
+    executor: str = "local"  # local | ray
+    workers: int = 1  # ray: actors (one GPU each with --device cuda)
+    ray_address: str | None = None  # ray: auto, ray://host:port; none = start a local Ray
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +200,9 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
         configs = [space.decode(x) for x in X]
         scores = job.evaluate(configs, generation=gen, labels=["search"] * len(configs))
         F = np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
-        optimizer.tell(X, F)
+        # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
+        # which spends the population where the winner is chosen (the stored front keeps the true bits)
+        optimizer.tell(X, np.stack([F[:, 0], np.maximum(F[:, 1], settings.target_bits)], axis=1))
         for cfg, (f, bits) in zip(configs, F):
             if np.isfinite(f):
                 seen[cfg.hash()] = (cfg, float(f), float(bits))

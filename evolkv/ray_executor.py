@@ -1,0 +1,156 @@
+"""Ray executor: one actor per GPU (or ``--workers`` CPU actors), each holding a shard of the samples.
+
+The only module that imports ``ray``. Each actor loads the model once and prefills its shard of every split
+(contiguous blocks of the samples, in order). A population is broadcast to every actor as config JSON; each
+returns the per-sample metric values of its shard, which the driver joins in sample order and averages:
+exactly what the local executor computes on the same samples.
+
+Faults: an actor that dies (killed process, out of memory) is restarted by Ray, which retries the call in
+flight; if retries run out the driver starts a fresh actor and resubmits that shard. A candidate whose
+evaluation raises inside an actor is split off and retried alone, then recorded as failed (the evaluator's
+own rule), so one bad candidate never fails a population.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
+
+from evolkv.config import KVConfig
+from evolkv.errors import EvolKVError
+from evolkv.evaluators.evaluator import SampleScores, Score, aggregate
+from evolkv.executors import PROBE
+
+RESUBMITS = 2  # fresh actors started for one shard before the population fails
+
+
+@ray.remote(max_restarts=-1, max_task_retries=2)
+class _Worker:
+    """Loads the model once; prefills and scores its shard of each split."""
+
+    def __init__(self, settings: dict[str, Any], rank: int, world: int, threads: int) -> None:
+        import torch
+
+        from evolkv.executors import make_local
+        from evolkv.search.loop import SearchSettings
+
+        torch.set_num_threads(threads)  # the driver's: CPU reductions then sum in the same order as local
+
+        known = SearchSettings.__dataclass_fields__
+        self.settings = SearchSettings(**{k: v for k, v in settings.items() if k in known})
+        if self.settings.device.startswith("cuda"):
+            self.settings.device = "cuda"  # Ray gives this actor its own GPU as device 0
+        self.rank, self.world = rank, world
+        _, self.local = make_local(self.settings, shard=(rank, world))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, configs_json: list[str], split: str) -> SampleScores:
+        configs = [KVConfig.from_json(text) for text in configs_json]
+        return self.local.evaluator.score_samples(configs, self.local.prepared(split))
+
+    def exact_match(self, configs_json: list[str], split: str) -> list[dict[str, list[float]]]:
+        configs = [KVConfig.from_json(text) for text in configs_json]
+        return self.local.evaluator.exact_match_samples(configs, self.local.prepared(split))
+
+
+class RayExecutor:
+    """Scores populations on ``workers`` Ray actors (see the module docstring)."""
+
+    def __init__(self, settings, samples: dict[str, list], address: str | None = None, workers: int = 1) -> None:
+        _connect(address, workers)
+        self.settings, self.samples = settings, samples
+        self.world = workers
+        self.worker = f"ray:{workers}x{'gpu' if settings.device.startswith('cuda') else 'cpu'}"
+        self._actors = [self._start(rank) for rank in range(workers)]
+
+    def _start(self, rank: int):
+        gpus = 1 if self.settings.device.startswith("cuda") else 0
+        import torch
+
+        return _Worker.options(num_gpus=gpus, num_cpus=1).remote(self.settings.to_dict(), rank, self.world,
+                                                                 torch.get_num_threads())
+
+    def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
+        """Actors prefill lazily on their first call for ``split``; nothing to do ahead of it."""
+        if progress:
+            for _ in range(self.split_size(split)):
+                progress()
+
+    def split_size(self, split: str) -> int:
+        return len(self.samples[split])
+
+    def evaluate(self, configs: Sequence[KVConfig], split: str,
+                 progress: Callable[[int], None] | None = None) -> list[Score]:
+        payload = [cfg.to_json(indent=None) for cfg in configs]
+        parts = self._map("score", payload, split)
+        if progress:
+            progress(len(configs) * self.split_size(split))
+        return aggregate(SampleScores.concat(parts))
+
+    def exact_match(self, configs: Sequence[KVConfig], split: str) -> list[dict[str, float]]:
+        payload = [cfg.to_json(indent=None) for cfg in configs]
+        parts = self._map("exact_match", payload, split)
+        joined: list[dict[str, list[float]]] = [{} for _ in configs]
+        for part in parts:
+            for merged, mine in zip(joined, part):
+                for key, values in mine.items():
+                    merged.setdefault(key, []).extend(values)
+        return [{key: sum(v) / len(v) for key, v in h.items()} for h in joined]
+
+    def _map(self, method: str, payload: list[str], split: str) -> list[Any]:
+        """Call ``method`` on every actor; restart and resubmit the shard of an actor that died."""
+        pending = {rank: getattr(actor, method).remote(payload, split) for rank, actor in enumerate(self._actors)}
+        results: dict[int, Any] = {}
+        attempts = dict.fromkeys(pending, 0)
+        while pending:
+            rank, ref = next(iter(pending.items()))
+            try:
+                results[rank] = ray.get(ref)
+                del pending[rank]
+            except (RayActorError, RaySystemError) as e:
+                attempts[rank] += 1
+                if attempts[rank] > RESUBMITS:
+                    raise EvolKVError(f"ray worker {rank} died {attempts[rank]} times: {str(e).splitlines()[0]}") from e
+                self._actors[rank] = self._start(rank)
+                pending[rank] = getattr(self._actors[rank], method).remote(payload, split)
+        return [results[rank] for rank in range(self.world)]
+
+    def actor_pids(self) -> list[int]:
+        return ray.get([actor.pid.remote() for actor in self._actors])
+
+    def kill_actor(self, rank: int, restart: bool = True) -> None:
+        """Kill one actor's process (tests and chaos drills); Ray restarts it unless ``restart`` is False."""
+        ray.kill(self._actors[rank], no_restart=not restart)
+
+    def shutdown(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _connect(address: str | None, workers: int) -> None:
+    """Join the cluster at ``address`` (``auto``, ``ray://host:port`` or ``host:port``) or start a local one."""
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+                pass
+        except (OSError, ValueError) as e:
+            raise EvolKVError(f"cannot reach the Ray cluster at {address}: {e}") from e
+    try:
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError, GetTimeoutError) as e:
+        raise EvolKVError(f"cannot connect to the Ray cluster at {address or 'a local instance'}: "
+                          f"{str(e).splitlines()[0]}") from e
