@@ -100,7 +100,11 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
         reporter = _RichReporter(progress)
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(settings)
-        detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
+        try:
+            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
+        finally:
+            if hasattr(executor, "shutdown"):
+                executor.shutdown()
     _print_detail(detail, as_json)
 
 
@@ -139,6 +143,11 @@ def search(
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    executor: str = typer.Option("local", help="local: score in this process. ray: shard the samples over "
+                                 "Ray actors (one GPU each with --device cuda), same results as local."),
+    workers: int = typer.Option(1, min=1, help="ray: number of actors."),
+    ray_address: Optional[str] = typer.Option(None, help="ray: 'auto' or 'ray://host:10001' of a running "
+                                              "cluster [default: start a local Ray]."),
     db: Optional[str] = DB,
     as_json: bool = JSON,
 ) -> None:
@@ -155,7 +164,8 @@ def search(
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
-                              clusters=clusters, probe_samples=probe_samples,
+                              clusters=clusters, probe_samples=probe_samples, executor=executor,
+                              workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
                               length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
@@ -408,6 +418,8 @@ def _validate(settings) -> None:
         raise EvolKVError("give at least one task")
     if settings.optimizer not in OPTIMIZERS:
         raise EvolKVError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if settings.executor not in ("local", "ray"):
+        raise EvolKVError(f"unknown executor {settings.executor!r}; known: local, ray")
     if settings.mode != "tokens":
         from evolkv.config import ALLOWED_GROUPS
         from evolkv.search.optimizers import MULTI_OBJECTIVE

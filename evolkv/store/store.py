@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy import create_engine, event, func, inspect, select
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.config import Budget, KVConfig, ModelSpec
@@ -43,7 +45,7 @@ class Store:
             self.engine = create_engine(self.url, connect_args=self._connect_args())
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
+            _migrate(self.engine)
         except (ArgumentError, NoSuchModuleError, ValueError) as e:
             raise StoreError(f"bad database URL {self.url!r}: {e}") from e
         except (OperationalError, OSError) as e:
@@ -59,11 +61,18 @@ class Store:
         return self._sessions()
 
     def _write(self, fn):
-        try:
-            with self._session() as session, session.begin():
-                return fn(session)
-        except SQLAlchemyError as e:
-            raise StoreError(f"database write failed: {_first_line(e)}") from e
+        """Run ``fn`` in one transaction; retried when another writer holds the database (SQLite's
+        ``database is locked``) or won a race to insert the same row (a shared candidate)."""
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self._session() as session, session.begin():
+                    return fn(session)
+            except (OperationalError, IntegrityError) as e:
+                if attempt == WRITE_RETRIES - 1 or not _retryable(e):
+                    raise StoreError(f"database write failed: {_first_line(e)}") from e
+                time.sleep(0.05 * 2**attempt + random.random() * 0.05)
+            except SQLAlchemyError as e:
+                raise StoreError(f"database write failed: {_first_line(e)}") from e
 
     # -- writes ---------------------------------------------------------------------------------------------
     def model_id(self, spec: ModelSpec) -> int:
@@ -245,6 +254,38 @@ def _run_dict(run: RunRow, model: str) -> dict[str, Any]:
             "generations_done": run.generations_done,
             "created_at": run.created_at.isoformat(timespec="seconds") if run.created_at else None,
             "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None}
+
+
+WRITE_RETRIES = 8
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def _retryable(error: Exception) -> bool:
+    text = str(getattr(error, "orig", None) or error).lower()
+    return isinstance(error, IntegrityError) or "locked" in text or "busy" in text or "deadlock" in text
+
+
+def _migrate(engine) -> None:
+    """Bring the schema to the newest Alembic revision. A database made before migrations existed (evolkv
+    0.1 created its tables directly) is stamped at revision 0001 first, then upgraded: upgraded, not broken."""
+    from alembic import command
+    from alembic.config import Config
+
+    for attempt in range(WRITE_RETRIES):
+        try:
+            with engine.begin() as connection:
+                config = Config()
+                config.set_main_option("script_location", str(MIGRATIONS))
+                config.attributes["connection"] = connection
+                tables = set(inspect(connection).get_table_names())
+                if "alembic_version" not in tables and "runs" in tables:
+                    command.stamp(config, "0001")
+                command.upgrade(config, "head")
+            return
+        except (OperationalError, IntegrityError) as e:  # two processes opening a new database at once
+            if attempt == WRITE_RETRIES - 1 or not _retryable(e) and "already exists" not in str(e):
+                raise
+            time.sleep(0.05 * 2**attempt + random.random() * 0.05)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
