@@ -103,6 +103,27 @@ def tiny(request, loaded):
     return loaded[request.param]
 
 
-@pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'evolkv.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database on every backend: SQLite in a file, and PostgreSQL on the server that
+    ``EVOLKV_TEST_PG_URL`` names (``.ci/postgres.sh`` starts one; CI sets ``EVOLKV_REQUIRE_PG=1``)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'evolkv.db'}"
+        return
+    server = os.environ.get("EVOLKV_TEST_PG_URL")
+    if not server:
+        if os.environ.get("EVOLKV_REQUIRE_PG"):
+            pytest.fail("EVOLKV_REQUIRE_PG is set but EVOLKV_TEST_PG_URL is not (run .ci/postgres.sh)")
+        pytest.skip("no PostgreSQL server: eval \"$(.ci/postgres.sh)\" to test the store on one")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"evolkv_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

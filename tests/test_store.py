@@ -80,3 +80,71 @@ def test_unwritable_path_raises_store_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError):
         Store(str(blocker / "sub" / "evolkv.db"))
+
+
+def test_a_database_made_before_migrations_is_upgraded_not_broken(db_url):
+    """evolkv 0.1 created its tables directly (no alembic_version, no front_points): opening it upgrades it."""
+    import sqlalchemy as sa
+
+    from evolkv.store.models import Base
+
+    from sqlalchemy.orm import Session
+
+    from evolkv.store.models import ModelRow, RunRow
+
+    engine = sa.create_engine(db_url)
+    old_tables = [t for name, t in Base.metadata.tables.items() if name != "front_points"]
+    Base.metadata.create_all(engine, tables=old_tables)
+    with Session(engine) as session:  # a run 0.1 stored
+        session.add(ModelRow(id=1, name="toy", fingerprint=SPEC.fingerprint, spec=SPEC.to_dict()))
+        session.add(RunRow(id="old", model_id=1, mode="budget", budget="10%", budget_kind="fraction",
+                           budget_value=0.1, optimizer="cmaes", seed=0, settings={}, status="finished",
+                           generations_done=3))
+        session.commit()
+    engine.dispose()
+    store = Store(db_url)
+    assert store.run("old").status == "finished" and store.runs()[0]["id"] == "old"
+    cfg = uniform_config(SPEC, Budget.parse("10%"))
+    store.set_winner("old", cfg, 0.5, 0.4, {})
+    with sa.create_engine(db_url).connect() as connection:
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
+        assert "front_points" in sa.inspect(connection).get_table_names()
+    store.set_front("old", [(cfg, 0.5, 16.0, 0.4, {"kl": 0.4}, True)])
+    point, config = Store(db_url).front("old")[0]
+    assert point["winner"] and point["bits"] == 16.0 and config.hash() == cfg.hash()
+
+
+def test_schema_from_migrations_equals_the_models(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from evolkv.store.models import Base
+
+    store = Store(db_url)
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def _writer(url, run_id, count):
+    store = Store(url)
+    cfg = _run(store, run_id)
+    for i in range(count):
+        store.add_evaluation(run_id, cfg, i, "search", "search", Score(float(i)))
+    store.update_run(run_id, status="finished")
+
+
+def test_two_writers_on_one_sqlite_file_both_complete(tmp_path):
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_writer, args=(url, f"run{i}", 150)) for i in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    store = Store(url)
+    for i in range(2):
+        assert store.run(f"run{i}").status == "finished"
+        assert len(store.evaluations(f"run{i}")) == 150
