@@ -75,3 +75,43 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
     resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
     assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in front]
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_result(model_dirs, tmp_path):
+    """A real process killed with SIGKILL mid-search (no cleanup at all), then `evolkv resume`."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--model", model_dirs["qwen3"], "--budget", "15%", "--generations", "4", "--population", "4",
+            "--samples", "1", "--length", "200", "--tasks", "passkey", "--json"]
+    cli = [sys.executable, "-c", "from evolkv.cli import main; main()"]
+    env = {**os.environ, "EVOLKV_KERNELS": "torch"}
+    straight = json.loads(subprocess.run(cli + ["search", *args, "--db", str(tmp_path / "a.db")], env=env,
+                                         capture_output=True, text=True, check=True).stdout)
+    db = str(tmp_path / "b.db")
+    proc = subprocess.Popen(cli + ["search", *args, "--db", db], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    store = None
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if os.path.exists(db):
+            store = store or Store(db)
+            runs = store.runs()
+            if runs and runs[0]["generations_done"] >= 2:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_id = store.runs()[0]["id"]
+    assert store.run(run_id).status == "running"  # SIGKILL leaves no chance to record anything
+    resumed = subprocess.run(cli + ["resume", run_id, "--db", db, "--json"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    detail = json.loads(resumed.stdout)
+    assert detail["status"] == "finished"
+    assert detail["winner"]["config_hash"] == straight["winner"]["config_hash"]
+    assert detail["winner"]["heldout_objective"] == straight["winner"]["heldout_objective"]
