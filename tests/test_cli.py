@@ -156,3 +156,12 @@ def test_token_run_has_no_front(searched):
     db, detail, _ = searched
     assert "no Pareto front" in _one_line_error(invoke("plot", detail["id"], "--db", db))
     assert "no Pareto front" in _one_line_error(invoke("export", detail["id"], "--point", 0, "--db", db))
+
+
+def test_unreachable_ray_address_and_unknown_executor(tmp_path, model_dirs):
+    pytest.importorskip("ray")
+    line = _one_line_error(invoke("search", "--budget", "10%", "--model", model_dirs["llama"], "--executor", "ray",
+                                  "--ray-address", "ray://127.0.0.1:9", "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and "cannot reach the Ray cluster" in line
+    line = _one_line_error(invoke("search", "--budget", "10%", "--executor", "dask", "--db", tmp_path / "x.db"))
+    assert "unknown executor" in line
