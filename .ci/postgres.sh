@@ -15,7 +15,7 @@ fi
 dir=$(mktemp -d /tmp/evolkv-pg.XXXXXX)
 chmod 755 "$dir"
 [ "$(id -u)" = 0 ] && chown postgres "$dir"
-port=${EVOLKV_PG_PORT:-54329}
+port=${EVOLKV_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 "${run[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >&2
 "${run[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
     -o "-k $dir -p $port -c listen_addresses='' -c fsync=off" start >&2
