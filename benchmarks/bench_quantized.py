@@ -101,7 +101,6 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
                       f"{torch_ms / kernel_ms:>8.1f}x {bf16_ms:>11.3f} {per_element_ms:>9.3f} {once_ms:>9.3f} "
                       f"{achieved / 1e9:>6.0f} "
                       f"{achieved / bandwidth:>7.0%} {err:>8.1e} {tile:>14}", flush=True)
-                del packed
 
 
 def decode_section(bandwidth, contexts, bit_widths, budget, group):

@@ -24,7 +24,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
 from evolkv.config import KVConfig
 from evolkv.errors import EvolKVError
 from evolkv.evaluators.evaluator import SampleScores, Score, aggregate
-from evolkv.executors import PROBE
 
 RESUBMITS = 2  # fresh actors started for one shard before the population fails
 

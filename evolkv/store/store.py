@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.config import Budget, KVConfig, ModelSpec
 from evolkv.errors import StoreError
-from evolkv.store.models import Base, CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
+from evolkv.store.models import CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
 
 
 def default_url() -> str:
