@@ -101,3 +101,25 @@ def test_greedy_answers_of_a_quantized_config_equal_generate(tiny, evaluator):
         out = tiny.model.generate(prompt, max_new_tokens=prep.answer_tokens + 4, do_sample=False,
                                   eos_token_id=None, pad_token_id=0)  # exact match decodes past EOS too
     assert texts[1] == tiny.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+
+
+def test_a_candidate_that_raises_is_split_off_and_recorded_as_failed(tiny, evaluator, monkeypatch):
+    """A batch that raises (CUDA OOM, NaN logits...) is retried one candidate at a time; the bad one is
+    recorded as failed with its reason, the others are scored as if nothing happened."""
+    prepared = evaluator.prepare(_samples(tiny, 1))
+    configs = [uniform_config(tiny.spec, Budget.parse(b)) for b in ("10%", "20%", "30%", "40%")]
+    expected = evaluator.score(configs, prepared)
+    bad = configs[2].hash()
+    real = evaluator._logprobs
+
+    def flaky(batch, prep):
+        if any(cfg.hash() == bad for cfg in batch):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch, prep)
+
+    monkeypatch.setattr(evaluator, "_logprobs", flaky)
+    scores = evaluator.score(configs, prepared)
+    assert [s.status for s in scores] == ["ok", "ok", "failed", "ok"]
+    assert "out of memory" in scores[2].reason and scores[2].objective == float("inf")
+    for got, want in zip(scores[:2] + scores[3:], expected[:2] + expected[3:]):
+        assert got.objective == pytest.approx(want.objective, rel=1e-4, abs=1e-6)  # as batch composition
