@@ -71,7 +71,7 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
 
     store = Store(str(tmp_path / "b.db"))
     with pytest.raises(SearchInterrupted) as stopped:
-        run_search(settings, loaded.spec, Interrupting(executor, stop_at=4), store)
+        run_search(settings, loaded.spec, Interrupting(executor, stop_at=3), store)  # in generation 0
     resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
     assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in front]

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.config import Budget, KVConfig, ModelSpec
 from evolkv.errors import StoreError
-from evolkv.store.models import CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
+from evolkv.store.models import VERSION_TABLE, CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
 
 
 def default_url() -> str:
@@ -266,8 +266,9 @@ def _retryable(error: Exception) -> bool:
 
 
 def _migrate(engine) -> None:
-    """Bring the schema to the newest Alembic revision. A database made before migrations existed (evolkv
-    0.1 created its tables directly) is stamped at revision 0001 first, then upgraded: upgraded, not broken."""
+    """Bring the schema to the newest Alembic revision (kept in ``VERSION_TABLE``). A database made before
+    migrations existed (evolkv 0.1 created its tables directly) is stamped at revision 0001 first, then
+    upgraded: upgraded, not broken."""
     from alembic import command
     from alembic.config import Config
 
@@ -278,7 +279,7 @@ def _migrate(engine) -> None:
                 config.set_main_option("script_location", str(MIGRATIONS))
                 config.attributes["connection"] = connection
                 tables = set(inspect(connection).get_table_names())
-                if "alembic_version" not in tables and "runs" in tables:
+                if VERSION_TABLE not in tables and "runs" in tables:
                     command.stamp(config, "0001")
                 command.upgrade(config, "head")
             return

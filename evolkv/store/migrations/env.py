@@ -2,9 +2,12 @@
 
 from alembic import context
 
-from evolkv.store.models import Base
+from evolkv.store.models import VERSION_TABLE, Base
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+# not alembic's default table name: optuna keeps its own schema version in "alembic_version" of the same
+# database (the study lives beside the runs)
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                  version_table=VERSION_TABLE)
 with context.begin_transaction():
     context.run_migrations()
