@@ -135,8 +135,6 @@ class RayExecutor:
 
 def _connect(address: str | None, workers: int) -> None:
     """Join the cluster at ``address`` (``auto``, ``ray://host:port`` or ``host:port``) or start a local one."""
-    if ray.is_initialized():
-        return
     if address and address != "auto":
         host, _, port = address.removeprefix("ray://").rpartition(":")
         try:
@@ -144,6 +142,8 @@ def _connect(address: str | None, workers: int) -> None:
                 pass
         except (OSError, ValueError) as e:
             raise EvolKVError(f"cannot reach the Ray cluster at {address}: {e}") from e
+    if ray.is_initialized():
+        return
     try:
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)

@@ -71,9 +71,7 @@ def test_an_actor_killed_mid_population_is_survived(executors):
 
 
 def test_unreachable_ray_address_is_one_clear_error(model_dirs):
-    with pytest.raises(EvolKVError, match="cannot reach the Ray cluster"):
-        from evolkv.ray_executor import _connect
+    from evolkv.ray_executor import _connect
 
-        if ray.is_initialized():
-            pytest.skip("a Ray instance is already running in this process")
+    with pytest.raises(EvolKVError, match="cannot reach the Ray cluster"):
         _connect("ray://127.0.0.1:9", 1)
