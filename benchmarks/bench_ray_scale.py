@@ -5,7 +5,7 @@ its shard of the samples once. Then populations of random token-budget configs a
 and timed; the speed-up is against one actor. The local executor is timed beside them, and every executor's
 objectives are checked to equal the local ones.
 
-    python benchmarks/bench_ray_scale.py [--workers 1,2,4] [--populations 8,32] [--samples 8]
+    python benchmarks/bench_ray_scale.py [--workers 1,2,4] [--populations 8,32] [--samples 8] [--threads 1]
 
 On a machine with fewer cores than actors the actors share cores: the speed-up then shows the overhead of
 sharding, not the scaling of a cluster.
@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--populations", default="8,32")
     parser.add_argument("--samples", type=int, default=8, help="samples per task (2 tasks)")
     parser.add_argument("--length", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver and of every actor")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # actors take the driver's count (equal results need equal reductions)
     workers = [int(w) for w in args.workers.split(",")]
     populations = [int(p) for p in args.populations.split(",")]
     with tempfile.TemporaryDirectory() as path:
