@@ -137,3 +137,9 @@ def avg_bits(cfg: KVConfig, context_len: int) -> float:
     elements = sum(layer_capacity(spec, i, context_len) for i in range(spec.num_layers))
     elements *= 2 * spec.num_kv_heads * spec.head_dim
     return 8 * kv_bytes(cfg, context_len) / elements
+
+
+def within_bits(bits: float, target: float) -> bool:
+    """``bits`` at or under ``target``, compared at two decimals: a uniform K4V2 cache is 3.25 bits plus the
+    scales of a last, partial key group (3.251 at ~1000 tokens), and a user's 3.25 means that cache."""
+    return round(bits, 2) <= target

@@ -116,8 +116,8 @@ def search(
     mode: str = typer.Option("tokens", help="tokens: per-layer/head token budgets. quant: per-layer key/value "
                              "precisions (KVTuner) on a Pareto front of KL vs bits. joint: both together."),
     target_bits: float = typer.Option(4.0, help="quant/joint: pick the best front point at or under this many "
-                                      "bits per KV element (16 = full cache; scales, zero points and residual "
-                                      "window counted)."),
+                                      "bits per KV element, compared at two decimals (16 = full cache; scales, "
+                                      "zero points and residual window counted)."),
     group_size: int = typer.Option(128, help="quant/joint: KIVI group size (32, 64 or 128)."),
     residual: int = typer.Option(0, min=0, help="quant/joint: top-ranked entries kept at full precision "
                                  "(a multiple of --group-size)."),
@@ -253,6 +253,8 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
                                                     "lowest search loss at or under this many bits."),
            db: Optional[str] = DB) -> None:
     """Write a run's winning config (or a point of its Pareto front) as versioned JSON (evolkv.kvconfig/1)."""
+    from evolkv.allocation import within_bits
+
     store = _store(db)
     if point is not None or max_bits is not None:
         if point is not None and max_bits is not None:
@@ -265,7 +267,7 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
                 raise EvolKVError(f"--point {point} is not on the front (points 0..{len(front) - 1})")
             info, cfg = front[point]
         else:
-            under = [(info, cfg) for info, cfg in front if info["bits"] <= max_bits]
+            under = [(info, cfg) for info, cfg in front if within_bits(info["bits"], max_bits)]
             if not under:
                 raise EvolKVError(f"no front point at or under {max_bits:g} bits (the smallest has "
                                   f"{front[0][0]['bits']:.3g})")

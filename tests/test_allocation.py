@@ -76,3 +76,10 @@ def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
             assert (layer.packed_pos >= 0).all()  # heads keep equal counts here: no padding to discount
             actual += layer.packed.nbytes()
     assert kv_bytes(cfg, length, dtype_bytes) == actual
+
+
+def test_targets_compare_bits_at_two_decimals():
+    from evolkv.allocation import within_bits
+
+    assert within_bits(3.251, 3.25) and within_bits(3.2549, 3.25)
+    assert not within_bits(3.256, 3.25) and not within_bits(4.01, 4.0)

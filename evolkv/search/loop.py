@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from evolkv.allocation import avg_bits
+from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.errors import SearchInterrupted
 from evolkv.evaluators.evaluator import Score
@@ -207,7 +207,7 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
             if np.isfinite(f):
                 seen[cfg.hash()] = (cfg, float(f), float(bits))
         front = _pareto(list(seen.values()))
-        best = min((f for _, f, b in front if b <= settings.target_bits), default=math.inf)
+        best = min((f for _, f, b in front if within_bits(b, settings.target_bits)), default=math.inf)
         store.update_run(run_id, generations_done=gen + 1, best_objective=best if math.isfinite(best) else None)
         reporter.generation(gen + 1, settings.generations, best, len(configs) / (time.perf_counter() - started))
 
@@ -215,7 +215,7 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     if not front:
         store.update_run(run_id, status="failed")
         return store.detail(run_id)
-    under = [p for p in front if p[2] <= settings.target_bits]
+    under = [p for p in front if within_bits(p[2], settings.target_bits)]
     win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
     reporter.stage("re-score the front and baselines on held-out data")
     points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
