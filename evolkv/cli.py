@@ -218,7 +218,10 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         return
     console.print(f"[bold]run {detail['id']}[/bold]  {detail['model']}  budget {detail['budget']}  "
                   f"{detail['optimizer']}  status {detail['status']}")
-    progress = Table("gen", "evaluated", "failed", "best", "mean", "best so far", title="generations")
+    settings = detail.get("settings") or {}
+    title = "generations" if settings.get("mode", "tokens") == "tokens" else \
+        f"generations (best and mean over candidates at or under {settings.get('target_bits'):g} bits)"
+    progress = Table("gen", "evaluated", "failed", "best", "mean", "best so far", title=title)
     for g in detail["generations"]:
         progress.add_row(str(g["generation"] + 1), str(g["evaluated"]), str(g["failed"]), _fmt(g["best"]),
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))

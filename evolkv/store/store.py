@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, event, func, inspect, select
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from evolkv.allocation import within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec
 from evolkv.errors import StoreError
 from evolkv.store.models import VERSION_TABLE, CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
@@ -198,21 +199,27 @@ class Store:
             model = session.get(ModelRow, run.model_id)
         generations: dict[int, list[float]] = defaultdict(list)
         failed: dict[int, int] = defaultdict(int)
+        over: dict[int, int] = defaultdict(int)  # quant/joint: candidates above the target bits
         labelled: dict[str, dict[str, Any]] = defaultdict(dict)
+        settings = run.settings or {}
+        target = settings.get("target_bits") if settings.get("mode", "tokens") != "tokens" else None
         for row, _ in self.evaluations(run.id):
             if row.generation >= 0 and row.split == "search":
                 if row.objective is None:
                     failed[row.generation] += 1
+                elif target is not None and not within_bits(row.metrics.get("bits", math.inf), target):
+                    over[row.generation] += 1  # progress is the best loss the run can pick: at or under target
                 else:
                     generations[row.generation].append(row.objective)
             if row.label not in ("search", "sensitivity") and not row.label.startswith("front:") \
                     and row.generation < 0:
                 labelled[row.label][row.split] = {"objective": row.objective, **row.metrics}
         progress, best = [], math.inf
-        for gen in sorted(set(generations) | set(failed)):
+        for gen in sorted(set(generations) | set(failed) | set(over)):
             values = generations.get(gen, [])
             best = min([best, *values])
-            progress.append({"generation": gen, "evaluated": len(values) + failed[gen], "failed": failed[gen],
+            progress.append({"generation": gen, "evaluated": len(values) + failed[gen] + over[gen],
+                             "failed": failed[gen],
                              "best": min(values) if values else None,
                              "mean": sum(values) / len(values) if values else None, "best_so_far": best})
         winner = self.winner(run.id)
