@@ -91,6 +91,21 @@ def main() -> None:
     decode_section(bandwidth, [int(c) for c in args.contexts.split(",")] + [131072], args.budget)
 
 
+def decode_inputs(context, budget, batch, num_q, num_kv, dim, dtype, device):
+    """A runtime decode step: keys, values [B, H_kv, L, D] with L = budget * context, positions [B, H_kv, L]
+    (heads keep 50-100% of L, random positions < context, -1 past that), one query token at ``context``."""
+    gen = torch.Generator(device=device).manual_seed(context)
+    length = int(budget * context)
+    keys = torch.randn(batch, num_kv, length, dim, device=device, generator=gen, dtype=dtype)
+    values = torch.randn_like(keys)
+    kept = (length * (0.5 + 0.5 * torch.rand(batch, num_kv, 1, device=device, generator=gen))).long()
+    slot = torch.arange(length, device=device)
+    pos = torch.where(slot < kept, torch.randint(0, context, (batch, num_kv, length), device=device,
+                                                 generator=gen), torch.full_like(slot, -1))
+    query = torch.randn(batch, num_q, 1, dim, device=device, generator=gen, dtype=dtype)
+    return keys, values, pos, query, torch.tensor([context], device=device)
+
+
 def decode_section(bandwidth: float, contexts: list[int], budget: float) -> None:
     """Runtime decode: one query token per sequence over a compressed per-head cache (batch 8)."""
     device, dtype, batch, num_q, num_kv, dim = "cuda", torch.bfloat16, 8, 32, 8, 128
@@ -98,16 +113,7 @@ def decode_section(bandwidth: float, contexts: list[int], budget: float) -> None
     print(f"{'context':>8} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'kernel GB/s':>12} {'of copy bw':>10} "
           f"{'rel err':>8}")
     for context in contexts:
-        gen = torch.Generator(device=device).manual_seed(context)
-        length = int(budget * context)
-        keys = torch.randn(batch, num_kv, length, dim, device=device, generator=gen, dtype=dtype)
-        values = torch.randn_like(keys)
-        kept = (length * (0.5 + 0.5 * torch.rand(batch, num_kv, 1, device=device, generator=gen))).long()
-        slot = torch.arange(length, device=device)
-        pos = torch.where(slot < kept, torch.randint(0, context, (batch, num_kv, length), device=device,
-                                                     generator=gen), torch.full_like(slot, -1))
-        query = torch.randn(batch, num_q, 1, dim, device=device, generator=gen, dtype=dtype)
-        query_pos = torch.tensor([context], device=device)
+        keys, values, pos, query, query_pos = decode_inputs(context, budget, batch, num_q, num_kv, dim, dtype, device)
         args = (query, keys, values, pos, query_pos, dim ** -0.5)
         out, _ = decode_attention(*args)
         ref, _ = attend(*args)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.testing
 
-from benchmarks.bench_kernels import copy_bandwidth, torch_path
+from benchmarks.bench_kernels import copy_bandwidth, decode_inputs, torch_path
 from evolkv.kernels.decode_attention import decode_attention_packed
 from evolkv.kernels.gathered_attention import gathered_attention
 from evolkv.kernels.packed import (attend_packed_ref, densify, gathered_attention_packed_ref, pack, pack_ranked,
@@ -109,16 +109,9 @@ def decode_section(bandwidth, contexts, bit_widths, budget, group):
     print(f"{'context':>8} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'per-elem':>9} "
           f"{'GB/s':>6} {'of copy':>8} {'rel err':>8}")
     for context in contexts:
-        gen = torch.Generator(device=device).manual_seed(context)
-        length = int(budget * context)
-        keys = torch.randn(batch * num_kv, length, dim, device=device, generator=gen, dtype=dtype)
-        values = torch.randn_like(keys)
-        kept = (length * (0.5 + 0.5 * torch.rand(batch, num_kv, 1, device=device, generator=gen))).long()
-        slot = torch.arange(length, device=device)
-        pos = torch.where(slot < kept, torch.randint(0, context, (batch, num_kv, length), device=device,
-                                                     generator=gen), torch.full_like(slot, -1))
-        query = torch.randn(batch, num_q, 1, dim, device=device, generator=gen, dtype=dtype)
-        query_pos = torch.tensor([context], device=device)
+        keys, values, pos, query, query_pos = decode_inputs(context, budget, batch, num_q, num_kv, dim, dtype, device)
+        keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # packed rows: b * H_kv + h
+        length = keys.shape[1]
         for bits in bit_widths:
             packed = pack(keys, values, bits, bits, group)
             args = (query, packed, pos, query_pos, dim ** -0.5)

@@ -236,10 +236,9 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
     """Candidates grouped by the packed prefill they read (the rest read the full-precision one)."""
     out = torch.empty_like(query)
     plain = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
-    groups = []
-    for rows, packed, residual in layer.packs:
+    groups = list(layer.packs)
+    for rows, _, _ in groups:
         plain[rows] = False
-        groups.append((rows, packed, residual))
     if plain.any():
         groups.append((plain.nonzero().squeeze(1), None, 0))
     dense = not kernels._use_triton(query)  # torch path: dequantize each packed prefill once per cache
