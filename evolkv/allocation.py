@@ -104,7 +104,7 @@ SCALE_BYTES = 2  # each scale and zero point is stored as float16
 def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> int:
     """Bytes one KV head of a layer stores for ``kept`` entries (keys and values): ranks below the residual
     window at full precision, the rest as packed codes plus scales and zero points (see
-    ``evolkv.kernels.packed``: key groups run over the whole ranking, so they start at the residual)."""
+    ``evolkv.kernels.packed``: key groups run over the ranking from the residual on)."""
     full = min(kept, layer.residual) if layer.quantized else kept
     packed = kept - full
     total = 0
@@ -114,7 +114,7 @@ def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> i
             continue
         total += full * dim * dtype_bytes + packed * dim * bits // 8
         if keys and packed:  # one (scale, zero) per channel and group of entries touched
-            groups = -(-kept // layer.group_size) - layer.residual // layer.group_size
+            groups = -(-packed // layer.group_size)
             total += groups * dim * 2 * SCALE_BYTES
         elif packed:  # one (scale, zero) per entry and group of channels
             total += packed * (dim // min(layer.group_size, dim)) * 2 * SCALE_BYTES

@@ -119,8 +119,9 @@ def search(
                                       "bits per KV element, compared at two decimals (16 = full cache; scales, "
                                       "zero points and residual window counted)."),
     group_size: int = typer.Option(128, help="quant/joint: KIVI group size (32, 64 or 128)."),
-    residual: int = typer.Option(0, min=0, help="quant/joint: top-ranked entries kept at full precision "
-                                 "(a multiple of --group-size)."),
+    residual: str = typer.Option("0,4,16", help="quant/joint: top-ranked entries (attention sinks, heavy "
+                                 "hitters) kept at full precision; a comma list lets the search pick one per "
+                                 "layer group (uniform baselines use the first)."),
     clusters: int = typer.Option(6, min=1, help="quant/joint: layer groups that share a precision pair."),
     probe_samples: int = typer.Option(4, min=1, help="quant/joint: search samples the one-layer sensitivity "
                                       "pass runs on."),
@@ -434,8 +435,12 @@ def _validate(settings) -> None:
                               f"{', '.join(sorted(MULTI_OBJECTIVE))}")
         if settings.group_size not in ALLOWED_GROUPS:
             raise EvolKVError(f"--group-size {settings.group_size} is not one of {ALLOWED_GROUPS}")
-        if settings.residual % settings.group_size:
-            raise EvolKVError(f"--residual {settings.residual} is not a multiple of --group-size {settings.group_size}")
+        from evolkv.search.precision import parse_residuals
+
+        try:
+            settings.residual = list(parse_residuals(settings.residual))
+        except EvolKVError as exc:
+            raise EvolKVError(f"--residual: {exc}") from None
     elif settings.optimizer in ("nsga2", "optuna-nsga2"):
         raise EvolKVError(f"{settings.optimizer} needs two objectives: use it with --mode quant or joint")
     if settings.scorer not in SCORERS:

@@ -166,8 +166,6 @@ class LayerSpec:
             raise ConfigError(f"group_size={self.group_size} is not one of {ALLOWED_GROUPS}")
         if self.residual < 0:
             raise ConfigError(f"residual window must be >= 0, got {self.residual}")
-        if self.quantized and self.residual % self.group_size:
-            raise ConfigError(f"residual window {self.residual} must be a multiple of group_size {self.group_size}")
 
     @property
     def quantized(self) -> bool:
@@ -175,8 +173,10 @@ class LayerSpec:
 
     @property
     def precision(self) -> str:
-        """``K4V2``-style name of the layer's key/value precision (``K16V16`` is full precision)."""
-        return f"K{self.k_bits}V{self.v_bits}"
+        """``K4V2``-style name of the layer's key/value precision (``K16V16`` is full precision), ``K4V2+r16``
+        when its 16 top-ranked entries stay at full precision."""
+        name = f"K{self.k_bits}V{self.v_bits}"
+        return f"{name}+r{self.residual}" if self.quantized and self.residual else name
 
 
 @dataclass(frozen=True)

@@ -180,17 +180,17 @@ class Compressor(PrefillPolicy):
             layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts), length)
             return
         # ranks < residual stay at full precision; the rest is stored packed in ranking order, quantized in
-        # groups over the whole ranking (as the evaluator's shared packed prefill is)
-        residual = spec_l.residual
+        # groups that start at the residual (as the evaluator's shared packed prefill is)
+        residual = min(spec_l.residual, order.shape[-1])
         packed = pack_ranked(layer.keys.flatten(0, 1), layer.values.flatten(0, 1), order.flatten(0, 1),
-                             spec_l.k_bits, spec_l.v_bits, spec_l.group_size)
+                             spec_l.k_bits, spec_l.v_bits, spec_l.group_size, start=residual)
         keep = (counts - residual).clamp(min=0)  # [B, H_kv] packed entries per head
         kept = int(keep.max()) if keep.numel() else 0
         slot = torch.arange(kept, device=order.device)
         packed_pos = torch.where(slot < keep[..., None], order[..., residual:residual + kept].long(), -1)
         layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts.clamp(max=residual)), length)
         if kept:
-            layer.set_packed(packed.narrow(residual, kept), packed_pos)
+            layer.set_packed(packed.narrow(0, kept), packed_pos)
 
 
 def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -107,6 +107,7 @@ def test_help_explains():
 def quant_searched(model_dirs, tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('quant') / 'evolkv.db'}"
     result = invoke("search", "--mode", "quant", "--target-bits", 6, "--group-size", 32, "--clusters", 2,
+                    "--residual", "0,8",
                     "--model", model_dirs["llama"], "--generations", 2, "--population", 6, "--samples", 1,
                     "--length", 200, "--tasks", "passkey", "--db", db, "--json")
     assert result.exit_code == 0, result.output
@@ -138,6 +139,13 @@ def test_quant_search_front_is_shown_plotted_and_exported(quant_searched, tmp_pa
 def test_target_bits_out_of_range(bits, tmp_path):
     line = _one_line_error(invoke("search", "--mode", "quant", "--target-bits", bits, "--db", tmp_path / "x.db"))
     assert line.startswith("error:") and "--target-bits" in line
+
+
+@pytest.mark.parametrize("residual", ["abc", "4,-1"])
+def test_bad_residual_choices(residual, tmp_path, model_dirs):
+    line = _one_line_error(invoke("search", "--mode", "quant", "--residual", residual, "--model",
+                                  model_dirs["llama"], "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and "--residual" in line
 
 
 def test_imported_config_with_bits_outside_the_allowed_set(searched, tmp_path, model_dirs):

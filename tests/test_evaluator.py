@@ -26,7 +26,7 @@ def _samples(tiny, count=2, split="search"):
     return synthetic("passkey", count, 300, 0, split, tiny.tokenizer)
 
 
-PRECISIONS = [(2, 2, 0), (4, 2, 32), (16, 4, 32), (8, 16, 0)]  # k_bits, v_bits, residual
+PRECISIONS = [(2, 2, 0), (4, 2, 9), (16, 4, 32), (8, 16, 0)]  # k_bits, v_bits, residual (any size)
 
 
 def _mixed(cfg, shift=0):

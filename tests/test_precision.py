@@ -5,7 +5,8 @@ import pytest
 
 from evolkv.config import Budget, ModelSpec, uniform_config
 from evolkv.search.optimizers import make_optimizer
-from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, prune, sensitivity_configs
+from evolkv.errors import ConfigError
+from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, parse_residuals, prune, sensitivity_configs
 
 SPEC = ModelSpec("toy", "llama", 4, 4, 2, 32, ["full_attention"] * 4)
 BASE = uniform_config(SPEC, Budget.parse("100%"))
@@ -49,6 +50,34 @@ def test_space_decodes_every_gene_to_an_allowed_pair_and_encodes_back():
         assert space.decode(space.encode(cfg)) == cfg
     before, after = space.size()
     assert before == pytest.approx(4 * np.log10(16)) and after == pytest.approx(np.log10(2 * 3 * 1))
+
+
+def test_residual_genes_pick_a_window_per_group():
+    groups, choices = [[0, 3], [1], [2]], [[(8, 8), (4, 4)], [(4, 2), (16, 16)], [(2, 4)]]
+    space = PrecisionSpace(BASE, groups, choices, group_size=32, residuals=(0, 4, 16))
+    assert space.n_var == 6
+    seen = set()
+    for x in np.random.default_rng(1).uniform(*space.bounds, (30, space.n_var)):
+        cfg = space.decode(x)
+        for layers in groups:
+            windows = {cfg.layers[i].residual for i in layers if cfg.layers[i].quantized}
+            assert len(windows) <= 1 and windows <= {0, 4, 16}
+            seen |= windows
+        assert space.decode(space.encode(cfg)) == cfg
+    assert seen == {0, 4, 16}
+    before, after = space.size()
+    assert after == pytest.approx(np.log10(2 * 2 * 1) + 3 * np.log10(3))
+
+
+@pytest.mark.parametrize("text, expected", [("0,4,16", (0, 4, 16)), ("16", (16,)), (8, (8,)), ([4, 0, 4], (0, 4))])
+def test_parse_residuals(text, expected):
+    assert parse_residuals(text) == expected
+
+
+@pytest.mark.parametrize("text", ["a,b", "-1", "", "4,-2"])
+def test_parse_residuals_rejects_bad_input(text):
+    with pytest.raises(ConfigError):
+        parse_residuals(text)
 
 
 @pytest.mark.parametrize("name", ["nsga2", "optuna-nsga2", "optuna-tpe"])

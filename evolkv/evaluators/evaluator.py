@@ -47,14 +47,16 @@ class Prepared:
     answer_tokens: int  # greedy tokens to decode for exact match
     first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
     ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
-    packed: dict[tuple, PackedKV] = field(default_factory=dict)  # (scorer, layer, k, v, group) -> ranked, packed
+    packed: dict[tuple, PackedKV] = field(default_factory=dict)  # (scorer, layer, k, v, group, residual) -> packed
 
-    def packed_layer(self, scorer: str, layer: int, k_bits: int, v_bits: int, group: int) -> PackedKV:
-        """This layer's prefill packed at one precision in the scorer's ranking order (made once, then shared)."""
-        key = (scorer, layer, k_bits, v_bits, group)
+    def packed_layer(self, scorer: str, layer: int, k_bits: int, v_bits: int, group: int,
+                     residual: int = 0) -> PackedKV:
+        """This layer's prefill from rank ``residual`` on, packed at one precision in the scorer's ranking order
+        (made once, then shared)."""
+        key = (scorer, layer, k_bits, v_bits, group, residual)
         if key not in self.packed:
             self.packed[key] = pack_ranked(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
-                                           k_bits, v_bits, group)
+                                           k_bits, v_bits, group, start=min(residual, self.length))
         return self.packed[key]
 
 
@@ -177,8 +179,8 @@ class Evaluator:
                 if layer.quantized:
                     packs[(scorer_key(cfg.scorer), layer.k_bits, layer.v_bits, layer.group_size,
                            layer.residual)].append(c)
-            groups = [(torch.tensor(rows, device=self.device), prep.packed_layer(name, i, kb, vb, group), residual)
-                      for (name, kb, vb, group, residual), rows in packs.items()]
+            groups = [(torch.tensor(rows, device=self.device), prep.packed_layer(name, i, kb, vb, group, residual),
+                       min(residual, prep.length)) for (name, kb, vb, group, residual), rows in packs.items()]
             cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length, groups)
         return cache
 

@@ -98,14 +98,17 @@ def _gathered_attention_kernel(
             visible = visible & (idx[None, :] > q_pos[:, None] - WINDOW)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
-    if PACKED:  # ranks [residual, count): stored packed in ranking order, so read contiguously
+    if PACKED:  # ranks [residual, count): stored packed in ranking order from the residual on: contiguous
         for start in range(residual, count, BLOCK_N):
             offs = start + tl.arange(0, BLOCK_N)
             kept = offs < count
-            k = load_entries(KP + h * stride_kph, KS + h * stride_ksh, KZ + h * stride_ksh, offs, kept,
-                             stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start, COMPACT)
-            v = load_entries(VP + h * stride_vph, VS + h * stride_vsh, VZ + h * stride_vsh, offs, kept,
-                             stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start, COMPACT)
+            at = offs - residual  # entry index in the packed rows (key groups start at the residual)
+            k = load_entries(KP + h * stride_kph, KS + h * stride_ksh, KZ + h * stride_ksh, at, kept,
+                             stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start - residual,
+                             COMPACT)
+            v = load_entries(VP + h * stride_vph, VS + h * stride_vsh, VZ + h * stride_vsh, at, kept,
+                             stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start - residual,
+                             COMPACT)
             visible = kept[None, :] & row_ok[:, None]
             if WINDOW > 0:
                 idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
@@ -142,8 +145,9 @@ def gathered_attention(
     query: [C, H_q, T_q, D]; keys, values: [H_kv, T, D] (the shared prefill cache of one sample);
     order: [C or 1, H_kv, T] integer ranking; counts: [C, H_kv]; new_keys, new_values: [C, H_kv, N, D]
     (tokens after the prefill, at positions T..T+N-1; the queries are the last T_q of them, N >= T_q).
-    With ``packed`` (the same cache quantized in the ranking's order, one row per KV head; every candidate
-    shares that one ranking), ranks from ``residual`` on are read from it, dequantized on the fly.
+    With ``packed`` (ranks ``residual`` to ``T - 1`` of the same cache quantized in the ranking's order, one
+    row per KV head, as ``pack_ranked(..., start=residual)`` makes it; every candidate shares that one
+    ranking), ranks from ``residual`` on are read from it, dequantized on the fly.
     Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
     """
     cands, num_q, t_q, dim = query.shape
@@ -176,15 +180,15 @@ def gathered_attention(
     grid = (cands * num_kv, triton.cdiv(group * t_q, block_m))
     if packed is not None:
         shared_ranking = order.shape[0] == 1 or bool((order == order[:1]).all())
-        if packed.rows != num_kv or packed.length != context or packed.dim != dim or not shared_ranking:
-            raise ValueError("packed cache must hold [H_kv, T] entries of this cache in the one shared ranking")
-        if residual % packed.group:
-            raise ValueError(f"residual {residual} is not a multiple of the group size {packed.group}")
+        if (packed.rows != num_kv or packed.length != context - residual or packed.dim != dim
+                or not shared_ranking):
+            raise ValueError("packed cache must hold ranks [residual, T) of this cache's KV heads in the one "
+                             "shared ranking")
         parts = [packed.k, packed.k_scale, packed.k_zero, packed.v, packed.v_scale, packed.v_zero]
         parts = [p if p is not None else keys for p in parts]  # 16-bit halves have no scales: never read
         strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
                    parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]
-        if compact_scales:  # blocks inside one key group (they start at the residual, a group boundary)
+        if compact_scales:  # blocks inside one key group (groups start at the residual)
             block_n = min(block_n, packed.group)
         bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
                     V_GROUP=value_group(packed.group, dim), COMPACT=compact_scales)

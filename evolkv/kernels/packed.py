@@ -101,9 +101,11 @@ def pack(keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, gro
 
 
 def pack_ranked(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, k_bits: int, v_bits: int,
-                group: int) -> PackedKV:
-    """Quantize a cache [R, T, D] in each row's ranking ``order`` [R, T] (the storage order of its entries)."""
-    idx = order.long()[..., None].expand(-1, -1, keys.shape[-1])
+                group: int, start: int = 0) -> PackedKV:
+    """Quantize a cache [R, T, D] in each row's ranking ``order`` [R, T] (the storage order of its entries),
+    from rank ``start`` on: the ranks before it stay at full precision, so key groups begin at ``start``
+    and the top-ranked entries (attention sinks, heavy hitters) never widen a group's range."""
+    idx = order[:, start:].long()[..., None].expand(-1, -1, keys.shape[-1])
     return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group)
 
 
@@ -148,11 +150,12 @@ def unpack(packed: PackedKV, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Te
 def with_packed_entries(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, packed: PackedKV,
                         residual: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The prefill cache as a candidate reading ``packed`` sees it: keys, values [H_kv, T, D] in position
-    order, every entry of rank >= ``residual`` in ``order`` [H_kv, T] replaced by its dequantized value."""
-    packed_keys, packed_values = unpack(packed, keys.dtype)  # [H_kv, T, D] in ranking order
+    order, every entry of rank >= ``residual`` in ``order`` [H_kv, T] replaced by its dequantized value
+    (``packed`` holds ranks ``residual`` to ``T - 1``, as ``pack_ranked(..., start=residual)`` makes it)."""
+    packed_keys, packed_values = unpack(packed, keys.dtype)  # [H_kv, T - residual, D] in ranking order
     idx = order[:, residual:].long()[..., None].expand(-1, -1, keys.shape[-1])
-    keys = keys.scatter(1, idx, packed_keys[:, residual:])
-    values = values.scatter(1, idx, packed_values[:, residual:])
+    keys = keys.scatter(1, idx, packed_keys)
+    values = values.scatter(1, idx, packed_values)
     return keys, values
 
 

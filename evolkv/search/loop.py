@@ -22,7 +22,8 @@ from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
-from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, prune, sensitivity_configs, with_precisions
+from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_residuals, prune, sensitivity_configs,
+                                    with_precisions)
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.store.store import Store
 
@@ -52,7 +53,7 @@ class SearchSettings:
     mode: str = "tokens"  # tokens | quant (precision pairs at full budget) | joint (budgets and precisions)
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
-    residual: int = 0
+    residual: int | list[int] | str = 0  # quant/joint: full-precision top-ranked entries; several = a gene per group
     clusters: int = 6  # quant/joint: layer groups sharing a precision pair
     probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
     executor: str = "local"  # local | ray
@@ -158,13 +159,14 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     baselines = {"full": baseline("full", spec, budget, scorer)}
     if joint:
         baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.baselines if n != "full"})
-    for name, (k, v) in QUANT_BASELINES.items():
+    residuals = parse_residuals(settings.residual)
+    for name, (k, v) in QUANT_BASELINES.items():  # uniform caches as papers run them: no full-precision window
         baselines[name] = with_precisions(base, [(k, v)] * spec.num_layers, settings.group_size,
-                                          settings.residual).with_provenance(label=f"baseline:{name}")
+                                          residuals[0]).with_provenance(label=f"baseline:{name}")
     job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
 
     # KVTuner's reduction: one-layer sensitivity, prune dominated pairs, cluster layers
-    probes = sensitivity_configs(base, settings.group_size, settings.residual)
+    probes = sensitivity_configs(base, settings.group_size, residuals[0])
     reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
                    total=len(probes) * job.executor.split_size(PROBE))
     scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
@@ -179,10 +181,10 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
                for g in groups]
     tokens = BudgetSpace(spec, budget, scorer, per_head=settings.per_head) if joint else None
-    space = PrecisionSpace(base, groups, choices, settings.group_size, settings.residual, tokens)
+    space = PrecisionSpace(base, groups, choices, settings.group_size, residuals, tokens)
     before, after = space.size()
     space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
-                  "choices": [[f"K{k}V{v}" for k, v in c] for c in choices],
+                  "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(residuals),
                   "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
     store.update_run(run_id, settings={**settings.to_dict(), "space": space_info})
     reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")

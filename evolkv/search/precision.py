@@ -6,8 +6,10 @@
 3. ``cluster``: group layers with similar (log) error profiles; a group shares one pair, chosen among
    the union of its members' surviving pairs.
 
-``PrecisionSpace`` is what the optimiser sees: one gene in [0, 1) per group picks its pair (and, in joint
-mode, the token-budget genes of a ``BudgetSpace`` follow).
+``PrecisionSpace`` is what the optimiser sees: one gene in [0, 1) per group picks its pair; with more than
+one residual choice a second gene per group picks how many top-ranked entries stay at full precision (the
+attention sinks and heavy hitters: on Gemma 3 270M four of them halve K4V4's KL for 0.08 bits); in joint
+mode the token-budget genes of a ``BudgetSpace`` follow.
 """
 
 from __future__ import annotations
@@ -18,15 +20,31 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from evolkv.config import ALLOWED_BITS, KVConfig
+from evolkv.errors import ConfigError
 
 PAIRS: tuple[tuple[int, int], ...] = tuple((k, v) for k in ALLOWED_BITS for v in ALLOWED_BITS)
 
 
-def with_precisions(cfg: KVConfig, pairs: list[tuple[int, int]], group_size: int, residual: int) -> KVConfig:
-    """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits)."""
+def parse_residuals(value) -> tuple[int, ...]:
+    """Residual-window choices from ``16``, ``[0, 4, 16]`` or ``"0,4,16"`` (sorted, unique, each >= 0)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = sorted({int(str(item).strip()) for item in items})
+    except ValueError:
+        raise ConfigError(f"residual {value!r} is not a whole number or a comma-separated list of them") from None
+    if not out or out[0] < 0:
+        raise ConfigError(f"residual {value!r}: every choice must be a whole number >= 0")
+    return tuple(out)
+
+
+def with_precisions(cfg: KVConfig, pairs: list[tuple[int, int]], group_size: int,
+                    residual: int | list[int]) -> KVConfig:
+    """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits), its ``residual`` (one for every layer, or
+    one per layer) top-ranked entries kept at full precision."""
+    residuals = residual if isinstance(residual, (list, tuple)) else [residual] * len(cfg.layers)
     layers = tuple(replace(layer, k_bits=k, v_bits=v, group_size=group_size,
-                           residual=residual if (k < 16 or v < 16) else 0)
-                   for layer, (k, v) in zip(cfg.layers, pairs))
+                           residual=r if (k < 16 or v < 16) else 0)
+                   for layer, (k, v), r in zip(cfg.layers, pairs, residuals))
     return replace(cfg, layers=layers)
 
 
@@ -82,20 +100,28 @@ def cluster(errors: np.ndarray, groups: int, seed: int = 0, iterations: int = 50
 
 @dataclass
 class PrecisionSpace:
-    """Genes in [0, 1): one per layer group picks that group's (k_bits, v_bits) among ``choices[g]``;
-    with ``tokens`` (joint mode) the budget genes of that ``BudgetSpace`` follow."""
+    """Genes in [0, 1): one per layer group picks that group's (k_bits, v_bits) among ``choices[g]``; with
+    several ``residuals``, one more per group picks its full-precision window among them; with ``tokens``
+    (joint mode) the budget genes of that ``BudgetSpace`` follow."""
 
     base: KVConfig
     groups: list[list[int]]
     choices: list[list[tuple[int, int]]]
     group_size: int = 128
-    residual: int = 0
+    residuals: tuple[int, ...] = (0,)
     tokens: object | None = None  # a BudgetSpace in joint mode
     stats: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.residuals = parse_residuals(self.residuals)
+
+    @property
+    def n_pair_genes(self) -> int:
+        return len(self.groups)
+
     @property
     def n_precision(self) -> int:
-        return len(self.groups)
+        return len(self.groups) * (2 if len(self.residuals) > 1 else 1)
 
     @property
     def n_var(self) -> int:
@@ -109,32 +135,50 @@ class PrecisionSpace:
             lower, upper = np.concatenate([lower, t_lower]), np.concatenate([upper, t_upper])
         return lower, upper
 
+    @staticmethod
+    def _pick(gene: float, options: list):
+        return options[min(int(np.clip(gene, 0, 1) * len(options)), len(options) - 1)]
+
     def pairs(self, x: np.ndarray) -> list[tuple[int, int]]:
         chosen = [(16, 16)] * len(self.base.layers)
-        for gene, layers, options in zip(x[: self.n_precision], self.groups, self.choices):
-            pair = options[min(int(np.clip(gene, 0, 1) * len(options)), len(options) - 1)]
+        for gene, layers, options in zip(x[: self.n_pair_genes], self.groups, self.choices):
+            pair = self._pick(gene, options)
             for layer in layers:
                 chosen[layer] = pair
+        return chosen
+
+    def layer_residuals(self, x: np.ndarray) -> list[int]:
+        chosen = [self.residuals[0]] * len(self.base.layers)
+        if len(self.residuals) > 1:
+            for gene, layers in zip(x[self.n_pair_genes: self.n_precision], self.groups):
+                for layer in layers:
+                    chosen[layer] = self._pick(gene, list(self.residuals))
         return chosen
 
     def decode(self, x: np.ndarray) -> KVConfig:
         x = np.asarray(x, dtype=float)
         cfg = self.tokens.decode(x[self.n_precision:]) if self.tokens is not None else self.base
-        return with_precisions(cfg, self.pairs(x), self.group_size, self.residual)
+        return with_precisions(cfg, self.pairs(x), self.group_size, self.layer_residuals(x))
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
-        """Genes picking, per group, the allowed pair nearest (in bits) to its first layer's pair."""
+        """Genes picking, per group, the allowed pair nearest (in bits) to its first layer's pair (and the
+        residual choice nearest to that layer's residual)."""
         genes = []
         for layers, options in zip(self.groups, self.choices):
             layer = cfg.layers[layers[0]]
             distance = [abs(k - layer.k_bits) + abs(v - layer.v_bits) for k, v in options]
             genes.append((int(np.argmin(distance)) + 0.5) / len(options))
+        if len(self.residuals) > 1:
+            for layers in self.groups:
+                distance = [abs(r - cfg.layers[layers[0]].residual) for r in self.residuals]
+                genes.append((int(np.argmin(distance)) + 0.5) / len(self.residuals))
         if self.tokens is not None:
             genes = np.concatenate([genes, self.tokens.encode(cfg)])
         return np.asarray(genes, dtype=float)
 
     def size(self) -> tuple[float, float]:
         """log10 of the number of precision assignments: every pair per layer, and after pruning/clustering."""
-        before = len(self.base.layers) * math.log10(len(PAIRS))
-        after = sum(math.log10(len(options)) for options in self.choices)
+        residual = math.log10(len(self.residuals))
+        before = len(self.base.layers) * (math.log10(len(PAIRS)) + residual)
+        after = sum(math.log10(len(options)) + residual for options in self.choices)
         return before, after

@@ -82,7 +82,8 @@ def test_rejects_bad_shapes():
 PACKED_CASES = [  # cands, H_kv, group, context, T_q, head_dim, window, k_bits, v_bits, group_size, residual
     (3, 2, 4, 70, 3, 32, None, 2, 2, 32, 0),
     (2, 2, 1, 100, 2, 64, None, 4, 2, 32, 32),
-    (2, 1, 8, 75, 4, 16, 30, 8, 4, 32, 32),
+    (2, 1, 8, 75, 4, 16, 30, 8, 4, 32, 17),  # a residual inside a group: groups start there
+    (2, 2, 2, 80, 2, 32, None, 4, 2, 32, 5),
     (3, 2, 4, 90, 2, 32, None, 16, 2, 64, 0),
     (2, 2, 2, 45, 3, 32, None, 2, 16, 32, 32),
 ]
@@ -99,7 +100,7 @@ def test_packed_cache_matches_dequantized_reference(case, compact):
     q, keys, values, order, counts, new_k, new_v = _inputs(cands, num_kv, group, context, t_q, dim, torch.float32,
                                                            seed=k_bits + v_bits)
     counts[0, 0] = min(residual, context) // 2  # inside the residual window
-    packed = pack_ranked(keys, values, order[0], k_bits, v_bits, group_size)
+    packed = pack_ranked(keys, values, order[0], k_bits, v_bits, group_size, start=residual)
     out, lse = gathered_attention(q, keys, values, order, counts, new_k, new_v, dim ** -0.5, window,
                                   block_m=16, block_n=16, packed=packed, residual=residual, compact_scales=compact)
     ref, ref_lse = gathered_attention_packed_ref(q, keys, values, order, counts, new_k, new_v, dim ** -0.5,
@@ -128,9 +129,9 @@ def test_densified_packed_cache_gives_the_same_attention():
     from evolkv.kernels.packed import densify, pack_ranked
 
     q, keys, values, order, counts, new_k, new_v = _inputs(3, 2, 4, 70, 3, 32, torch.float32, seed=4)
-    packed = pack_ranked(keys, values, order[0], 4, 2, 32)
+    packed = pack_ranked(keys, values, order[0], 4, 2, 32, start=32)
     dense = densify(packed, torch.float32)
-    assert dense.k_bits == dense.v_bits == 16 and dense.k.shape == (2, 70, 32)
+    assert dense.k_bits == dense.v_bits == 16 and dense.k.shape == (2, 38, 32)
     args = (q, keys, values, order, counts, new_k, new_v, 32 ** -0.5)
     out, lse = gathered_attention(*args, block_m=16, block_n=16, packed=packed, residual=32)
     out2, lse2 = gathered_attention(*args, block_m=16, block_n=16, packed=dense, residual=32)
