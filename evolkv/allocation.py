@@ -121,13 +121,26 @@ def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> i
     return total
 
 
+def evicted_bytes(evicted: int, layer: LayerSpec, dim: int) -> int:
+    """Bytes of the MiKV tier: ``evicted`` entries past the budget packed at K{b}V{b} (``layer.evicted_bits``),
+    in groups that start at the lowest-ranked entry (``evolkv.kernels.packed.tail_first``)."""
+    if not layer.evicted_bits or evicted <= 0:
+        return 0
+    bits = layer.evicted_bits
+    tier = LayerSpec(budget=1.0, k_bits=bits, v_bits=bits, group_size=layer.group_size)
+    return head_bytes(evicted, tier, dim)
+
+
 def kv_bytes(cfg: KVConfig, context_len: int, dtype_bytes: int = 2) -> int:
     """Bytes of the compressed cache of one sequence after prefill (keys and values, all layers, scales and
-    zero points included), for full-precision entries of ``dtype_bytes`` each."""
+    zero points included, and the MiKV tier of layers that keep evicted tokens at low precision), for
+    full-precision entries of ``dtype_bytes`` each."""
     spec = cfg.model
-    plan = plan_tokens(cfg, context_len, [layer_capacity(spec, i, context_len) for i in range(spec.num_layers)])
+    capacity = [layer_capacity(spec, i, context_len) for i in range(spec.num_layers)]
+    plan = plan_tokens(cfg, context_len, capacity)
     return sum(head_bytes(int(n), layer, spec.head_dim, dtype_bytes)
-               for layer, counts in zip(cfg.layers, plan) for n in counts)
+               + evicted_bytes(cap - int(n), layer, spec.head_dim)
+               for layer, counts, cap in zip(cfg.layers, plan, capacity) for n in counts)
 
 
 def avg_bits(cfg: KVConfig, context_len: int) -> float:

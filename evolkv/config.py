@@ -30,6 +30,7 @@ from evolkv.errors import BudgetError, ConfigError
 SCHEMA = "evolkv.kvconfig/1"
 ALLOWED_BITS = (16, 8, 4, 2)
 ALLOWED_GROUPS = (32, 64, 128)
+EVICTED_BITS = (0, 8, 4, 2)
 
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
@@ -150,6 +151,7 @@ class LayerSpec:
     v_bits: int = 16
     group_size: int = 32
     residual: int = 0
+    evicted_bits: int = 0  # MiKV: tokens past the budget kept at K{b}V{b} (8, 4 or 2) instead of dropped (0)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget) or self.budget < 0:
@@ -166,6 +168,8 @@ class LayerSpec:
             raise ConfigError(f"group_size={self.group_size} is not one of {ALLOWED_GROUPS}")
         if self.residual < 0:
             raise ConfigError(f"residual window must be >= 0, got {self.residual}")
+        if self.evicted_bits not in EVICTED_BITS:
+            raise ConfigError(f"evicted_bits={self.evicted_bits} is not one of {EVICTED_BITS} (0 = drop them)")
 
     @property
     def quantized(self) -> bool:
@@ -176,7 +180,15 @@ class LayerSpec:
         """``K4V2``-style name of the layer's key/value precision (``K16V16`` is full precision), ``K4V2+r16``
         when its 16 top-ranked entries stay at full precision."""
         name = f"K{self.k_bits}V{self.v_bits}"
-        return f"{name}+r{self.residual}" if self.quantized and self.residual else name
+        name = f"{name}+r{self.residual}" if self.quantized and self.residual else name
+        return f"{name}+e{self.evicted_bits}" if self.evicted_bits else name
+
+
+def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
+    data = {**asdict(layer), "heads": None if layer.heads is None else list(layer.heads)}
+    if not layer.evicted_bits:  # absent unless used: configs (and their hashes) from before MiKV are unchanged
+        del data["evicted_bits"]
+    return data
 
 
 @dataclass(frozen=True)
@@ -231,8 +243,7 @@ class KVConfig:
             "model": self.model.to_dict(),
             "budget": str(self.budget),
             "scorer": asdict(self.scorer),
-            "layers": [{**asdict(layer), "heads": None if layer.heads is None else list(layer.heads)}
-                       for layer in self.layers],
+            "layers": [_layer_dict(layer) for layer in self.layers],
         }
         if provenance:
             data["provenance"] = self.provenance

@@ -24,7 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv import kernels
-from evolkv.kernels.packed import PackedKV, pack_ranked, with_packed_entries
+from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first, with_packed_entries
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -42,6 +42,8 @@ class CompressedLayer(CacheLayerMixin):
         self.compressed = False
         self.packed: PackedKV | None = None  # quantized entries (B * H_kv rows), beside the full-precision ones
         self.packed_pos: torch.Tensor | None = None  # [B, H_kv, L'] their positions (-1 = empty)
+        self.evicted: PackedKV | None = None  # MiKV: entries past the budget, kept at low precision
+        self.evicted_pos: torch.Tensor | None = None  # [B, H_kv, L''] their positions (-1 = empty)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -79,12 +81,22 @@ class CompressedLayer(CacheLayerMixin):
         """Add quantized entries (read by attention beside the full-precision ones)."""
         self.packed, self.packed_pos = packed, pos
 
+    def set_evicted(self, packed: PackedKV, pos: torch.Tensor) -> None:
+        """Add the MiKV tier: the entries the budget evicts, kept at low precision."""
+        self.evicted, self.evicted_pos = packed, pos
+
+    def tiers(self) -> list[tuple[PackedKV, torch.Tensor]]:
+        """The packed parts attention reads beside the full-precision entries."""
+        return [(p, pos) for p, pos in ((self.packed, self.packed_pos), (self.evicted, self.evicted_pos))
+                if p is not None]
+
     def reset(self) -> None:
         self.keys = self.values = self.pos = self.packed = self.packed_pos = None
+        self.evicted = self.evicted_pos = None
         self.seen, self.compressed, self.is_initialized = 0, False, False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.packed is not None:
+        if self.tiers():
             raise NotImplementedError("a quantized cache cannot be reordered for beam search")
         if self.is_initialized:
             beam_idx = beam_idx.to(self.keys.device)
@@ -95,7 +107,7 @@ class CompressedLayer(CacheLayerMixin):
         """Number of occupied (key, value) slots over the batch and heads."""
         if not self.is_initialized:
             return 0
-        packed = int((self.packed_pos >= 0).sum()) if self.packed_pos is not None else 0
+        packed = sum(int((pos >= 0).sum()) for _, pos in self.tiers())
         return int((self.pos >= 0).sum()) + packed
 
 
@@ -106,15 +118,20 @@ class GatheredLayer(CompressedLayer):
     (int32) and ``counts`` [C, H_kv] (candidate c keeps the first counts[c, h] entries of order[c, h]), and the
     tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D]. Candidates of a quantized layer
     read their ranks from ``residual`` on from ``packs`` (one packed prefill per precision, shared).
+    MiKV candidates also read the entries their budget evicts from ``evicted``: (rows, the ranking with its
+    valid part reversed [1, H_kv, T], evicted counts [rows, H_kv], that ranking's prefill packed at low
+    precision), merged into the softmax by log-sum-exp.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
-                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int]] | None = None) -> None:
+                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int]] | None = None,
+                 evicted: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedKV]] | None = None) -> None:
         super().__init__()
         self.shared = (keys, values)
         self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
         self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual)
-        self.merged: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # torch path: dequantized prefills
+        self.tails = [(rows, tail.to(torch.int32), n.to(torch.int32), packed) for rows, tail, n, packed in evicted or []]
+        self.merged: dict = {}  # torch path: dequantized prefills
         cands, heads = counts.shape
         self.dtype, self.device = keys.dtype, keys.device
         self.keys = keys.new_empty(cands, heads, 0, keys.shape[-1])
@@ -128,7 +145,8 @@ class GatheredLayer(CompressedLayer):
         return self.keys, self.values
 
     def entries(self) -> int:
-        return int(self.counts.sum()) + self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2]
+        evicted = sum(int(n.sum()) for _, _, n, _ in self.tails)
+        return int(self.counts.sum()) + evicted + self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("a gathered (evaluation) cache cannot be reordered for beam search")
@@ -176,6 +194,17 @@ class Compressor(PrefillPolicy):
         if self.cfg.layers[layer_idx].heads is None:
             counts = adaptive_split(sorted_scores, counts.sum(-1), layer_capacity(spec, layer_idx, length))
         spec_l = self.cfg.layers[layer_idx]
+        if spec_l.evicted_bits:  # MiKV: what the budget evicts stays, at low precision, lowest rank first
+            capacity = layer_capacity(spec, layer_idx, length)
+            tail, evicted = tail_first(order, capacity), (capacity - counts).clamp(min=0)
+            bits = spec_l.evicted_bits
+            packed = pack_ranked(layer.keys.flatten(0, 1), layer.values.flatten(0, 1), tail.flatten(0, 1),
+                                 bits, bits, spec_l.group_size)
+            longest = int(evicted.max()) if evicted.numel() else 0
+            slot = torch.arange(longest, device=order.device)
+            if longest:
+                layer.set_evicted(packed.narrow(0, longest),
+                                  torch.where(slot < evicted[..., None], tail[..., :longest].long(), -1))
         if not spec_l.quantized:
             layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts), length)
             return
@@ -207,7 +236,7 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
     else:
         layer = cache.layers[module.layer_idx]
-        if isinstance(layer, GatheredLayer) and layer.packs:
+        if isinstance(layer, GatheredLayer) and (layer.packs or layer.tails):
             return _attend_gathered_packed(query, layer, scaling, sliding).transpose(1, 2).contiguous(), None
         if isinstance(layer, GatheredLayer):
             out, _ = kernels.attend_gathered(query, *layer.shared, layer.order, layer.counts, layer.keys,
@@ -220,21 +249,28 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         out = _prefill_attention(query, key, value, scaling, sliding)
     else:
         out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
-        if cache is not None and layer.packed is not None:  # quantized entries: merge the two softmaxes
-            packed_out, packed_lse = kernels.attend_packed(query, layer.packed, layer.packed_pos, query_pos,
-                                                           scaling, sliding, kwargs.get("softcap"))
-            total = torch.logaddexp(lse, packed_lse)
-            weight, packed_weight = (lse - total).exp().nan_to_num(0.0), (packed_lse - total).exp().nan_to_num(0.0)
-            out = (out.float() * weight[..., None] + packed_out.float() * packed_weight[..., None]).to(query.dtype)
+        for packed, packed_pos in layer.tiers() if cache is not None else ():  # quantized parts: merge softmaxes
+            out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, query_pos, scaling,
+                                                                      sliding, kwargs.get("softcap")))
     if cache is not None and not layer.compressed and cache.policy is not None:
         cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding)
         layer.compressed = True
     return out.transpose(1, 2).contiguous(), None
 
 
+def merge_softmax(out, lse, other_out, other_lse):
+    """Attention over two disjoint sets of entries, each (out [..., D], lse [...]), as over their union."""
+    total = torch.logaddexp(lse, other_lse)
+    weight, other_weight = (lse - total).exp().nan_to_num(0.0), (other_lse - total).exp().nan_to_num(0.0)
+    merged = out.float() * weight[..., None] + other_out.float() * other_weight[..., None]
+    return merged.to(out.dtype), total
+
+
 def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
-    """Candidates grouped by the packed prefill they read (the rest read the full-precision one)."""
+    """Candidates grouped by the packed prefill they read (the rest read the full-precision one), then the
+    MiKV candidates' evicted tiers merged in."""
     out = torch.empty_like(query)
+    lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
     plain = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
     groups = list(layer.packs)
     for rows, _, _ in groups:
@@ -249,9 +285,19 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
             if i not in layer.merged:  # greedy decoding calls this once per token
                 layer.merged[i] = with_packed_entries(*layer.shared, order[0], packed, residual)
             shared, packed = layer.merged[i], None
-        out[rows], _ = kernels.attend_gathered(query[rows], *shared, order, layer.counts[rows],
-                                               layer.keys[rows], layer.values[rows], scaling, sliding,
-                                               packed=packed, residual=residual)
+        out[rows], lse[rows] = kernels.attend_gathered(query[rows], *shared, order, layer.counts[rows],
+                                                       layer.keys[rows], layer.values[rows], scaling, sliding,
+                                                       packed=packed, residual=residual)
+    for i, (rows, tail, evicted, packed) in enumerate(layer.tails):
+        shared = layer.shared
+        if dense:
+            if ("tail", i) not in layer.merged:
+                layer.merged[("tail", i)] = with_packed_entries(*layer.shared, tail[0], packed, 0)
+            shared, packed = layer.merged[("tail", i)], None
+        tail_out, tail_lse = kernels.attend_gathered(query[rows], *shared, tail, evicted, layer.keys[rows],
+                                                     layer.values[rows], scaling, sliding, packed=packed,
+                                                     include_new=False)
+        out[rows], lse[rows] = merge_softmax(out[rows], lse[rows], tail_out, tail_lse)
     return out
 
 

@@ -60,9 +60,10 @@ def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
 
     base = uniform_config(tiny.spec, Budget.parse(budget))
     precisions = [(2, 2, 0), (4, 2, 13), (16, 4, 32), (8, 16, 0), (4, 4, 70)]  # residuals inside groups too
+    evicted = [2, 0, 4, 8, 2]  # MiKV tiers (nothing is evicted at 100%)
     cfg = dataclasses.replace(base, layers=tuple(
-        dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, group_size=32)
-        for layer, (k, v, r) in zip(base.layers, precisions)))
+        dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, group_size=32, evicted_bits=e)
+        for layer, (k, v, r), e in zip(base.layers, precisions, evicted)))
     length = 200
     prompt = torch.randint(3, 50, (1, length), generator=torch.Generator().manual_seed(0)).to(tiny.model.device)
     cache = runtime.CompressedCache(cfg.model.num_layers, runtime.Compressor(cfg))
@@ -72,9 +73,11 @@ def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
     actual = 0
     for layer in cache.layers:
         actual += int((layer.pos >= 0).sum()) * tiny.spec.head_dim * dtype_bytes * 2  # full-precision entries
-        if layer.packed is not None:
-            assert (layer.packed_pos >= 0).all()  # heads keep equal counts here: no padding to discount
-            actual += layer.packed.nbytes()
+        for packed, pos in layer.tiers():
+            assert (pos >= 0).all()  # heads keep equal counts here: no padding to discount
+            actual += packed.nbytes()
+    if budget == "50%" and not tiny.spec.sliding_window:  # (Gemma's sliding layers hold under half anyway)
+        assert any(layer.evicted is not None for layer in cache.layers)  # the MiKV tiers were stored
     assert kv_bytes(cfg, length, dtype_bytes) == actual
 
 

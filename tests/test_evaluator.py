@@ -27,28 +27,30 @@ def _samples(tiny, count=2, split="search"):
 
 
 PRECISIONS = [(2, 2, 0), (4, 2, 9), (16, 4, 32), (8, 16, 0)]  # k_bits, v_bits, residual (any size)
+EVICTED = [2, 0, 4, 8]  # MiKV tiers: evicted tokens kept at K{b}V{b} (0 = dropped)
 
 
-def _mixed(cfg, shift=0):
-    """Every layer at another precision (and residual window)."""
-    layers = [dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r)
-              for layer, (k, v, r) in zip(cfg.layers, PRECISIONS[shift:] + PRECISIONS[:shift])]
+def _mixed(cfg, shift=0, mikv=False):
+    """Every layer at another precision (and residual window; with ``mikv``, another evicted tier)."""
+    tiers = EVICTED[shift:] + EVICTED[:shift] if mikv else [0] * len(EVICTED)
+    layers = [dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, evicted_bits=e)
+              for layer, (k, v, r), e in zip(cfg.layers, PRECISIONS[shift:] + PRECISIONS[:shift], tiers)]
     return dataclasses.replace(cfg, layers=tuple(layers))
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized"])
+@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv"])
 def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
     if kernels == "triton":
         pytest.importorskip("triton")
     monkeypatch.setenv("EVOLKV_KERNELS", kernels)  # the Triton kernel runs under TRITON_INTERPRET=1 on CPU
     prep = evaluator.prepare(_samples(tiny, 1))[0]
-    budget, quantized = budget.split("-")[0], budget.endswith("quantized")
+    budget, quantized, mikv = budget.split("-")[0], "-" in budget, budget.endswith("mikv")
     space = BudgetSpace(tiny.spec, Budget.parse(budget), per_head=True)
     cfg = space.decode(np.random.default_rng(0).uniform(-2, 2, space.n_var))
     others = [uniform_config(tiny.spec, Budget.parse("100%"))]
     if quantized:  # scored beside candidates reading other packed prefills of the same layers
-        cfg, others = _mixed(cfg), others + [_mixed(cfg, 1), _mixed(cfg, 2)]
+        cfg, others = _mixed(cfg, 0, mikv), others + [_mixed(cfg, 1, mikv), _mixed(cfg, 2, mikv), _mixed(cfg, 2)]
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
                         evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
     with torch.no_grad(), runtime.apply(tiny.model, cfg):

@@ -26,7 +26,7 @@ from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_confi
 from evolkv.errors import ConfigError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
-from evolkv.kernels.packed import PackedKV, pack_ranked
+from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
@@ -57,6 +57,17 @@ class Prepared:
         if key not in self.packed:
             self.packed[key] = pack_ranked(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
                                            k_bits, v_bits, group, start=min(residual, self.length))
+        return self.packed[key]
+
+    def evicted_layer(self, scorer: str, layer: int, capacity: int, bits: int, group: int
+                      ) -> tuple[torch.Tensor, PackedKV]:
+        """MiKV: this layer's ranking with its ``capacity`` valid ranks reversed [1, H_kv, T], and the prefill
+        packed at K{bits}V{bits} in that order (made once, then shared by every candidate that keeps it)."""
+        key = ("evicted", scorer, layer, capacity, bits, group)
+        if key not in self.packed:
+            tail = tail_first(self.orders[scorer][layer], capacity)
+            self.packed[key] = (tail, pack_ranked(self.keys[layer][0], self.values[layer][0], tail[0], bits, bits,
+                                                  group))
         return self.packed[key]
 
 
@@ -181,7 +192,18 @@ class Evaluator:
                            layer.residual)].append(c)
             groups = [(torch.tensor(rows, device=self.device), prep.packed_layer(name, i, kb, vb, group, residual),
                        min(residual, prep.length)) for (name, kb, vb, group, residual), rows in packs.items()]
-            cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length, groups)
+            tiers = defaultdict(list)  # MiKV candidates of one scorer and tier precision read one packed copy
+            for c, cfg in enumerate(configs):
+                if cfg.layers[i].evicted_bits:
+                    tiers[(scorer_key(cfg.scorer), cfg.layers[i].evicted_bits, cfg.layers[i].group_size)].append(c)
+            capacity = layer_capacity(self.spec, i, prep.length)
+            evicted = []
+            for (name, bits, group), rows in tiers.items():
+                rows = torch.tensor(rows, device=self.device)
+                tail, packed = prep.evicted_layer(name, i, capacity, bits, group)
+                evicted.append((rows, tail, (capacity - counts[rows]).clamp(min=0), packed))
+            cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length, groups,
+                                            evicted)
         return cache
 
     @torch.no_grad()

@@ -40,7 +40,7 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
 
 
 def attend_gathered(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window=None,
-                    packed=None, residual=0):
+                    packed=None, residual=0, include_new=True):
     """Many candidates' queries over their ranking prefixes of one shared cache (see ``gathered_attention``
     in ``evolkv.kernels.gathered_attention``), ranks >= ``residual`` read from ``packed`` when given: the
     Triton kernel on CUDA, the torch reference elsewhere."""
@@ -52,9 +52,9 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
                 "EVOLKV_PACKED", "auto") != "on-the-fly":  # dequantize once, every candidate reads dense rows
             packed = densify(packed, query.dtype)
         return kernel(query, keys, values, order, counts, new_keys, new_values, scaling, sliding_window,
-                      packed=packed, residual=residual)
+                      packed=packed, residual=residual, include_new=include_new)
     return gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
-                                         sliding_window, packed, residual)
+                                         sliding_window, packed, residual, include_new)
 
 
 def _use_triton(query: torch.Tensor) -> bool:

@@ -71,7 +71,7 @@ def _gathered_attention_kernel(
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     PACKED: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
-    V_GROUP: tl.constexpr, COMPACT: tl.constexpr,
+    V_GROUP: tl.constexpr, COMPACT: tl.constexpr, NEW: tl.constexpr,
 ):
     pid = tl.program_id(0)
     c = pid // num_kv
@@ -115,18 +115,20 @@ def _gathered_attention_kernel(
                 visible = visible & (idx[None, :] > q_pos[:, None] - WINDOW)
             m_i, l_i, acc = _online_block(q, k.to(q.dtype), v.to(q.dtype), visible, m_i, l_i, acc, scale, IEEE)
 
-    base = c * stride_nc + h * stride_nh
-    for start in range(0, new_len, BLOCK_N):  # the candidate's own new tokens, causal
-        j = start + tl.arange(0, BLOCK_N)
-        new_ok = j < new_len
-        k = tl.load(KN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
-        v = tl.load(VN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
-        visible = new_ok[None, :] & ((context + j)[None, :] <= q_pos[:, None]) & row_ok[:, None]
-        if WINDOW > 0:
-            visible = visible & ((context + j)[None, :] > q_pos[:, None] - WINDOW)
-        m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
+    if NEW:
+        base = c * stride_nc + h * stride_nh
+        for start in range(0, new_len, BLOCK_N):  # the candidate's own new tokens, causal
+            j = start + tl.arange(0, BLOCK_N)
+            new_ok = j < new_len
+            k = tl.load(KN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
+            v = tl.load(VN + base + j[:, None] * stride_nt + d[None, :], mask=new_ok[:, None], other=0.0)
+            visible = new_ok[None, :] & ((context + j)[None, :] <= q_pos[:, None]) & row_ok[:, None]
+            if WINDOW > 0:
+                visible = visible & ((context + j)[None, :] > q_pos[:, None] - WINDOW)
+            m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
-    l_safe = tl.where(row_ok, l_i, 1.0)  # rows past the end are never stored
+    # rows past the end are never stored; a row that saw nothing gets output 0 and lse -inf
+    l_safe = tl.where(row_ok & (l_i > 0), l_i, 1.0)
     out = acc / l_safe[:, None]
     tl.store(OUT + c * stride_outc + head[:, None] * stride_outh + i[:, None] * stride_outt + d[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
@@ -138,7 +140,7 @@ def gathered_attention(
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
     block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
     out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-    packed: PackedKV | None = None, residual: int = 0, compact_scales: bool = True,
+    packed: PackedKV | None = None, residual: int = 0, compact_scales: bool = True, include_new: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel (into ``out`` / ``lse`` when given).
 
@@ -147,7 +149,9 @@ def gathered_attention(
     (tokens after the prefill, at positions T..T+N-1; the queries are the last T_q of them, N >= T_q).
     With ``packed`` (ranks ``residual`` to ``T - 1`` of the same cache quantized in the ranking's order, one
     row per KV head, as ``pack_ranked(..., start=residual)`` makes it; every candidate shares that one
-    ranking), ranks from ``residual`` on are read from it, dequantized on the fly.
+    ranking), ranks from ``residual`` on are read from it, dequantized on the fly. ``include_new=False``
+    attends over the ranking prefix alone (the new tokens only place the queries): one part of a softmax
+    merged by log-sum-exp, such as the MiKV tier. A query that sees nothing gets output 0 and lse -inf.
     Returns (out [C, H_q, T_q, D], lse [C, H_q, T_q] fp32).
     """
     cands, num_q, t_q, dim = query.shape
@@ -206,7 +210,7 @@ def gathered_attention(
         lse.stride(0), lse.stride(1), *strides,
         num_kv, t_q, new_len, context, residual, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=query.dtype == torch.float32, PACKED=packed is not None, **bits,
+        IEEE=query.dtype == torch.float32, PACKED=packed is not None, NEW=include_new, **bits,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse

@@ -109,6 +109,13 @@ def pack_ranked(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, k
     return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group)
 
 
+def tail_first(order: torch.Tensor, capacity: int) -> torch.Tensor:
+    """``order`` [..., T] with its first ``capacity`` ranks reversed: the entries a budget evicts (ranks
+    ``n`` to ``capacity - 1``) become the first ``capacity - n``, so the MiKV tier that keeps them at low
+    precision is a prefix too, read by the same kernels (``include_new=False``)."""
+    return torch.cat([order[..., :capacity].flip(-1), order[..., capacity:]], -1)
+
+
 def densify(packed: PackedKV, dtype: torch.dtype) -> PackedKV:
     """The same entries dequantized into a 16-bit ``PackedKV`` (the Triton dequantize kernel on CUDA).
 
@@ -160,14 +167,15 @@ def with_packed_entries(keys: torch.Tensor, values: torch.Tensor, order: torch.T
 
 
 def gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
-                                  sliding_window=None, packed: PackedKV | None = None, residual: int = 0):
+                                  sliding_window=None, packed: PackedKV | None = None, residual: int = 0,
+                                  include_new: bool = True):
     """``reference.gathered_attention_ref`` with ranks >= ``residual`` read from ``packed`` (dequantized)."""
     from evolkv.kernels.reference import gathered_attention_ref
 
     if packed is not None:
         keys, values = with_packed_entries(keys, values, order[0], packed, residual)
     return gathered_attention_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
-                                  sliding_window)
+                                  sliding_window, include_new)
 
 
 def attend_packed_ref(query, packed: PackedKV, key_pos, query_pos, scaling, sliding_window=None, softcap=None):

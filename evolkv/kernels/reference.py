@@ -70,14 +70,17 @@ def gather_kv(
 def gathered_attention_ref(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
     new_keys: torch.Tensor, new_values: torch.Tensor, scaling: float, sliding_window: int | None = None,
+    include_new: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same function in torch: gather copies, append the new tokens, attend (see ``reference``)."""
+    """The same function in torch: gather copies, append the new tokens, attend (see ``reference``);
+    ``include_new=False`` leaves the new tokens out (they only place the queries)."""
     cands, _, t_q, _ = query.shape
     context, new_len = keys.shape[1], new_keys.shape[2]
     kept_k, kept_v, pos = gather_kv(keys[None], values[None], order.long(), counts.long())
     new_pos = torch.arange(context, context + new_len, device=query.device)
+    seen_pos = new_pos if include_new else torch.full_like(new_pos, -1)
     return attend(query, torch.cat([kept_k, new_keys], 2), torch.cat([kept_v, new_values], 2),
-                  torch.cat([pos, new_pos.expand(cands, keys.shape[0], new_len)], 2), new_pos[new_len - t_q:],
+                  torch.cat([pos, seen_pos.expand(cands, keys.shape[0], new_len)], 2), new_pos[new_len - t_q:],
                   scaling, sliding_window)
 
 

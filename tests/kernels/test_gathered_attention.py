@@ -137,3 +137,43 @@ def test_densified_packed_cache_gives_the_same_attention():
     out2, lse2 = gathered_attention(*args, block_m=16, block_n=16, packed=dense, residual=32)
     torch.testing.assert_close(out2, out, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(lse2, lse, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("packed_bits", [None, 2])
+def test_prefix_without_new_tokens_merges_into_the_whole(packed_bits):
+    """``include_new=False`` (the MiKV tier): the evicted ranks read in tail-first order, merged by
+    log-sum-exp with the kept prefix and new tokens, give attention over every entry (the evicted ones
+    dequantized); a head that evicts nothing sees nothing there (output 0, lse -inf)."""
+    from evolkv.kernels.packed import gathered_attention_packed_ref, pack_ranked, tail_first
+
+    cands, num_kv, group, context, t_q, dim = 3, 2, 4, 70, 3, 32
+    q, keys, values, order, counts, new_k, new_v = _inputs(cands, num_kv, group, context, t_q, dim, torch.float32,
+                                                           seed=5)
+    counts[0, 0] = context  # evicts nothing
+    tail, evicted = tail_first(order, context), context - counts
+    packed = None if packed_bits is None else pack_ranked(keys, values, tail[0], packed_bits, packed_bits, 32)
+    args = (q, keys, values, tail, evicted, new_k, new_v, dim ** -0.5)
+    out_e, lse_e = gathered_attention(*args, block_m=16, block_n=16, packed=packed, include_new=False)
+    ref_e, ref_lse_e = gathered_attention_packed_ref(*args, packed=packed, include_new=False)
+    torch.testing.assert_close(out_e, ref_e, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse_e, ref_lse_e, atol=2e-4, rtol=2e-4)
+    assert (out_e[0, :group] == 0).all() and torch.isneginf(lse_e[0, :group]).all()
+
+    out_k, lse_k = gathered_attention(q, keys, values, order, counts, new_k, new_v, dim ** -0.5, block_m=16,
+                                      block_n=16)
+    total = torch.logaddexp(lse_k, lse_e)
+    merged = out_k * (lse_k - total).exp()[..., None] + out_e * (lse_e - total).exp()[..., None]
+    from evolkv.kernels.packed import unpack
+
+    everything = torch.full((1, num_kv), context, device=DEVICE)
+    deq = unpack(packed, torch.float32) if packed is not None else (None, None)
+    for c in range(cands):  # per candidate: its evicted entries (and only those) as the tier stores them
+        whole_k, whole_v = keys.clone(), values.clone()
+        for h in range(num_kv):
+            gone = tail[0, h, :int(evicted[c, h])].long()
+            if packed is not None:
+                whole_k[h, gone], whole_v[h, gone] = deq[0][h, :gone.numel()], deq[1][h, :gone.numel()]
+        ref, ref_lse = gathered_attention_ref(q[c:c + 1], whole_k, whole_v, order, everything, new_k[c:c + 1],
+                                              new_v[c:c + 1], dim ** -0.5)
+        torch.testing.assert_close(merged[c:c + 1], ref, atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(total[c:c + 1], ref_lse, atol=2e-4, rtol=2e-4)
