@@ -122,6 +122,9 @@ def search(
     residual: str = typer.Option("0,4,16", help="quant/joint: top-ranked entries (attention sinks, heavy "
                                  "hitters) kept at full precision; a comma list lets the search pick one per "
                                  "layer group (uniform baselines use the first)."),
+    evicted_bits: str = typer.Option("0", help="joint: keep the tokens a budget evicts at this many bits "
+                                     "(MiKV: 8, 4 or 2) instead of dropping them (0); a comma list like 0,2 "
+                                     "lets the search pick per layer group. The tier's memory is counted."),
     clusters: int = typer.Option(6, min=1, help="quant/joint: layer groups that share a precision pair."),
     probe_samples: int = typer.Option(4, min=1, help="quant/joint: search samples the one-layer sensitivity "
                                       "pass runs on."),
@@ -165,6 +168,7 @@ def search(
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
+                              evicted_bits=evicted_bits,
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
@@ -435,12 +439,18 @@ def _validate(settings) -> None:
                               f"{', '.join(sorted(MULTI_OBJECTIVE))}")
         if settings.group_size not in ALLOWED_GROUPS:
             raise EvolKVError(f"--group-size {settings.group_size} is not one of {ALLOWED_GROUPS}")
-        from evolkv.search.precision import parse_residuals
+        from evolkv.search.precision import parse_evicted, parse_residuals
 
         try:
             settings.residual = list(parse_residuals(settings.residual))
         except EvolKVError as exc:
             raise EvolKVError(f"--residual: {exc}") from None
+        try:
+            settings.evicted_bits = list(parse_evicted(settings.evicted_bits))
+        except EvolKVError as exc:
+            raise EvolKVError(f"--evicted-bits: {exc}") from None
+        if settings.mode == "quant" and any(settings.evicted_bits):
+            raise EvolKVError("--evicted-bits keeps tokens a budget evicts: use it with --mode joint --budget B")
     elif settings.optimizer in ("nsga2", "optuna-nsga2"):
         raise EvolKVError(f"{settings.optimizer} needs two objectives: use it with --mode quant or joint")
     if settings.scorer not in SCORERS:

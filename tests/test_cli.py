@@ -141,6 +141,13 @@ def test_target_bits_out_of_range(bits, tmp_path):
     assert line.startswith("error:") and "--target-bits" in line
 
 
+@pytest.mark.parametrize("args, flag", [(["--mode", "joint", "--budget", "50%", "--evicted-bits", "3"], "--evicted-bits"),
+                                        (["--mode", "quant", "--evicted-bits", "2"], "--evicted-bits")])
+def test_bad_evicted_bits(args, flag, tmp_path, model_dirs):
+    line = _one_line_error(invoke("search", *args, "--model", model_dirs["llama"], "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and flag in line
+
+
 @pytest.mark.parametrize("residual", ["abc", "4,-1"])
 def test_bad_residual_choices(residual, tmp_path, model_dirs):
     line = _one_line_error(invoke("search", "--mode", "quant", "--residual", residual, "--model",

@@ -56,6 +56,8 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
     settings = SearchSettings(model=model_dirs["llama"], budget="50%" if mode == "joint" else "100%", mode=mode,
                               optimizer=optimizer, generations=2, population=6, samples=1, length=200,
                               tasks=["passkey"], target_bits=6.0, group_size=32, clusters=2, baselines=["uniform"])
+    if mode == "joint":  # residual windows and MiKV tiers picked per layer group too
+        settings.residual, settings.evicted_bits = [0, 8], [0, 2]
     loaded, executor = make_executor(settings)
     straight = run_search(settings, loaded.spec, executor, Store(str(tmp_path / "a.db")))
     assert straight["status"] == "finished"
@@ -67,6 +69,8 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
     assert len(winner) == 1 and winner[0]["bits"] <= 6.0
     space = straight["settings"]["space"]
     assert space["log10_size_after"] < space["log10_size_before"]
+    if mode == "joint":
+        assert space["evicted_bits"] == [0, 2] and space["residuals"] == [0, 8]
     assert {"baseline:KV4", "baseline:KIVI-2", "baseline:full"} <= set(straight["results"])
 
     store = Store(str(tmp_path / "b.db"))

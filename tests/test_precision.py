@@ -6,7 +6,7 @@ import pytest
 from evolkv.config import Budget, ModelSpec, uniform_config
 from evolkv.search.optimizers import make_optimizer
 from evolkv.errors import ConfigError
-from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, parse_residuals, prune, sensitivity_configs
+from evolkv.search.precision import PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune, sensitivity_configs
 
 SPEC = ModelSpec("toy", "llama", 4, 4, 2, 32, ["full_attention"] * 4)
 BASE = uniform_config(SPEC, Budget.parse("100%"))
@@ -67,6 +67,26 @@ def test_residual_genes_pick_a_window_per_group():
     assert seen == {0, 4, 16}
     before, after = space.size()
     assert after == pytest.approx(np.log10(2 * 2 * 1) + 3 * np.log10(3))
+
+
+def test_evicted_tier_genes_pick_drop_or_low_precision_per_group():
+    groups, choices = [[0, 3], [1, 2]], [[(4, 4)], [(8, 4), (4, 2)]]
+    space = PrecisionSpace(BASE, groups, choices, group_size=32, residuals=(0, 4), evicted=(0, 2))
+    assert space.n_var == 6
+    tiers = set()
+    for x in np.random.default_rng(2).uniform(*space.bounds, (30, space.n_var)):
+        cfg = space.decode(x)
+        for layers in groups:
+            assert len({cfg.layers[i].evicted_bits for i in layers}) == 1
+        tiers |= {layer.evicted_bits for layer in cfg.layers}
+        assert space.decode(space.encode(cfg)) == cfg
+    assert tiers == {0, 2}
+
+
+@pytest.mark.parametrize("text", ["3", "0,16", "x"])
+def test_parse_evicted_rejects_bits_outside_the_tiers(text):
+    with pytest.raises(ConfigError):
+        parse_evicted(text)
 
 
 @pytest.mark.parametrize("text, expected", [("0,4,16", (0, 4, 16)), ("16", (16,)), (8, (8,)), ([4, 0, 4], (0, 4))])

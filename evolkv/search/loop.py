@@ -22,8 +22,8 @@ from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
-from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_residuals, prune, sensitivity_configs,
-                                    with_precisions)
+from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
+                                    sensitivity_configs, with_precisions)
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.store.store import Store
 
@@ -54,6 +54,7 @@ class SearchSettings:
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
     residual: int | list[int] | str = 0  # quant/joint: full-precision top-ranked entries; several = a gene per group
+    evicted_bits: int | list[int] | str = 0  # joint, MiKV: evicted tokens' tier bits (0 = drop); several = a gene
     clusters: int = 6  # quant/joint: layer groups sharing a precision pair
     probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
     executor: str = "local"  # local | ray
@@ -181,10 +182,12 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
                for g in groups]
     tokens = BudgetSpace(spec, budget, scorer, per_head=settings.per_head) if joint else None
-    space = PrecisionSpace(base, groups, choices, settings.group_size, residuals, tokens)
+    space = PrecisionSpace(base, groups, choices, settings.group_size, residuals, tokens,
+                           evicted=parse_evicted(settings.evicted_bits))
     before, after = space.size()
     space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
                   "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(residuals),
+                  "evicted_bits": list(space.evicted),
                   "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
     store.update_run(run_id, settings={**settings.to_dict(), "space": space_info})
     reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")

@@ -37,6 +37,16 @@ def parse_residuals(value) -> tuple[int, ...]:
     return tuple(out)
 
 
+def parse_evicted(value) -> tuple[int, ...]:
+    """MiKV tier choices from ``"0,2"`` and the like: each 0 (drop evicted tokens) or 8/4/2 bits."""
+    from evolkv.config import EVICTED_BITS
+
+    choices = parse_residuals(value)
+    if any(bits not in EVICTED_BITS for bits in choices):
+        raise ConfigError(f"evicted bits {value!r}: each choice must be one of {EVICTED_BITS} (0 = drop)")
+    return choices
+
+
 def with_precisions(cfg: KVConfig, pairs: list[tuple[int, int]], group_size: int,
                     residual: int | list[int]) -> KVConfig:
     """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits), its ``residual`` (one for every layer, or
@@ -111,9 +121,11 @@ class PrecisionSpace:
     residuals: tuple[int, ...] = (0,)
     tokens: object | None = None  # a BudgetSpace in joint mode
     stats: dict = field(default_factory=dict)
+    evicted: tuple[int, ...] = (0,)  # joint mode, MiKV: tier precisions for the evicted tokens (0 = drop)
 
     def __post_init__(self) -> None:
         self.residuals = parse_residuals(self.residuals)
+        self.evicted = tuple(sorted(set(self.evicted)))
 
     @property
     def n_pair_genes(self) -> int:
@@ -121,7 +133,17 @@ class PrecisionSpace:
 
     @property
     def n_precision(self) -> int:
-        return len(self.groups) * (2 if len(self.residuals) > 1 else 1)
+        return len(self.groups) * (1 + (len(self.residuals) > 1) + (len(self.evicted) > 1))
+
+    def _extra_genes(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(residual genes, evicted-tier genes) of ``x``, each [groups] or None when that choice is fixed."""
+        at, n = self.n_pair_genes, len(self.groups)
+        residual = evicted = None
+        if len(self.residuals) > 1:
+            residual, at = x[at:at + n], at + n
+        if len(self.evicted) > 1:
+            evicted = x[at:at + n]
+        return residual, evicted
 
     @property
     def n_var(self) -> int:
@@ -147,18 +169,25 @@ class PrecisionSpace:
                 chosen[layer] = pair
         return chosen
 
-    def layer_residuals(self, x: np.ndarray) -> list[int]:
-        chosen = [self.residuals[0]] * len(self.base.layers)
-        if len(self.residuals) > 1:
-            for gene, layers in zip(x[self.n_pair_genes: self.n_precision], self.groups):
+    def _per_layer(self, genes: np.ndarray | None, options: tuple[int, ...]) -> list[int]:
+        chosen = [options[0]] * len(self.base.layers)
+        if genes is not None:
+            for gene, layers in zip(genes, self.groups):
                 for layer in layers:
-                    chosen[layer] = self._pick(gene, list(self.residuals))
+                    chosen[layer] = self._pick(gene, list(options))
         return chosen
+
+    def layer_residuals(self, x: np.ndarray) -> list[int]:
+        return self._per_layer(self._extra_genes(x)[0], self.residuals)
 
     def decode(self, x: np.ndarray) -> KVConfig:
         x = np.asarray(x, dtype=float)
         cfg = self.tokens.decode(x[self.n_precision:]) if self.tokens is not None else self.base
-        return with_precisions(cfg, self.pairs(x), self.group_size, self.layer_residuals(x))
+        cfg = with_precisions(cfg, self.pairs(x), self.group_size, self.layer_residuals(x))
+        tiers = self._per_layer(self._extra_genes(x)[1], self.evicted)
+        if any(tiers):
+            cfg = replace(cfg, layers=tuple(replace(layer, evicted_bits=e) for layer, e in zip(cfg.layers, tiers)))
+        return cfg
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
         """Genes picking, per group, the allowed pair nearest (in bits) to its first layer's pair (and the
@@ -168,17 +197,18 @@ class PrecisionSpace:
             layer = cfg.layers[layers[0]]
             distance = [abs(k - layer.k_bits) + abs(v - layer.v_bits) for k, v in options]
             genes.append((int(np.argmin(distance)) + 0.5) / len(options))
-        if len(self.residuals) > 1:
-            for layers in self.groups:
-                distance = [abs(r - cfg.layers[layers[0]].residual) for r in self.residuals]
-                genes.append((int(np.argmin(distance)) + 0.5) / len(self.residuals))
+        for options, field_name in ((self.residuals, "residual"), (self.evicted, "evicted_bits")):
+            if len(options) > 1:
+                for layers in self.groups:
+                    distance = [abs(r - getattr(cfg.layers[layers[0]], field_name)) for r in options]
+                    genes.append((int(np.argmin(distance)) + 0.5) / len(options))
         if self.tokens is not None:
             genes = np.concatenate([genes, self.tokens.encode(cfg)])
         return np.asarray(genes, dtype=float)
 
     def size(self) -> tuple[float, float]:
         """log10 of the number of precision assignments: every pair per layer, and after pruning/clustering."""
-        residual = math.log10(len(self.residuals))
+        residual = math.log10(len(self.residuals)) + math.log10(len(self.evicted))
         before = len(self.base.layers) * (math.log10(len(PAIRS)) + residual)
         after = sum(math.log10(len(options)) + residual for options in self.choices)
         return before, after
