@@ -94,8 +94,6 @@ def decode_attention_packed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same over a packed cache: ``packed`` holds B * H_kv rows (row b * H_kv + h) of L entries, each
     dequantized as it is read; key_pos: [B, H_kv, L]."""
-    if compact_scales:  # blocks inside one key group (split chunks are whole blocks)
-        block_n = min(block_n, packed.group)
     batch, num_kv, length = key_pos.shape
     if packed.rows != batch * num_kv or packed.length != length or packed.dim != query.shape[-1]:
         raise ValueError("packed cache rows/length disagree with key_pos and the query")
@@ -112,6 +110,36 @@ def decode_attention_packed(
                    bits)
 
 
+@triton.jit
+def _merge_splits_kernel(M, L, ACC, OUT, LSE, splits, stride_row, stride_arow, stride_as,
+                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One query row: merge the chunks' partial softmaxes (max, sum, weighted values) into output and lse."""
+    row = tl.program_id(0)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, HEAD_DIM)
+    inside = s < splits
+    m = tl.load(M + row * stride_row + s, mask=inside, other=float("-inf"))
+    lsum = tl.load(L + row * stride_row + s, mask=inside, other=0.0)
+    top = tl.max(m, axis=0)
+    top_safe = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - top_safe))  # chunks with nothing visible weigh 0
+    total = tl.sum(lsum * weight, axis=0)
+    acc = tl.load(ACC + row * stride_arow + s[:, None] * stride_as + d[None, :], mask=inside[:, None], other=0.0)
+    out = tl.sum(acc * weight[:, None], axis=0) / tl.maximum(total, 1e-30)
+    tl.store(OUT + row * HEAD_DIM + d, out.to(OUT.dtype.element_ty))
+    tl.store(LSE + row, top + tl.log(total))
+
+
+def default_splits(length: int, rows: int, block_n: int, device) -> int:
+    """Chunks per (sequence, KV head): enough programs to give every SM several (memory latency is hidden
+    by programs in flight), but chunks of at least two blocks."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 4
+    return max(1, min(triton.cdiv(length, 2 * block_n), triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, rows)))
+
+
+SPLIT_PROGRAMS_PER_SM = 8
+
+
 def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits):
     batch, num_q, t_q, dim = query.shape
     num_kv, length = key_pos.shape[1], key_pos.shape[2]
@@ -121,8 +149,8 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
     if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
         key_pos = key_pos.to(torch.int32).contiguous()
     query_pos = query_pos.to(device=query.device, dtype=torch.int32)
-    if splits is None:  # enough programs to fill the GPU, chunks of at least a few blocks
-        splits = max(1, min(triton.cdiv(length, 4 * block_n), triton.cdiv(264, batch * num_kv)))
+    if splits is None:
+        splits = default_splits(length, batch * num_kv, block_n, query.device)
     split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, split_len) if length else 1
     group = num_q // num_kv
@@ -142,12 +170,10 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, **bits,
     )
-    # a row with nothing visible has sum 0 and output 0 (as the reference), lse -inf
-    if splits == 1:
-        out = acc[..., 0, :] / lsum[..., 0, None].clamp(min=1e-30)
-        return out.to(query.dtype), m[..., 0] + torch.log(lsum[..., 0])
-    top = m.amax(dim=-1, keepdim=True)  # [B, H_q, T_q, 1]
-    weight = torch.exp(m - top).nan_to_num(0.0)  # chunks with nothing visible weigh 0
-    total = (lsum * weight).sum(-1)  # [B, H_q, T_q]
-    out = (acc * weight[..., None]).sum(-2) / total[..., None].clamp(min=1e-30)
-    return out.to(query.dtype), top.squeeze(-1) + torch.log(total)
+    # one launch merges the chunks; a row with nothing visible gets output 0 (as the reference) and lse -inf
+    out = torch.empty_like(query)
+    lse = torch.empty(batch, num_q, t_q, dtype=torch.float32, device=query.device)
+    _merge_splits_kernel[(batch * num_q * t_q,)](
+        m, lsum, acc, out, lse, splits, m.stride(2), acc.stride(2), acc.stride(3),
+        HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(splits)))
+    return out, lse

@@ -192,8 +192,6 @@ def gathered_attention(
         parts = [p if p is not None else keys for p in parts]  # 16-bit halves have no scales: never read
         strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
                    parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]
-        if compact_scales:  # blocks inside one key group (groups start at the residual)
-            block_n = min(block_n, packed.group)
         bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
                     V_GROUP=value_group(packed.group, dim), COMPACT=compact_scales)
     else:

@@ -58,8 +58,9 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
     or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points.
 
     ``COMPACT`` loads each scale once and broadcasts it in registers: for keys the block must lie inside one
-    group (``offs = start + arange``, GROUP a multiple of BLOCK, ``start`` on a block boundary); otherwise
-    every element loads its own (cached) scale."""
+    group (``offs = start + arange``, GROUP a multiple of BLOCK, ``start`` on a block boundary) or cover whole
+    groups (BLOCK a multiple of GROUP, ``start`` on a group boundary); otherwise every element loads its own
+    (cached) scale."""
     d = tl.arange(0, HEAD_DIM)
     if BITS == 16:
         x = tl.load(P + offs[:, None] * stride_pt + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
@@ -70,10 +71,21 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
         shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
         codes = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)
         codes = tl.reshape(codes, (BLOCK, HEAD_DIM)).to(tl.float32)
-        if COMPACT and PER_CHANNEL:  # keys: the block's one scale row
+        if COMPACT and PER_CHANNEL and BLOCK <= GROUP:  # keys: the block's one scale row
             at = (start // GROUP) * stride_st + d
             scale = tl.load(S + at).to(tl.float32)[None, :]
             zero = tl.load(Z + at).to(tl.float32)[None, :]
+        elif COMPACT and PER_CHANNEL:  # keys: the rows of the whole groups the block covers
+            rows: tl.constexpr = BLOCK // GROUP
+            g = start // GROUP + tl.arange(0, rows)
+            at = g[:, None] * stride_st + d[None, :]
+            g_ok = tl.reshape(ok, (rows, GROUP)).to(tl.int32)
+            g_ok = tl.max(g_ok, axis=1) > 0
+            shape3: tl.constexpr = (rows, GROUP, HEAD_DIM)
+            scale = tl.load(S + at, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(Z + at, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            scale = tl.reshape(tl.broadcast_to(scale[:, None, :], shape3), (BLOCK, HEAD_DIM))
+            zero = tl.reshape(tl.broadcast_to(zero[:, None, :], shape3), (BLOCK, HEAD_DIM))
         elif COMPACT:  # values: [BLOCK, D / GROUP] scales, broadcast over each group's channels
             g = tl.arange(0, HEAD_DIM // GROUP)
             at = offs[:, None] * stride_st + g[None, :]

@@ -47,8 +47,9 @@ def test_matches_reference(case, dtype):
 
 
 @pytest.mark.parametrize("compact", [True, False], ids=["compact-scales", "per-element-scales"])
+@pytest.mark.parametrize("block_n", [16, 64], ids=["block-in-group", "block-over-groups"])
 @pytest.mark.parametrize("bits", [(2, 2), (4, 8), (16, 2), (4, 16)])
-def test_packed_cache_matches_dequantized_reference(bits, compact):
+def test_packed_cache_matches_dequantized_reference(bits, compact, block_n):
     """The runtime's quantized part: B * H_kv rows packed, read and dequantized inside the kernel."""
     from evolkv.kernels.decode_attention import decode_attention_packed
     from evolkv.kernels.packed import attend_packed_ref, pack
@@ -58,7 +59,7 @@ def test_packed_cache_matches_dequantized_reference(bits, compact):
     packed = pack(keys.flatten(0, 1), values.flatten(0, 1), *bits, group=32)
     query = torch.randn(batch, num_kv * group, 1, dim, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     query_pos = torch.tensor([400])
-    out, lse = decode_attention_packed(query, packed, pos, query_pos, dim ** -0.5, splits=2, block_n=16,
+    out, lse = decode_attention_packed(query, packed, pos, query_pos, dim ** -0.5, splits=2, block_n=block_n,
                                        compact_scales=compact)
     ref, ref_lse = attend_packed_ref(query, packed, pos, query_pos, dim ** -0.5)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)

@@ -177,3 +177,17 @@ def test_prefix_without_new_tokens_merges_into_the_whole(packed_bits):
                                               new_v[c:c + 1], dim ** -0.5)
         torch.testing.assert_close(merged[c:c + 1], ref, atol=2e-4, rtol=2e-4)
         torch.testing.assert_close(total[c:c + 1], ref_lse, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("residual", [0, 7])
+def test_blocks_spanning_several_key_groups(residual):
+    """Compact scales with BLOCK_N > group: one scale row per group covered, broadcast in registers."""
+    from evolkv.kernels.packed import gathered_attention_packed_ref, pack_ranked
+
+    q, keys, values, order, counts, new_k, new_v = _inputs(2, 2, 2, 150, 2, 32, torch.float32, seed=6)
+    packed = pack_ranked(keys, values, order[0], 4, 2, 32, start=residual)
+    args = (q, keys, values, order, counts, new_k, new_v, 32 ** -0.5)
+    out, lse = gathered_attention(*args, block_m=16, block_n=64, packed=packed, residual=residual)
+    ref, ref_lse = gathered_attention_packed_ref(*args, packed=packed, residual=residual)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-4, rtol=2e-4)
