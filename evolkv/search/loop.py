@@ -193,8 +193,12 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
 
     lower, upper = space.bounds
-    # first generation: every quantized uniform baseline, then mutations of them
-    x0 = np.clip(np.stack([space.encode(baselines[name]) for name in QUANT_BASELINES]), lower, upper)
+    # first generation: every quantized uniform baseline, KV4 and K4V2 with each larger residual window, then
+    # mutations of them
+    seeds = [baselines[name] for name in QUANT_BASELINES]
+    seeds += [with_precisions(base, [pair] * spec.num_layers, settings.group_size, r)
+              for r in residuals[1:] for pair in ((4, 4), (4, 2))]
+    x0 = np.clip(np.stack([space.encode(cfg) for cfg in seeds]), lower, upper)
     optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population, settings.seed,
                                x0=x0, n_obj=2, storage=store.url if settings.optimizer.startswith("optuna") else None,
                                study_name=f"evolkv-{run_id}")
