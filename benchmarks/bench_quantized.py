@@ -23,6 +23,7 @@ import argparse
 
 import torch
 import triton
+import triton.language as tl
 import triton.testing
 
 from benchmarks.bench_kernels import copy_bandwidth, decode_inputs, torch_path
@@ -30,6 +31,7 @@ from evolkv.kernels.decode_attention import decode_attention_packed
 from evolkv.kernels.gathered_attention import gathered_attention
 from evolkv.kernels.packed import (attend_packed_ref, densify, gathered_attention_packed_ref, pack, pack_ranked,
                                   unpack)
+from evolkv.kernels.quantize import load_entries
 
 TILES = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 1), (128, 32, 8, 1)]
 
@@ -52,14 +54,16 @@ def packed_bytes_per_entry(bits: int, dim: int, group: int, keys: bool) -> float
     return dim * bits / 8 + scales
 
 
-def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answer, group):
+def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answer, group, peak=0.0):
     device, dtype, num_q, num_kv, dim = "cuda", torch.bfloat16, 32, 8, 128
     scaling = dim ** -0.5
     print(f"\ngathered attention over a packed prefill: {budget:.0%} kept per head, {answer} answer tokens, "
           f"group {group}")
     print(f"{'context':>8} {'pop':>4} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} "
-          f"{'bf16 kernel':>11} {'per-elem':>9} {'deq-once':>9} {'GB/s':>6} {'of copy':>8} {'rel err':>8} "
-          f"{'tile':>14}")
+          f"{'bf16 kernel':>11} {'per-elem':>9} {'deq-once':>9} {'GB/s':>6} {'of copy':>8} {'FLOP/B':>7} "
+          f"{'ceiling':>8} {'TFLOP/s':>7} {'rel err':>8} {'tile':>14}")
+    print("ceiling = the most of copy bandwidth the kernel could reach when bound by the measured bf16 GEMM "
+          "rate at its FLOP/byte")
     for context in contexts:
         for cands in populations:
             gen = torch.Generator(device=device).manual_seed(context + cands)
@@ -97,17 +101,42 @@ def gathered_section(bandwidth, contexts, populations, bit_widths, budget, answe
                                      + packed_bytes_per_entry(bits, dim, group, False))
                              + 2 * q.numel() * 2 + 2 * new_k.numel() * 2 + q.numel() // dim * 4)
                 achieved = must_move / (kernel_ms * 1e-3)
+                # QK^T and PV over the kept entries and the answer tokens, for every query row
+                flops = 4 * dim * (num_q // num_kv) * answer * (kept + cands * num_kv * answer)
+                ceiling = min(1.0, peak / (flops / must_move) / bandwidth) if peak else float("nan")
                 print(f"{context:>8} {cands:>4} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
                       f"{torch_ms / kernel_ms:>8.1f}x {bf16_ms:>11.3f} {per_element_ms:>9.3f} {once_ms:>9.3f} "
                       f"{achieved / 1e9:>6.0f} "
-                      f"{achieved / bandwidth:>7.0%} {err:>8.1e} {tile:>14}", flush=True)
+                      f"{achieved / bandwidth:>7.0%} {flops / must_move:>7.0f} {ceiling:>8.0%} "
+                      f"{flops / (kernel_ms * 1e-3) / 1e12:>7.0f} {err:>8.1e} {tile:>14}", flush=True)
+
+
+DECODE_TILES = [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3), (32, 4, 3), (64, 2, 4)]  # block_n, warps, stages
+SPLIT_SCALES = [0.5, 1, 2, 4]  # times the default number of chunks
+
+
+def decode_times(args, rows, length):
+    """(median ms, setting) for each block/warps/stages and number of chunks around the default."""
+    from evolkv.kernels.decode_attention import default_splits
+
+    for block_n, warps, stages in DECODE_TILES:
+        base = default_splits(length, rows, block_n, "cuda")
+        for factor in SPLIT_SCALES:
+            splits = max(1, int(base * factor))
+            try:
+                ms = bench(lambda: decode_attention_packed(*args, splits=splits, block_n=block_n, num_warps=warps,
+                                                           num_stages=stages), rep=100)
+            except triton.runtime.errors.OutOfResources:
+                continue
+            yield ms, f"{block_n}/{warps}w/{stages}s/{splits}sp"
 
 
 def decode_section(bandwidth, contexts, bit_widths, budget, group):
     device, dtype, batch, num_q, num_kv, dim = "cuda", torch.bfloat16, 8, 32, 8, 128
     print(f"\ndecode over a packed per-head cache: batch {batch}, 1 query token, {budget:.0%} of the context")
+    print("'kernel ms' = the launcher's defaults; 'best ms' = the fastest of a sweep of block/warps/stages/chunks")
     print(f"{'context':>8} {'bits':>5} {'kernel ms':>10} {'torch ms':>9} {'speed-up':>9} {'per-elem':>9} "
-          f"{'GB/s':>6} {'of copy':>8} {'rel err':>8}")
+          f"{'GB/s':>6} {'of copy':>8} {'best ms':>8} {'of copy':>8} {'rel err':>8} {'best setting':>20}")
     for context in contexts:
         keys, values, pos, query, query_pos = decode_inputs(context, budget, batch, num_q, num_kv, dim, dtype, device)
         keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # packed rows: b * H_kv + h
@@ -125,10 +154,65 @@ def decode_section(bandwidth, contexts, bit_widths, budget, group):
                                                    + packed_bytes_per_entry(bits, dim, group, False))
                          + pos.numel() * 4 + query.numel() * 2 * 2)
             achieved = must_move / (kernel_ms * 1e-3)
+            best_ms, best = min(decode_times(args, keys.shape[0], length))
             print(f"{context:>8} {f'K{bits}V{bits}':>5} {kernel_ms:>10.3f} {torch_ms:>9.3f} "
                   f"{torch_ms / kernel_ms:>8.1f}x {per_element_ms:>9.3f} {achieved / 1e9:>6.0f} "
-                  f"{achieved / bandwidth:>7.0%} "
-                  f"{err:>8.1e}", flush=True)
+                  f"{achieved / bandwidth:>7.0%} {best_ms:>8.3f} {must_move / (best_ms * 1e-3) / bandwidth:>7.0%} "
+                  f"{err:>8.1e} {best:>20}", flush=True)
+
+
+@triton.jit
+def _dequantize_sum_kernel(P, S, Z, OUT, length, stride_pr, stride_pt, stride_sr, stride_st,
+                           BITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, PER_CHANNEL: tl.constexpr,
+                           BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Read and dequantize a chunk of packed rows, keep only a column sum: the ceiling of any kernel that
+    dequantizes as it reads (no attention arithmetic at all)."""
+    r = tl.program_id(0)
+    first = tl.program_id(1) * CHUNK
+    total = tl.zeros([DIM], tl.float32)
+    for start in range(first, first + CHUNK, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < length
+        x = load_entries(P + r * stride_pr, S + r * stride_sr, Z + r * stride_sr, offs, ok, stride_pt, stride_st,
+                         BITS, GROUP, DIM, PER_CHANNEL, BLOCK, start, True)
+        total += tl.sum(x, axis=0)
+    tl.store(OUT + (r * tl.num_programs(1) + tl.program_id(1)) * DIM + tl.arange(0, DIM), total)
+
+
+def roofline_section(bandwidth, group):
+    """What bounds attention over a packed cache: tensor-core throughput (measured bf16 GEMM), and how fast
+    the GPU can merely read + dequantize packed codes (no attention work)."""
+    m = 8192
+    a, b = (torch.randn(m, m, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    gemm_ms = bench(lambda: a @ b, rep=100)
+    peak = 2 * m ** 3 / (gemm_ms * 1e-3)
+    print(f"\nroofline: bf16 GEMM {m}^3: {peak / 1e12:.0f} TFLOP/s measured; ridge at copy bandwidth "
+          f"{peak / bandwidth:.0f} FLOP/byte")
+    rows, length, dim = 64, 32768, 128
+    print(f"read + dequantize only ({rows} rows x {length} entries x {dim}, group {group}, column sums out):")
+    print(f"{'bits':>5} {'half':>6} {'ms':>8} {'GB/s':>6} {'of copy':>8} {'setting':>10}")
+    for bits in (8, 4, 2):
+        keys = torch.randn(rows, length, dim, device="cuda", dtype=torch.bfloat16)
+        packed = pack(keys, keys, bits, bits, group)
+        for half, codes, scale, zero, per_channel, g in (
+                ("keys", packed.k, packed.k_scale, packed.k_zero, True, group),
+                ("values", packed.v, packed.v_scale, packed.v_zero, False, min(group, dim))):
+            best = None
+            for block, warps in ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8)):
+                chunk = 2048
+                out = torch.empty(rows, length // chunk, dim, device="cuda")
+                grid = (rows, length // chunk)
+                run = lambda: _dequantize_sum_kernel[grid](  # noqa: E731
+                    codes, scale, zero, out, length, codes.stride(0), codes.stride(1), scale.stride(0),
+                    scale.stride(1), BITS=bits, GROUP=g, DIM=dim, PER_CHANNEL=per_channel, BLOCK=block,
+                    CHUNK=chunk, num_warps=warps)
+                ms = bench(run, rep=100)
+                if best is None or ms < best[0]:
+                    best = (ms, f"{block}/{warps}w")
+            moved = codes.numel() * 4 + scale.numel() * 2 * 2
+            print(f"{f'{bits}':>5} {half:>6} {best[0]:>8.3f} {moved / (best[0] * 1e-3) / 1e9:>6.0f} "
+                  f"{moved / (best[0] * 1e-3) / bandwidth:>7.0%} {best[1]:>10}", flush=True)
+    return peak
 
 
 def main() -> None:
@@ -140,14 +224,17 @@ def main() -> None:
     parser.add_argument("--decode-budget", type=float, default=1.0, help="share of the context in the decode cache")
     parser.add_argument("--answer", type=int, default=32)
     parser.add_argument("--group", type=int, default=32)
+    parser.add_argument("--decode-only", action="store_true", help="skip the gathered (evaluator) section")
     args = parser.parse_args()
     bandwidth = copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e12:.2f} TB/s (read + write); "
           f"triton {triton.__version__}, torch {torch.__version__}")
     contexts = [int(c) for c in args.contexts.split(",")]
     bits = [int(b) for b in args.bits.split(",")]
-    gathered_section(bandwidth, contexts, [int(p) for p in args.populations.split(",")], bits, args.budget,
-                     args.answer, args.group)
+    peak = roofline_section(bandwidth, args.group)
+    if not args.decode_only:
+        gathered_section(bandwidth, contexts, [int(p) for p in args.populations.split(",")], bits, args.budget,
+                         args.answer, args.group, peak)
     decode_section(bandwidth, contexts, bits, args.decode_budget, args.group)
 
 

@@ -90,7 +90,7 @@ def decode_attention(
 def decode_attention_packed(
     query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor, scaling: float,
     sliding_window: int | None = None, splits: int | None = None, block_m: int = 16, block_n: int = 64,
-    compact_scales: bool = True,
+    compact_scales: bool = True, num_warps: int = 4, num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same over a packed cache: ``packed`` holds B * H_kv rows (row b * H_kv + h) of L entries, each
     dequantized as it is read; key_pos: [B, H_kv, L]."""
@@ -107,7 +107,7 @@ def decode_attention_packed(
     bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
                 V_GROUP=value_group(packed.group, packed.dim), COMPACT=compact_scales)
     return _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n,
-                   bits)
+                   bits, num_warps, num_stages)
 
 
 @triton.jit
@@ -140,7 +140,8 @@ def default_splits(length: int, rows: int, block_n: int, device) -> int:
 SPLIT_PROGRAMS_PER_SM = 8
 
 
-def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits):
+def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits,
+            num_warps=4, num_stages=3):
     batch, num_q, t_q, dim = query.shape
     num_kv, length = key_pos.shape[1], key_pos.shape[2]
     if num_q % num_kv or dim not in (16, 32, 64, 128, 256) or key_pos.shape[0] != batch:
@@ -168,7 +169,7 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
         acc.stride(0), acc.stride(1), acc.stride(2), acc.stride(3),
         num_kv, t_q, length, split_len, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=query.dtype == torch.float32, **bits,
+        IEEE=query.dtype == torch.float32, **bits, num_warps=num_warps, num_stages=num_stages,
     )
     # one launch merges the chunks; a row with nothing visible gets output 0 (as the reference) and lse -inf
     out = torch.empty_like(query)
