@@ -179,6 +179,32 @@ def _dequantize_sum_kernel(P, S, Z, OUT, length, stride_pr, stride_pt, stride_sr
     tl.store(OUT + (r * tl.num_programs(1) + tl.program_id(1)) * DIM + tl.arange(0, DIM), total)
 
 
+@triton.jit
+def _sliced_sum_kernel(P, S, Z, OUT, length, stride_pr, stride_pt, stride_sr, stride_st,
+                       BITS: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """The same read + dequantize (values: one scale per entry, group = DIM), unpacked bit-slice by bit-slice:
+    slice j of every word holds channels w * PER_WORD + j, so no register reshape is needed."""
+    PER_WORD: tl.constexpr = 32 // BITS
+    WORDS: tl.constexpr = DIM // PER_WORD
+    r = tl.program_id(0)
+    first = tl.program_id(1) * CHUNK
+    w = tl.arange(0, WORDS)
+    totals = tl.zeros([PER_WORD, WORDS], tl.float32)
+    j = tl.arange(0, PER_WORD)
+    for start in range(first, first + CHUNK, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < length
+        words = tl.load(P + r * stride_pr + offs[:, None] * stride_pt + w[None, :], mask=ok[:, None], other=0)
+        scale = tl.load(S + r * stride_sr + offs * stride_st, mask=ok, other=0.0).to(tl.float32)
+        zero = tl.load(Z + r * stride_sr + offs * stride_st, mask=ok, other=0.0).to(tl.float32)
+        words = words.to(tl.uint32, bitcast=True)
+        for k in tl.static_range(PER_WORD):
+            codes = ((words >> (k * BITS)) & (2**BITS - 1)).to(tl.float32)  # [BLOCK, WORDS]
+            part = tl.sum(codes * scale[:, None] + zero[:, None], axis=0)  # [WORDS]
+            totals += tl.where(j[:, None] == k, part[None, :], 0.0)
+    tl.store(OUT + (r * tl.num_programs(1) + tl.program_id(1)) * DIM + j[:, None] * WORDS + w[None, :], totals)
+
+
 def roofline_section(bandwidth, group):
     """What bounds attention over a packed cache: tensor-core throughput (measured bf16 GEMM), and how fast
     the GPU can merely read + dequantize packed codes (no attention work)."""
@@ -212,6 +238,20 @@ def roofline_section(bandwidth, group):
             moved = codes.numel() * 4 + scale.numel() * 2 * 2
             print(f"{f'{bits}':>5} {half:>6} {best[0]:>8.3f} {moved / (best[0] * 1e-3) / 1e9:>6.0f} "
                   f"{moved / (best[0] * 1e-3) / bandwidth:>7.0%} {best[1]:>10}", flush=True)
+            if per_channel or g != dim:
+                continue
+            best = None  # the bit-sliced unpack of the same values
+            for block, warps in ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8)):
+                chunk = 2048
+                out = torch.empty(rows, length // chunk, dim, device="cuda")
+                run = lambda: _sliced_sum_kernel[(rows, length // chunk)](  # noqa: E731
+                    codes, scale, zero, out, length, codes.stride(0), codes.stride(1), scale.stride(0),
+                    scale.stride(1), BITS=bits, DIM=dim, BLOCK=block, CHUNK=chunk, num_warps=warps)
+                ms = bench(run, rep=100)
+                if best is None or ms < best[0]:
+                    best = (ms, f"{block}/{warps}w")
+            print(f"{f'{bits}':>5} {'sliced':>6} {best[0]:>8.3f} {moved / (best[0] * 1e-3) / 1e9:>6.0f} "
+                  f"{moved / (best[0] * 1e-3) / bandwidth:>7.0%} {best[1]:>10}", flush=True)
     return peak
 
 
@@ -225,6 +265,7 @@ def main() -> None:
     parser.add_argument("--answer", type=int, default=32)
     parser.add_argument("--group", type=int, default=32)
     parser.add_argument("--decode-only", action="store_true", help="skip the gathered (evaluator) section")
+    parser.add_argument("--roofline-only", action="store_true", help="only the GEMM and read + dequantize ceilings")
     args = parser.parse_args()
     bandwidth = copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e12:.2f} TB/s (read + write); "
@@ -232,6 +273,8 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     bits = [int(b) for b in args.bits.split(",")]
     peak = roofline_section(bandwidth, args.group)
+    if args.roofline_only:
+        return
     if not args.decode_only:
         gathered_section(bandwidth, contexts, [int(p) for p in args.populations.split(",")], bits, args.budget,
                          args.answer, args.group, peak)
