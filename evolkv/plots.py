@@ -22,15 +22,18 @@ def plot_front(detail: dict[str, Any], out: str, split: str = "heldout") -> None
     for p in front:
         if p["winner"]:
             ax.plot(p["bits"], p[key], "*", markersize=16, color="tab:red", label="winner", zorder=5)
+    points: dict[tuple[float, float], list[str]] = {}  # baselines at one spot share one label
     for label, splits in sorted(detail["results"].items()):
         if not label.startswith("baseline:") or split not in splits:
             continue
         result = splits[split]
         if result.get("objective") is None or result.get("bits") is None:
             continue
-        ax.plot(result["bits"], max(result["objective"], 1e-6), "s", color="tab:gray")
-        ax.annotate(label.removeprefix("baseline:"), (result["bits"], max(result["objective"], 1e-6)),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+        spot = (round(result["bits"], 3), round(max(result["objective"], 1e-6), 7))
+        points.setdefault(spot, []).append(label.removeprefix("baseline:"))
+    for (bits, loss), names in points.items():
+        ax.plot(bits, loss, "s", color="tab:gray")
+        ax.annotate("/".join(names), (bits, loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
     target = (detail.get("settings") or {}).get("target_bits")
     if target:
         ax.axvline(target, color="tab:red", linestyle=":", linewidth=1, label=f"target {target:g} bits")
