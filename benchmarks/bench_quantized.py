@@ -164,10 +164,9 @@ def decode_section(bandwidth, contexts, bit_widths, budget, group):
 @triton.jit
 def _dequantize_sum_kernel(P, S, Z, OUT, length, stride_pr, stride_pt, stride_sr, stride_st,
                            BITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                           BLOCK: tl.constexpr, CHUNK: tl.constexpr, MAGIC: tl.constexpr = True):
+                           BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Read and dequantize a chunk of packed rows, keep only a column sum: the ceiling of any kernel that
-    dequantizes as it reads (no attention arithmetic at all). ``MAGIC=False``: codes converted to float
-    by an int-to-float instruction instead of the exponent trick the kernels use."""
+    dequantizes as it reads (no attention arithmetic at all)."""
     r = tl.program_id(0)
     first = tl.program_id(1) * CHUNK
     total = tl.zeros([DIM], tl.float32)
@@ -175,7 +174,7 @@ def _dequantize_sum_kernel(P, S, Z, OUT, length, stride_pr, stride_pt, stride_sr
         offs = start + tl.arange(0, BLOCK)
         ok = offs < length
         x = load_entries(P + r * stride_pr, S + r * stride_sr, Z + r * stride_sr, offs, ok, stride_pt, stride_st,
-                         BITS, GROUP, DIM, PER_CHANNEL, BLOCK, start, True, MAGIC)
+                         BITS, GROUP, DIM, PER_CHANNEL, BLOCK, start, True)
         total += tl.sum(x, axis=0)
     tl.store(OUT + (r * tl.num_programs(1) + tl.program_id(1)) * DIM + tl.arange(0, DIM), total)
 
@@ -216,17 +215,14 @@ def roofline_section(bandwidth, group):
     print(f"\nroofline: bf16 GEMM {m}^3: {peak / 1e12:.0f} TFLOP/s measured; ridge at copy bandwidth "
           f"{peak / bandwidth:.0f} FLOP/byte")
     rows, length, dim = 64, 32768, 128
-    print(f"read + dequantize only ({rows} rows x {length} entries x {dim}, group {group}, column sums out; "
-          f"i2f = int-to-float converts instead of the exponent trick):")
+    print(f"read + dequantize only ({rows} rows x {length} entries x {dim}, group {group}, column sums out):")
     print(f"{'bits':>5} {'half':>6} {'ms':>8} {'GB/s':>6} {'of copy':>8} {'setting':>10}")
     for bits in (8, 4, 2):
         keys = torch.randn(rows, length, dim, device="cuda", dtype=torch.bfloat16)
         packed = pack(keys, keys, bits, bits, group)
-        for half, codes, scale, zero, per_channel, g, magic in (
-                ("keys", packed.k, packed.k_scale, packed.k_zero, True, group, True),
-                ("k/i2f", packed.k, packed.k_scale, packed.k_zero, True, group, False),
-                ("values", packed.v, packed.v_scale, packed.v_zero, False, min(group, dim), True),
-                ("v/i2f", packed.v, packed.v_scale, packed.v_zero, False, min(group, dim), False)):
+        for half, codes, scale, zero, per_channel, g in (
+                ("keys", packed.k, packed.k_scale, packed.k_zero, True, group),
+                ("values", packed.v, packed.v_scale, packed.v_zero, False, min(group, dim))):
             best = None
             for block, warps in ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8)):
                 chunk = 2048
@@ -235,15 +231,13 @@ def roofline_section(bandwidth, group):
                 run = lambda: _dequantize_sum_kernel[grid](  # noqa: E731
                     codes, scale, zero, out, length, codes.stride(0), codes.stride(1), scale.stride(0),
                     scale.stride(1), BITS=bits, GROUP=g, DIM=dim, PER_CHANNEL=per_channel, BLOCK=block,
-                    CHUNK=chunk, MAGIC=magic, num_warps=warps)
+                    CHUNK=chunk, num_warps=warps)
                 ms = bench(run, rep=100)
                 if best is None or ms < best[0]:
                     best = (ms, f"{block}/{warps}w")
             moved = codes.numel() * 4 + scale.numel() * 2 * 2
             print(f"{f'{bits}':>5} {half:>6} {best[0]:>8.3f} {moved / (best[0] * 1e-3) / 1e9:>6.0f} "
                   f"{moved / (best[0] * 1e-3) / bandwidth:>7.0%} {best[1]:>10}", flush=True)
-            if not magic:
-                continue
             if per_channel or g != dim:
                 continue
             best = None  # the bit-sliced unpack of the same values

@@ -51,19 +51,9 @@ def _quantize_kernel(X, PACKED, SCALE, ZERO, length,
 
 
 @triton.jit
-def _exact_float(codes, MAGIC: tl.constexpr):
-    """Small unsigned codes (< 2**23) as float32. With ``MAGIC`` the code is OR-ed into the mantissa of
-    2**23 and 2**23 subtracted: an integer OR and a float add at full rate, where the int-to-float convert
-    runs at a quarter of it on Hopper (16 per SM and clock) and bounds the whole dequantization."""
-    if MAGIC:
-        return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    return codes.to(tl.float32)
-
-
-@triton.jit
 def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GROUP: tl.constexpr,
                  HEAD_DIM: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, start=0,
-                 COMPACT: tl.constexpr = False, MAGIC: tl.constexpr = True):
+                 COMPACT: tl.constexpr = False):
     """Entries ``offs`` [BLOCK] of one row of a packed cache as float32 [BLOCK, D]: unpacked and dequantized,
     or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points.
 
@@ -80,7 +70,7 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
         words = tl.load(P + offs[:, None] * stride_pt + w[None, :], mask=ok[:, None], other=0)
         shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
         codes = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)
-        codes = _exact_float(tl.reshape(codes, (BLOCK, HEAD_DIM)), MAGIC)
+        codes = tl.reshape(codes, (BLOCK, HEAD_DIM)).to(tl.float32)
         if COMPACT and PER_CHANNEL and BLOCK <= GROUP:  # keys: the block's one scale row
             at = (start // GROUP) * stride_st + d
             scale = tl.load(S + at).to(tl.float32)[None, :]
