@@ -47,7 +47,8 @@ class Prepared:
     answer_tokens: int  # greedy tokens to decode for exact match
     first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
     ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
-    packed: dict[tuple, PackedKV] = field(default_factory=dict)  # (scorer, layer, k, v, group, residual) -> packed
+    # (scorer, layer, k, v, group, residual) -> packed prefill; ("evicted", ...) -> (tail-first order, packed)
+    packed: dict[tuple, PackedKV | tuple[torch.Tensor, PackedKV]] = field(default_factory=dict)
 
     def packed_layer(self, scorer: str, layer: int, k_bits: int, v_bits: int, group: int,
                      residual: int = 0) -> PackedKV:

@@ -130,14 +130,14 @@ def _merge_splits_kernel(M, L, ACC, OUT, LSE, splits, stride_row, stride_arow, s
     tl.store(LSE + row, top + tl.log(total))
 
 
+SPLIT_PROGRAMS_PER_SM = 8
+
+
 def default_splits(length: int, rows: int, block_n: int, device) -> int:
     """Chunks per (sequence, KV head): enough programs to give every SM several (memory latency is hidden
     by programs in flight), but chunks of at least two blocks."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 4
     return max(1, min(triton.cdiv(length, 2 * block_n), triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, rows)))
-
-
-SPLIT_PROGRAMS_PER_SM = 8
 
 
 def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits,
