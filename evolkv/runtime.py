@@ -277,23 +277,25 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
         plain[rows] = False
     if plain.any():
         groups.append((plain.nonzero().squeeze(1), None, 0))
-    dense = not kernels._use_triton(query)  # torch path: dequantize each packed prefill once per cache
+    dense = not kernels._use_triton(query)
+
+    def read(key, order, packed, residual):
+        """(shared keys/values, packed) as the kernel reads them; the torch path dequantizes each packed
+        prefill into a dense copy once per cache (greedy decoding comes back once per token)."""
+        if not dense or packed is None:
+            return layer.shared, packed
+        if key not in layer.merged:
+            layer.merged[key] = with_packed_entries(*layer.shared, order[0], packed, residual)
+        return layer.merged[key], None
+
     for i, (rows, packed, residual) in enumerate(groups):
         order = layer.order if layer.order.shape[0] == 1 else layer.order[rows]
-        shared = layer.shared
-        if dense and packed is not None:
-            if i not in layer.merged:  # greedy decoding calls this once per token
-                layer.merged[i] = with_packed_entries(*layer.shared, order[0], packed, residual)
-            shared, packed = layer.merged[i], None
+        shared, packed = read(i, order, packed, residual)
         out[rows], lse[rows] = kernels.attend_gathered(query[rows], *shared, order, layer.counts[rows],
                                                        layer.keys[rows], layer.values[rows], scaling, sliding,
                                                        packed=packed, residual=residual)
     for i, (rows, tail, evicted, packed) in enumerate(layer.tails):
-        shared = layer.shared
-        if dense:
-            if ("tail", i) not in layer.merged:
-                layer.merged[("tail", i)] = with_packed_entries(*layer.shared, tail[0], packed, 0)
-            shared, packed = layer.merged[("tail", i)], None
+        shared, packed = read(("tail", i), tail, packed, 0)
         tail_out, tail_lse = kernels.attend_gathered(query[rows], *shared, tail, evicted, layer.keys[rows],
                                                      layer.values[rows], scaling, sliding, packed=packed,
                                                      include_new=False)
