@@ -14,8 +14,10 @@ from evolkv.config import KVConfig, LayerSpec, ModelSpec
 def waterfill(total: float, weights: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
     """Split ``total`` proportionally to ``weights`` without exceeding ``caps``; overflow goes to the rest.
 
-    weights, caps: [N] float. Returns [N] float summing to ``min(total, caps.sum())``.
+    weights, caps: [N] float. Returns [N] float (``weights``' dtype) summing to ``min(total, caps.sum())``, each
+    entry within ``[0, caps]``.
     """
+    caps = caps.to(weights.dtype)  # the water level is computed in the weights' precision
     alloc = torch.zeros_like(weights)
     free = torch.ones_like(weights, dtype=torch.bool)
     remaining = min(float(total), float(caps.sum()))
@@ -34,7 +36,7 @@ def waterfill(total: float, weights: torch.Tensor, caps: torch.Tensor) -> torch.
         remaining -= float((caps - alloc)[over].sum())
         alloc[over] = caps[over]
         free &= ~over
-    return alloc
+    return torch.minimum(alloc, caps)  # rounding of the running sums may overshoot a cap by an ulp
 
 
 def round_to_total(values: torch.Tensor, total: int, caps: torch.Tensor) -> torch.Tensor:

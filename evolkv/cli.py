@@ -343,6 +343,8 @@ def evaluate(
     split: str = typer.Option("heldout", help="search | heldout."),
     seed: int = typer.Option(0, help="Seed of the synthetic tasks."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question."),
+    scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming "
+                               "(a --config brings its own)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     as_json: bool = JSON,
 ) -> None:
@@ -357,7 +359,7 @@ def evaluate(
     cfg = KVConfig.load(config) if config else None
     settings = SearchSettings(model=model, tasks=_split(tasks), samples=samples, length=length, seed=seed,
                               query_aware=query_aware, device=device,
-                              scorer=cfg.scorer.name if cfg else "snapkv",
+                              scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
     _validate(settings)
     if split not in ("search", "heldout"):
@@ -369,8 +371,10 @@ def evaluate(
         reporter.stage(f"load {model or 'default model'}")
         loaded, executor = make_executor(settings)
         if cfg is None:
-            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec())
+            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec(scorer, window=settings.window))
         cfg.check_fits(loaded.spec)
+        if hasattr(executor, "evaluator"):  # a config may rank with a kernel other than the default's
+            executor.evaluator.add_scorers([cfg.scorer])
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         executor.prepare(split, progress=reporter.advance)
         reporter.stage("score")

@@ -11,6 +11,7 @@ equal what ``generate`` does here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -321,26 +322,43 @@ def _prefill_attention(query, key, value, scaling, sliding_window):
 AttentionInterface.register(ATTN_IMPLEMENTATION, evolkv_attention)
 
 
+CACHE_KWARGS = ("cache", "past_key_values")  # transformers >= 5.24 names it ``cache``; earlier 5.x releases
+# ``past_key_values`` (still accepted with a FutureWarning until 5.40)
+
+
+def cache_kwarg(model) -> str:
+    """The keyword ``model.forward`` takes its KV cache by, on the installed transformers."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @contextmanager
 def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> Iterator[None]:
     """Route ``model``'s attention through evolkv for the duration of the block; always restored.
 
     With ``make_cache``, every forward that starts a new sequence gets a fresh cache from it (so
     ``model.generate`` compresses without further arguments); without it, callers pass a
-    ``CompressedCache`` as ``past_key_values`` themselves.
+    ``CompressedCache`` themselves, as ``cache=`` or ``past_key_values=`` (either works on any 5.x).
     """
     previous = model.config._attn_implementation
     tokens: list = []
+    name = cache_kwarg(model)
 
     def before(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = None
+        for key in CACHE_KWARGS:  # a caller (or generate) may use either name; the model gets its own
+            if kwargs.get(key) is not None:
+                cache = kwargs.pop(key)
         if not isinstance(cache, CompressedCache):
             if make_cache is None or kwargs.get("use_cache") is False:
+                if cache is not None:
+                    kwargs[name] = cache
                 tokens.append(_ACTIVE.set(None))
                 return args, kwargs
             if cache is not None and cache.get_seq_length() > 0:
                 raise ConfigError("this cache was prefilled without evolkv; start generation inside apply()")
-            cache = kwargs["past_key_values"] = make_cache()
+            cache = make_cache()
+        kwargs[name] = cache
         tokens.append(_ACTIVE.set(cache))
         return args, kwargs
 

@@ -23,7 +23,7 @@ import torch
 
 from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
-from evolkv.errors import ConfigError
+from evolkv.errors import ConfigError, EvolKVError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
 from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first
@@ -121,7 +121,13 @@ class Evaluator:
         self.query_aware = query_aware
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
-        self.full = uniform_config(spec, Budget("fraction", 1.0))
+        # the reference keeps every token, so any prepared ranking serves it: use the run's own scorer
+        self.full = uniform_config(spec, Budget("fraction", 1.0), next(iter(self.scorers.values())))
+
+    def add_scorers(self, scorers: Sequence[ScorerSpec]) -> None:
+        """Also rank by ``scorers`` in samples prepared from now on (a config or baseline that needs them)."""
+        for s in scorers:
+            self.scorers.setdefault(scorer_key(s), s)
 
     # -- prefill once ---------------------------------------------------------------------------------------
     def _encode(self, text: str, special: bool) -> torch.Tensor:
@@ -144,7 +150,7 @@ class Evaluator:
         policy = _Capture(self.spec, self.scorers)
         cache = CompressedCache(self.spec.num_layers, policy)
         with attach(self.model):
-            out = self.model(prompt[None].to(self.device), past_key_values=cache, logits_to_keep=1)
+            out = self.model(prompt[None].to(self.device), cache=cache, logits_to_keep=1)
         first = int(out.logits[0, -1].argmax()) if self.query_aware else None
         feed = answer[:-1] if self.query_aware else torch.cat([question, answer[:-1]])
         targets = answer[1:] if self.query_aware else answer
@@ -180,7 +186,7 @@ class Evaluator:
         per_config = [self._counts(cfg, prep) for cfg in configs]
         keys = {scorer_key(cfg.scorer) for cfg in configs}
         for i in range(self.spec.num_layers):
-            counts = torch.stack([c[i] for c in per_config]).to(self.device)  # [C, H_kv]
+            counts = torch.stack([c[i].to(self.device) for c in per_config])  # [C, H_kv]
             if len(keys) == 1:  # one ranking shared by every candidate
                 orders = prep.orders[next(iter(keys))][i]  # [1, H_kv, T]
             else:
@@ -213,7 +219,7 @@ class Evaluator:
         cache = self._cache(configs, prep)
         feed = prep.feed[None].expand(len(configs), -1)
         with attach(self.model):
-            logits = self.model(feed, past_key_values=cache, logits_to_keep=prep.targets.numel()).logits
+            logits = self.model(feed, cache=cache, logits_to_keep=prep.targets.numel()).logits
         return torch.log_softmax(logits.float(), dim=-1)
 
     def score(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
@@ -246,7 +252,7 @@ class Evaluator:
             return []
         try:
             logprobs = self._logprobs([cfg for cfg, _ in live], prep)  # [C, A, V]
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, EvolKVError) as e:  # OOM, a shape a kernel refuses, a config error
             if len(live) == 1:
                 failures[live[0][1]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 return []
@@ -294,7 +300,7 @@ class Evaluator:
             pending, tokens = question[None].expand(count, -1), []
         with attach(self.model):
             while sum(t.shape[1] for t in tokens) < prep.answer_tokens + LEAD_IN:
-                logits = self.model(pending, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+                logits = self.model(pending, cache=cache, logits_to_keep=1).logits[:, -1]
                 pending = logits.argmax(-1, keepdim=True)  # [C, 1]
                 tokens.append(pending)
         generated = torch.cat(tokens, dim=1)

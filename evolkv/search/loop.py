@@ -17,7 +17,7 @@ import numpy as np
 
 from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
-from evolkv.errors import SearchInterrupted
+from evolkv.errors import EvolKVError, SearchInterrupted
 from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE
 from evolkv.search.baselines import baseline
@@ -102,7 +102,7 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
     job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
 
-    space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head)
+    space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
     incumbent = space.encode(baseline("uniform", spec, budget, scorer))
     best_f, best_cfg = math.inf, None
     blocks = list(_schedule(settings, space))
@@ -117,10 +117,10 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
         for gen in range(gen_start, gen_start + gen_count):
             started = time.perf_counter()
             X = optimizer.ask()
-            configs = [view.decode(x) for x in X]
-            scores = job.evaluate(configs, generation=gen, labels=["search"] * len(configs))
+            configs = job.build(view, X, gen)
+            scores = job.evaluate_built(configs, generation=gen)
             F = np.array([s.objective if s.ok else np.inf for s in scores])
-            optimizer.tell(X, F)
+            optimizer.tell(X, F)  # a candidate that failed to build or score is infeasible (inf)
             for x, f, cfg in zip(X, F, configs):
                 if f < best_f:
                     best_f, best_cfg = float(f), cfg
@@ -181,7 +181,8 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     always = {(16, 16), *QUANT_BASELINES.values()}
     choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
                for g in groups]
-    tokens = BudgetSpace(spec, budget, scorer, per_head=settings.per_head) if joint else None
+    tokens = (BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
+              if joint else None)
     space = PrecisionSpace(base, groups, choices, settings.group_size, residuals, tokens,
                            evicted=parse_evicted(settings.evicted_bits))
     before, after = space.size()
@@ -206,14 +207,14 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     for gen in range(settings.generations):
         started = time.perf_counter()
         X = optimizer.ask()
-        configs = [space.decode(x) for x in X]
-        scores = job.evaluate(configs, generation=gen, labels=["search"] * len(configs))
+        configs = job.build(space, X, gen)
+        scores = job.evaluate_built(configs, generation=gen)
         F = np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
         # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
         # which spends the population where the winner is chosen (the stored front keeps the true bits)
         optimizer.tell(X, np.stack([F[:, 0], np.maximum(F[:, 1], settings.target_bits)], axis=1))
         for cfg, (f, bits) in zip(configs, F):
-            if np.isfinite(f):
+            if cfg is not None and np.isfinite(f):
                 seen[cfg.hash()] = (cfg, float(f), float(bits))
         front = _pareto(list(seen.values()))
         best = min((f for _, f, b in front if within_bits(b, settings.target_bits)), default=math.inf)
@@ -296,6 +297,27 @@ class _Job:
                                           self.executor.worker)
             results.update(computed)
         return [results[cfg.hash()] for cfg in configs]
+
+    def build(self, view, X: np.ndarray, generation: int) -> list[KVConfig | None]:
+        """Decode each gene vector of a population; one that cannot become a config is stored as a failed
+        evaluation with its reason and comes back as ``None`` (the search goes on)."""
+        configs: list[KVConfig | None] = []
+        for x in X:
+            try:
+                configs.append(view.decode(x))
+            except (EvolKVError, ValueError, RuntimeError) as e:
+                reason = f"cannot build a config from the genes: {type(e).__name__}: {e}"
+                self.store.add_failed_build(self.run_id, self.spec, list(view.full(x) if hasattr(view, "full")
+                                                                        else x), generation, "search", reason)
+                configs.append(None)
+        return configs
+
+    def evaluate_built(self, configs: list[KVConfig | None], generation: int) -> list[Score]:
+        """``evaluate`` the configs that were built; the others score as failed."""
+        built = [cfg for cfg in configs if cfg is not None]
+        scores = iter(self.evaluate(built, generation=generation, labels=["search"] * len(built)) if built else [])
+        return [next(scores) if cfg is not None else Score(math.inf, status="failed", reason="build failed")
+                for cfg in configs]
 
     def exact_match(self, configs: list[KVConfig], labels: list[str]) -> None:
         """Greedy exact-match accuracy of the final configs on both splits, stored as evaluations."""

@@ -1,8 +1,10 @@
 """The optimiser's view of a config: a real vector that always decodes to a config spending the budget.
 
 Genes are log-weights: ``L`` per-layer genes (and ``L * H_kv`` per-head genes with ``per_head``). Layer
-budgets are the softmax of the layer genes times the total, water-filled between a floor and a cap, so
-every decoded config spends exactly the target (its mean layer budget equals the run's budget).
+budgets are the softmax of the layer genes times the total, water-filled between a floor and a cap (all
+of the context for a fraction; the context length, when known, for tokens per head), so every decoded
+config spends exactly the target (its mean layer budget equals the run's budget) and every gene vector
+within the bounds decodes to a valid config.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class BudgetSpace:
     scorer: ScorerSpec = field(default_factory=ScorerSpec)
     per_head: bool = False
     floor: float = 0.1  # a layer keeps at least this share of the mean budget
+    context: int | None = None  # tokens budgets: no layer asks for more tokens per head than this
+
+    @property
+    def cap(self) -> float:
+        """The most a layer may keep, in the budget's unit (never below the mean, so the total fits)."""
+        if self.budget.kind == "fraction":
+            return 1.0
+        return max(float(self.context), self.budget.value) if self.context else float("inf")
 
     @property
     def n_var(self) -> int:
@@ -37,10 +47,10 @@ class BudgetSpace:
     def layer_budgets(self, genes: np.ndarray) -> list[float]:
         layers, mean = self.model.num_layers, self.budget.value
         weights = torch.softmax(torch.tensor(genes[:layers], dtype=torch.float64), dim=0)
-        cap = 1.0 if self.budget.kind == "fraction" else float("inf")
-        floor = self.floor * mean
-        extra = waterfill(mean * layers - floor * layers, weights, torch.full((layers,), cap - floor))
-        return [floor + float(x) for x in extra]
+        cap, floor = self.cap, self.floor * mean
+        room = torch.full((layers,), cap - floor, dtype=torch.float64)
+        extra = waterfill((mean - floor) * layers, weights, room)
+        return [min(max(floor + float(x), floor), cap) for x in extra]
 
     def decode(self, x: np.ndarray) -> KVConfig:
         x = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND)

@@ -6,6 +6,8 @@ search resumes from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -121,6 +123,28 @@ class Store:
                                       split=split, objective=objective, metrics=score.metrics,
                                       status=score.status, reason=score.reason, duration_s=score.duration_s,
                                       worker=worker))
+        self._write(fn)
+
+    def add_failed_build(self, run_id: str, spec: ModelSpec, genes: list[float], generation: int, label: str,
+                         reason: str) -> None:
+        """A candidate whose genes could not be turned into a config: kept as data (its genes, in a candidate
+        row of schema ``evolkv.genes/1``), with the reason, as a failed evaluation on the search split."""
+        genes = [float(g) for g in genes]
+        digest = "g" + hashlib.sha256(json.dumps(genes).encode()).hexdigest()[:23]
+        model_id = self.model_id(spec)
+
+        def fn(session: Session) -> None:
+            row = session.scalar(select(CandidateRow).filter_by(hash=digest))
+            if row is None:
+                row = CandidateRow(hash=digest, model_id=model_id, config={"schema": "evolkv.genes/1", "genes": genes})
+                session.add(row)
+                session.flush()
+            if session.scalar(select(EvaluationRow).filter_by(run_id=run_id, candidate_id=row.id,
+                                                              generation=generation)) is not None:
+                return  # a resumed run re-proposes the same genes
+            session.add(EvaluationRow(run_id=run_id, candidate_id=row.id, generation=generation, label=label,
+                                      split="search", objective=None, metrics={}, status="failed",
+                                      reason=reason[:500], worker="build"))
         self._write(fn)
 
     def set_winner(self, run_id: str, cfg: KVConfig, search_objective: float, heldout_objective: float | None,
