@@ -111,8 +111,9 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
 @app.command()
 def search(
     budget: str = typer.Option("100%", "--budget", "-b", help="Token budget: '10%' of the context's KV entries, "
-                               "or '128' tokens per KV head (average over layers and heads). Quant mode keeps "
-                               "every token; joint mode searches precisions within this budget."),
+                               "or '128' tokens per KV head (average over layers and heads); below 100% in tokens "
+                               "mode. Quant mode keeps every token (100% only); joint mode searches precisions "
+                               "within this budget."),
     mode: str = typer.Option("tokens", help="tokens: per-layer/head token budgets. quant: per-layer key/value "
                              "precisions (KVTuner) on a Pareto front of KL vs bits. joint: both together."),
     target_bits: float = typer.Option(4.0, help="quant/joint: pick the best front point at or under this many "
@@ -138,8 +139,10 @@ def search(
                               "vartrack, or paths to .jsonl files with context/question/answers."),
     samples: int = typer.Option(4, min=1, help="Samples per task in each split (search and held-out)."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
-    per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads."),
-    groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn."),
+    per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads "
+                                  "(tokens and joint modes)."),
+    groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn "
+                               "(tokens mode; quant/joint use --clusters)."),
     scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
@@ -147,6 +150,8 @@ def search(
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", help="Weights and activations: auto (bfloat16 on CUDA, float32 on the "
+                              "CPU) | bfloat16 | float16 | float32. Stored with the run; resume uses it."),
     executor: str = typer.Option("local", help="local: score in this process. ray: shard the samples over "
                                  "Ray actors (one GPU each with --device cuda), same results as local."),
     workers: int = typer.Option(1, min=1, help="ray: number of actors."),
@@ -163,8 +168,6 @@ def search(
         raise EvolKVError(f"mode must be tokens, quant or joint, not {mode!r}")
     if not 2.0 <= target_bits <= 16.0:
         raise EvolKVError(f"--target-bits {target_bits:g} is outside [2, 16] bits per KV element")
-    if mode == "tokens" and budget == "100%":
-        raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
@@ -174,7 +177,7 @@ def search(
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
                               length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
-                              device=device)
+                              device=device, dtype=dtype)
     _validate(settings)
     _run_and_report(settings, None, db, as_json)
 
@@ -231,6 +234,7 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         progress.add_row(str(g["generation"] + 1), str(g["evaluated"]), str(g["failed"]), _fmt(g["best"]),
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
+    _print_timings(detail.get("timings") or {})
     results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM", "held-out NLL",
                     title="winner vs baselines (KL to the full cache: lower is better)")
     for label, splits in sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner"):
@@ -250,6 +254,21 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
             front.add_row(str(p["point"]), _fmt(p["bits"], 3), _fmt(p["objective"]), _fmt(p["heldout_objective"]),
                           _fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
         console.print(front)
+
+
+def _print_timings(timings: dict[str, Any]) -> None:
+    stages = timings.get("stages") or []
+    if not stages:
+        return
+    total = sum(st["seconds"] for st in stages)
+    peak = timings.get("peak_gpu_gib")
+    table = Table("stage", "seconds", "share", "evaluations", "evals/s",
+                  title=f"where the time went: {total:.1f} s" + (f", peak GPU memory {peak:.2f} GiB" if peak else ""))
+    for st in stages:
+        rate = st["evaluations"] / st["seconds"] if st["evaluations"] and st["seconds"] > 0 else None
+        table.add_row(st["stage"], f"{st['seconds']:.2f}", f"{st['seconds'] / total:.0%}" if total else "-",
+                      str(st["evaluations"] or "-"), _fmt(rate, 1))
+    console.print(table)
 
 
 @app.command()
@@ -346,6 +365,8 @@ def evaluate(
     scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming "
                                "(a --config brings its own)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "
+                              "float32."),
     as_json: bool = JSON,
 ) -> None:
     """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
@@ -358,7 +379,7 @@ def evaluate(
         raise EvolKVError("give exactly one of --config FILE or --baseline NAME")
     cfg = KVConfig.load(config) if config else None
     settings = SearchSettings(model=model, tasks=_split(tasks), samples=samples, length=length, seed=seed,
-                              query_aware=query_aware, device=device,
+                              query_aware=query_aware, device=device, dtype=dtype,
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
     _validate(settings)
@@ -424,7 +445,12 @@ def _validate(settings) -> None:
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import OPTIMIZERS
 
+    from evolkv.devices import resolve_device, resolve_dtype
+
     Budget.parse(settings.budget)
+    if not (settings.executor == "ray" and settings.ray_address):  # a remote cluster's GPUs are not ours to see
+        settings.device = resolve_device(settings.device)  # no silent CPU fall back
+    settings.dtype = resolve_dtype(settings.dtype, settings.device)
     for task in settings.tasks:
         if task not in TASKS and not task.endswith(".jsonl"):
             raise EvolKVError(f"unknown task {task!r}; known: {', '.join(TASKS)} or a .jsonl file")
@@ -455,8 +481,18 @@ def _validate(settings) -> None:
             raise EvolKVError(f"--evicted-bits: {exc}") from None
         if settings.mode == "quant" and any(settings.evicted_bits):
             raise EvolKVError("--evicted-bits keeps tokens a budget evicts: use it with --mode joint --budget B")
+        if settings.mode == "quant" and Budget.parse(settings.budget).value != 1.0:
+            raise EvolKVError("--mode quant keeps every token (--budget 100%); to search token budgets and "
+                              "precisions together use --mode joint --budget B")
+        if settings.mode == "quant" and settings.per_head:
+            raise EvolKVError("--per-head splits token budgets over KV heads: use it with --mode tokens or joint")
+        if settings.groups > 1:
+            raise EvolKVError("--groups is the token search's layer schedule; --mode quant and joint group "
+                              "layers with --clusters")
     elif settings.optimizer in ("nsga2", "optuna-nsga2"):
         raise EvolKVError(f"{settings.optimizer} needs two objectives: use it with --mode quant or joint")
+    elif Budget.parse(settings.budget).value == 1.0 and Budget.parse(settings.budget).kind == "fraction":
+        raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
     if settings.scorer not in SCORERS:
         raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
     for name in settings.baselines:

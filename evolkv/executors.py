@@ -7,6 +7,7 @@ spread over the tasks, for cheap passes such as the precision sensitivity).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from evolkv.config import KVConfig
@@ -36,6 +37,7 @@ class LocalExecutor:
         self.samples = samples
         self.worker = f"local:{evaluator.device}"
         self._prepared: dict[str, list[Prepared]] = {}
+        self.load_seconds: float | None = None  # set by make_local: the model's load, a stage of the run
 
     def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
         if split not in self._prepared:
@@ -76,7 +78,9 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     from evolkv import models
     from evolkv.config import ScorerSpec
 
+    started = time.perf_counter()
     loaded = models.load(settings.model, settings.device, settings.dtype)
+    load_seconds = time.perf_counter() - started
     torch.manual_seed(settings.seed)
     samples = build_samples(settings, loaded.tokenizer)
     if shard is not None:
@@ -85,7 +89,9 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     scorers = [ScorerSpec(settings.scorer, window=settings.window), ScorerSpec("streaming", settings.window, 1)]
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size)
-    return loaded, LocalExecutor(evaluator, samples)
+    executor = LocalExecutor(evaluator, samples)
+    executor.load_seconds = load_seconds
+    return loaded, executor
 
 
 def make_executor(settings, reporter=None):

@@ -98,7 +98,7 @@ def model_spec(config: Any, name: str) -> ModelSpec:
                      layer_types=tuple(types), sliding_window=sliding)
 
 
-def load(name: str | None = None, device: str = "cpu", dtype: str = "float32", weights: bool = True) -> LoadedModel:
+def load(name: str | None = None, device: str = "cpu", dtype: str = "auto", weights: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer from local files only (``weights=False``: config and tokenizer
     only, ``model`` is None; what a Ray driver needs)."""
     import torch
@@ -108,10 +108,9 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "float32", w
     local = Path(location).is_dir()
     if not local and (location.startswith((".", "/", "~")) or os.sep in location.strip("/").replace("/", "", 1)):
         raise ModelError(f"model directory {location} does not exist")
-    try:
-        torch_dtype = getattr(torch, dtype)
-    except AttributeError as e:
-        raise ModelError(f"unknown dtype {dtype!r}") from e
+    from evolkv.devices import resolve_dtype
+
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
         if not weights:
@@ -119,7 +118,10 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "float32", w
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
             return LoadedModel(display, None, tokenizer, model_spec(config, display))
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True)
+        # straight onto the GPU: an 8B model is not staged through host memory first
+        placement = {"device_map": {"": device}} if device.startswith("cuda") else {}
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True,
+                                                     **placement)
     except (OSError, ValueError) as e:
         if local:
             raise ModelError(f"cannot load model {display!r} from {location}: {str(e).splitlines()[0]}") from e

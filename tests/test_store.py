@@ -107,7 +107,7 @@ def test_a_database_made_before_migrations_is_upgraded_not_broken(db_url):
     cfg = uniform_config(SPEC, Budget.parse("10%"))
     store.set_winner("old", cfg, 0.5, 0.4, {})
     with sa.create_engine(db_url).connect() as connection:
-        assert connection.execute(sa.text("select version_num from evolkv_schema_version")).scalar() == "0002"
+        assert connection.execute(sa.text("select version_num from evolkv_schema_version")).scalar() == "0003"
         assert "front_points" in sa.inspect(connection).get_table_names()
     store.set_front("old", [(cfg, 0.5, 16.0, 0.4, {"kl": 0.4}, True)])
     point, config = Store(db_url).front("old")[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
+from evolkv.devices import is_out_of_memory, peak_memory_gib
 from evolkv.errors import EvolKVError, SearchInterrupted
 from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE
@@ -49,7 +51,7 @@ class SearchSettings:
     baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])
     batch_size: int = 8
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (the CLI stores the resolved one)
     mode: str = "tokens"  # tokens | quant (precision pairs at full budget) | joint (budgets and precisions)
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
@@ -95,12 +97,14 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
 
     for split in ("search", "heldout"):
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
-        executor.prepare(split, progress=reporter.advance)
+        with job.stage(f"prefill {split}", len(executor.samples[split])):
+            job.prepare(split)
     if settings.mode != "tokens":
         return _search_front(settings, spec, job, budget, scorer)
 
     baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
-    job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
+    with job.stage("baselines", len(baselines)):
+        job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
 
     space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
     incumbent = space.encode(baseline("uniform", spec, budget, scorer))
@@ -117,8 +121,9 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
         for gen in range(gen_start, gen_start + gen_count):
             started = time.perf_counter()
             X = optimizer.ask()
-            configs = job.build(view, X, gen)
-            scores = job.evaluate_built(configs, generation=gen)
+            with job.stage(f"generation {gen + 1}", len(X)):
+                configs = job.build(view, X, gen)
+                scores = job.evaluate_built(configs, generation=gen)
             F = np.array([s.objective if s.ok else np.inf for s in scores])
             optimizer.tell(X, F)  # a candidate that failed to build or score is infeasible (inf)
             for x, f, cfg in zip(X, F, configs):
@@ -138,9 +143,11 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     reporter.stage("re-score winner and baselines on held-out data")
     finals = [winner, *baselines.values()]
     labels = ["winner", *[f"baseline:{n}" for n in baselines]]
-    job.evaluate(finals, generation=-2, labels=labels)
-    heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
-    job.exact_match(finals, labels)
+    with job.stage("held-out re-score", 2 * len(finals)):
+        job.evaluate(finals, generation=-2, labels=labels)
+        heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
+    with job.stage("exact match", 2 * len(finals)):
+        job.exact_match(finals, labels)
     winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
     store.set_winner(run_id, winner, best_f, heldout[0].objective if heldout[0].ok else None, heldout[0].metrics)
     store.update_run(run_id, status="finished", best_objective=best_f)
@@ -164,14 +171,16 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     for name, (k, v) in QUANT_BASELINES.items():  # uniform caches as papers run them: no full-precision window
         baselines[name] = with_precisions(base, [(k, v)] * spec.num_layers, settings.group_size,
                                           residuals[0]).with_provenance(label=f"baseline:{name}")
-    job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
+    with job.stage("baselines", len(baselines)):
+        job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
 
     # KVTuner's reduction: one-layer sensitivity, prune dominated pairs, cluster layers
     probes = sensitivity_configs(base, settings.group_size, residuals[0])
     reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
                    total=len(probes) * job.executor.split_size(PROBE))
-    scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
-                          split=PROBE, progress=reporter.advance)
+    with job.stage("sensitivity", len(probes)):
+        scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
+                              split=PROBE, progress=reporter.advance)
     errors = np.zeros((spec.num_layers, len(PAIRS)))
     for (layer, pair, _), score in zip(probes, scores):
         errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
@@ -207,8 +216,9 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     for gen in range(settings.generations):
         started = time.perf_counter()
         X = optimizer.ask()
-        configs = job.build(space, X, gen)
-        scores = job.evaluate_built(configs, generation=gen)
+        with job.stage(f"generation {gen + 1}", len(X)):
+            configs = job.build(space, X, gen)
+            scores = job.evaluate_built(configs, generation=gen)
         F = np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
         # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
         # which spends the population where the winner is chosen (the stored front keeps the true bits)
@@ -230,8 +240,9 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
     reporter.stage("re-score the front and baselines on held-out data")
     points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
     labels = [f"front:{i}" for i in range(len(points))]
-    heldout = job.evaluate(points + list(baselines.values()), generation=-2,
-                           labels=labels + [f"baseline:{n}" for n in baselines], split="heldout")
+    with job.stage("held-out re-score", len(points) + len(baselines) + 2):
+        heldout = job.evaluate(points + list(baselines.values()), generation=-2,
+                               labels=labels + [f"baseline:{n}" for n in baselines], split="heldout")
     winner_cfg, win_f, win_bits = front[win_index]
     winner = winner_cfg.with_provenance(run_id=run_id, label="winner", model=spec.name, search_objective=win_f,
                                         bits=win_bits, target_bits=settings.target_bits, mode=settings.mode,
@@ -241,9 +252,11 @@ def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
                                         heldout_objective=heldout[win_index].objective,
                                         under_target=bool(under))
     finals = [winner, *baselines.values()]
-    job.evaluate([winner], generation=-2, labels=["winner"])
-    job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
-    job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in baselines]])
+    with job.stage("winner re-score", 2):
+        job.evaluate([winner], generation=-2, labels=["winner"])
+        job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
+    with job.stage("exact match", 2 * len(finals)):
+        job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in baselines]])
     store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
                              for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))])
     win_heldout = heldout[win_index]
@@ -269,6 +282,39 @@ class _Job:
     def __init__(self, settings, spec, executor, store, run_id, reporter):
         self.settings, self.spec, self.executor = settings, spec, executor
         self.store, self.run_id, self.reporter = store, run_id, reporter
+        self.timings = dict(store.run(run_id).timings or {})  # a resumed run adds its stages to the earlier ones
+        self.timings.setdefault("stages", [])
+        load = getattr(executor, "load_seconds", None)
+        if load is not None:
+            self.timings["stages"].append({"stage": "model load", "seconds": round(load, 3), "evaluations": 0})
+
+    @contextmanager
+    def stage(self, name: str, evaluations: int = 0):
+        """Time a stage of the run and store it (with the peak GPU memory so far) when it ends."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings["stages"].append({"stage": name, "seconds": round(time.perf_counter() - started, 3),
+                                           "evaluations": evaluations})
+            peak = peak_memory_gib(self.settings.device)
+            if peak is not None:
+                self.timings["peak_gpu_gib"] = round(max(peak, self.timings.get("peak_gpu_gib", 0.0)), 3)
+            self.store.update_run(self.run_id, timings=dict(self.timings))
+
+    def prepare(self, split: str) -> None:
+        """Prefill a split's samples; running out of GPU memory there is one error naming the fixes (the run
+        is marked failed and can be resumed with more memory)."""
+        try:
+            self.executor.prepare(split, progress=self.reporter.advance)
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            self.store.update_run(self.run_id, status="failed")
+            raise EvolKVError(f"out of {'GPU ' if self.settings.device.startswith('cuda') else ''}memory "
+                              f"prefilling the {split} samples ({self.settings.length} tokens each, "
+                              f"dtype {self.settings.dtype}): lower --length or --samples, or use "
+                              f"--dtype bfloat16; then `evolkv resume {self.run_id}`") from None
 
     def evaluate(self, configs: list[KVConfig], generation: int, labels: list[str],
                  split: str = "search", progress=None) -> list[Score]:

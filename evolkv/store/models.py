@@ -43,6 +43,8 @@ class RunRow(Base):
     status: Mapped[str] = mapped_column(String(20), default="running")
     best_objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     generations_done: Mapped[int] = mapped_column(Integer, default=0)
+    # {"stages": [{"stage", "seconds", "evaluations"}...], "peak_gpu_gib"}: where a run's time went
+    timings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 

@@ -248,7 +248,8 @@ class Store:
                              "mean": sum(values) / len(values) if values else None, "best_so_far": best})
         winner = self.winner(run.id)
         front = [{**point, "precisions": _precisions(cfg)} for point, cfg in self.front(run.id)]
-        return {**_run_dict(run, model.name), "settings": run.settings, "generations": progress,
+        return {**_run_dict(run, model.name), "settings": run.settings, "timings": run.timings or {},
+                "generations": progress,
                 "results": dict(labelled), "front": front,
                 "winner": None if winner is None else {"search_objective": winner[0].search_objective,
                                                        "heldout_objective": winner[0].heldout_objective,
