@@ -21,9 +21,11 @@ for step in $steps; do
     search8k|search32k)
       python3 benchmarks/gpu/make_llama8b.py /tmp/llama8b 2>&1 | tail -1
       length=$([ "$step" = search8k ] && echo 8000 || echo 32000)
-      timeout 560 python3 benchmarks/bench_search_gpu.py --model /tmp/llama8b --length "$length" ${BENCH_ARGS:-} \
+      timeout ${T_SEARCH:-560} python3 benchmarks/bench_search_gpu.py --model /tmp/llama8b --length "$length" ${BENCH_ARGS:-} \
         2>&1 | tee "$OUT/bench_search_gpu_$length.txt" ;;
     headline)
-      timeout 500 python3 benchmarks/bench_gpu.py 2>&1 | tee "$OUT/bench_gpu.txt" | tail -20 ;;
+      for ctx in ${HEADLINE_CONTEXTS:-8192 32768}; do
+        timeout ${T_HEADLINE:-240} python3 benchmarks/bench_gpu.py --context "$ctx" 2>&1 | tee "$OUT/bench_gpu_$ctx.txt" | tail -8
+      done ;;
   esac
 done
