@@ -123,3 +123,28 @@ def test_bad_cuda_input_is_one_line(tmp_path):
     result = evolkv("search", "--budget", "10%", "--device", f"cuda:{count}", "--db", tmp_path / "x.db", check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")
     assert f"{count} CUDA device" in result.stderr
+
+
+def test_samples_parked_in_host_memory_score_the_same(loaded, monkeypatch):
+    """Long contexts: prefills that do not fit the GPU wait in host memory; their scores do not change."""
+    import numpy as np
+
+    from evolkv.config import Budget
+    from evolkv.evaluators import evaluator as evaluator_module
+    from evolkv.evaluators.evaluator import Evaluator
+    from evolkv.evaluators.tasks import load_tasks
+    from evolkv.search.space import BudgetSpace
+
+    tiny = loaded["llama"]
+    samples = load_tasks(["passkey"], 2, 300, 0, "search", tiny.tokenizer)
+    space = BudgetSpace(tiny.spec, Budget.parse("20%"), per_head=True)
+    configs = [space.decode(x) for x in np.random.default_rng(0).uniform(-2, 2, (4, space.n_var))]
+    on_gpu = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, query_aware=True)
+    expected = on_gpu.score(configs, on_gpu.prepare(samples))
+    monkeypatch.setattr(evaluator_module, "GPU_RESERVE", 10**15)  # nothing fits: every sample is parked
+    parked = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, query_aware=True)
+    prepared = parked.prepare(samples)
+    assert all(p.keys[0].device.type == "cpu" for p in prepared)
+    got = parked.score(configs, prepared)
+    assert [g.objective for g in got] == pytest.approx([e.objective for e in expected], rel=1e-5, abs=1e-7)
+    assert parked.exact_match(configs, prepared) == on_gpu.exact_match(configs, on_gpu.prepare(samples))

@@ -13,6 +13,7 @@ The caches and the attention are those of ``evolkv.runtime``, so a candidate sco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -137,10 +138,30 @@ class Evaluator:
     def prepare(self, samples: Sequence[Sample], progress: Callable[[], None] | None = None) -> list[Prepared]:
         prepared = []
         for sample in samples:
-            prepared.append(self._prepare_one(sample))
+            prepared.append(self._park(self._prepare_one(sample)))
             if progress:
                 progress()
         return prepared
+
+    # -- long contexts: prefills kept in host memory once the GPU runs short ------------------------------------
+    def _park(self, prep: Prepared) -> Prepared:
+        """Leave ``prep``'s prefill on the GPU while it has room for scoring and the next prefill; else move it
+        to (pinned) host memory, from where ``_resident`` brings it back for each use. A 32k-token sample of an
+        8B GQA model holds 4 GiB of keys and values: 32 of them do not fit one card."""
+        if self.device.type != "cuda":
+            return prep
+        sample_bytes = sum(t.numel() * t.element_size() for t in [*prep.keys, *prep.values])
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        if free > 2 * sample_bytes + GPU_RESERVE:
+            return prep
+        return _moved(prep, _to_host)
+
+    def _resident(self, prep: Prepared) -> Prepared:
+        """``prep`` with its prefill on this evaluator's device (a temporary copy for a parked sample)."""
+        if prep.keys[0].device == self.device:
+            return prep
+        return _moved(prep, lambda t: t.to(self.device, non_blocking=True))
 
     def _prepare_one(self, sample: Sample) -> Prepared:
         context = self._encode(sample.context, special=True)
@@ -237,6 +258,7 @@ class Evaluator:
         for prep in prepared:
             if not prep.targets.numel():
                 continue
+            prep = self._resident(prep)
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 for index, metrics in self._score_chunk([configs[i] for i in chunk], chunk, prep, failures):
                     for key, value in metrics.items():
@@ -281,6 +303,7 @@ class Evaluator:
         """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), in sample order."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
+            prep = self._resident(prep)
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
@@ -340,6 +363,25 @@ def aggregate(scores: SampleScores) -> list[Score]:
         metrics = {key: sum(v) / len(v) for key, v in per_metric.items()}
         out.append(Score(metrics.get("kl", 0.0), metrics, duration_s=elapsed))
     return out
+
+
+GPU_RESERVE = 6 * 2**30  # bytes kept free beside two samples' prefills: the batched forwards of scoring
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.empty_like(tensor, device="cpu", pin_memory=True).copy_(tensor)
+    except RuntimeError:  # pinned memory exhausted: pageable (slower copies back)
+        return tensor.to("cpu")
+
+
+def _moved(prep: Prepared, move: Callable[[torch.Tensor], torch.Tensor]) -> Prepared:
+    """``prep`` with its per-layer prefill tensors moved by ``move`` (packed copies are rebuilt where used)."""
+    return dataclasses.replace(
+        prep, keys=[move(t) for t in prep.keys], values=[move(t) for t in prep.values],
+        orders={name: [move(t) for t in layers] for name, layers in prep.orders.items()},
+        sorted_scores={name: [move(t) for t in layers] for name, layers in prep.sorted_scores.items()},
+        packed={})
 
 
 def _chunks(items: list, size: int):

@@ -311,10 +311,12 @@ class _Job:
             if not is_out_of_memory(e):
                 raise
             self.store.update_run(self.run_id, status="failed")
+            wide = self.settings.dtype == "float32"
             raise EvolKVError(f"out of {'GPU ' if self.settings.device.startswith('cuda') else ''}memory "
                               f"prefilling the {split} samples ({self.settings.length} tokens each, "
-                              f"dtype {self.settings.dtype}): lower --length or --samples, or use "
-                              f"--dtype bfloat16; then `evolkv resume {self.run_id}`") from None
+                              f"dtype {self.settings.dtype}): start again with a lower --length or --samples"
+                              f"{' or --dtype bfloat16' if wide else ''}, or free GPU memory and "
+                              f"`evolkv resume {self.run_id}`") from None
 
     def evaluate(self, configs: list[KVConfig], generation: int, labels: list[str],
                  split: str = "search", progress=None) -> list[Score]:
