@@ -23,8 +23,8 @@ import ray
 import torch
 
 from evolkv.config import Budget
-from evolkv.executors import make_executor
-from evolkv.search.loop import SearchSettings
+from evolkv.pools import make_executor
+from evolkv.settings import SearchSettings
 from evolkv.search.space import BudgetSpace
 from evolkv.testing import char_tokenizer
 

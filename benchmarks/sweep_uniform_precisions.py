@@ -16,7 +16,7 @@ from evolkv.allocation import avg_bits
 from evolkv.config import Budget, ScorerSpec
 from evolkv.executors import make_local
 from evolkv.search.baselines import baseline
-from evolkv.search.loop import SearchSettings
+from evolkv.settings import SearchSettings
 from evolkv.search.precision import with_precisions
 
 

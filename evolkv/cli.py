@@ -24,6 +24,13 @@ class _Group(typer.core.TyperGroup):
         except EvolKVError as e:
             Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Exception as e:  # a database driver's error that a read let through: still one line
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            first = str(getattr(e, "orig", None) or e).splitlines()[0]
+            Console(stderr=True).print(f"error: database error: {first} (is --db an evolkv database?)", markup=False,
+                                       highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(cls=_Group, help="Search how to spend a KV-cache memory budget across an LLM's layers and heads, "
@@ -90,7 +97,7 @@ def _progress() -> Progress:
 
 def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool) -> None:
     from evolkv.config import Budget
-    from evolkv.executors import make_executor
+    from evolkv.pools import make_executor
     from evolkv.search.loop import run_search
 
     Budget.parse(settings.budget)  # fail on a bad budget before loading anything
@@ -162,7 +169,7 @@ def search(
 ) -> None:
     """Search per-layer (and per-head) token budgets, or per-layer key/value precisions, that keep the
     model's answers closest to the full cache within the memory you give it."""
-    from evolkv.search.loop import SearchSettings
+    from evolkv.settings import SearchSettings
 
     if mode not in ("tokens", "quant", "joint"):
         raise EvolKVError(f"mode must be tokens, quant or joint, not {mode!r}")
@@ -186,7 +193,7 @@ def search(
 def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
            as_json: bool = JSON) -> None:
     """Finish an interrupted search: finished generations are read back from the store, not re-evaluated."""
-    from evolkv.search.loop import SearchSettings
+    from evolkv.settings import SearchSettings
 
     run = _store(db).run(run_id)
     if run.status == "finished":
@@ -199,18 +206,30 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."), db: Optional[str] = DB,
               as_json: bool = JSON) -> None:
-    """The search history: id, model, mode, budget, optimizer, status, best objective, date."""
+    """The search history: id, model, budget (quant: precisions only; 20%+q: joint), optimizer, status (stale:
+    its process is gone, `evolkv resume ID` finishes it), generations, best objective, date."""
     rows = _store(db).runs(limit)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(Column("id", no_wrap=True), Column("model", overflow="ellipsis", max_width=24), "budget",
-                  "optimizer", Column("status", no_wrap=True), "gens", "best KL", Column("created", no_wrap=True),
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for r in rows:
-        table.add_row(r["id"], r["model"], r["budget"], r["optimizer"], r["status"], str(r["generations_done"]),
-                      _fmt(r["best_objective"]), (r["created_at"] or "").replace("T", " ")[5:16])
+    table = Table(Column("id", no_wrap=True), Column("model", no_wrap=True, overflow="ellipsis"),
+                  Column("budget", no_wrap=True), Column("optimizer", no_wrap=True), Column("status", no_wrap=True),
+                  Column("gens", no_wrap=True), Column("best KL", no_wrap=True), Column("created", no_wrap=True),
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=0, show_edge=False)
+    for r in rows:  # fits 80 columns: a model path shows its last part, the objective 3 significant digits
+        budget = {"quant": "quant", "joint": f"{r['budget']}+q"}.get(r["mode"], r["budget"])
+        best = "-" if r["best_objective"] is None else f"{r['best_objective']:.3g}"
+        table.add_row(r["id"], _short_model(r["model"]), budget, r["optimizer"], r["status"],
+                      str(r["generations_done"]), best, (r["created_at"] or "").replace("T", " ")[5:16])
     console.print(table if rows else "no runs yet: start one with `evolkv search --budget 10%`")
+    stale = [r["id"] for r in rows if r["status"] == "stale"]
+    if stale:
+        console.print(f"stale (its process is gone): `evolkv resume {stale[0]}`", soft_wrap=True)
+
+
+def _short_model(name: str) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    return parts[-1] if name.startswith(("/", ".", "~")) and parts else name
 
 
 @runs_app.command("show")
@@ -371,9 +390,9 @@ def evaluate(
 ) -> None:
     """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
     from evolkv.config import Budget, KVConfig, ScorerSpec
-    from evolkv.executors import make_executor
+    from evolkv.pools import make_executor
     from evolkv.search.baselines import baseline as make_baseline
-    from evolkv.search.loop import SearchSettings
+    from evolkv.settings import SearchSettings
 
     if (config is None) == (baseline is None):
         raise EvolKVError("give exactly one of --config FILE or --baseline NAME")
@@ -456,6 +475,11 @@ def _validate(settings) -> None:
             raise EvolKVError(f"unknown task {task!r}; known: {', '.join(TASKS)} or a .jsonl file")
     if not settings.tasks:
         raise EvolKVError("give at least one task")
+    budget = Budget.parse(settings.budget)
+    synthetic = not any(task.endswith(".jsonl") for task in settings.tasks)
+    if budget.kind == "tokens" and synthetic and budget.value >= settings.length and settings.mode != "quant":
+        raise EvolKVError(f"--budget {budget} tokens per KV head keeps all of a {settings.length}-token context: "
+                          "nothing would be compressed; give fewer tokens or a percentage like 10%")
     if settings.optimizer not in OPTIMIZERS:
         raise EvolKVError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if settings.executor not in ("local", "ray"):

@@ -17,11 +17,12 @@ per KV head (``"128"``). Its ``heads`` split that layer's tokens among KV heads 
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ ALLOWED_BITS = (16, 8, 4, 2)
 ALLOWED_GROUPS = (32, 64, 128)
 EVICTED_BITS = (0, 8, 4, 2)
 
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Budget:
         if percent:
             if number <= 0 or number > 100:
                 raise BudgetError(f"budget {text!r} must be in (0%, 100%]")
-            return cls("fraction", number / 100.0)
+            with decimal.localcontext(prec=80):  # correctly rounded: str(budget) parses back to the same value
+                return cls("fraction", float(decimal.Decimal(match.group(1)) / 100))
         if number <= 0:
             raise BudgetError(f"budget {text!r} must be at least 1 token per head")
         if number != int(number):
@@ -74,7 +76,23 @@ class Budget:
         return min(self.value, float(context_len))
 
     def __str__(self) -> str:
-        return f"{self.value * 100:g}%" if self.kind == "fraction" else f"{int(self.value)}"
+        return f"{_percent(self.value)}%" if self.kind == "fraction" else f"{int(self.value)}"
+
+
+def _percent(value: float) -> str:
+    """The shortest percentage text that parses back to exactly ``value`` ("10", "1.5", "98.828125")."""
+    pct = value * 100
+    up = down = pct
+    candidates = [pct]
+    for _ in range(16):  # x * 100 / 100 is not always x: a neighbour of x * 100 is
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+        candidates += [up, down]
+    with decimal.localcontext(prec=80):
+        for candidate in candidates:
+            for text in (f"{candidate:g}", repr(candidate)):
+                if float(decimal.Decimal(text) / 100) == value:
+                    return text
+        return format((decimal.Decimal(value) * 100).normalize(), "f")  # exact, long, always parses back
 
 
 @dataclass(frozen=True)
@@ -262,20 +280,41 @@ class KVConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> KVConfig:
+        """Parse and validate a config object; anything wrong with it raises ``ConfigError`` naming the field."""
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
         if data.get("schema") != SCHEMA:
             raise ConfigError(f"config schema is {data.get('schema')!r}, expected {SCHEMA!r}")
         try:
-            layers = tuple(LayerSpec(**{**layer, "heads": None if layer.get("heads") is None
-                                        else tuple(layer["heads"])}) for layer in data["layers"])
-            return cls(model=ModelSpec.from_dict(data["model"]), budget=Budget.parse(data["budget"]),
-                       scorer=ScorerSpec(**data.get("scorer", {})), layers=layers,
-                       provenance=dict(data.get("provenance") or {}))
+            _known(data, _TOP_FIELDS, "config")
+            layers = data["layers"]
+            if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+                raise ConfigError("config field 'layers' must be a list of objects")
+            specs = tuple(_layer_from_dict(layer, i) for i, layer in enumerate(layers))
+            model, scorer = data["model"], data.get("scorer", {})
+            if not isinstance(model, dict) or not isinstance(scorer, dict):
+                raise ConfigError("config fields 'model' and 'scorer' must be objects")
+            _known(model, {f.name for f in fields(ModelSpec)} | {"fingerprint"}, "model")
+            _known(scorer, {f.name for f in fields(ScorerSpec)}, "scorer")
+            provenance = data.get("provenance") or {}
+            if not isinstance(provenance, dict):
+                raise ConfigError("config field 'provenance' must be an object")
+            cfg = cls(model=ModelSpec.from_dict(model), budget=Budget.parse(data["budget"]),
+                      scorer=ScorerSpec(**scorer), layers=specs, provenance=dict(provenance))
         except KeyError as e:
             raise ConfigError(f"config JSON lacks the field {e.args[0]!r}") from e
-        except TypeError as e:
-            raise ConfigError(f"config JSON has a malformed field: {e}") from e
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as e:
+            raise ConfigError(f"config JSON has a malformed field: {str(e).splitlines()[0][:200]}") from e
+        cfg._check_mean()
+        return cfg
+
+    def _check_mean(self) -> None:
+        """The layers must spend what ``budget`` says (a config agrees with itself)."""
+        mean, want = self.mean_budget, self.budget.value
+        if abs(mean - want) > 1e-3 * want + 1e-9:
+            unit = (lambda v: f"{v * 100:.4g}%") if self.budget.kind == "fraction" else (lambda v: f"{v:.4g} tokens")
+            raise ConfigError(f"config field 'budget' says {self.budget} but its layers keep {unit(mean)} on "
+                              "average: fix 'budget' or the layers' 'budget' values")
 
     @classmethod
     def from_json(cls, text: str) -> KVConfig:
@@ -283,14 +322,20 @@ class KVConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"config is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        except RecursionError:
+            raise ConfigError("config JSON is nested too deeply to be a config") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | Path) -> KVConfig:
         try:
-            text = Path(path).read_text()
+            raw = Path(path).read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start}): is it a JSON file?") from None
         return cls.from_json(text)
 
     def save(self, path: str | Path) -> None:
@@ -298,6 +343,39 @@ class KVConfig:
             Path(path).write_text(self.to_json() + "\n")
         except OSError as e:
             raise ConfigError(f"cannot write config {path}: {e.strerror}") from e
+
+
+_TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance"}
+_INT_FIELDS = ("k_bits", "v_bits", "group_size", "residual", "evicted_bits")
+
+
+def _known(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where} has an unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
+    _known(layer, {f.name for f in fields(LayerSpec)}, f"layer {index}")
+    values = dict(layer)
+    for name in _INT_FIELDS:  # 4.0 is 4 (many JSON writers emit floats); 4.5 is an error
+        value = values.get(name)
+        if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+            raise ConfigError(f"layer {index} field {name!r} must be a whole number, not {value!r}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"layer {index} field {name!r} must be a whole number, not {value!r}")
+            values[name] = int(value)
+    budget = values.get("budget")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ConfigError(f"layer {index} field 'budget' must be a number, not {budget!r}")
+    heads = values.get("heads")
+    if heads is not None:
+        if not isinstance(heads, list) or not all(isinstance(h, (int, float)) and not isinstance(h, bool)
+                                                  for h in heads):
+            raise ConfigError(f"layer {index} field 'heads' must be a list of numbers or null")
+        values["heads"] = tuple(heads)
+    return LayerSpec(**values)
 
 
 def uniform_config(model: ModelSpec, budget: Budget, scorer: ScorerSpec | None = None,

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from evolkv.config import KVConfig
-from evolkv.errors import EvolKVError
 from evolkv.evaluators.evaluator import Evaluator, Prepared, Score
 from evolkv.evaluators.tasks import Sample
 
@@ -54,8 +53,9 @@ class LocalExecutor:
                  progress: Callable[[int], None] | None = None) -> list[Score]:
         return self.evaluator.score(configs, self.prepared(split), progress)
 
-    def exact_match(self, configs: Sequence[KVConfig], split: str) -> list[dict[str, float]]:
-        return self.evaluator.exact_match(configs, self.prepared(split))
+    def exact_match(self, configs: Sequence[KVConfig], split: str,
+                    progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+        return self.evaluator.exact_match(configs, self.prepared(split), progress)
 
 
 def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
@@ -92,21 +92,3 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     executor = LocalExecutor(evaluator, samples)
     executor.load_seconds = load_seconds
     return loaded, executor
-
-
-def make_executor(settings, reporter=None):
-    """The executor ``settings.executor`` names (``local`` or ``ray``) and the model's description."""
-    executor = getattr(settings, "executor", "local")
-    if executor == "local":
-        return make_local(settings)
-    if executor != "ray":
-        raise EvolKVError(f"unknown executor {executor!r}; known: local, ray")
-    from evolkv import models
-
-    try:
-        from evolkv.ray_executor import RayExecutor
-    except ImportError as e:
-        raise EvolKVError("--executor ray needs the ray package: pip install 'evolkv[ray]'") from e
-    loaded = models.load(settings.model, "cpu", settings.dtype, weights=False)  # the driver needs no weights
-    samples = build_samples(settings, loaded.tokenizer)
-    return loaded, RayExecutor(settings, samples, settings.ray_address, settings.workers)

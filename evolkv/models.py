@@ -18,14 +18,28 @@ import yaml
 from evolkv.config import ModelSpec
 from evolkv.errors import ModelError
 
-CONFIG_DIR = Path(os.environ.get("EVOLKV_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+PACKAGED = Path(__file__).resolve().parent / "configs" / "models.yaml"  # ships in the wheel
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ModelError(f"cannot read model aliases {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("aliases", {}), dict):
+        raise ModelError(f"model aliases {path} must map 'aliases' to a mapping of names")
+    return data
 
 
 def _aliases() -> dict[str, Any]:
-    try:
-        return yaml.safe_load((CONFIG_DIR / "models.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelError(f"cannot read model aliases {CONFIG_DIR / 'models.yaml'}: {e}") from e
+    """The packaged aliases, with the user's ``$EVOLKV_CONFIGS/models.yaml`` (if any) on top."""
+    data = _read(PACKAGED)
+    user_dir = os.environ.get("EVOLKV_CONFIGS")
+    if user_dir and (Path(user_dir) / "models.yaml").exists():
+        user = _read(Path(user_dir) / "models.yaml")
+        data = {**data, **{k: v for k, v in user.items() if k != "aliases"},
+                "aliases": {**data.get("aliases", {}), **user.get("aliases", {})}}
+    return data
 
 
 def default_model() -> str:

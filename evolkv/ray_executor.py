@@ -36,7 +36,7 @@ class _Worker:
         import torch
 
         from evolkv.executors import make_local
-        from evolkv.search.loop import SearchSettings
+        from evolkv.settings import SearchSettings
 
         torch.set_num_threads(threads)  # the driver's: CPU reductions then sum in the same order as local
 
@@ -93,9 +93,12 @@ class RayExecutor:
             progress(len(configs) * self.split_size(split))
         return aggregate(SampleScores.concat(parts))
 
-    def exact_match(self, configs: Sequence[KVConfig], split: str) -> list[dict[str, float]]:
+    def exact_match(self, configs: Sequence[KVConfig], split: str,
+                    progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         payload = [cfg.to_json(indent=None) for cfg in configs]
         parts = self._map("exact_match", payload, split)
+        if progress:  # the actors' shards end together
+            progress(self.split_size(split))
         joined: list[dict[str, list[float]]] = [{} for _ in configs]
         for part in parts:
             for merged, mine in zip(joined, part):

@@ -180,3 +180,23 @@ def test_unreachable_ray_address_and_unknown_executor(tmp_path, model_dirs):
     assert line.startswith("error:") and "cannot reach the Ray cluster" in line
     line = _one_line_error(invoke("search", "--budget", "10%", "--executor", "dask", "--db", tmp_path / "x.db"))
     assert "unknown executor" in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--device", "gpu"], "is not one of cpu, cuda, cuda:N"),
+    (["--dtype", "float8"], "is not one of auto, bfloat16, float16, float32"),
+    (["--device", "cuda:99"], "CUDA device"),
+])
+def test_bad_device_and_dtype_are_one_line_before_anything_loads(args, words, tmp_path):
+    line = _one_line_error(invoke("search", "--budget", "10%", *args, "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and words in line
+    assert not (tmp_path / "x.db").exists()  # nothing was created
+
+
+def test_cuda_on_a_machine_without_it_names_the_fix(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = _one_line_error(invoke("eval", "--baseline", "uniform", "--device", "cuda"))
+    assert "no CUDA device" in line and "--device cpu" in line

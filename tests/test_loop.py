@@ -3,7 +3,7 @@
 import pytest
 
 from evolkv.errors import SearchInterrupted
-from evolkv.executors import make_executor
+from evolkv.pools import make_executor
 from evolkv.search.loop import SearchSettings, run_search
 from evolkv.store.store import Store
 
@@ -24,8 +24,8 @@ class Interrupting:
             raise KeyboardInterrupt
         return self.inner.evaluate(configs, split)
 
-    def exact_match(self, configs, split):
-        return self.inner.exact_match(configs, split)
+    def exact_match(self, configs, split, progress=None):
+        return self.inner.exact_match(configs, split, progress)
 
     def split_size(self, split):
         return self.inner.split_size(split)

@@ -10,7 +10,7 @@ ray = pytest.importorskip("ray")
 
 from evolkv.config import Budget, ScorerSpec  # noqa: E402
 from evolkv.errors import EvolKVError  # noqa: E402
-from evolkv.executors import make_executor  # noqa: E402
+from evolkv.pools import make_executor  # noqa: E402
 from evolkv.search.baselines import BASELINES, baseline  # noqa: E402
 from evolkv.search.loop import SearchSettings, run_search  # noqa: E402
 from evolkv.store.store import Store  # noqa: E402

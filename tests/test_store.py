@@ -66,7 +66,10 @@ def test_unknown_and_ambiguous_run_ids(db_url):
     with pytest.raises(StoreError, match="ambiguous"):
         store.run("abc")
     with pytest.raises(StoreError, match="no run"):
-        store.run("zzz")
+        store.run("fff")
+    for pattern in ("zzz", "%", "", "ab_1", "abc%"):  # a prefix is literal hex, never a LIKE pattern
+        with pytest.raises(StoreError, match="not a run id"):
+            store.run(pattern)
 
 
 @pytest.mark.parametrize("url", ["notadb://x", "postgresql+nodriver://u@localhost/db"])

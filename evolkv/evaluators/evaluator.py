@@ -24,7 +24,7 @@ import torch
 
 from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
-from evolkv.errors import ConfigError, EvolKVError
+from evolkv.errors import ConfigError, EvolKVError, TaskError
 from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
 from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first
@@ -167,6 +167,11 @@ class Evaluator:
         context = self._encode(sample.context, special=True)
         question = self._encode("\n" + sample.question, special=False)
         answer = self._encode(" " + sample.answer.strip(), special=False)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        total = context.numel() + question.numel() + answer.numel()
+        if limit and total > limit:
+            raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
+                            "shorten it (or --length) or use a longer-context model")
         prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
         policy = _Capture(self.spec, self.scorers)
         cache = CompressedCache(self.spec.num_layers, policy)
@@ -292,14 +297,16 @@ class Evaluator:
         return results
 
     # -- exact match ----------------------------------------------------------------------------------------
-    def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]) -> list[dict[str, float]]:
+    def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
+                    progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
         ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task."""
-        return [{key: sum(v) / len(v) for key, v in h.items()} for h in self.exact_match_samples(configs, prepared)]
+        return [{key: sum(v) / len(v) for key, v in h.items()}
+                for h in self.exact_match_samples(configs, prepared, progress)]
 
     @torch.no_grad()
-    def exact_match_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]
-                            ) -> list[dict[str, list[float]]]:
+    def exact_match_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
+                            progress: Callable[[int], None] | None = None) -> list[dict[str, list[float]]]:
         """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), in sample order."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
@@ -310,6 +317,8 @@ class Evaluator:
                     hit = float(prep.sample.answer.strip().lower() in text.lower())
                     hits[i]["em"].append(hit)
                     hits[i][f"{prep.sample.task}/em"].append(hit)
+            if progress:
+                progress(1)
         return [dict(h) for h in hits]
 
     def _greedy(self, configs: Sequence[KVConfig], prep: Prepared) -> list[str]:
@@ -360,8 +369,12 @@ def aggregate(scores: SampleScores) -> list[Score]:
         if i in scores.failures:
             out.append(Score(math.inf, status="failed", reason=scores.failures[i], duration_s=elapsed))
             continue
+        if not per_metric.get("kl"):  # no sample had an answer to score: nothing was measured
+            out.append(Score(math.inf, status="failed", reason="no sample has answer tokens to score",
+                             duration_s=elapsed))
+            continue
         metrics = {key: sum(v) / len(v) for key, v in per_metric.items()}
-        out.append(Score(metrics.get("kl", 0.0), metrics, duration_s=elapsed))
+        out.append(Score(metrics["kl"], metrics, duration_s=elapsed))
     return out
 
 

@@ -99,9 +99,13 @@ def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[S
     """Samples of a ``{"context", "question", "answers"}`` file; a stable hash of each line picks its split."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8").splitlines()
     except OSError as e:
         raise TaskError(f"cannot read task file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise TaskError(f"task file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSONL") from None
+    if not any(line.strip() for line in lines):
+        raise TaskError(f"task file {path} is empty: one JSON object per line with context, question, answers")
     samples = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -111,8 +115,11 @@ def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[S
             answers = row["answers"]
             answer = answers[0] if isinstance(answers, list) else answers
             sample = Sample(path.stem, str(row["context"]), str(row["question"]), str(answer), f"{path.stem}:{number}")
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-            raise TaskError(f"{path}:{number}: expected JSON with context, question, answers ({e})") from e
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, RecursionError) as e:
+            raise TaskError(f"{path}:{number}: expected JSON with context, question, answers "
+                            f"({str(e)[:120]})") from None
+        if not sample.answer.strip():  # nothing to measure: KL 0 and a perfect exact match would be a lie
+            raise TaskError(f"{path}:{number}: the answer is empty; every sample needs a non-empty answer")
         bucket = int(hashlib.sha256(line.encode()).hexdigest(), 16) % 2
         if SPLITS[bucket] == split:
             samples.append(sample)

@@ -8,10 +8,11 @@ the store and loses at most the generation in flight.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,44 +28,8 @@ from evolkv.search.optimizers import make_optimizer
 from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
                                     sensitivity_configs, with_precisions)
 from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.settings import SearchSettings
 from evolkv.store.store import Store
-
-
-@dataclass
-class SearchSettings:
-    """Everything that defines a run (stored with it, so ``resume`` can rebuild it)."""
-
-    model: str | None = None
-    budget: str = "10%"
-    optimizer: str = "cmaes"
-    generations: int = 6
-    population: int = 8
-    seed: int = 0
-    tasks: list[str] = field(default_factory=lambda: ["passkey", "multikey"])
-    samples: int = 4
-    length: int = 1000
-    per_head: bool = False
-    groups: int = 0
-    scorer: str = "snapkv"
-    window: int = 8
-    query_aware: bool = True
-    baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (the CLI stores the resolved one)
-    mode: str = "tokens"  # tokens | quant (precision pairs at full budget) | joint (budgets and precisions)
-    target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
-    group_size: int = 128
-    residual: int | list[int] | str = 0  # quant/joint: full-precision top-ranked entries; several = a gene per group
-    evicted_bits: int | list[int] | str = 0  # joint, MiKV: evicted tokens' tier bits (0 = drop); several = a gene
-    clusters: int = 6  # quant/joint: layer groups sharing a precision pair
-    probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
-    executor: str = "local"  # local | ray
-    workers: int = 1  # ray: actors (one GPU each with --device cuda)
-    ray_address: str | None = None  # ray: auto, ray://host:port; none = start a local Ray
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Reporter:
@@ -84,7 +49,7 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
     if run_id is None:
         run_id = uuid.uuid4().hex[:12]
         store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict(), settings.mode)
-    store.update_run(run_id, status="running")
+    store.update_run(run_id, status="running", owner=f"{socket.gethostname()}:{os.getpid()}")
     try:
         return _search(settings, spec, executor, store, run_id, reporter, budget, scorer)
     except KeyboardInterrupt:
@@ -307,6 +272,9 @@ class _Job:
         is marked failed and can be resumed with more memory)."""
         try:
             self.executor.prepare(split, progress=self.reporter.advance)
+        except EvolKVError:  # a sample the model cannot take: the run ends here, failed, with the reason
+            self.store.update_run(self.run_id, status="failed")
+            raise
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -375,8 +343,8 @@ class _Job:
             todo = [(cfg, label) for cfg, label in zip(configs, labels) if label not in done]
             if not todo:
                 continue
-            self.reporter.stage(f"exact-match accuracy on the {split} split")
-            accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split)
+            self.reporter.stage(f"exact-match accuracy on the {split} split", total=self.executor.split_size(split))
+            accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
             for (cfg, label), acc in zip(todo, accuracy):
                 self.store.add_evaluation(self.run_id, cfg, -2, label, f"{split}/em",
                                           Score(acc["em"], acc), self.executor.worker)

@@ -45,6 +45,8 @@ class RunRow(Base):
     generations_done: Mapped[int] = mapped_column(Integer, default=0)
     # {"stages": [{"stage", "seconds", "evaluations"}...], "peak_gpu_gib"}: where a run's time went
     timings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True)  # host:pid of the running process
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)  # refreshed by every write of the run
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import random
+import re
+import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -102,6 +104,7 @@ class Store:
                 setattr(row, key, value)
             if fields.get("status") in ("finished", "failed"):
                 row.finished_at = utcnow()
+            row.heartbeat_at = utcnow()
         self._write(fn)
 
     def _candidate(self, session: Session, cfg: KVConfig) -> CandidateRow:
@@ -182,7 +185,10 @@ class Store:
         with self._session() as session:
             row = session.get(RunRow, run_id)
             if row is None:
-                matches = session.scalars(select(RunRow).where(RunRow.id.startswith(run_id))).all()
+                if not _RUN_ID.fullmatch(run_id or ""):  # a prefix is literal hex: no '%', '_' or ''
+                    raise StoreError(f"{run_id!r} is not a run id: give the id (or a prefix of it) in hex digits, "
+                                     "as `evolkv runs list` shows it")
+                matches = session.scalars(select(RunRow).where(RunRow.id.startswith(run_id, autoescape=True))).all()
                 if len(matches) != 1:
                     raise StoreError(f"no run {run_id!r} in {self.url}" if not matches
                                      else f"run id {run_id!r} is ambiguous ({len(matches)} runs)")
@@ -266,7 +272,11 @@ class Store:
                        RunRow.budget_value <= budget.value + 1e-12)).all()
         if not rows:
             return None
-        winner, run, config = max(rows, key=lambda r: (r[1].budget_value, -(r[0].heldout_objective or math.inf)))
+        def rank(row):  # the largest budget, then the lowest held-out loss (0.0, lossless, is the best)
+            heldout = row[0].heldout_objective
+            return row[1].budget_value, -(heldout if heldout is not None else math.inf)
+
+        winner, run, config = max(rows, key=rank)
         return KVConfig.from_dict(config).with_provenance(**(winner.provenance or {})), {"run_id": run.id, "budget": run.budget,
                                             "search_objective": winner.search_objective,
                                             "heldout_objective": winner.heldout_objective}
@@ -280,15 +290,36 @@ def _precisions(cfg: KVConfig) -> str:
     return " ".join(f"{name}x{n}" for name, n in counts.items())
 
 
+STALE_AFTER_S = 1800  # a running search writes at least once a stage; silent this long, it is presumed dead
+
+
+def _is_stale(run: RunRow) -> bool:
+    """A ``running`` run whose process is gone: its pid is dead on this host, or no heartbeat for a while."""
+    if run.status != "running":
+        return False
+    host, _, pid = (run.owner or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    beat = run.heartbeat_at or run.created_at
+    return beat is not None and (utcnow() - beat).total_seconds() > STALE_AFTER_S
+
+
 def _run_dict(run: RunRow, model: str) -> dict[str, Any]:
+    status = "stale" if _is_stale(run) else run.status
     return {"id": run.id, "model": model, "mode": run.mode, "budget": run.budget, "optimizer": run.optimizer,
-            "seed": run.seed, "status": run.status, "best_objective": run.best_objective,
+            "seed": run.seed, "status": status, "best_objective": run.best_objective,
             "generations_done": run.generations_done,
             "created_at": run.created_at.isoformat(timespec="seconds") if run.created_at else None,
             "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None}
 
 
 WRITE_RETRIES = 8
+_RUN_ID = re.compile(r"[0-9a-f]{1,32}")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 

@@ -1,0 +1,47 @@
+"""What defines a run: the settings a search is started with, stored with the run so ``resume`` rebuilds it.
+
+A leaf module (no evolkv imports), so the loop, the executors and the Ray actors all read it without import
+circles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class SearchSettings:
+    """Everything that defines a run (stored with it, so ``resume`` can rebuild it)."""
+
+    model: str | None = None
+    budget: str = "10%"
+    optimizer: str = "cmaes"
+    generations: int = 6
+    population: int = 8
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "multikey"])
+    samples: int = 4
+    length: int = 1000
+    per_head: bool = False
+    groups: int = 0
+    scorer: str = "snapkv"
+    window: int = 8
+    query_aware: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (the CLI stores the resolved one)
+    mode: str = "tokens"  # tokens | quant (precision pairs at full budget) | joint (budgets and precisions)
+    target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
+    group_size: int = 128
+    residual: int | list[int] | str = 0  # quant/joint: full-precision top-ranked entries; several = a gene per group
+    evicted_bits: int | list[int] | str = 0  # joint, MiKV: evicted tokens' tier bits (0 = drop); several = a gene
+    clusters: int = 6  # quant/joint: layer groups sharing a precision pair
+    probe_samples: int = 4  # search samples the one-layer sensitivity pass is measured on
+    executor: str = "local"  # local | ray
+    workers: int = 1  # ray: actors (one GPU each with --device cuda)
+    ray_address: str | None = None  # ray: auto, ray://host:port; none = start a local Ray
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,268 @@
+"""Bad input of every kind: one `error:` line, exit code 2, nothing lost; and the properties behind it."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from evolkv.cli import app
+from evolkv.config import Budget, KVConfig, ModelSpec, uniform_config
+from evolkv.errors import BudgetError, ConfigError, StoreError, TaskError
+from evolkv.evaluators.tasks import from_jsonl
+from evolkv.search.space import BudgetSpace
+from evolkv.store.store import Store
+
+SPEC = ModelSpec("toy", "llama", 4, 8, 2, 16, ["full_attention"] * 4)
+runner = CliRunner()
+
+
+def invoke(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error:"), lines
+    return lines[-1]
+
+
+# -- configs -----------------------------------------------------------------------------------------------
+
+
+def test_deeply_nested_binary_and_misspelt_configs_are_one_line(tmp_path):
+    nested, binary, typo = tmp_path / "nested.json", tmp_path / "binary.json", tmp_path / "typo.json"
+    nested.write_text("[" * 100_000)
+    binary.write_bytes(bytes(range(256)) * 4)
+    data = uniform_config(SPEC, Budget.parse("10%")).to_dict()
+    data["layers"][0]["budgte"] = 0.2
+    typo.write_text(json.dumps(data))
+    assert "nested too deeply" in one_line_error(invoke("eval", "--config", nested))
+    assert "not UTF-8" in one_line_error(invoke("eval", "--config", binary))
+    assert "unknown field 'budgte'" in one_line_error(invoke("eval", "--config", typo))
+
+
+def test_integral_float_bits_load_and_a_config_must_agree_with_itself():
+    data = uniform_config(SPEC, Budget.parse("10%"), k_bits=4, v_bits=2).to_dict()
+    data["layers"] = [{**layer, "k_bits": 4.0, "group_size": 32.0} for layer in data["layers"]]
+    assert KVConfig.from_dict(data).layers[0].k_bits == 4
+    data["layers"][0]["k_bits"] = 4.5
+    with pytest.raises(ConfigError, match="whole number"):
+        KVConfig.from_dict(data)
+    data = uniform_config(SPEC, Budget.parse("100%")).to_dict()
+    data["budget"] = "5%"
+    with pytest.raises(ConfigError, match="'budget' says 5% but its layers keep 100%"):
+        KVConfig.from_dict(data)
+
+
+def _valid_dict() -> dict:
+    space = BudgetSpace(SPEC, Budget.parse("20%"), per_head=True)
+    import numpy as np
+
+    return space.decode(np.linspace(-2, 2, space.n_var)).with_provenance(run_id="abc").to_dict()
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=4), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_values)
+def test_random_json_is_a_config_error_and_nothing_else(value):
+    with pytest.raises(ConfigError):
+        KVConfig.from_json(json.dumps(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_configs_load_or_raise_config_error(data):
+    config = _valid_dict()
+    parent, key, node = None, None, config
+    for _ in range(data.draw(st.integers(1, 4))):  # walk to a random place in the document
+        if isinstance(node, dict) and node:
+            step = data.draw(st.sampled_from(sorted(node)))
+        elif isinstance(node, list) and node:
+            step = data.draw(st.integers(0, len(node) - 1))
+        else:
+            break
+        parent, key, node = node, step, node[step]
+    if parent is not None:
+        if isinstance(parent, dict) and data.draw(st.booleans()):
+            del parent[key]
+        else:
+            parent[key] = data.draw(json_values)
+    try:
+        cfg = KVConfig.from_json(json.dumps(config))
+    except ConfigError:
+        return
+    assert KVConfig.from_json(cfg.to_json()) == cfg
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_config_json_round_trips(data):
+    per_head = data.draw(st.booleans())
+    budget = Budget("fraction", data.draw(st.floats(0.001, 0.99)))
+    space = BudgetSpace(SPEC, budget, per_head=per_head)
+    import numpy as np
+
+    genes = np.array(data.draw(st.lists(st.floats(-3, 3), min_size=space.n_var, max_size=space.n_var)))
+    cfg = space.decode(genes).with_provenance(label="x")
+    again = KVConfig.from_json(cfg.to_json())
+    assert again == cfg and again.hash() == cfg.hash() and again.provenance == cfg.provenance
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=12) | st.from_regex(r"\s*[0-9]{0,6}\.?[0-9]{0,4}\s*%?\s*", fullmatch=True))
+def test_budget_strings_parse_or_raise_budget_error(text):
+    try:
+        budget = Budget.parse(text)
+    except BudgetError:
+        return
+    assert (budget.kind == "fraction" and 0 < budget.value <= 1) or (budget.kind == "tokens" and budget.value >= 1)
+
+
+# -- search input ------------------------------------------------------------------------------------------
+
+
+def test_a_token_budget_past_the_context_says_nothing_would_be_compressed(tmp_path):
+    line = one_line_error(invoke("search", "--budget", "99999999", "--db", tmp_path / "x.db"))
+    assert "nothing would be compressed" in line and not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty"),
+    (b'{"context": "caf\xe9", "question": "q", "answers": ["a"]}\n', "not UTF-8"),
+    (b"".join(b'{"context": "c%d", "question": "q", "answers": [""]}\n' % i for i in range(6)), "answer is empty"),
+])
+def test_bad_task_files(content, words, tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(TaskError, match=words):
+        from_jsonl(path, "search")
+
+
+def test_a_sample_longer_than_the_model_is_refused_and_the_run_fails(model_dirs, tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"context": "word " * 1000 + str(i), "question": "q?", "answers": ["a"]}) + "\n"
+                            for i in range(8)))  # 5000 characters: the tiny models' context is 4096
+    db = tmp_path / "x.db"
+    line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "10%", "--tasks", path,
+                                 "--db", db))
+    assert "longer than the model's context of 4096" in line
+    assert Store(str(db)).runs()[0]["status"] == "failed"
+
+
+def test_no_cache_deprecation_warning_on_a_forward(loaded):
+    import torch
+
+    from evolkv import runtime
+
+    tiny = loaded["llama"]
+    cfg = uniform_config(tiny.spec, Budget.parse("50%"))
+    ids = torch.randint(3, 60, (1, 40)).to(tiny.model.device)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), runtime.apply(tiny.model, cfg):
+        warnings.simplefilter("always")
+        tiny.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+
+
+# -- store -------------------------------------------------------------------------------------------------
+
+
+def test_lookup_ranks_a_lossless_winner_best(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    budget = Budget.parse("10%")
+    for run_id, heldout in (("aa01", 0.3), ("aa02", 0.0), ("aa03", None)):
+        store.create_run(run_id, SPEC, budget, "cmaes", 0, {})
+        cfg = uniform_config(SPEC, budget).with_provenance(run_id=run_id)
+        store.set_winner(run_id, cfg, 0.1, heldout, {})
+    assert store.lookup("toy", budget)[1]["run_id"] == "aa02"
+
+
+def test_runs_list_fits_80_columns_and_shows_stale_runs(tmp_path):
+    import socket
+
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    store = Store(db)
+    spec = ModelSpec("gemma-3-270m", "gemma3_text", 4, 8, 2, 16, ["full_attention"] * 4)
+    store.create_run("0123456789ab", spec, Budget.parse("10%"), "optuna-cmaes", 0, {}, "tokens")
+    store.update_run("0123456789ab", status="running", owner=f"{socket.gethostname()}:999999999",
+                     best_objective=0.012345)
+    out = invoke("runs", "list", "--db", db, terminal_width=80).output
+    assert "gemma-3-270m" in out and "0.0123" in out and "…" not in out
+    assert "stale" in out and "evolkv resume 0123456789ab" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_bad_run_ids_are_one_line_and_touch_nothing(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    Store(db).create_run("ef0d12345678", SPEC, Budget.parse("10%"), "cmaes", 0, {})
+    for run_id in ("ef0d%", "e_0d", "%", ""):
+        for command in (["export", run_id], ["runs", "show", run_id], ["resume", run_id]):
+            assert "not a run id" in one_line_error(invoke(*command, "--db", db))
+    assert invoke("runs", "show", "ef0d", "--db", db).exit_code == 0
+
+
+# -- the bad-input matrix: every command x every kind of malformed input -----------------------------------
+
+BAD = {
+    "budget": ["--budget", "abc"],
+    "model": ["--model", "/no/such/model"],
+    "db": ["--db", "notadb://x"],
+    "device": ["--device", "tpu"],
+    "dtype": ["--dtype", "int3"],
+}
+COMMANDS = {
+    "search": (["search", "--budget", "10%"], ["budget", "model", "db", "device", "dtype"]),
+    "eval": (["eval", "--baseline", "uniform"], ["budget", "model", "device", "dtype"]),
+    "lookup": (["lookup", "--budget", "10%"], ["budget", "db"]),
+    "export": (["export", "ffff"], ["db"]),
+    "resume": (["resume", "ffff"], ["db"]),
+    "runs show": (["runs", "show", "ffff"], ["db"]),
+    "runs list": (["runs", "list"], ["db"]),
+    "plot": (["plot", "ffff"], ["db"]),
+}
+MATRIX = [(c, b) for c, (_, bads) in COMMANDS.items() for b in bads]
+
+
+def _counts(path) -> dict[str, int]:
+    import sqlite3
+
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as connection:
+        tables = [r[0] for r in connection.execute("select name from sqlite_master where type='table'")]
+        return {t: connection.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables}
+
+
+@pytest.mark.parametrize("command, bad", MATRIX, ids=[f"{c}-{b}" for c, b in MATRIX])
+def test_bad_input_matrix(command, bad, tmp_path, model_dirs):
+    db = tmp_path / "x.db"
+    Store(f"sqlite:///{db}").create_run("aaaa00000000", SPEC, Budget.parse("10%"), "cmaes", 0, {})
+    before = _counts(db)
+    base, _ = COMMANDS[command]
+    args = list(base)
+    if "--db" not in BAD[bad] and command in ("search", "lookup", "export", "resume", "runs show", "runs list", "plot"):
+        args += ["--db", db]
+    if bad == "budget" and "--budget" in args:
+        i = args.index("--budget")
+        args = args[:i] + args[i + 2:]
+    if bad == "budget" and command == "eval":
+        args += ["--model", model_dirs["llama"]]
+    one_line_error(invoke(*args, *BAD[bad]))
+    assert _counts(db) == before
+
+
+def test_store_error_on_bad_url():
+    with pytest.raises(StoreError):
+        Store("notadb://x")
+    assert math.isfinite(1.0)
