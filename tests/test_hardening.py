@@ -266,3 +266,49 @@ def test_store_error_on_bad_url():
     with pytest.raises(StoreError):
         Store("notadb://x")
     assert math.isfinite(1.0)
+
+
+# -- upgrades and concurrency ------------------------------------------------------------------------------
+
+
+def test_a_database_of_the_first_schema_revision_opens_migrates_and_lists(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    db = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "evolkv-rev0001.db", db)
+    listed = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
+    assert [(r["id"], r["status"], r["best_objective"]) for r in listed] == [("0a1b2c3d4e5f", "finished", 0.0123)]
+    shown = json.loads(invoke("runs", "show", "0a1b", "--db", db, "--json").stdout)
+    assert shown["winner"]["heldout_objective"] == 0.015 and shown["timings"] == {}
+    exported = invoke("export", "0a1b2c", "--db", db)
+    assert exported.exit_code == 0 and json.loads(exported.stdout)["budget"] == "10%"
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("select version_num from evolkv_schema_version").fetchone()[0] == "0003"
+
+
+def test_four_searches_into_one_database_at_once(db_url, model_dirs, tmp_path):
+    """4 processes, one SQLite file (or one PostgreSQL database): every evaluation of every run is stored, and
+    nobody sees `database is locked`."""
+    import subprocess
+    import sys
+
+    args = ["--model", model_dirs["llama"], "--generations", "3", "--population", "4", "--samples", "1",
+            "--length", "120", "--tasks", "passkey", "--db", db_url, "--json"]
+    procs = [subprocess.Popen([sys.executable, "-m", "evolkv", "search", "--budget", f"{10 + 5 * i}%", "--seed",
+                               str(i), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+        assert "locked" not in err
+    store = Store(db_url)
+    for out, _ in outputs:
+        detail = json.loads(out)
+        rows = store.evaluations(detail["id"])
+        assert detail["status"] == "finished"
+        assert sum(g["evaluated"] for g in detail["generations"]) == sum(1 for row, _ in rows if row.generation >= 0)
+        assert {"winner", "baseline:uniform"} <= set(detail["results"])
+        assert all(set(r) >= {"search", "heldout"} for r in detail["results"].values())
