@@ -75,7 +75,10 @@ class CompressedLayer(CacheLayerMixin):
     def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
         return self.seen + query_length, 0
 
-    def get_max_length(self) -> int:
+    def get_max_length(self) -> int:  # transformers >= 5.x (later releases)
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # the same, as transformers 5.0 names it
         return -1
 
     def set_packed(self, packed: PackedKV, pos: torch.Tensor) -> None:

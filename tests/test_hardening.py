@@ -214,24 +214,18 @@ def test_bad_run_ids_are_one_line_and_touch_nothing(tmp_path):
 
 # -- the bad-input matrix: every command x every kind of malformed input -----------------------------------
 
-BAD = {
-    "budget": ["--budget", "abc"],
-    "model": ["--model", "/no/such/model"],
-    "db": ["--db", "notadb://x"],
-    "device": ["--device", "tpu"],
-    "dtype": ["--dtype", "int3"],
-}
-COMMANDS = {
-    "search": (["search", "--budget", "10%"], ["budget", "model", "db", "device", "dtype"]),
-    "eval": (["eval", "--baseline", "uniform"], ["budget", "model", "device", "dtype"]),
+KINDS = ("budget", "model", "config", "db", "run id", "task file", "device", "dtype")
+COMMANDS = {  # command -> (its arguments, the kinds of input it takes)
+    "search": (["search", "--budget", "10%"], ["budget", "model", "db", "task file", "device", "dtype"]),
+    "eval": (["eval", "--baseline", "uniform"], ["budget", "model", "config", "task file", "device", "dtype"]),
     "lookup": (["lookup", "--budget", "10%"], ["budget", "db"]),
-    "export": (["export", "ffff"], ["db"]),
-    "resume": (["resume", "ffff"], ["db"]),
-    "runs show": (["runs", "show", "ffff"], ["db"]),
+    "export": (["export", "aaaa"], ["db", "run id"]),
+    "resume": (["resume", "aaaa"], ["db", "run id"]),
+    "runs show": (["runs", "show", "aaaa"], ["db", "run id"]),
     "runs list": (["runs", "list"], ["db"]),
-    "plot": (["plot", "ffff"], ["db"]),
+    "plot": (["plot", "aaaa"], ["db", "run id"]),
 }
-MATRIX = [(c, b) for c, (_, bads) in COMMANDS.items() for b in bads]
+MATRIX = [(c, b) for c, (_, kinds) in COMMANDS.items() for b in kinds]
 
 
 def _counts(path) -> dict[str, int]:
@@ -244,21 +238,44 @@ def _counts(path) -> dict[str, int]:
         return {t: connection.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables}
 
 
-@pytest.mark.parametrize("command, bad", MATRIX, ids=[f"{c}-{b}" for c, b in MATRIX])
+def _with(args: list[str], option: str, value: str) -> list[str]:
+    if option in args:
+        i = args.index(option)
+        return args[:i] + [option, value] + args[i + 2:]
+    return args + [option, value]
+
+
+@pytest.mark.parametrize("command, bad", MATRIX, ids=[f"{c}-{b}".replace(" ", "_") for c, b in MATRIX])
 def test_bad_input_matrix(command, bad, tmp_path, model_dirs):
+    """Every command x every malformed input it takes: exit 2, one `error:` line, the store unchanged."""
     db = tmp_path / "x.db"
     Store(f"sqlite:///{db}").create_run("aaaa00000000", SPEC, Budget.parse("10%"), "cmaes", 0, {})
     before = _counts(db)
-    base, _ = COMMANDS[command]
-    args = list(base)
-    if "--db" not in BAD[bad] and command in ("search", "lookup", "export", "resume", "runs show", "runs list", "plot"):
-        args += ["--db", db]
-    if bad == "budget" and "--budget" in args:
-        i = args.index("--budget")
-        args = args[:i] + args[i + 2:]
-    if bad == "budget" and command == "eval":
-        args += ["--model", model_dirs["llama"]]
-    one_line_error(invoke(*args, *BAD[bad]))
+    nested, empty = tmp_path / "nested.json", tmp_path / "empty.jsonl"
+    nested.write_text("[" * 100_000)
+    empty.write_text("")
+    args = list(COMMANDS[command][0])
+    if command not in ("eval",):
+        args = _with(args, "--db", str(db))
+    if command in ("search", "eval") and bad != "model":
+        args = _with(args, "--model", model_dirs["llama"])
+    if bad == "budget":
+        args = _with(args, "--budget", "12abc%")
+    elif bad == "model":
+        args = _with(args, "--model", "/no/such/model")
+    elif bad == "config":
+        args = [a for a in args if a not in ("--baseline", "uniform")] + ["--config", str(nested)]
+    elif bad == "db":
+        args = _with(args, "--db", "notadb://x")
+    elif bad == "run id":
+        args = [a if a != "aaaa" else "aa%" for a in args]
+    elif bad == "task file":
+        args = _with(args, "--tasks", str(empty))
+    elif bad == "device":
+        args = _with(args, "--device", "tpu")
+    elif bad == "dtype":
+        args = _with(args, "--dtype", "int3")
+    one_line_error(invoke(*args))
     assert _counts(db) == before
 
 

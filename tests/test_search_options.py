@@ -239,6 +239,7 @@ def test_cli_option_pairs_finish_or_refuse_in_one_line(combo, model_dirs, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("combo", [c for c in _combos(exhaustive=True) if c not in PAIRWISE])
 def test_cli_option_cross_product_long_tail(combo, model_dirs, tmp_path):
     _run_combo(model_dirs["qwen3"], f"sqlite:///{tmp_path / 'evolkv.db'}", combo)
