@@ -329,3 +329,32 @@ def test_four_searches_into_one_database_at_once(db_url, model_dirs, tmp_path):
         assert sum(g["evaluated"] for g in detail["generations"]) == sum(1 for row, _ in rows if row.generation >= 0)
         assert {"winner", "baseline:uniform"} <= set(detail["results"])
         assert all(set(r) >= {"search", "heldout"} for r in detail["results"].values())
+
+
+def test_every_stage_of_a_search_has_a_progress_total(loaded, monkeypatch, tmp_path):
+    """No `0/?` bars: exact match (and every other counted stage) says how much there is to do."""
+    from evolkv.executors import make_local
+    from evolkv.search.loop import Reporter, SearchSettings, run_search
+
+    tiny = loaded["llama"]
+    monkeypatch.setattr("evolkv.models.load", lambda *a, **k: tiny)
+    settings = SearchSettings(model=tiny.spec.name, budget="20%", generations=1, population=2, samples=1,
+                              length=100, tasks=["passkey"], baselines=["uniform"])
+    _, executor = make_local(settings)
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.stages, self.done = {}, {}
+
+        def stage(self, text, total=None):
+            self.current = text
+            self.stages[text], self.done[text] = total, 0
+
+        def advance(self, amount=1):
+            self.done[self.current] += amount
+
+    reporter = Recorder()
+    run_search(settings, tiny.spec, executor, Store(f"sqlite:///{tmp_path / 'x.db'}"), reporter=reporter)
+    exact = {k: v for k, v in reporter.stages.items() if k.startswith("exact-match")}
+    assert len(exact) == 2 and all(total == 1 for total in exact.values())
+    assert all(reporter.done[k] == exact[k] for k in exact)
