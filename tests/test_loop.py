@@ -90,7 +90,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_result(model_dirs, tmp
     import sys
     import time
 
-    args = ["--model", model_dirs["qwen3"], "--budget", "15%", "--generations", "4", "--population", "4",
+    args = ["--model", model_dirs["qwen3"], "--budget", "15%", "--generations", "12", "--population", "4",
             "--samples", "1", "--length", "200", "--tasks", "passkey", "--json"]
     cli = [sys.executable, "-c", "from evolkv.cli import main; main()"]
     env = {**os.environ, "EVOLKV_KERNELS": "torch"}
@@ -102,7 +102,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_result(model_dirs, tmp
     store = None
     deadline = time.time() + 240
     while time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
         if os.path.exists(db):
             store = store or Store(db)
             runs = store.runs()
