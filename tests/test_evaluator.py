@@ -72,7 +72,12 @@ def test_scores_full_is_zero_and_every_baseline_is_finite(tiny, evaluator):
     assert all(s.ok and s.objective >= 0 for s in scores)
     assert set(by_name["uniform"].metrics) >= {"kl", "nll", "top1", "passkey/kl"}
     accuracy = evaluator.exact_match(configs[:2], prepared)
-    assert all(0.0 <= a["em"] <= 1.0 for a in accuracy)
+    full_em = evaluator.exact_match([baseline("full", tiny.spec, Budget.parse("10%"), ScorerSpec())], prepared)[0]
+    by_hand = [float(p.sample.answer.strip().lower() in text.lower())  # RULER's string match, recomputed
+               for p in prepared for text in evaluator._greedy([baseline("full", tiny.spec, Budget.parse("10%"),
+                                                                        ScorerSpec())], p)]
+    assert full_em["em"] == pytest.approx(sum(by_hand) / len(by_hand))
+    assert set(accuracy[0]) == {"em", "passkey/em"}
 
 
 def test_batch_composition_does_not_change_scores(tiny, evaluator):
