@@ -17,17 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from evolkv.allocation import avg_bits, within_bits
+from evolkv.allocation import avg_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.devices import is_out_of_memory, peak_memory_gib
 from evolkv.errors import EvolKVError, SearchInterrupted
 from evolkv.evaluators.evaluator import Score
-from evolkv.executors import PROBE
-from evolkv.search.baselines import baseline
-from evolkv.search.optimizers import make_optimizer
-from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
-                                    sensitivity_configs, with_precisions)
-from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.search.strategies import STRATEGIES
 from evolkv.settings import SearchSettings
 from evolkv.store.store import Store
 
@@ -58,187 +53,32 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
 
 
 def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -> dict[str, Any]:
+    """Prefill, baselines, then ask -> build -> evaluate -> tell -> persist for every block of generations the
+    mode's strategy lays out; the strategy picks and stores the winner."""
     job = _Job(settings, spec, executor, store, run_id, reporter)
-
     for split in ("search", "heldout"):
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         with job.stage(f"prefill {split}", len(executor.samples[split])):
             job.prepare(split)
-    if settings.mode != "tokens":
-        return _search_front(settings, spec, job, budget, scorer)
-
-    baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
-    with job.stage("baselines", len(baselines)):
-        job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
-
-    space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
-    incumbent = space.encode(baseline("uniform", spec, budget, scorer))
-    best_f, best_cfg = math.inf, None
-    blocks = list(_schedule(settings, space))
-    total_generations = sum(count for _, count, _ in blocks)
-    for gen_start, gen_count, view in blocks:
-        if isinstance(view, SubSpace):
-            view.incumbent = incumbent
-        lower, upper = view.bounds
-        optimizer = make_optimizer(settings.optimizer, view.n_var, lower, upper, settings.population,
-                                   settings.seed + gen_start, x0=np.clip(view.encode(space.decode(incumbent)),
-                                                                         lower, upper))
-        for gen in range(gen_start, gen_start + gen_count):
+    strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
+    with job.stage("baselines", len(strategy.baselines)):
+        job.evaluate(list(strategy.baselines.values()), generation=-1,
+                     labels=[f"baseline:{n}" for n in strategy.baselines])
+    strategy.prepare(job)
+    for view, optimizer, generations in strategy.blocks(job):
+        for gen in generations:
             started = time.perf_counter()
             X = optimizer.ask()
             with job.stage(f"generation {gen + 1}", len(X)):
                 configs = job.build(view, X, gen)
                 scores = job.evaluate_built(configs, generation=gen)
-            F = np.array([s.objective if s.ok else np.inf for s in scores])
-            optimizer.tell(X, F)  # a candidate that failed to build or score is infeasible (inf)
-            for x, f, cfg in zip(X, F, configs):
-                if f < best_f:
-                    best_f, best_cfg = float(f), cfg
-                    incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
-            store.update_run(run_id, generations_done=gen + 1, best_objective=best_f if best_cfg else None)
-            reporter.generation(gen + 1, total_generations, best_f, len(configs) / (time.perf_counter() - started))
-
-    if best_cfg is None:
-        store.update_run(run_id, status="failed")
-        return store.detail(run_id)
-    winner = best_cfg.with_provenance(run_id=run_id, label="winner", model=spec.name, search_objective=best_f,
-                                      tasks=settings.tasks, samples=settings.samples, length=settings.length,
-                                      seed=settings.seed, optimizer=settings.optimizer,
-                                      query_aware=settings.query_aware, versions=_versions())
-    reporter.stage("re-score winner and baselines on held-out data")
-    finals = [winner, *baselines.values()]
-    labels = ["winner", *[f"baseline:{n}" for n in baselines]]
-    with job.stage("held-out re-score", 2 * len(finals)):
-        job.evaluate(finals, generation=-2, labels=labels)
-        heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
-    with job.stage("exact match", 2 * len(finals)):
-        job.exact_match(finals, labels)
-    winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
-    store.set_winner(run_id, winner, best_f, heldout[0].objective if heldout[0].ok else None, heldout[0].metrics)
-    store.update_run(run_id, status="finished", best_objective=best_f)
-    return store.detail(run_id)
-
-
-QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
-
-
-def _search_front(settings, spec, job, budget, scorer) -> dict[str, Any]:
-    """Quant / joint mode: NSGA-II-style search of (quality loss, bits), a stored Pareto front, and the
-    winner = the best front point at or under ``target_bits``."""
-    store, run_id, reporter = job.store, job.run_id, job.reporter
-    joint = settings.mode == "joint"
-    tokens_budget = budget if joint else Budget("fraction", 1.0)
-    base = baseline("uniform", spec, tokens_budget, scorer)
-    baselines = {"full": baseline("full", spec, budget, scorer)}
-    if joint:
-        baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.baselines if n != "full"})
-    residuals = parse_residuals(settings.residual)
-    for name, (k, v) in QUANT_BASELINES.items():  # uniform caches as papers run them: no full-precision window
-        baselines[name] = with_precisions(base, [(k, v)] * spec.num_layers, settings.group_size,
-                                          residuals[0]).with_provenance(label=f"baseline:{name}")
-    with job.stage("baselines", len(baselines)):
-        job.evaluate(list(baselines.values()), generation=-1, labels=[f"baseline:{n}" for n in baselines])
-
-    # KVTuner's reduction: one-layer sensitivity, prune dominated pairs, cluster layers
-    probes = sensitivity_configs(base, settings.group_size, residuals[0])
-    reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
-                   total=len(probes) * job.executor.split_size(PROBE))
-    with job.stage("sensitivity", len(probes)):
-        scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
-                              split=PROBE, progress=reporter.advance)
-    errors = np.zeros((spec.num_layers, len(PAIRS)))
-    for (layer, pair, _), score in zip(probes, scores):
-        errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
-    kept = prune(errors)
-    groups = cluster(errors, settings.clusters, settings.seed)
-    # the reduced space keeps every uniform baseline representable: the search can always match them
-    always = {(16, 16), *QUANT_BASELINES.values()}
-    choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
-               for g in groups]
-    tokens = (BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
-              if joint else None)
-    space = PrecisionSpace(base, groups, choices, settings.group_size, residuals, tokens,
-                           evicted=parse_evicted(settings.evicted_bits))
-    before, after = space.size()
-    space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
-                  "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(residuals),
-                  "evicted_bits": list(space.evicted),
-                  "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
-    store.update_run(run_id, settings={**settings.to_dict(), "space": space_info})
-    reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
-
-    lower, upper = space.bounds
-    # first generation: every quantized uniform baseline, KV4 and K4V2 with each larger residual window, then
-    # mutations of them
-    seeds = [baselines[name] for name in QUANT_BASELINES]
-    seeds += [with_precisions(base, [pair] * spec.num_layers, settings.group_size, r)
-              for r in residuals[1:] for pair in ((4, 4), (4, 2))]
-    x0 = np.clip(np.stack([space.encode(cfg) for cfg in seeds]), lower, upper)
-    optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population, settings.seed,
-                               x0=x0, n_obj=2, storage=store.url if settings.optimizer.startswith("optuna") else None,
-                               study_name=f"evolkv-{run_id}")
-    seen: dict[str, tuple[KVConfig, float, float]] = {}
-    for gen in range(settings.generations):
-        started = time.perf_counter()
-        X = optimizer.ask()
-        with job.stage(f"generation {gen + 1}", len(X)):
-            configs = job.build(space, X, gen)
-            scores = job.evaluate_built(configs, generation=gen)
-        F = np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
-        # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
-        # which spends the population where the winner is chosen (the stored front keeps the true bits)
-        optimizer.tell(X, np.stack([F[:, 0], np.maximum(F[:, 1], settings.target_bits)], axis=1))
-        for cfg, (f, bits) in zip(configs, F):
-            if cfg is not None and np.isfinite(f):
-                seen[cfg.hash()] = (cfg, float(f), float(bits))
-        front = _pareto(list(seen.values()))
-        best = min((f for _, f, b in front if within_bits(b, settings.target_bits)), default=math.inf)
-        store.update_run(run_id, generations_done=gen + 1, best_objective=best if math.isfinite(best) else None)
-        reporter.generation(gen + 1, settings.generations, best, len(configs) / (time.perf_counter() - started))
-
-    front = _pareto(list(seen.values()))
-    if not front:
-        store.update_run(run_id, status="failed")
-        return store.detail(run_id)
-    under = [p for p in front if within_bits(p[2], settings.target_bits)]
-    win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
-    reporter.stage("re-score the front and baselines on held-out data")
-    points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
-    labels = [f"front:{i}" for i in range(len(points))]
-    with job.stage("held-out re-score", len(points) + len(baselines) + 2):
-        heldout = job.evaluate(points + list(baselines.values()), generation=-2,
-                               labels=labels + [f"baseline:{n}" for n in baselines], split="heldout")
-    winner_cfg, win_f, win_bits = front[win_index]
-    winner = winner_cfg.with_provenance(run_id=run_id, label="winner", model=spec.name, search_objective=win_f,
-                                        bits=win_bits, target_bits=settings.target_bits, mode=settings.mode,
-                                        tasks=settings.tasks, samples=settings.samples, length=settings.length,
-                                        seed=settings.seed, optimizer=settings.optimizer,
-                                        query_aware=settings.query_aware, versions=_versions(),
-                                        heldout_objective=heldout[win_index].objective,
-                                        under_target=bool(under))
-    finals = [winner, *baselines.values()]
-    with job.stage("winner re-score", 2):
-        job.evaluate([winner], generation=-2, labels=["winner"])
-        job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
-    with job.stage("exact match", 2 * len(finals)):
-        job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in baselines]])
-    store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
-                             for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))])
-    win_heldout = heldout[win_index]
-    store.set_winner(run_id, winner, win_f, win_heldout.objective if win_heldout.ok else None, win_heldout.metrics)
-    store.update_run(run_id, status="finished", best_objective=win_f)
-    return store.detail(run_id)
-
-
-def _pareto(points: list[tuple[KVConfig, float, float]]) -> list[tuple[KVConfig, float, float]]:
-    """Non-dominated (config, loss, bits) points, sorted by bits (then loss)."""
-    ordered = sorted(points, key=lambda p: (p[2], p[1]))
-    front, best = [], math.inf
-    for point in ordered:
-        if point[1] < best:
-            front.append(point)
-            best = point[1]
-    return front
+            optimizer.tell(X, strategy.told(scores))  # a candidate that failed to build or score is infeasible
+            strategy.observe(view, X, configs, scores)
+            best = strategy.best()
+            store.update_run(run_id, generations_done=gen + 1, best_objective=best)
+            reporter.generation(gen + 1, strategy.total_generations, math.inf if best is None else best,
+                                len(configs) / (time.perf_counter() - started))
+    return strategy.finish(job)
 
 
 class _Job:
@@ -348,25 +188,3 @@ class _Job:
             for (cfg, label), acc in zip(todo, accuracy):
                 self.store.add_evaluation(self.run_id, cfg, -2, label, f"{split}/em",
                                           Score(acc["em"], acc), self.executor.worker)
-
-
-def _schedule(settings: SearchSettings, space: BudgetSpace):
-    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn."""
-    if settings.groups <= 1:
-        yield 0, settings.generations, space
-        return
-    layers = space.model.num_layers
-    size = math.ceil(layers / settings.groups)
-    groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
-    per_group = max(1, settings.generations // len(groups))
-    for i, group in enumerate(groups):
-        yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import evolkv
-
-    return {"evolkv": evolkv.__version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,268 @@
+"""The parts of a search that vary by mode, behind one small interface; ``evolkv.search.loop`` runs them all.
+
+A strategy owns its baselines, its space and optimisers (``blocks``), what the optimiser is told for a scored
+population (``told``), what it keeps of it (``observe``), the progress figure (``best``) and how the winner
+is chosen and stored (``finish``). Token search (EvolKV, PyramidKV/AdaKV baselines) and front search
+(KVTuner-style precisions, joint budgets) are the two today.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from evolkv.allocation import within_bits
+from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
+from evolkv.evaluators.evaluator import Score
+from evolkv.executors import PROBE
+from evolkv.search.baselines import baseline
+from evolkv.search.optimizers import make_optimizer
+from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
+                                    sensitivity_configs, with_precisions)
+from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.settings import SearchSettings
+
+QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
+
+
+class Strategy:
+    """What one search mode decides; the loop does the asking, evaluating, telling and persisting."""
+
+    baselines: dict[str, KVConfig]
+    total_generations: int
+
+    def __init__(self, settings: SearchSettings, spec: ModelSpec, budget: Budget, scorer: ScorerSpec) -> None:
+        self.settings, self.spec, self.budget, self.scorer = settings, spec, budget, scorer
+
+    def prepare(self, job) -> None:
+        """Work after the baselines and before the first generation (a sensitivity pass, say)."""
+
+    def blocks(self, job) -> Iterator[tuple[Any, Any, range]]:
+        """(view that decodes genes, optimiser, generations) in turn; made lazily, so a block can start from
+        what the previous ones found."""
+        raise NotImplementedError
+
+    def told(self, scores: list[Score]) -> np.ndarray:
+        raise NotImplementedError
+
+    def observe(self, view, X: np.ndarray, configs: list[KVConfig | None], scores: list[Score]) -> None:
+        raise NotImplementedError
+
+    def best(self) -> float | None:
+        raise NotImplementedError
+
+    def finish(self, job) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def provenance(self, job, cfg: KVConfig, objective: float, **extra: Any) -> KVConfig:
+        settings = self.settings
+        return cfg.with_provenance(run_id=job.run_id, label="winner", model=self.spec.name, search_objective=objective,
+                                   tasks=settings.tasks, samples=settings.samples, length=settings.length,
+                                   seed=settings.seed, optimizer=settings.optimizer, query_aware=settings.query_aware,
+                                   versions=_versions(), **extra)
+
+
+class TokenSearch(Strategy):
+    """Per-layer (and per-head) token budgets, one objective; EvolKV's layer-group schedule as blocks."""
+
+    def __init__(self, settings, spec, budget, scorer) -> None:
+        super().__init__(settings, spec, budget, scorer)
+        self.baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
+        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
+        self.incumbent = self.space.encode(baseline("uniform", spec, budget, scorer))
+        self.best_f, self.best_cfg = math.inf, None
+        self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
+
+    def blocks(self, job):
+        for gen_start, gen_count, view in _schedule(self.settings, self.space):
+            if isinstance(view, SubSpace):
+                view.incumbent = self.incumbent
+            lower, upper = view.bounds
+            x0 = np.clip(view.encode(self.space.decode(self.incumbent)), lower, upper)
+            optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
+                                       self.settings.seed + gen_start, x0=x0)
+            yield view, optimizer, range(gen_start, gen_start + gen_count)
+
+    def told(self, scores):
+        return np.array([s.objective if s.ok else np.inf for s in scores])
+
+    def observe(self, view, X, configs, scores):
+        for x, f, cfg in zip(X, self.told(scores), configs):
+            if f < self.best_f:
+                self.best_f, self.best_cfg = float(f), cfg
+                self.incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
+
+    def best(self):
+        return self.best_f if self.best_cfg is not None else None
+
+    def finish(self, job):
+        store, run_id = job.store, job.run_id
+        if self.best_cfg is None:
+            store.update_run(run_id, status="failed")
+            return store.detail(run_id)
+        winner = self.provenance(job, self.best_cfg, self.best_f)
+        job.reporter.stage("re-score winner and baselines on held-out data")
+        finals = [winner, *self.baselines.values()]
+        labels = ["winner", *[f"baseline:{n}" for n in self.baselines]]
+        with job.stage("held-out re-score", 2 * len(finals)):
+            job.evaluate(finals, generation=-2, labels=labels)
+            heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
+        with job.stage("exact match", 2 * len(finals)):
+            job.exact_match(finals, labels)
+        winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
+        store.set_winner(run_id, winner, self.best_f, heldout[0].objective if heldout[0].ok else None,
+                         heldout[0].metrics)
+        store.update_run(run_id, status="finished", best_objective=self.best_f)
+        return store.detail(run_id)
+
+
+class FrontSearch(Strategy):
+    """Quant / joint mode: a Pareto front of (quality loss, bits), the winner = the best point at or under
+    ``target_bits``. KVTuner's reduction first: one-layer sensitivity, pruned pairs, clustered layers."""
+
+    def __init__(self, settings, spec, budget, scorer) -> None:
+        super().__init__(settings, spec, budget, scorer)
+        joint = settings.mode == "joint"
+        self.base = baseline("uniform", spec, budget if joint else Budget("fraction", 1.0), scorer)
+        self.baselines = {"full": baseline("full", spec, budget, scorer)}
+        if joint:
+            self.baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.baselines if n != "full"})
+        self.residuals = parse_residuals(settings.residual)
+        for name, (k, v) in QUANT_BASELINES.items():  # uniform caches as papers run them: no full-precision window
+            self.baselines[name] = with_precisions(self.base, [(k, v)] * spec.num_layers, settings.group_size,
+                                                   self.residuals[0]).with_provenance(label=f"baseline:{name}")
+        self.seen: dict[str, tuple[KVConfig, float, float]] = {}
+        self.total_generations = settings.generations
+
+    def prepare(self, job):
+        settings, spec = self.settings, self.spec
+        probes = sensitivity_configs(self.base, settings.group_size, self.residuals[0])
+        job.reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
+                           total=len(probes) * job.executor.split_size(PROBE))
+        with job.stage("sensitivity", len(probes)):
+            scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
+                                  split=PROBE, progress=job.reporter.advance)
+        errors = np.zeros((spec.num_layers, len(PAIRS)))
+        for (layer, pair, _), score in zip(probes, scores):
+            errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
+        kept = prune(errors)
+        groups = cluster(errors, settings.clusters, settings.seed)
+        # the reduced space keeps every uniform baseline representable: the search can always match them
+        always = {(16, 16), *QUANT_BASELINES.values()}
+        choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
+                   for g in groups]
+        tokens = (BudgetSpace(spec, self.budget, self.scorer, per_head=settings.per_head, context=settings.length)
+                  if settings.mode == "joint" else None)
+        self.space = PrecisionSpace(self.base, groups, choices, settings.group_size, self.residuals, tokens,
+                                    evicted=parse_evicted(settings.evicted_bits))
+        before, after = self.space.size()
+        space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
+                      "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(self.residuals),
+                      "evicted_bits": list(self.space.evicted),
+                      "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
+        job.store.update_run(job.run_id, settings={**settings.to_dict(), "space": space_info})
+        job.reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
+
+    def blocks(self, job):
+        settings, space = self.settings, self.space
+        lower, upper = space.bounds
+        # first generation: every quantized uniform baseline, KV4 and K4V2 with each larger residual window, then
+        # mutations of them
+        seeds = [self.baselines[name] for name in QUANT_BASELINES]
+        seeds += [with_precisions(self.base, [pair] * self.spec.num_layers, settings.group_size, r)
+                  for r in self.residuals[1:] for pair in ((4, 4), (4, 2))]
+        x0 = np.clip(np.stack([space.encode(cfg) for cfg in seeds]), lower, upper)
+        storage = job.store.url if settings.optimizer.startswith("optuna") else None  # the study beside the run
+        optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population,
+                                   settings.seed, x0=x0, n_obj=2, storage=storage, study_name=f"evolkv-{job.run_id}")
+        yield space, optimizer, range(settings.generations)
+
+    def _points(self, scores) -> np.ndarray:
+        return np.array([[s.objective, s.metrics.get("bits", np.inf)] if s.ok else [np.inf, np.inf] for s in scores])
+
+    def told(self, scores):
+        F = self._points(scores)
+        # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
+        # which spends the population where the winner is chosen (the stored front keeps the true bits)
+        return np.stack([F[:, 0], np.maximum(F[:, 1], self.settings.target_bits)], axis=1)
+
+    def observe(self, view, X, configs, scores):
+        for cfg, (f, bits) in zip(configs, self._points(scores)):
+            if cfg is not None and np.isfinite(f):
+                self.seen[cfg.hash()] = (cfg, float(f), float(bits))
+
+    def best(self):
+        front = _pareto(list(self.seen.values()))
+        best = min((f for _, f, b in front if within_bits(b, self.settings.target_bits)), default=math.inf)
+        return best if math.isfinite(best) else None
+
+    def finish(self, job):
+        settings, store, run_id = self.settings, job.store, job.run_id
+        front = _pareto(list(self.seen.values()))
+        if not front:
+            store.update_run(run_id, status="failed")
+            return store.detail(run_id)
+        under = [p for p in front if within_bits(p[2], settings.target_bits)]
+        win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
+        job.reporter.stage("re-score the front and baselines on held-out data")
+        points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
+        labels = [f"front:{i}" for i in range(len(points))]
+        with job.stage("held-out re-score", len(points) + len(self.baselines)):
+            heldout = job.evaluate(points + list(self.baselines.values()), generation=-2,
+                                   labels=labels + [f"baseline:{n}" for n in self.baselines], split="heldout")
+        winner_cfg, win_f, win_bits = front[win_index]
+        winner = self.provenance(job, winner_cfg, win_f, bits=win_bits, target_bits=settings.target_bits,
+                                 mode=settings.mode, heldout_objective=heldout[win_index].objective,
+                                 under_target=bool(under))
+        finals = [winner, *self.baselines.values()]
+        with job.stage("winner re-score", 2):
+            job.evaluate([winner], generation=-2, labels=["winner"])
+            job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
+        with job.stage("exact match", 2 * len(finals)):
+            job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in self.baselines]])
+        store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
+                                 for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))])
+        win_heldout = heldout[win_index]
+        store.set_winner(run_id, winner, win_f, win_heldout.objective if win_heldout.ok else None,
+                         win_heldout.metrics)
+        store.update_run(run_id, status="finished", best_objective=win_f)
+        return store.detail(run_id)
+
+
+STRATEGIES = {"tokens": TokenSearch, "quant": FrontSearch, "joint": FrontSearch}
+
+
+def _pareto(points: list[tuple[KVConfig, float, float]]) -> list[tuple[KVConfig, float, float]]:
+    """Non-dominated (config, loss, bits) points, sorted by bits (then loss)."""
+    ordered = sorted(points, key=lambda p: (p[2], p[1]))
+    front, best = [], math.inf
+    for point in ordered:
+        if point[1] < best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
+def _schedule(settings: SearchSettings, space: BudgetSpace):
+    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn."""
+    if settings.groups <= 1:
+        yield 0, settings.generations, space
+        return
+    layers = space.model.num_layers
+    size = math.ceil(layers / settings.groups)
+    groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
+    per_group = max(1, settings.generations // len(groups))
+    for i, group in enumerate(groups):
+        yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import evolkv
+
+    return {"evolkv": evolkv.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
