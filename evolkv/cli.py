@@ -462,7 +462,7 @@ def _validate(settings) -> None:
     from evolkv.evaluators.scorers import SCORERS
     from evolkv.evaluators.tasks import TASKS
     from evolkv.search.baselines import BASELINES
-    from evolkv.search.optimizers import OPTIMIZERS
+    from evolkv.search.optimizers import check_objectives
 
     from evolkv.devices import resolve_device, resolve_dtype
 
@@ -480,17 +480,11 @@ def _validate(settings) -> None:
     if budget.kind == "tokens" and synthetic and budget.value >= settings.length and settings.mode != "quant":
         raise EvolKVError(f"--budget {budget} tokens per KV head keeps all of a {settings.length}-token context: "
                           "nothing would be compressed; give fewer tokens or a percentage like 10%")
-    if settings.optimizer not in OPTIMIZERS:
-        raise EvolKVError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    check_objectives(settings.optimizer, 1 if settings.mode == "tokens" else 2)
     if settings.executor not in ("local", "ray"):
         raise EvolKVError(f"unknown executor {settings.executor!r}; known: local, ray")
     if settings.mode != "tokens":
         from evolkv.config import ALLOWED_GROUPS
-        from evolkv.search.optimizers import MULTI_OBJECTIVE
-
-        if settings.optimizer not in MULTI_OBJECTIVE:
-            raise EvolKVError(f"--mode {settings.mode} needs a multi-objective optimizer: "
-                              f"{', '.join(sorted(MULTI_OBJECTIVE))}")
         if settings.group_size not in ALLOWED_GROUPS:
             raise EvolKVError(f"--group-size {settings.group_size} is not one of {ALLOWED_GROUPS}")
         from evolkv.search.precision import parse_evicted, parse_residuals
@@ -513,8 +507,6 @@ def _validate(settings) -> None:
         if settings.groups > 1:
             raise EvolKVError("--groups is the token search's layer schedule; --mode quant and joint group "
                               "layers with --clusters")
-    elif settings.optimizer in ("nsga2", "optuna-nsga2"):
-        raise EvolKVError(f"{settings.optimizer} needs two objectives: use it with --mode quant or joint")
     elif Budget.parse(settings.budget).value == 1.0 and Budget.parse(settings.budget).kind == "fraction":
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
     if settings.scorer not in SCORERS:

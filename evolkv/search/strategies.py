@@ -175,7 +175,7 @@ class FrontSearch(Strategy):
         seeds += [with_precisions(self.base, [pair] * self.spec.num_layers, settings.group_size, r)
                   for r in self.residuals[1:] for pair in ((4, 4), (4, 2))]
         x0 = np.clip(np.stack([space.encode(cfg) for cfg in seeds]), lower, upper)
-        storage = job.store.url if settings.optimizer.startswith("optuna") else None  # the study beside the run
+        storage = job.store.url  # an optimiser that keeps a study keeps it beside the run
         optimizer = make_optimizer(settings.optimizer, space.n_var, lower, upper, settings.population,
                                    settings.seed, x0=x0, n_obj=2, storage=storage, study_name=f"evolkv-{job.run_id}")
         yield space, optimizer, range(settings.generations)
