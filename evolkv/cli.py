@@ -256,9 +256,12 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     _print_timings(detail.get("timings") or {})
     results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM", "held-out NLL",
                     title="winner vs baselines (KL to the full cache: lower is better)")
+    source = (detail.get("winner") or {}).get("source", "search")
     for label, splits in sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner"):
         get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
-        results.add_row(label.removeprefix("baseline:"), _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
+        name = f"winner (= {source.removeprefix('baseline:')})" if label == "winner" and source != "search" \
+            else label.removeprefix("baseline:")
+        results.add_row(name, _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
                         _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")))
     console.print(results)
     space = (detail.get("settings") or {}).get("space")

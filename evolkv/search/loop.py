@@ -62,8 +62,9 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
             job.prepare(split)
     strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
     with job.stage("baselines", len(strategy.baselines)):
-        job.evaluate(list(strategy.baselines.values()), generation=-1,
-                     labels=[f"baseline:{n}" for n in strategy.baselines])
+        scores = job.evaluate(list(strategy.baselines.values()), generation=-1,
+                              labels=[f"baseline:{n}" for n in strategy.baselines])
+    strategy.observe_baselines(dict(zip(strategy.baselines, scores)))
     strategy.prepare(job)
     for view, optimizer, generations in strategy.blocks(job):
         for gen in generations:

@@ -37,6 +37,9 @@ class Strategy:
     def __init__(self, settings: SearchSettings, spec: ModelSpec, budget: Budget, scorer: ScorerSpec) -> None:
         self.settings, self.spec, self.budget, self.scorer = settings, spec, budget, scorer
 
+    def observe_baselines(self, scores: dict[str, Score]) -> None:
+        """The baselines' scores on the search split, before the first generation."""
+
     def prepare(self, job) -> None:
         """Work after the baselines and before the first generation (a sensitivity pass, say)."""
 
@@ -74,14 +77,30 @@ class TokenSearch(Strategy):
         self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
         self.incumbent = self.space.encode(baseline("uniform", spec, budget, scorer))
         self.best_f, self.best_cfg = math.inf, None
+        self.seeds: list[KVConfig] = []
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
 
+    def observe_baselines(self, scores):
+        """Start from the best known configs: every baseline at the run's budget may be the winner (a search
+        that finds nothing better ships the best baseline, not its uniform start), and those the space can
+        express (fixed head shares, the run's scorer) seed the first generation, the best first."""
+        ranked = sorted(((score.objective, name) for name, score in scores.items()
+                         if score.ok and name != "full"), key=lambda item: item[0])
+        for objective, name in ranked[:1]:
+            self.best_f, self.best_cfg = objective, self.baselines[name]
+        self.seeds = [self.baselines[name] for _, name in ranked
+                      if self.baselines[name].scorer == self.scorer and all(layer.heads is not None
+                                                                          for layer in self.baselines[name].layers)]
+        if self.seeds:
+            self.incumbent = self.space.encode(self.seeds[0])
+
     def blocks(self, job):
-        for gen_start, gen_count, view in _schedule(self.settings, self.space):
+        for index, (gen_start, gen_count, view) in enumerate(_schedule(self.settings, self.space)):
             if isinstance(view, SubSpace):
                 view.incumbent = self.incumbent
             lower, upper = view.bounds
-            x0 = np.clip(view.encode(self.space.decode(self.incumbent)), lower, upper)
+            starts = [self.space.decode(self.incumbent)] + (self.seeds[1:] if index == 0 else [])
+            x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
             optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
                                        self.settings.seed + gen_start, x0=x0)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
@@ -103,7 +122,8 @@ class TokenSearch(Strategy):
         if self.best_cfg is None:
             store.update_run(run_id, status="failed")
             return store.detail(run_id)
-        winner = self.provenance(job, self.best_cfg, self.best_f)
+        source = self.best_cfg.label if self.best_cfg.label.startswith("baseline:") else "search"
+        winner = self.provenance(job, self.best_cfg, self.best_f, source=source)
         job.reporter.stage("re-score winner and baselines on held-out data")
         finals = [winner, *self.baselines.values()]
         labels = ["winner", *[f"baseline:{n}" for n in self.baselines]]

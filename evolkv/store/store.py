@@ -260,7 +260,8 @@ class Store:
                 "winner": None if winner is None else {"search_objective": winner[0].search_objective,
                                                        "heldout_objective": winner[0].heldout_objective,
                                                        "heldout_metrics": winner[0].heldout_metrics,
-                                                       "config_hash": winner[1].hash()}}
+                                                       "config_hash": winner[1].hash(),
+                                                       "source": winner[1].provenance.get("source", "search")}}
 
     def lookup(self, model: str, budget: Budget) -> tuple[KVConfig, dict[str, Any]] | None:
         """The stored winner for ``model`` with the largest budget at or under ``budget`` (best held-out first)."""
