@@ -264,7 +264,7 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         results.add_row(name, _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
                         _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")))
     console.print(results)
-    space = (detail.get("settings") or {}).get("space")
+    space = (detail.get("derived") or {}).get("space")
     if space:
         console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "
                       f"10^{space['log10_size_after']:.1f} after pruning and clustering into "

@@ -303,7 +303,7 @@ def test_a_database_of_the_first_schema_revision_opens_migrates_and_lists(tmp_pa
     import sqlite3
 
     with sqlite3.connect(db) as connection:
-        assert connection.execute("select version_num from evolkv_schema_version").fetchone()[0] == "0003"
+        assert connection.execute("select version_num from evolkv_schema_version").fetchone()[0] == "0004"
 
 
 def test_four_searches_into_one_database_at_once(db_url, model_dirs, tmp_path):
@@ -326,7 +326,7 @@ def test_four_searches_into_one_database_at_once(db_url, model_dirs, tmp_path):
         detail = json.loads(out)
         rows = store.evaluations(detail["id"])
         assert detail["status"] == "finished"
-        assert sum(g["evaluated"] for g in detail["generations"]) == sum(1 for row, _ in rows if row.generation >= 0)
+        assert sum(g["evaluated"] for g in detail["generations"]) == sum(1 for row, _ in rows if row.stage == "search")
         assert {"winner", "baseline:uniform"} <= set(detail["results"])
         assert all(set(r) >= {"search", "heldout"} for r in detail["results"].values())
 
@@ -358,3 +358,37 @@ def test_every_stage_of_a_search_has_a_progress_total(loaded, monkeypatch, tmp_p
     exact = {k: v for k, v in reporter.stages.items() if k.startswith("exact-match")}
     assert len(exact) == 2 and all(total == 1 for total in exact.values())
     assert all(reporter.done[k] == exact[k] for k in exact)
+
+
+def test_stages_and_derived_data_move_to_their_columns_on_upgrade(tmp_path):
+    """Revision 0004: negative generations become stages, a run's precision space leaves its settings."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from evolkv.store.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+        connection.execute(sa.text("insert into models values (1, 'toy', :f, '{}')"), {"f": SPEC.fingerprint})
+        connection.execute(sa.text(
+            "insert into runs (id, model_id, mode, budget, budget_kind, budget_value, optimizer, seed, settings, "
+            "status, generations_done, created_at) values ('abcd', 1, 'quant', '100%', 'fraction', 1.0, 'nsga2', 0, "
+            ":s, 'finished', 1, '2026-11-20 10:00:00')"), {"s": json.dumps({"mode": "quant", "space": {"groups": [[0]]}})})
+        connection.execute(sa.text("insert into candidates values (1, 'h', 1, '{}')"))
+        for i, generation in enumerate((-1, -3, 0, -2)):
+            connection.execute(sa.text(
+                "insert into evaluations (id, run_id, candidate_id, generation, label, split, objective, metrics, "
+                "status, reason, duration_s, worker, created_at) values (:i, 'abcd', 1, :g, 'x', 'search', 0.1, "
+                "'{}', 'ok', '', 0, 'local', '2026-11-20 10:00:00')"), {"i": i + 1, "g": generation})
+    engine.dispose()
+    store = Store(url)
+    run = store.run("abcd")
+    assert run.derived == {"space": {"groups": [[0]]}} and "space" not in run.settings
+    stages = [(row.stage, row.generation) for row, _ in store.evaluations("abcd")]
+    assert stages == [("baseline", None), ("sensitivity", None), ("search", 0), ("final", None)]

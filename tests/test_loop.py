@@ -64,14 +64,14 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
     front = straight["front"]
     assert front and all(a["objective"] > b["objective"] for a, b in zip(front, front[1:]))  # more bits, less loss
     searched = [(row.objective, row.metrics["bits"]) for row, _ in Store(str(tmp_path / "a.db")).evaluations(
-        straight["id"]) if row.split == "search" and row.generation >= 0 and row.objective is not None]
+        straight["id"]) if row.split == "search" and row.stage == "search" and row.objective is not None]
     for point in front:  # non-dominated: no evaluated candidate is at least as good on both axes and better on one
         assert not any(f <= point["objective"] and b <= point["bits"] and (f, b) != (point["objective"], point["bits"])
                        for f, b in searched)
     assert all(p["heldout_objective"] is not None for p in front)
     winner = [p for p in front if p["winner"]]
     assert len(winner) == 1 and winner[0]["bits"] <= 6.0
-    space = straight["settings"]["space"]
+    space = straight["derived"]["space"]
     assert space["log10_size_after"] < space["log10_size_before"]
     if mode == "joint":
         assert space["evicted_bits"] == [0, 2] and space["residuals"] == [0, 8]

@@ -7,6 +7,7 @@ import pytest
 from evolkv.config import Budget, ModelSpec, uniform_config
 from evolkv.errors import StoreError
 from evolkv.evaluators.evaluator import Score
+from evolkv.store.models import Stage
 from evolkv.store.store import Store
 
 SPEC = ModelSpec("toy", "llama", 2, 4, 2, 8, ["full_attention"] * 2)
@@ -20,7 +21,7 @@ def _run(store, run_id="run1", budget="10%"):
 def test_runs_candidates_evaluations_and_winner(db_url):
     store = Store(db_url)
     cfg = _run(store)
-    store.add_evaluation("run1", cfg, -1, "baseline:uniform", "search", Score(0.5, {"kl": 0.5}))
+    store.add_evaluation("run1", cfg, None, "baseline:uniform", "search", Score(0.5, {"kl": 0.5}), stage=Stage.BASELINE)
     store.add_evaluation("run1", cfg, 0, "search", "search", Score(0.5, {"kl": 0.5}))
     store.add_evaluation("run1", cfg, 0, "search", "search", Score(math.inf, status="failed", reason="OOM"))
     rows = store.find_evaluations("run1", cfg.hash(), "search")
@@ -110,7 +111,7 @@ def test_a_database_made_before_migrations_is_upgraded_not_broken(db_url):
     cfg = uniform_config(SPEC, Budget.parse("10%"))
     store.set_winner("old", cfg, 0.5, 0.4, {})
     with sa.create_engine(db_url).connect() as connection:
-        assert connection.execute(sa.text("select version_num from evolkv_schema_version")).scalar() == "0003"
+        assert connection.execute(sa.text("select version_num from evolkv_schema_version")).scalar() == "0004"
         assert "front_points" in sa.inspect(connection).get_table_names()
     store.set_front("old", [(cfg, 0.5, 16.0, 0.4, {"kl": 0.4}, True)])
     point, config = Store(db_url).front("old")[0]

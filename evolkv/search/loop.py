@@ -24,6 +24,7 @@ from evolkv.errors import EvolKVError, SearchInterrupted
 from evolkv.evaluators.evaluator import Score
 from evolkv.search.strategies import STRATEGIES
 from evolkv.settings import SearchSettings
+from evolkv.store.models import Stage
 from evolkv.store.store import Store
 
 
@@ -62,8 +63,8 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
             job.prepare(split)
     strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
     with job.stage("baselines", len(strategy.baselines)):
-        scores = job.evaluate(list(strategy.baselines.values()), generation=-1,
-                              labels=[f"baseline:{n}" for n in strategy.baselines])
+        scores = job.evaluate(list(strategy.baselines.values()), Stage.BASELINE,
+                              [f"baseline:{n}" for n in strategy.baselines])
     strategy.observe_baselines(dict(zip(strategy.baselines, scores)))
     strategy.prepare(job)
     for view, optimizer, generations in strategy.blocks(job):
@@ -127,8 +128,10 @@ class _Job:
                               f"{' or --dtype bfloat16' if wide else ''}, or free GPU memory and "
                               f"`evolkv resume {self.run_id}`") from None
 
-    def evaluate(self, configs: list[KVConfig], generation: int, labels: list[str],
-                 split: str = "search", progress=None) -> list[Score]:
+    def evaluate(self, configs: list[KVConfig], stage: Stage, labels: list[str], split: str = "search",
+                 generation: int | None = None, progress=None) -> list[Score]:
+        """Scores of ``configs`` on ``split``: read back from the store when this run has them, else computed
+        and stored (as ``stage``, with the search ``generation``)."""
         results: dict[str, Score] = {}
         todo: dict[str, KVConfig] = {}
         for cfg, label in zip(configs, labels):
@@ -138,8 +141,8 @@ class _Job:
                 row = rows[0]
                 score = Score(row.objective if row.objective is not None else math.inf, row.metrics,
                               row.status, row.reason, 0.0)
-                if not any(r.generation == generation and r.label == label for r in rows):
-                    self.store.add_evaluation(self.run_id, cfg, generation, label, split, score, "store")
+                if not any(r.stage == stage and r.generation == generation and r.label == label for r in rows):
+                    self.store.add_evaluation(self.run_id, cfg, generation, label, split, score, "store", stage)
                 results[digest] = score
             else:
                 todo.setdefault(digest, cfg)
@@ -151,7 +154,7 @@ class _Job:
             for cfg, label in dict.fromkeys((cfg, label) for cfg, label in zip(configs, labels)
                                             if cfg.hash() in computed):
                 self.store.add_evaluation(self.run_id, cfg, generation, label, split, computed[cfg.hash()],
-                                          self.executor.worker)
+                                          self.executor.worker, stage)
             results.update(computed)
         return [results[cfg.hash()] for cfg in configs]
 
@@ -172,7 +175,8 @@ class _Job:
     def evaluate_built(self, configs: list[KVConfig | None], generation: int) -> list[Score]:
         """``evaluate`` the configs that were built; the others score as failed."""
         built = [cfg for cfg in configs if cfg is not None]
-        scores = iter(self.evaluate(built, generation=generation, labels=["search"] * len(built)) if built else [])
+        scores = iter(self.evaluate(built, Stage.SEARCH, ["search"] * len(built), generation=generation)
+                      if built else [])
         return [next(scores) if cfg is not None else Score(math.inf, status="failed", reason="build failed")
                 for cfg in configs]
 
@@ -187,5 +191,5 @@ class _Job:
             self.reporter.stage(f"exact-match accuracy on the {split} split", total=self.executor.split_size(split))
             accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
             for (cfg, label), acc in zip(todo, accuracy):
-                self.store.add_evaluation(self.run_id, cfg, -2, label, f"{split}/em",
-                                          Score(acc["em"], acc), self.executor.worker)
+                self.store.add_evaluation(self.run_id, cfg, None, label, f"{split}/em",
+                                          Score(acc["em"], acc), self.executor.worker, Stage.FINAL)

@@ -24,6 +24,7 @@ from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evict
                                     sensitivity_configs, with_precisions)
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.settings import SearchSettings
+from evolkv.store.models import Stage
 
 QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
 
@@ -128,8 +129,8 @@ class TokenSearch(Strategy):
         finals = [winner, *self.baselines.values()]
         labels = ["winner", *[f"baseline:{n}" for n in self.baselines]]
         with job.stage("held-out re-score", 2 * len(finals)):
-            job.evaluate(finals, generation=-2, labels=labels)
-            heldout = job.evaluate(finals, generation=-2, labels=labels, split="heldout")
+            job.evaluate(finals, Stage.FINAL, labels)
+            heldout = job.evaluate(finals, Stage.FINAL, labels, split="heldout")
         with job.stage("exact match", 2 * len(finals)):
             job.exact_match(finals, labels)
         winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
@@ -163,7 +164,7 @@ class FrontSearch(Strategy):
         job.reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
                            total=len(probes) * job.executor.split_size(PROBE))
         with job.stage("sensitivity", len(probes)):
-            scores = job.evaluate([cfg for _, _, cfg in probes], generation=-3, labels=["sensitivity"] * len(probes),
+            scores = job.evaluate([cfg for _, _, cfg in probes], Stage.SENSITIVITY, ["sensitivity"] * len(probes),
                                   split=PROBE, progress=job.reporter.advance)
         errors = np.zeros((spec.num_layers, len(PAIRS)))
         for (layer, pair, _), score in zip(probes, scores):
@@ -183,7 +184,7 @@ class FrontSearch(Strategy):
                       "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(self.residuals),
                       "evicted_bits": list(self.space.evicted),
                       "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
-        job.store.update_run(job.run_id, settings={**settings.to_dict(), "space": space_info})
+        job.store.update_run(job.run_id, derived={"space": space_info})
         job.reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
 
     def blocks(self, job):
@@ -231,16 +232,16 @@ class FrontSearch(Strategy):
         points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
         labels = [f"front:{i}" for i in range(len(points))]
         with job.stage("held-out re-score", len(points) + len(self.baselines)):
-            heldout = job.evaluate(points + list(self.baselines.values()), generation=-2,
-                                   labels=labels + [f"baseline:{n}" for n in self.baselines], split="heldout")
+            heldout = job.evaluate(points + list(self.baselines.values()), Stage.FINAL,
+                                   labels + [f"baseline:{n}" for n in self.baselines], split="heldout")
         winner_cfg, win_f, win_bits = front[win_index]
         winner = self.provenance(job, winner_cfg, win_f, bits=win_bits, target_bits=settings.target_bits,
                                  mode=settings.mode, heldout_objective=heldout[win_index].objective,
                                  under_target=bool(under))
         finals = [winner, *self.baselines.values()]
         with job.stage("winner re-score", 2):
-            job.evaluate([winner], generation=-2, labels=["winner"])
-            job.evaluate([winner], generation=-2, labels=["winner"], split="heldout")
+            job.evaluate([winner], Stage.FINAL, ["winner"])
+            job.evaluate([winner], Stage.FINAL, ["winner"], split="heldout")
         with job.stage("exact match", 2 * len(finals)):
             job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in self.baselines]])
         store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)

@@ -4,6 +4,7 @@ Pareto-front points."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import Enum
 
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -18,6 +19,15 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class Stage(str, Enum):
+    """What an evaluation was for (the ``stage`` column)."""
+
+    SEARCH = "search"  # a candidate of generation ``generation``
+    BASELINE = "baseline"  # a fixed allocation at the run's budget
+    SENSITIVITY = "sensitivity"  # quant/joint: a one-layer quantization probe
+    FINAL = "final"  # re-scores of the winner, the front and the baselines (held-out, exact match)
 
 
 class ModelRow(Base):
@@ -45,6 +55,7 @@ class RunRow(Base):
     generations_done: Mapped[int] = mapped_column(Integer, default=0)
     # {"stages": [{"stage", "seconds", "evaluations"}...], "peak_gpu_gib"}: where a run's time went
     timings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    derived: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # what the run computed (its precision space)
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True)  # host:pid of the running process
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)  # refreshed by every write of the run
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -64,7 +75,8 @@ class EvaluationRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
-    generation: Mapped[int] = mapped_column(Integer)  # -1: baselines, -2: held-out re-scores
+    stage: Mapped[str] = mapped_column(String(12), default=Stage.SEARCH.value)
+    generation: Mapped[int | None] = mapped_column(Integer, nullable=True)  # search stage only
     label: Mapped[str] = mapped_column(String(60))
     split: Mapped[str] = mapped_column(String(20))
     objective: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from evolkv.allocation import within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec
 from evolkv.errors import StoreError
-from evolkv.store.models import VERSION_TABLE, CandidateRow, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
+from evolkv.store.models import VERSION_TABLE, CandidateRow, Stage, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
 
 
 def default_url() -> str:
@@ -117,12 +117,14 @@ class Store:
             session.flush()
         return row
 
-    def add_evaluation(self, run_id: str, cfg: KVConfig, generation: int, label: str, split: str, score,
-                       worker: str = "local") -> None:
+    def add_evaluation(self, run_id: str, cfg: KVConfig, generation: int | None, label: str, split: str, score,
+                       worker: str = "local", stage: Stage = Stage.SEARCH) -> None:
+        """Store one evaluation; ``generation`` is the search generation (None for the other stages)."""
         def fn(session: Session) -> None:
             candidate = self._candidate(session, cfg)
             objective = score.objective if math.isfinite(score.objective) else None
-            session.add(EvaluationRow(run_id=run_id, candidate_id=candidate.id, generation=generation, label=label,
+            session.add(EvaluationRow(run_id=run_id, candidate_id=candidate.id, stage=Stage(stage).value,
+                                      generation=generation, label=label,
                                       split=split, objective=objective, metrics=score.metrics,
                                       status=score.status, reason=score.reason, duration_s=score.duration_s,
                                       worker=worker))
@@ -234,15 +236,14 @@ class Store:
         settings = run.settings or {}
         target = settings.get("target_bits") if settings.get("mode", "tokens") != "tokens" else None
         for row, _ in self.evaluations(run.id):
-            if row.generation >= 0 and row.split == "search":
+            if row.stage == Stage.SEARCH and row.split == "search":
                 if row.objective is None:
                     failed[row.generation] += 1
                 elif target is not None and not within_bits(row.metrics.get("bits", math.inf), target):
                     over[row.generation] += 1  # progress is the best loss the run can pick: at or under target
                 else:
                     generations[row.generation].append(row.objective)
-            if row.label not in ("search", "sensitivity") and not row.label.startswith("front:") \
-                    and row.generation < 0:
+            if row.stage in (Stage.BASELINE, Stage.FINAL) and not row.label.startswith("front:"):
                 labelled[row.label][row.split] = {"objective": row.objective, **row.metrics}
         progress, best = [], math.inf
         for gen in sorted(set(generations) | set(failed) | set(over)):
@@ -254,7 +255,8 @@ class Store:
                              "mean": sum(values) / len(values) if values else None, "best_so_far": best})
         winner = self.winner(run.id)
         front = [{**point, "precisions": _precisions(cfg)} for point, cfg in self.front(run.id)]
-        return {**_run_dict(run, model.name), "settings": run.settings, "timings": run.timings or {},
+        return {**_run_dict(run, model.name), "settings": run.settings, "derived": run.derived or {},
+                "timings": run.timings or {},
                 "generations": progress,
                 "results": dict(labelled), "front": front,
                 "winner": None if winner is None else {"search_objective": winner[0].search_objective,
