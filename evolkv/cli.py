@@ -254,16 +254,26 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
     _print_timings(detail.get("timings") or {})
-    results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM", "held-out NLL",
-                    title="winner vs baselines (KL to the full cache: lower is better)")
+    results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM",
+                    "held-out NLL", "gap",
+                    title="winner vs baselines (KL to the full cache: lower is better; gap = held-out / search KL)")
     source = (detail.get("winner") or {}).get("source", "search")
-    for label, splits in sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner"):
+    ordered = sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner")
+    for label, splits in ordered:
         get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
-        name = f"winner (= {source.removeprefix('baseline:')})" if label == "winner" and source != "search" \
-            else label.removeprefix("baseline:")
+        name = _config_name(label, source)
+        gap = get("heldout") / get("search") if get("heldout") is not None and get("search") else None
         results.add_row(name, _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
-                        _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")))
+                        _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")), _fmt(gap, 2))
     console.print(results)
+    tasks = sorted({key.removesuffix("/kl") for _, splits in ordered for key in (splits.get("heldout") or {})
+                    if key.endswith("/kl")})
+    if len(tasks) > 1:  # one task's gain must not hide another's loss
+        per_task = Table(Column("config", no_wrap=True), *tasks, title="held-out KL per task")
+        for label, splits in ordered:
+            heldout = splits.get("heldout") or {}
+            per_task.add_row(_config_name(label, source), *(_fmt(heldout.get(f"{t}/kl")) for t in tasks))
+        console.print(per_task)
     space = (detail.get("derived") or {}).get("space")
     if space:
         console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "
@@ -276,6 +286,12 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
             front.add_row(str(p["point"]), _fmt(p["bits"], 3), _fmt(p["objective"]), _fmt(p["heldout_objective"]),
                           _fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
         console.print(front)
+
+
+def _config_name(label: str, source: str) -> str:
+    if label == "winner" and source != "search":
+        return f"winner (= {source.removeprefix('baseline:')})"
+    return label.removeprefix("baseline:")
 
 
 def _print_timings(timings: dict[str, Any]) -> None:

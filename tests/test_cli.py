@@ -39,6 +39,7 @@ def test_runs_list_and_show(searched):
     assert listed[0]["id"] == detail["id"] and listed[0]["budget"] == "20%"
     shown = invoke("runs", "show", detail["id"][:6], "--db", db)
     assert shown.exit_code == 0 and "winner" in shown.stdout and "uniform" in shown.stdout
+    assert "held-out KL per task" in shown.stdout and "multikey" in shown.stdout and "gap" in shown.stdout
 
 
 def test_export_lookup_and_eval_round_trip(searched, tmp_path):
