@@ -485,7 +485,7 @@ def _validate(settings) -> None:
 
     from evolkv.devices import resolve_device, resolve_dtype
 
-    Budget.parse(settings.budget)
+    budget = Budget.parse(settings.budget)
     if not (settings.executor == "ray" and settings.ray_address):  # a remote cluster's GPUs are not ours to see
         settings.device = resolve_device(settings.device)  # no silent CPU fall back
     settings.dtype = resolve_dtype(settings.dtype, settings.device)
@@ -494,7 +494,6 @@ def _validate(settings) -> None:
             raise EvolKVError(f"unknown task {task!r}; known: {', '.join(TASKS)} or a .jsonl file")
     if not settings.tasks:
         raise EvolKVError("give at least one task")
-    budget = Budget.parse(settings.budget)
     synthetic = not any(task.endswith(".jsonl") for task in settings.tasks)
     if budget.kind == "tokens" and synthetic and budget.value >= settings.length and settings.mode != "quant":
         raise EvolKVError(f"--budget {budget} tokens per KV head keeps all of a {settings.length}-token context: "
@@ -518,7 +517,7 @@ def _validate(settings) -> None:
             raise EvolKVError(f"--evicted-bits: {exc}") from None
         if settings.mode == "quant" and any(settings.evicted_bits):
             raise EvolKVError("--evicted-bits keeps tokens a budget evicts: use it with --mode joint --budget B")
-        if settings.mode == "quant" and Budget.parse(settings.budget).value != 1.0:
+        if settings.mode == "quant" and budget.value != 1.0:
             raise EvolKVError("--mode quant keeps every token (--budget 100%); to search token budgets and "
                               "precisions together use --mode joint --budget B")
         if settings.mode == "quant" and settings.per_head:
@@ -526,7 +525,7 @@ def _validate(settings) -> None:
         if settings.groups > 1:
             raise EvolKVError("--groups is the token search's layer schedule; --mode quant and joint group "
                               "layers with --clusters")
-    elif Budget.parse(settings.budget).value == 1.0 and Budget.parse(settings.budget).kind == "fraction":
+    elif budget.value == 1.0 and budget.kind == "fraction":
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
     if settings.scorer not in SCORERS:
         raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")

@@ -360,11 +360,10 @@ def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
     values = dict(layer)
     for name in _INT_FIELDS:  # 4.0 is 4 (many JSON writers emit floats); 4.5 is an error
         value = values.get(name)
-        if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if value is not None and (isinstance(value, bool) or not whole):
             raise ConfigError(f"layer {index} field {name!r} must be a whole number, not {value!r}")
         if isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"layer {index} field {name!r} must be a whole number, not {value!r}")
             values[name] = int(value)
     budget = values.get("budget")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
