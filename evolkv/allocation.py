@@ -100,27 +100,16 @@ def layer_capacity(spec: ModelSpec, layer: int, context_len: int) -> int:
     return context_len
 
 
-SCALE_BYTES = 2  # each scale and zero point is stored as float16
-
-
 def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> int:
     """Bytes one KV head of a layer stores for ``kept`` entries (keys and values): ranks below the residual
-    window at full precision, the rest as packed codes plus scales and zero points (see
-    ``evolkv.kernels.packed``: key groups run over the ranking from the residual on)."""
-    full = min(kept, layer.residual) if layer.quantized else kept
-    packed = kept - full
-    total = 0
-    for bits, keys in ((layer.k_bits, True), (layer.v_bits, False)):
-        if bits == 16:
-            total += kept * dim * dtype_bytes
-            continue
-        total += full * dim * dtype_bytes + packed * dim * bits // 8
-        if keys and packed:  # one (scale, zero) per channel and group of entries touched
-            groups = -(-packed // layer.group_size)
-            total += groups * dim * 2 * SCALE_BYTES
-        elif packed:  # one (scale, zero) per entry and group of channels
-            total += packed * (dim // min(layer.group_size, dim)) * 2 * SCALE_BYTES
-    return total
+    window at full precision, the rest as the layer's quantizer stores them (codes, scales, zero points)."""
+    from evolkv.quantizers import QUANTIZERS
+
+    if not layer.quantized:
+        return 2 * kept * dim * dtype_bytes
+    full = min(kept, layer.residual)
+    return QUANTIZERS[layer.quantizer].head_bytes(kept, full, layer.k_bits, layer.v_bits, layer.group_size, dim,
+                                                  dtype_bytes)
 
 
 def evicted_bytes(evicted: int, layer: LayerSpec, dim: int) -> int:
@@ -129,7 +118,7 @@ def evicted_bytes(evicted: int, layer: LayerSpec, dim: int) -> int:
     if not layer.evicted_bits or evicted <= 0:
         return 0
     bits = layer.evicted_bits
-    tier = LayerSpec(budget=1.0, k_bits=bits, v_bits=bits, group_size=layer.group_size)
+    tier = LayerSpec(budget=1.0, k_bits=bits, v_bits=bits, group_size=layer.group_size, quantizer=layer.quantizer)
     return head_bytes(evicted, tier, dim)
 
 

@@ -144,13 +144,24 @@ def search(
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
                               "vartrack, or paths to .jsonl files with context/question/answers."),
-    samples: int = typer.Option(4, min=1, help="Samples per task in each split (search and held-out)."),
+    samples: int = typer.Option(4, min=1, help="Samples per task each generation is scored on, and on the "
+                                "held-out split."),
+    validation_samples: int = typer.Option(0, min=0, help="tokens: samples per task of the validation split "
+                                           "the winner is chosen on, among the best search candidates and the "
+                                           "baselines [default: --samples]."),
+    pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
+                             "generation is scored on a fresh draw of --samples from it (against overfitting; "
+                             "prefilled once) [default: --samples, no resampling]."),
+    aggregate: str = typer.Option("worst", help="tokens: what the optimiser and the winner's choice see. worst: "
+                                  "the largest per-task KL relative to uniform's on the same samples (no task's "
+                                  "gain pays for another's loss). mean: the mean KL."),
+    finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
     per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads "
                                   "(tokens and joint modes)."),
     groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn "
                                "(tokens mode; quant/joint use --clusters)."),
-    scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming."),
+    scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming | tova (evolkv.scorers; README: adding a scorer)."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
     baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming", help="Baselines evaluated alongside."),
@@ -182,7 +193,8 @@ def search(
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
-                              length=length, per_head=per_head, groups=groups, scorer=scorer,
+                              validation_samples=validation_samples, pool=pool, aggregate=aggregate,
+                              finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
     _validate(settings)
@@ -254,25 +266,29 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
     _print_timings(detail.get("timings") or {})
-    results = Table(Column("config", no_wrap=True), "search KL", "search EM", "held-out KL", "held-out EM",
-                    "held-out NLL", "gap",
+    results = Table(Column("config", no_wrap=True), "search KL", "valid. KL", "held-out KL", "search EM",
+                    "held-out EM", "gap",
                     title="winner vs baselines (KL to the full cache: lower is better; gap = held-out / search KL)")
     source = (detail.get("winner") or {}).get("source", "search")
-    ordered = sorted(detail["results"].items(), key=lambda kv: kv[0] != "winner")
+    ordered = sorted(detail["results"].items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:")))
     for label, splits in ordered:
         get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
         name = _config_name(label, source)
         gap = get("heldout") / get("search") if get("heldout") is not None and get("search") else None
-        results.add_row(name, _fmt(get("search")), _fmt(get("search/em"), 3), _fmt(get("heldout")),
-                        _fmt(get("heldout/em"), 3), _fmt(get("heldout", "nll")), _fmt(gap, 2))
+        results.add_row(name, _fmt(get("search")), _fmt(get("validation")), _fmt(get("heldout")),
+                        _fmt(get("search/em"), 3), _fmt(get("heldout/em"), 3), _fmt(gap, 2))
     console.print(results)
+    if source != "search" and detail.get("winner"):
+        console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
+                      f"split: the winner is that baseline[/bold]")
     tasks = sorted({key.removesuffix("/kl") for _, splits in ordered for key in (splits.get("heldout") or {})
                     if key.endswith("/kl")})
     if len(tasks) > 1:  # one task's gain must not hide another's loss
         per_task = Table(Column("config", no_wrap=True), *tasks, title="held-out KL per task")
         for label, splits in ordered:
             heldout = splits.get("heldout") or {}
-            per_task.add_row(_config_name(label, source), *(_fmt(heldout.get(f"{t}/kl")) for t in tasks))
+            if heldout:
+                per_task.add_row(_config_name(label, source), *(_fmt(heldout.get(f"{t}/kl")) for t in tasks))
         console.print(per_task)
     space = (detail.get("derived") or {}).get("space")
     if space:
@@ -344,6 +360,10 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     found = store.winner(run_id)
     if found is None:
         raise EvolKVError(f"run {run_id} has no winner yet (unfinished or failed)")
+    source = found[1].provenance.get("source", "search")
+    if source != "search":
+        err.print(f"note: this winner is the {source.removeprefix('baseline:')} baseline: no search candidate "
+                  "beat it on the validation split (provenance.source)")
     _emit(found[1], out)
 
 
@@ -355,8 +375,8 @@ def plot(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     """Draw a run's Pareto front (quality loss vs bits per KV element) with the baselines as points."""
     from evolkv.plots import plot_front
 
-    if split not in ("search", "heldout"):
-        raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
+    if split not in ("search", "validation", "heldout"):
+        raise EvolKVError(f"split must be search, validation or heldout, not {split!r}")
     detail = _store(db).detail(run_id)
     if not detail.get("front"):
         raise EvolKVError(f"run {detail['id']} has no Pareto front (use --mode quant or joint)")
@@ -381,11 +401,13 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
     cfg, info = found
     if out:
         cfg.save(out)
+    source = cfg.provenance.get("source", "search")
     if as_json:
-        print(json.dumps({**info, "config": cfg.to_dict()}, indent=2))
+        print(json.dumps({**info, "source": source, "config": cfg.to_dict()}, indent=2))
     else:
+        marked = "" if source == "search" else f"  (= {source.removeprefix('baseline:')}: no search candidate beat it)"
         console.print(f"run {info['run_id']}  budget {info['budget']}  search KL {_fmt(info['search_objective'])}"
-                      f"  held-out KL {_fmt(info['heldout_objective'])}" + (f"  -> {out}" if out else ""))
+                      f"  held-out KL {_fmt(info['heldout_objective'])}{marked}" + (f"  -> {out}" if out else ""))
 
 
 @app.command("eval")
@@ -397,10 +419,10 @@ def evaluate(
     tasks: str = typer.Option("passkey,multikey", help="Comma-separated tasks or .jsonl files."),
     samples: int = typer.Option(10, min=1, help="Samples per task."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
-    split: str = typer.Option("heldout", help="search | heldout."),
+    split: str = typer.Option("heldout", help="search | validation | heldout."),
     seed: int = typer.Option(0, help="Seed of the synthetic tasks."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question."),
-    scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming "
+    scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming | tova "
                                "(a --config brings its own)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "
@@ -421,8 +443,8 @@ def evaluate(
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
     _validate(settings)
-    if split not in ("search", "heldout"):
-        raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
+    if split not in ("search", "validation", "heldout"):
+        raise EvolKVError(f"split must be search, validation or heldout, not {split!r}")
     wanted = Budget.parse(budget)
     _quiet_transformers()
     with _progress() as progress:
@@ -478,7 +500,7 @@ def _split(text: str) -> list[str]:
 
 def _validate(settings) -> None:
     from evolkv.config import Budget
-    from evolkv.evaluators.scorers import SCORERS
+    from evolkv.scorers import SCORERS
     from evolkv.evaluators.tasks import TASKS
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
@@ -527,6 +549,10 @@ def _validate(settings) -> None:
                               "layers with --clusters")
     elif budget.value == 1.0 and budget.kind == "fraction":
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
+    if settings.aggregate not in ("worst", "mean"):
+        raise EvolKVError(f"--aggregate must be worst or mean, not {settings.aggregate!r}")
+    if settings.mode != "tokens" and (settings.pool or settings.validation_samples):
+        raise EvolKVError("--pool and --validation-samples belong to the token search (--mode tokens)")
     if settings.scorer not in SCORERS:
         raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
     for name in settings.baselines:

@@ -144,19 +144,46 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    """How tokens are ranked at the end of prefill (see ``evolkv.evaluators.scorers``)."""
+    """How tokens are ranked at the end of prefill (see ``evolkv.scorers``): a registered scorer's name, its
+    observation window and pooling kernel, and its own parameters (``{"sinks": 4}``; JSON only when set)."""
 
     name: str = "snapkv"
     window: int = 8
     kernel: int = 5
+    params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        from evolkv.evaluators.scorers import SCORERS
+        from evolkv.scorers import SCORERS
 
         if self.name not in SCORERS:
             raise ConfigError(f"unknown scorer {self.name!r}; known: {', '.join(sorted(SCORERS))}")
         if self.window < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise ConfigError("scorer window must be >= 1 and kernel an odd number >= 1")
+        params = self.params.items() if isinstance(self.params, dict) else self.params
+        object.__setattr__(self, "params", tuple(sorted((str(k), v) for k, v in params)))
+        own = {f.name for f in fields(SCORERS[self.name])} - {"window", "kernel"}
+        unknown = sorted({k for k, _ in self.params} - own)
+        if unknown:
+            raise ConfigError(f"scorer {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                              f"its parameters: {', '.join(sorted(own)) or 'none'}")
+
+    def build(self):
+        """The scorer object this spec names."""
+        from evolkv.scorers import SCORERS
+
+        return SCORERS[self.name](window=self.window, kernel=self.kernel, **dict(self.params))
+
+    @property
+    def key(self) -> str:
+        """Identifies one ranking: equal keys rank every sample the same."""
+        own = "".join(f":{k}={v:g}" for k, v in self.params)
+        return f"{self.name}:{self.window}:{self.kernel}{own}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "window": self.window, "kernel": self.kernel}
+        if self.params:
+            data["params"] = dict(self.params)
+        return data
 
 
 @dataclass(frozen=True)
@@ -170,6 +197,7 @@ class LayerSpec:
     group_size: int = 32
     residual: int = 0
     evicted_bits: int = 0  # MiKV: tokens past the budget kept at K{b}V{b} (8, 4 or 2) instead of dropped (0)
+    quantizer: str = "kivi"  # evolkv.quantizers: how entries below 16 bits are stored and read
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget) or self.budget < 0:
@@ -186,6 +214,10 @@ class LayerSpec:
             raise ConfigError(f"group_size={self.group_size} is not one of {ALLOWED_GROUPS}")
         if self.residual < 0:
             raise ConfigError(f"residual window must be >= 0, got {self.residual}")
+        from evolkv.quantizers import QUANTIZERS
+
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"unknown quantizer {self.quantizer!r}; known: {', '.join(sorted(QUANTIZERS))}")
         if self.evicted_bits not in EVICTED_BITS:
             raise ConfigError(f"evicted_bits={self.evicted_bits} is not one of {EVICTED_BITS} (0 = drop them)")
 
@@ -206,6 +238,8 @@ def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
     data = {**asdict(layer), "heads": None if layer.heads is None else list(layer.heads)}
     if not layer.evicted_bits:  # absent unless used: configs (and their hashes) from before MiKV are unchanged
         del data["evicted_bits"]
+    if layer.quantizer == "kivi":  # the same for the quantizer: absent when it is the default, KIVI
+        del data["quantizer"]
     return data
 
 
@@ -260,7 +294,7 @@ class KVConfig:
             "schema": SCHEMA,
             "model": self.model.to_dict(),
             "budget": str(self.budget),
-            "scorer": asdict(self.scorer),
+            "scorer": self.scorer.to_dict(),
             "layers": [_layer_dict(layer) for layer in self.layers],
         }
         if provenance:

@@ -1,13 +1,17 @@
 """Executors run evaluations for the search loop.
 
 ``LocalExecutor`` scores in-process on one device; ``evolkv.ray_executor.RayExecutor`` spreads the samples
-over Ray actors. Both see the same three splits: ``search``, ``heldout`` and ``probe`` (a few search samples
-spread over the tasks, for cheap passes such as the precision sensitivity).
+over Ray actors. Both see the same splits: ``search`` (the search pool), ``validation``, ``heldout``, ``probe``
+(a few search samples spread over the tasks, for cheap passes such as the precision sensitivity) and the
+draws ``search@<n>``: ``samples`` per task drawn from the pool for generation ``n`` (read from the pool's
+prefill, never prefilled again) when the pool is larger than that.
 """
 
 from __future__ import annotations
 
+import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from evolkv.config import KVConfig
@@ -15,6 +19,26 @@ from evolkv.evaluators.evaluator import Evaluator, Prepared, Score
 from evolkv.evaluators.tasks import Sample
 
 PROBE = "probe"
+DRAW = "@"
+
+
+def draw_split(draw: int) -> str:
+    """The name of the search pool's ``draw``-th resample (one per generation)."""
+    return f"search{DRAW}{draw}"
+
+
+def draw_indices(pool: Sequence[Sample], per_task: int, seed: int, split: str) -> list[int]:
+    """Indices into ``pool`` of the draw ``split`` (``search@n``): ``per_task`` samples of every task, drawn
+    without replacement by a stream of (seed, n), in pool order."""
+    draw = int(split.rpartition(DRAW)[2])
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(pool):
+        by_task[sample.task].append(index)
+    rng = random.Random(f"draw:{seed}:{draw}")
+    chosen = []
+    for task in sorted(by_task):
+        chosen += rng.sample(by_task[task], min(per_task, len(by_task[task])))
+    return sorted(chosen)
 
 
 def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
@@ -31,22 +55,34 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
 class LocalExecutor:
     """Prefills each split's samples once (on first use) and scores populations on them."""
 
-    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]]) -> None:
+    def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]], per_task: int = 0, seed: int = 0,
+                 pool: Sequence[Sample] | None = None, offset: int = 0) -> None:
         self.evaluator = evaluator
         self.samples = samples
         self.worker = f"local:{evaluator.device}"
         self._prepared: dict[str, list[Prepared]] = {}
         self.load_seconds: float | None = None  # set by make_local: the model's load, a stage of the run
+        # draws from the search pool: ``per_task`` of each task; a shard holds pool[offset:offset + len(search)]
+        self.per_task, self.seed, self.offset = per_task, seed, offset
+        self.pool = samples.get("search", []) if pool is None else pool
 
     def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
+        if DRAW in split:
+            split = "search"
         if split not in self._prepared:
             self._prepared[split] = self.evaluator.prepare(self.samples[split], progress)
 
     def prepared(self, split: str) -> list[Prepared]:
         self.prepare(split)
-        return self._prepared[split]
+        if DRAW not in split:
+            return self._prepared[split]
+        mine = self._prepared["search"]
+        indices = draw_indices(self.pool, self.per_task, self.seed, split)
+        return [mine[i - self.offset] for i in indices if self.offset <= i < self.offset + len(mine)]
 
     def split_size(self, split: str) -> int:
+        if DRAW in split:
+            return len(draw_indices(self.pool, self.per_task, self.seed, split))
         return len(self.samples[split])
 
     def evaluate(self, configs: Sequence[KVConfig], split: str,
@@ -62,8 +98,10 @@ def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
     """The run's samples: both splits of every task, and the probe subset of the search split."""
     from evolkv.evaluators.tasks import SPLITS, load_tasks
 
-    samples = {split: load_tasks(settings.tasks, settings.samples, settings.length, settings.seed, split,
-                                 tokenizer) for split in SPLITS}
+    counts = {"search": max(settings.pool, settings.samples),
+              "validation": settings.validation_samples or settings.samples, "heldout": settings.samples}
+    samples = {split: load_tasks(settings.tasks, counts[split], settings.length, settings.seed, split, tokenizer)
+               for split in SPLITS}
     search = samples["search"]
     count = min(getattr(settings, "probe_samples", 4), len(search))
     samples[PROBE] = [search[i * len(search) // count] for i in range(count)]
@@ -83,12 +121,17 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     load_seconds = time.perf_counter() - started
     torch.manual_seed(settings.seed)
     samples = build_samples(settings, loaded.tokenizer)
+    pool, offset = samples["search"], 0
     if shard is not None:
         rank, world = shard
+        offset = shard_bounds(len(pool), world)[rank][0]
         samples = {split: items[slice(*shard_bounds(len(items), world)[rank])] for split, items in samples.items()}
-    scorers = [ScorerSpec(settings.scorer, window=settings.window), ScorerSpec("streaming", settings.window, 1)]
+    from evolkv.search.baselines import scorers_of
+
+    scorers = scorers_of([*settings.baselines, "streaming"], loaded.spec,
+                         ScorerSpec(settings.scorer, window=settings.window))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size)
-    executor = LocalExecutor(evaluator, samples)
+    executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, offset)
     executor.load_seconds = load_seconds
     return loaded, executor

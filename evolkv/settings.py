@@ -21,7 +21,11 @@ class SearchSettings:
     population: int = 8
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["passkey", "multikey"])
-    samples: int = 4
+    samples: int = 4  # per task and generation on the search split, and on the held-out split
+    validation_samples: int = 0  # per task on the validation split the winner is chosen on (0 = samples)
+    pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them
+    aggregate: str = "worst"  # worst: the largest per-task KL relative to uniform's (no task pays for another)
+    finalists: int = 4  # best search candidates re-scored on validation beside the baselines
     length: int = 1000
     per_head: bool = False
     groups: int = 0

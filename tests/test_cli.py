@@ -29,8 +29,27 @@ def test_search_stores_run_with_winner_and_baselines(searched):
     assert detail["status"] == "finished" and detail["winner"]["heldout_objective"] is not None
     assert {"winner", "baseline:uniform", "baseline:full", "baseline:pyramid", "baseline:adakv",
             "baseline:streaming"} <= set(detail["results"])
-    assert set(detail["results"]["winner"]) == {"search", "heldout", "search/em", "heldout/em"}
+    assert set(detail["results"]["winner"]) == {"search", "validation", "heldout", "search/em", "heldout/em"}
     assert [g["generation"] for g in detail["generations"]] == [0, 1]
+
+
+def test_a_baseline_that_wins_is_shipped_and_marked(model_dirs, tmp_path):
+    """With no finalists the winner can only be a baseline: it is, and runs show, export and lookup say so."""
+    db = f"sqlite:///{tmp_path / 'b.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
+                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey",
+                    "--finalists", 0, "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    source = detail["winner"]["source"]
+    assert source.startswith("baseline:") and source != "baseline:full"
+    shown = invoke("runs", "show", detail["id"], "--db", db)
+    assert f"winner (= {source.removeprefix('baseline:')})" in shown.stdout
+    assert "no search candidate beat" in " ".join(shown.stdout.split())
+    exported = invoke("export", detail["id"], "--db", db)
+    assert json.loads(exported.stdout)["provenance"]["source"] == source and "note:" in exported.stderr
+    found = invoke("lookup", "--model", detail["model"], "--budget", "20%", "--db", db)
+    assert found.exit_code == 0 and f"(= {source.removeprefix('baseline:')}" in found.stdout
 
 
 def test_runs_list_and_show(searched):

@@ -64,10 +64,13 @@ def test_cli_search_show_export_eval_apply_on_cuda(arch, gpu_models, tmp_path):
     assert detail["status"] == "finished" and detail["settings"]["device"] == "cuda:0"
     assert detail["settings"]["dtype"] == "bfloat16"  # auto on CUDA
     stages = [s["stage"] for s in detail["timings"]["stages"]]
-    assert {"model load", "prefill search", "prefill heldout", "baselines", "generation 1",
-            "held-out re-score", "exact match"} <= set(stages)
+    assert {"model load", "prefill search", "prefill validation", "prefill heldout", "baselines", "generation 1",
+            "validation", "held-out re-score", "exact match"} <= set(stages)
     assert detail["timings"]["peak_gpu_gib"] > 0
-    assert all(r["heldout"]["objective"] is not None for r in detail["results"].values())
+    assert all(r["heldout"]["objective"] is not None for label, r in detail["results"].items()
+               if not label.startswith("finalist:"))  # finalists are scored on validation only
+    assert all(r["validation"]["objective"] is not None for label, r in detail["results"].items()
+               if label != "baseline:full")
     shown = evolkv("runs", "show", detail["id"], "--db", db).stdout
     assert "where the time went" in shown and "exact match" in shown
     evolkv("export", detail["id"], "--out", cfg_path, "--db", db)

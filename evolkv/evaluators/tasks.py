@@ -1,22 +1,25 @@
 """Long-context tasks: synthetic ones generated from a seed (no download) and the user's JSONL files.
 
-Every task has two splits drawn from disjoint random streams: ``search`` (what the optimiser sees) and
-``heldout`` (what winners are re-scored on). A sample is a context, a question asked after it, and the
+Every task has three splits drawn from disjoint random streams: ``search`` (what the optimiser fits),
+``validation`` (what the winner is chosen on, among the best search candidates and the baselines) and
+``heldout`` (only reported). A sample is a context, a question asked after it, and the
 answer a model should continue with.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from evolkv.errors import TaskError
 
-SPLITS = ("search", "heldout")
+SPLITS = ("search", "validation", "heldout")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 WORDS = ("apple", "river", "mountain", "garden", "silver", "orange", "window", "castle", "forest", "rocket",
          "pencil", "tiger", "ocean", "planet", "candle", "mirror", "bridge", "violin", "desert", "comet")
@@ -74,9 +77,84 @@ def vartrack(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     return "".join(parts), f"What is the value of VAR {names[2]}? VAR {names[2]} =", value
 
 
+@functools.cache
+def _prose() -> list[str]:
+    """Sentences of English prose that ship with Python: the reference pages ``pydoc`` shows
+    (``pydoc_data.topics``, about 460k characters of the language reference), code blocks left out."""
+    from pydoc_data.topics import topics
+
+    sentences = []
+    for name in sorted(topics):
+        for paragraph in topics[name].split("\n\n"):
+            text = " ".join(paragraph.split())
+            if len(text) > 80 and not paragraph.startswith(" ") and text.count("(") < 4:
+                sentences += [part.strip() + " " for part in re.split(r"(?<=[.!?])\s+", text) if len(part) > 30]
+    return sentences
+
+
+PEOPLE = ("Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kofi",
+          "Lena", "Mateo", "Nadia", "Oskar", "Priya")
+CITIES = ("Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Porto", "Quito", "Tbilisi", "Dakar", "Riga", "Cusco",
+          "Bergen", "Malmo", "Ghent", "Zagreb", "Leeds")
+
+
+def prose(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """Fact look-up in real prose: four "<person> moved to <city>" facts among Python reference sentences."""
+    sentences = _prose()
+    budget = fillers * len(FILLER)
+    start = rng.randrange(len(sentences))
+    parts, size = [], 0
+    while size < budget:
+        parts.append(sentences[(start + len(parts)) % len(sentences)])
+        size += len(parts[-1])
+    people, cities = rng.sample(PEOPLE, 4), rng.sample(CITIES, 4)
+    for person, city in zip(people, cities):
+        parts.insert(rng.randint(0, len(parts)), f"{person} moved to {city} last spring. ")
+    asked = rng.randrange(4)
+    return "".join(parts), f"Where did {people[asked]} move last spring? {people[asked]} moved to", cities[asked]
+
+
+@functools.cache
+def _sources() -> list[str]:
+    """Python source files of the standard library (they ship with every interpreter), sorted."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(str(p) for p in root.glob("*.py") if p.stat().st_size > 4000)
+
+
+def code(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """Code completion in the LCC style: the lines of a standard-library module before a line, which is the
+    answer (a line of code of at least 12 characters: no comment, no docstring)."""
+    budget = fillers * len(FILLER)
+    for _ in range(50):
+        lines = Path(rng.choice(_sources())).read_text(encoding="utf-8", errors="replace").splitlines()
+        in_string, code_lines = False, []
+        for line in lines:  # lines of code, not of a docstring
+            code_lines.append(not in_string)
+            in_string ^= (line.count('"""') + line.count("'''")) % 2 == 1
+        candidates = [i for i, line in enumerate(lines) if i > 20 and len(line.strip()) >= 12 and code_lines[i]
+                      and not line.strip().startswith(("#", '"', "'", '"""'))]
+        if not candidates:
+            continue
+        target = rng.choice(candidates)
+        first, size = target, 0
+        while first > 0 and size < budget:
+            first -= 1
+            size += len(lines[first]) + 1
+        if size >= budget // 2:
+            indent = lines[target][: len(lines[target]) - len(lines[target].lstrip())]
+            # the question is the line's indentation less the space the answer is encoded after
+            return "\n".join(lines[first:target]), indent[:-1], lines[target].strip()
+    raise TaskError("no standard-library source file is long enough for the code task at this length")
+
+
 TASKS: dict[str, Callable[[random.Random, int], tuple[str, str, str]]] = {
     "passkey": passkey, "multikey": multikey, "kvretrieval": kvretrieval, "vartrack": vartrack,
+    "prose": prose, "code": code,
 }
+KINDS = {"passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "vartrack": "tracking",
+         "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
 
 
 def synthetic(task: str, count: int, length: int, seed: int, split: str, tokenizer) -> list[Sample]:
@@ -96,7 +174,8 @@ def synthetic(task: str, count: int, length: int, seed: int, split: str, tokeniz
 
 
 def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[Sample]:
-    """Samples of a ``{"context", "question", "answers"}`` file; a stable hash of each line picks its split."""
+    """Samples of a ``{"context", "question", "answers"}`` file; a stable hash of each line picks its split:
+    half of the lines are held out, a third of the rest validate, the others are searched on."""
     path = Path(path)
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
@@ -120,8 +199,9 @@ def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[S
                             f"({str(e)[:120]})") from None
         if not sample.answer.strip():  # nothing to measure: KL 0 and a perfect exact match would be a lie
             raise TaskError(f"{path}:{number}: the answer is empty; every sample needs a non-empty answer")
-        bucket = int(hashlib.sha256(line.encode()).hexdigest(), 16) % 2
-        if SPLITS[bucket] == split:
+        digest = int(hashlib.sha256(line.encode()).hexdigest(), 16)
+        bucket = "heldout" if digest % 2 else ("validation" if digest // 2 % 3 == 0 else "search")
+        if bucket == split:
             samples.append(sample)
     if not samples and lines:
         raise TaskError(f"{path} has no samples in the {split} split")

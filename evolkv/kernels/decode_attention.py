@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from evolkv.kernels.gathered_attention import _load_query_rows, _online_block
-from evolkv.kernels.packed import PackedKV, value_group
+from evolkv.kernels.packed import PackedKV, kernel_path, value_group
 from evolkv.kernels.quantize import load_entries
 
 
@@ -31,7 +31,7 @@ def _decode_partial_kernel(
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
-    COMPACT: tl.constexpr,
+    COMPACT: tl.constexpr, QUANT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // num_kv
@@ -54,9 +54,9 @@ def _decode_partial_kernel(
         inside = offs < end
         pos = tl.load(KPOS + b * stride_pb + h * stride_ph + offs, mask=inside, other=-1)
         k = load_entries(K + k_row, KS + ks_row, KZ + ks_row, offs, inside, stride_kt, stride_kst,
-                         K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start, COMPACT).to(q.dtype)
+                         K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start, COMPACT, QUANT).to(q.dtype)
         v = load_entries(V + v_row, VS + vs_row, VZ + vs_row, offs, inside, stride_vt, stride_vst,
-                         V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start, COMPACT).to(q.dtype)
+                         V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start, COMPACT, QUANT).to(q.dtype)
         visible = (pos[None, :] >= 0) & (pos[None, :] <= q_pos[:, None]) & row_ok[:, None]
         if WINDOW > 0:
             visible = visible & (pos[None, :] > q_pos[:, None] - WINDOW)
@@ -84,7 +84,7 @@ def decode_attention(
     k_strides = [keys.stride(0), keys.stride(1), keys.stride(2)]
     return _launch(query, [keys, values, keys, keys, keys, keys], k_strides + k_strides + [0] * 6, key_pos,
                    query_pos, scaling, sliding_window, splits, block_m, block_n,
-                   dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1, COMPACT=False))
+                   dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1, COMPACT=False, QUANT=0))
 
 
 def decode_attention_packed(
@@ -105,7 +105,7 @@ def decode_attention_packed(
     if packed.k_bits == 16 and query.dtype != packed.k.dtype or packed.v_bits == 16 and query.dtype != packed.v.dtype:
         raise ValueError("full-precision halves of the packed cache must have the query's dtype")
     bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
-                V_GROUP=value_group(packed.group, packed.dim), COMPACT=compact_scales)
+                V_GROUP=value_group(packed.group, packed.dim), COMPACT=compact_scales, QUANT=kernel_path(packed))
     return _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n,
                    bits, num_warps, num_stages)
 

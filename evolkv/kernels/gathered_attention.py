@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.packed import PackedKV, value_group
+from evolkv.kernels.packed import PackedKV, kernel_path, value_group
 from evolkv.kernels.quantize import load_entries
 from evolkv.kernels.reference import gathered_attention_ref  # noqa: F401  (re-exported beside the kernel)
 
@@ -71,7 +71,7 @@ def _gathered_attention_kernel(
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
     PACKED: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
-    V_GROUP: tl.constexpr, COMPACT: tl.constexpr, NEW: tl.constexpr,
+    V_GROUP: tl.constexpr, COMPACT: tl.constexpr, NEW: tl.constexpr, QUANT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     c = pid // num_kv
@@ -105,10 +105,10 @@ def _gathered_attention_kernel(
             at = offs - residual  # entry index in the packed rows (key groups start at the residual)
             k = load_entries(KP + h * stride_kph, KS + h * stride_ksh, KZ + h * stride_ksh, at, kept,
                              stride_kpt, stride_kst, K_BITS, K_GROUP, HEAD_DIM, True, BLOCK_N, start - residual,
-                             COMPACT)
+                             COMPACT, QUANT)
             v = load_entries(VP + h * stride_vph, VS + h * stride_vsh, VZ + h * stride_vsh, at, kept,
                              stride_vpt, stride_vst, V_BITS, V_GROUP, HEAD_DIM, False, BLOCK_N, start - residual,
-                             COMPACT)
+                             COMPACT, QUANT)
             visible = kept[None, :] & row_ok[:, None]
             if WINDOW > 0:
                 idx = tl.load(ORDER + c * stride_oc + h * stride_oh + offs, mask=kept, other=0)
@@ -193,10 +193,10 @@ def gathered_attention(
         strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
                    parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]
         bits = dict(K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group,
-                    V_GROUP=value_group(packed.group, dim), COMPACT=compact_scales)
+                    V_GROUP=value_group(packed.group, dim), COMPACT=compact_scales, QUANT=kernel_path(packed))
     else:
         parts, strides = [keys] * 6, [0] * 8
-        bits = dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1, COMPACT=False)
+        bits = dict(K_BITS=16, V_BITS=16, K_GROUP=1, V_GROUP=1, COMPACT=False, QUANT=0)
     _gathered_attention_kernel[grid](
         query, keys, values, order, counts, new_keys, new_values, out, lse, *parts,
         query.stride(0), query.stride(1), query.stride(2),

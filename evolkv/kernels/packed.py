@@ -1,17 +1,9 @@
 """A KV cache stored at reduced precision: the layout the runtime keeps and the kernels read.
 
 ``PackedKV`` holds R rows (one per sequence and KV head) of up to T entries each, in the order the entries
-were ranked, keys and values each either KIVI-packed (``bits`` in 8/4/2) or full precision (16):
-
-- keys per channel over groups of ``group`` consecutive entries: codes [R, T', D * bits / 32] int32,
-  scale/zero [R, ceil(T / group), D];
-- values per entry over groups of ``min(group, D)`` channels: codes [R, T', D * bits / 32], scale/zero
-  [R, T', D / group'];
-
-where T' is T or T rounded up to whole groups (codes past T are never read).
-
-Scales and zero points are stored as float16 (what ``kv_bytes`` counts). A last, partial key group is
-filled with copies of its last entry, which leaves its minimum and maximum, and so every code, unchanged.
+were ranked, keys and values each either packed by its ``quantizer`` (``evolkv.quantizers``; KIVI's layout:
+codes [R, T', D * bits / 32] int32 with key scales per group of entries and value scales per entry) or
+full precision (16 bits). ``pack`` and ``unpack`` dispatch to the quantizer.
 """
 
 from __future__ import annotations
@@ -20,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from evolkv.kernels.reference import dequantize_ref, quantize_ref
 
 SCALE_DTYPE = torch.float16
 
@@ -45,6 +36,7 @@ class PackedKV:
     k_zero: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None  # [R, T', D / group']
     v_zero: torch.Tensor | None = None
+    quantizer: str = "kivi"  # evolkv.quantizers name: the layout of the codes and the kernels' load path
 
     @property
     def rows(self) -> int:
@@ -67,46 +59,31 @@ class PackedKV:
         return PackedKV(self.k_bits, self.v_bits, self.group, length, self.dim,
                         cut(self.k, start, end), cut(self.v, start, end),
                         cut(self.k_scale, g0, g1), cut(self.k_zero, g0, g1),
-                        cut(self.v_scale, start, end), cut(self.v_zero, start, end))
+                        cut(self.v_scale, start, end), cut(self.v_zero, start, end), self.quantizer)
 
 
-def _quantize(x: torch.Tensor, bits: int, group: int, per_channel: bool):
-    from evolkv.kernels import _use_triton
+def pack(keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, group: int,
+         quantizer: str = "kivi") -> PackedKV:
+    """Quantize ``keys``/``values`` [R, T, D] (entries in storage order) to (k_bits, v_bits) with ``quantizer``."""
+    from evolkv.quantizers import QUANTIZERS
 
-    if _use_triton(x) and x.shape[1]:
-        from evolkv.kernels.quantize import quantize
-
-        codes, scale, zero = quantize(x, bits, group, per_channel)
-    else:
-        codes, scale, zero = quantize_ref(x, bits, group, per_channel)
-    return codes, scale.to(SCALE_DTYPE), zero.to(SCALE_DTYPE)
+    return QUANTIZERS[quantizer].pack(keys, values, k_bits, v_bits, group)
 
 
-def pack(keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, group: int) -> PackedKV:
-    """Quantize ``keys``/``values`` [R, T, D] (entries in storage order) to (k_bits, v_bits)."""
-    rows, length, dim = keys.shape
-    padded = -(-length // group) * group
-    if padded > length and (k_bits < 16 or v_bits < 16):
-        last = keys[:, -1:].expand(rows, padded - length, dim)  # copies of the last entry: same min/max
-        keys_p = torch.cat([keys, last], 1)
-        values_p = torch.cat([values, values[:, -1:].expand(rows, padded - length, dim)], 1)
-    else:
-        keys_p, values_p = keys, values
-    out = PackedKV(k_bits, v_bits, group, length, dim, keys.contiguous(), values.contiguous())
-    if k_bits < 16:
-        out.k, out.k_scale, out.k_zero = _quantize(keys_p, k_bits, group, per_channel=True)
-    if v_bits < 16:
-        out.v, out.v_scale, out.v_zero = _quantize(values_p, v_bits, value_group(group, dim), per_channel=False)
-    return out
+def kernel_path(packed: PackedKV) -> int:
+    """The load path (``load_entries``' ``QUANT``) the attention kernels compile for ``packed``'s quantizer."""
+    from evolkv.quantizers import QUANTIZERS
+
+    return QUANTIZERS[packed.quantizer].kernel
 
 
 def pack_ranked(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, k_bits: int, v_bits: int,
-                group: int, start: int = 0) -> PackedKV:
+                group: int, start: int = 0, quantizer: str = "kivi") -> PackedKV:
     """Quantize a cache [R, T, D] in each row's ranking ``order`` [R, T] (the storage order of its entries),
     from rank ``start`` on: the ranks before it stay at full precision, so key groups begin at ``start``
     and the top-ranked entries (attention sinks, heavy hitters) never widen a group's range."""
     idx = order[:, start:].long()[..., None].expand(-1, -1, keys.shape[-1])
-    return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group)
+    return pack(keys.gather(1, idx), values.gather(1, idx), k_bits, v_bits, group, quantizer)
 
 
 def tail_first(order: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -130,7 +107,8 @@ def densify(packed: PackedKV, dtype: torch.dtype) -> PackedKV:
         def restore(data, scale, zero, bits, group, per_channel):
             if bits == 16:
                 return data[:, :packed.length]
-            return dequantize(data, scale, zero, bits, group, per_channel, dtype)[:, :packed.length]
+            return dequantize(data, scale, zero, bits, group, per_channel, dtype,
+                              quant=kernel_path(packed))[:, :packed.length]
 
         keys = restore(packed.k, packed.k_scale, packed.k_zero, packed.k_bits, packed.group, True)
         values = restore(packed.v, packed.v_scale, packed.v_zero, packed.v_bits,
@@ -142,16 +120,9 @@ def densify(packed: PackedKV, dtype: torch.dtype) -> PackedKV:
 
 def unpack(packed: PackedKV, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The entries the kernels see: keys, values [R, T, D] in ``dtype`` (dequantized where packed)."""
-    def restore(data, scale, zero, bits, group, per_channel):
-        if bits == 16:
-            return data[:, :packed.length].to(dtype)
-        full = dequantize_ref(data, scale.float(), zero.float(), bits, group, per_channel, dtype)
-        return full[:, :packed.length]
+    from evolkv.quantizers import QUANTIZERS
 
-    keys = restore(packed.k, packed.k_scale, packed.k_zero, packed.k_bits, packed.group, True)
-    values = restore(packed.v, packed.v_scale, packed.v_zero, packed.v_bits,
-                     value_group(packed.group, packed.dim), False)
-    return keys, values
+    return QUANTIZERS[packed.quantizer].unpack(packed, dtype)
 
 
 def with_packed_entries(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, packed: PackedKV,

@@ -53,9 +53,11 @@ def _quantize_kernel(X, PACKED, SCALE, ZERO, length,
 @triton.jit
 def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GROUP: tl.constexpr,
                  HEAD_DIM: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, start=0,
-                 COMPACT: tl.constexpr = False):
+                 COMPACT: tl.constexpr = False, QUANT: tl.constexpr = 0):
     """Entries ``offs`` [BLOCK] of one row of a packed cache as float32 [BLOCK, D]: unpacked and dequantized,
     or at ``BITS == 16`` loaded as they are. P/S/Z point at the row's codes, scales and zero points.
+    ``QUANT`` is the quantizer's ``kernel`` id (``evolkv.quantizers``): 0 is KIVI's layout, the only one so far;
+    a new quantizer adds its branch here.
 
     ``COMPACT`` loads each scale once and broadcasts it in registers: for keys the block must lie inside one
     group (``offs = start + arange``, GROUP a multiple of BLOCK, ``start`` on a block boundary) or cover whole
@@ -65,6 +67,7 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
     if BITS == 16:
         x = tl.load(P + offs[:, None] * stride_pt + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     else:
+        tl.static_assert(QUANT == 0, "no load path for this quantizer kernel id")
         PER_WORD: tl.constexpr = 32 // BITS
         w = tl.arange(0, HEAD_DIM // PER_WORD)
         words = tl.load(P + offs[:, None] * stride_pt + w[None, :], mask=ok[:, None], other=0)
@@ -109,12 +112,12 @@ def load_entries(P, S, Z, offs, ok, stride_pt, stride_st, BITS: tl.constexpr, GR
 def _dequantize_kernel(PACKED, SCALE, ZERO, OUT, length,
                        stride_pr, stride_pt, stride_sr, stride_st, stride_or, stride_ot,
                        BITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                       BLOCK_T: tl.constexpr):
+                       BLOCK_T: tl.constexpr, QUANT: tl.constexpr):
     r = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok = t < length
     x = load_entries(PACKED + r * stride_pr, SCALE + r * stride_sr, ZERO + r * stride_sr, t, ok, stride_pt,
-                     stride_st, BITS, GROUP, DIM, PER_CHANNEL, BLOCK_T)
+                     stride_st, BITS, GROUP, DIM, PER_CHANNEL, BLOCK_T, QUANT=QUANT)
     d = tl.arange(0, DIM)
     tl.store(OUT + r * stride_or + t[:, None] * stride_ot + d[None, :], x.to(OUT.dtype.element_ty), mask=ok[:, None])
 
@@ -150,7 +153,8 @@ def quantize(x: torch.Tensor, bits: int, group_size: int, per_channel: bool, blo
 
 
 def dequantize(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
-               per_channel: bool, dtype: torch.dtype = torch.float32, block_t: int = 16) -> torch.Tensor:
+               per_channel: bool, dtype: torch.dtype = torch.float32, block_t: int = 16, quant: int = 0
+               ) -> torch.Tensor:
     """Inverse of ``quantize``: [R, T, D * bits / 32] int32 -> [R, T, D] in ``dtype``."""
     rows, length, words = packed.shape
     dim = words * 32 // bits
@@ -160,5 +164,5 @@ def dequantize(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
     _dequantize_kernel[(rows, triton.cdiv(length, block_t))](
         packed, scale, zero, out, length, packed.stride(0), packed.stride(1), scale.stride(0), scale.stride(1),
         out.stride(0), out.stride(1), BITS=bits, GROUP=group_size, DIM=dim, PER_CHANNEL=per_channel,
-        BLOCK_T=block_t)
+        BLOCK_T=block_t, QUANT=quant)
     return out

@@ -52,3 +52,11 @@ def baseline(name: str, model: ModelSpec, budget: Budget, scorer: ScorerSpec) ->
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     return BASELINES[name](model, budget, scorer).with_provenance(label=f"baseline:{name}")
+
+
+def scorers_of(names, model: ModelSpec, scorer: ScorerSpec) -> list[ScorerSpec]:
+    """The run's scorer and every scorer the named baselines rank with: the evaluator prepares each ranking
+    once per sample, so every baseline a run names can be scored."""
+    probe = Budget("fraction", 0.5)
+    found = [scorer] + [BASELINES[name](model, probe, scorer).scorer for name in names if name in BASELINES]
+    return list({spec.key: spec for spec in found}.values())

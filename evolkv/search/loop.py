@@ -57,11 +57,11 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
     """Prefill, baselines, then ask -> build -> evaluate -> tell -> persist for every block of generations the
     mode's strategy lays out; the strategy picks and stores the winner."""
     job = _Job(settings, spec, executor, store, run_id, reporter)
-    for split in ("search", "heldout"):
+    strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
+    for split in strategy.splits:
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         with job.stage(f"prefill {split}", len(executor.samples[split])):
             job.prepare(split)
-    strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
     with job.stage("baselines", len(strategy.baselines)):
         scores = job.evaluate(list(strategy.baselines.values()), Stage.BASELINE,
                               [f"baseline:{n}" for n in strategy.baselines])
@@ -71,9 +71,11 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
         for gen in generations:
             started = time.perf_counter()
             X = optimizer.ask()
+            split = strategy.split(gen)
             with job.stage(f"generation {gen + 1}", len(X)):
+                strategy.reference(job, split, gen)
                 configs = job.build(view, X, gen)
-                scores = job.evaluate_built(configs, generation=gen)
+                scores = job.evaluate_built(configs, generation=gen, split=split)
             optimizer.tell(X, strategy.told(scores))  # a candidate that failed to build or score is infeasible
             strategy.observe(view, X, configs, scores)
             best = strategy.best()
@@ -172,10 +174,11 @@ class _Job:
                 configs.append(None)
         return configs
 
-    def evaluate_built(self, configs: list[KVConfig | None], generation: int) -> list[Score]:
+    def evaluate_built(self, configs: list[KVConfig | None], generation: int, split: str = "search"
+                       ) -> list[Score]:
         """``evaluate`` the configs that were built; the others score as failed."""
         built = [cfg for cfg in configs if cfg is not None]
-        scores = iter(self.evaluate(built, Stage.SEARCH, ["search"] * len(built), generation=generation)
+        scores = iter(self.evaluate(built, Stage.SEARCH, ["search"] * len(built), split=split, generation=generation)
                       if built else [])
         return [next(scores) if cfg is not None else Score(math.inf, status="failed", reason="build failed")
                 for cfg in configs]

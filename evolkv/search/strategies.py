@@ -17,7 +17,7 @@ import numpy as np
 from evolkv.allocation import within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.evaluators.evaluator import Score
-from evolkv.executors import PROBE
+from evolkv.executors import PROBE, draw_split
 from evolkv.search.baselines import baseline
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
@@ -34,12 +34,20 @@ class Strategy:
 
     baselines: dict[str, KVConfig]
     total_generations: int
+    splits: tuple[str, ...] = ("search", "heldout")  # prefilled before the baselines
 
     def __init__(self, settings: SearchSettings, spec: ModelSpec, budget: Budget, scorer: ScorerSpec) -> None:
         self.settings, self.spec, self.budget, self.scorer = settings, spec, budget, scorer
 
     def observe_baselines(self, scores: dict[str, Score]) -> None:
         """The baselines' scores on the search split, before the first generation."""
+
+    def split(self, generation: int) -> str:
+        """The samples generation ``generation`` is scored on."""
+        return "search"
+
+    def reference(self, job, split: str, generation: int) -> None:
+        """Work before a generation is scored on ``split`` (a reference on a fresh draw, say)."""
 
     def prepare(self, job) -> None:
         """Work after the baselines and before the first generation (a sensitivity pass, say)."""
@@ -70,30 +78,63 @@ class Strategy:
 
 
 class TokenSearch(Strategy):
-    """Per-layer (and per-head) token budgets, one objective; EvolKV's layer-group schedule as blocks."""
+    """Per-layer (and per-head) token budgets, one objective; EvolKV's layer-group schedule as blocks.
+
+    Against overfitting the search samples: the first generation holds every baseline the space can express;
+    with ``pool`` above ``samples`` each generation is scored on a fresh draw from the search pool; the
+    optimiser is told each task's KL relative to uniform's on the same samples, the worst task counting
+    (``aggregate="worst"``), so no task's gain pays for another's loss; and the winner is chosen on the
+    validation split among the best search candidates and every baseline at the budget, so a run whose
+    search found nothing better ships the best baseline, marked as such."""
+
+    splits = ("search", "validation", "heldout")
 
     def __init__(self, settings, spec, budget, scorer) -> None:
         super().__init__(settings, spec, budget, scorer)
-        self.baselines = {name: baseline(name, spec, budget, scorer) for name in settings.baselines}
+        names = list(dict.fromkeys([*settings.baselines, "uniform"]))  # uniform: the reference of every ratio
+        self.baselines = {name: baseline(name, spec, budget, scorer) for name in names}
         self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
         self.incumbent = self.space.encode(baseline("uniform", spec, budget, scorer))
-        self.best_f, self.best_cfg = math.inf, None
+        self.best_f, self.best_cfg, self.best_kl = math.inf, None, math.inf
         self.seeds: list[KVConfig] = []
+        self.ref: Score | None = None  # uniform on the samples being scored
+        self.history: dict[str, tuple[KVConfig, list[float]]] = {}  # config hash -> (config, told values)
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
 
+    def relative(self, score: Score, ref: Score | None) -> float:
+        """What the optimiser and the winner's choice see of ``score``: its mean KL (``aggregate="mean"``),
+        or the worst task's KL relative to ``ref``'s (uniform on the same samples), each smoothed by a
+        hundredth of ``ref``'s mean KL so a task uniform already solves cannot blow up."""
+        if not score.ok:
+            return math.inf
+        if self.settings.aggregate == "mean" or ref is None or not ref.ok:
+            return score.objective
+        eps = max(0.01 * ref.objective, 1e-6)
+        ratios = [(value + eps) / (ref.metrics[key] + eps) for key, value in score.metrics.items()
+                  if key.endswith("/kl") and key in ref.metrics]
+        return max(ratios) if ratios else score.objective
+
     def observe_baselines(self, scores):
-        """Start from the best known configs: every baseline at the run's budget may be the winner (a search
-        that finds nothing better ships the best baseline, not its uniform start), and those the space can
-        express (fixed head shares, the run's scorer) seed the first generation, the best first."""
-        ranked = sorted(((score.objective, name) for name, score in scores.items()
+        """Start from the best known configs: the baselines the space can express (fixed head shares, the
+        run's scorer) seed the first generation, the best first."""
+        self.ref = scores.get("uniform")
+        ranked = sorted(((self.relative(score, self.ref), name) for name, score in scores.items()
                          if score.ok and name != "full"), key=lambda item: item[0])
-        for objective, name in ranked[:1]:
-            self.best_f, self.best_cfg = objective, self.baselines[name]
+        for told, name in ranked[:1]:
+            self.best_f, self.best_cfg, self.best_kl = told, self.baselines[name], scores[name].objective
         self.seeds = [self.baselines[name] for _, name in ranked
                       if self.baselines[name].scorer == self.scorer and all(layer.heads is not None
                                                                           for layer in self.baselines[name].layers)]
         if self.seeds:
             self.incumbent = self.space.encode(self.seeds[0])
+
+    def split(self, generation):
+        return draw_split(generation) if self.settings.pool > self.settings.samples else "search"
+
+    def reference(self, job, split, generation):
+        if split != "search" and self.settings.aggregate != "mean":
+            self.ref = job.evaluate([self.baselines["uniform"]], Stage.BASELINE, ["baseline:uniform"], split=split,
+                                    generation=generation)[0]
 
     def blocks(self, job):
         for index, (gen_start, gen_count, view) in enumerate(_schedule(self.settings, self.space)):
@@ -107,36 +148,62 @@ class TokenSearch(Strategy):
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
     def told(self, scores):
-        return np.array([s.objective if s.ok else np.inf for s in scores])
+        return np.array([self.relative(s, self.ref) for s in scores])
 
     def observe(self, view, X, configs, scores):
-        for x, f, cfg in zip(X, self.told(scores), configs):
+        for x, f, cfg, score in zip(X, self.told(scores), configs, scores):
+            if cfg is not None and np.isfinite(f):
+                self.history.setdefault(cfg.hash(), (cfg, []))[1].append(float(f))
             if f < self.best_f:
-                self.best_f, self.best_cfg = float(f), cfg
+                self.best_f, self.best_cfg, self.best_kl = float(f), cfg, score.objective
                 self.incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
 
     def best(self):
-        return self.best_f if self.best_cfg is not None else None
+        return self.best_kl if self.best_cfg is not None else None
+
+    def finalists(self) -> list[KVConfig]:
+        """The best distinct search candidates by their mean told value (baselines are re-scored anyway)."""
+        known = {cfg.hash() for cfg in self.baselines.values()}
+        ranked = sorted((sum(values) / len(values), digest) for digest, (_, values) in self.history.items()
+                        if digest not in known)
+        return [self.history[digest][0] for _, digest in ranked[:self.settings.finalists]]
 
     def finish(self, job):
         store, run_id = job.store, job.run_id
         if self.best_cfg is None:
             store.update_run(run_id, status="failed")
             return store.detail(run_id)
-        source = self.best_cfg.label if self.best_cfg.label.startswith("baseline:") else "search"
-        winner = self.provenance(job, self.best_cfg, self.best_f, source=source)
-        job.reporter.stage("re-score winner and baselines on held-out data")
+        # choose on data the optimiser did not fit: the best search candidates and every baseline at the budget
+        contenders = {f"baseline:{n}": cfg for n, cfg in self.baselines.items() if n != "full"}
+        contenders.update({f"finalist:{i}": cfg for i, cfg in enumerate(self.finalists())})
+        job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
+        with job.stage("validation", len(contenders)):
+            scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
+                                                       split="validation")))
+        ref = scored["baseline:uniform"]
+        chosen = min(contenders, key=lambda label: (self.relative(scored[label], ref),
+                                                    not label.startswith("baseline:")))  # a tie ships the baseline
+        if not scored[chosen].ok:
+            store.update_run(run_id, status="failed")
+            return store.detail(run_id)
+        source = chosen if chosen.startswith("baseline:") else "search"
+        finals_by_label = {"winner": contenders[chosen], **{f"baseline:{n}": cfg for n, cfg in self.baselines.items()}}
+        labels = list(finals_by_label)
+        job.reporter.stage("re-score winner and baselines on search and held-out data")
+        with job.stage("held-out re-score", 2 * len(labels)):
+            search = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels)
+            job.evaluate([contenders[chosen]], Stage.FINAL, ["winner"], split="validation")
+            heldout = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels, split="heldout")
+        winner = self.provenance(job, contenders[chosen], search[0].objective, source=source,
+                                 selected_on="validation", validation_objective=scored[chosen].objective,
+                                 validation_relative=self.relative(scored[chosen], ref),
+                                 heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
         finals = [winner, *self.baselines.values()]
-        labels = ["winner", *[f"baseline:{n}" for n in self.baselines]]
-        with job.stage("held-out re-score", 2 * len(finals)):
-            job.evaluate(finals, Stage.FINAL, labels)
-            heldout = job.evaluate(finals, Stage.FINAL, labels, split="heldout")
         with job.stage("exact match", 2 * len(finals)):
             job.exact_match(finals, labels)
-        winner = winner.with_provenance(heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
-        store.set_winner(run_id, winner, self.best_f, heldout[0].objective if heldout[0].ok else None,
+        store.set_winner(run_id, winner, search[0].objective, heldout[0].objective if heldout[0].ok else None,
                          heldout[0].metrics)
-        store.update_run(run_id, status="finished", best_objective=self.best_f)
+        store.update_run(run_id, status="finished", best_objective=search[0].objective)
         return store.detail(run_id)
 
 

@@ -236,7 +236,7 @@ class Store:
         settings = run.settings or {}
         target = settings.get("target_bits") if settings.get("mode", "tokens") != "tokens" else None
         for row, _ in self.evaluations(run.id):
-            if row.stage == Stage.SEARCH and row.split == "search":
+            if row.stage == Stage.SEARCH and row.split.split("@")[0] == "search":  # the pool or a draw from it
                 if row.objective is None:
                     failed[row.generation] += 1
                 elif target is not None and not within_bits(row.metrics.get("bits", math.inf), target):

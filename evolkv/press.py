@@ -1,0 +1,123 @@
+"""The one compression policy: score -> rank -> plan per layer and head -> keep (and quantize) -> tiers.
+
+kvpress's press is the model: one object that, at the end of a layer's prefill, decides what that layer's
+cache keeps. Both users of compression go through it:
+
+- ``evolkv.runtime.apply`` (serving): one config, its ranking, its cache materialised (``Compressor``);
+- the evaluator's shared prefill (search): every scorer's ranking recorded once per sample, then many
+  candidates' plans read as prefixes of those rankings (``Evaluator._cache``).
+
+They differ only in how many candidates they serve, not in what compression means: the ranking (``rank``),
+the tokens each head keeps (``Plan.layer``: the budget plan, the AdaKV split), which ranks stay at full
+precision, which are packed, and which the MiKV tier keeps (``LayerPlan``), and how tiers are packed
+(``pack_kept``, ``pack_evicted``) are written here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from evolkv.allocation import adaptive_split, layer_capacity, plan_tokens
+from evolkv.config import KVConfig, LayerSpec, ModelSpec, ScorerSpec
+from evolkv.kernels.packed import PackedKV, pack_ranked, tail_first
+from evolkv.scorers import Observation, rank
+
+
+@dataclass
+class Ranking:
+    """One scorer's ranking of one layer's prefill: every keep-set is a prefix of ``order``."""
+
+    order: torch.Tensor  # [B, H_kv, T] int32 token positions, best first
+    sorted_scores: torch.Tensor  # [B, H_kv, T] scores in that order (+inf window, -inf unkeepable)
+
+
+@dataclass
+class LayerPlan:
+    """What one config keeps of one layer of one prefill, per sequence and KV head."""
+
+    spec: LayerSpec
+    length: int  # tokens prefilled
+    capacity: int  # tokens the layer can usefully keep (the context, or its sliding window)
+    counts: torch.Tensor  # [B, H_kv] long: ranks kept
+
+    @property
+    def residual(self) -> int:
+        """Ranks below this stay at full precision in a quantized layer (all of them in a 16-bit one)."""
+        return min(self.spec.residual, self.length) if self.spec.quantized else self.length
+
+    @property
+    def full_counts(self) -> torch.Tensor:
+        """[B, H_kv] ranks kept at full precision."""
+        return self.counts.clamp(max=self.residual)
+
+    @property
+    def packed_counts(self) -> torch.Tensor:
+        """[B, H_kv] ranks kept packed (from ``residual`` on)."""
+        return (self.counts - self.residual).clamp(min=0)
+
+    @property
+    def evicted(self) -> torch.Tensor | None:
+        """MiKV: [B, H_kv] ranks past the budget kept at low precision (``None`` when they are dropped)."""
+        return (self.capacity - self.counts).clamp(min=0) if self.spec.evicted_bits else None
+
+
+class Plan:
+    """A config's token plan for one prefill length: ``layer(i, ranking)`` gives layer ``i``'s ``LayerPlan``."""
+
+    def __init__(self, cfg: KVConfig, length: int) -> None:
+        self.cfg, self.length = cfg, length
+        self.capacity = [layer_capacity(cfg.model, i, length) for i in range(cfg.model.num_layers)]
+        self.tokens = plan_tokens(cfg, length, self.capacity)  # [L, H_kv]
+
+    def layer(self, i: int, ranking: Ranking) -> LayerPlan:
+        spec, cap = self.cfg.layers[i], self.capacity[i]
+        batch = ranking.order.shape[0]
+        counts = self.tokens[i].to(ranking.order.device).expand(batch, -1)
+        if spec.heads is None:  # AdaKV: the layer's tokens go to the heads' best scores, per sequence
+            counts = adaptive_split(ranking.sorted_scores, counts.sum(-1), cap)
+        return LayerPlan(spec, self.length, cap, counts)
+
+
+class Press:
+    """Ranks a layer's prefill with each of its scorers (``rank``); plans configs over those rankings."""
+
+    def __init__(self, model: ModelSpec, scorers: Iterable[ScorerSpec]) -> None:
+        self.model = model
+        self.specs = {s.key: s for s in scorers}
+        self.scorers = {key: s.build() for key, s in self.specs.items()}
+
+    def rank(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+             scaling: float) -> dict[str, Ranking]:
+        """Every scorer's ranking of one layer at the end of prefill (query [B, H_q, T, D], keys/values
+        [B, H_kv, T, D]); tokens a sliding layer can no longer see rank last."""
+        obs = Observation(layer, query, keys, values, scaling)
+        first_valid = obs.length - layer_capacity(self.model, layer, obs.length)
+        rankings = {}
+        for key, scorer in self.scorers.items():
+            order, sorted_scores = rank(scorer.score(obs), obs.window(scorer.window), first_valid)
+            rankings[key] = Ranking(order.to(torch.int32), sorted_scores)
+        return rankings
+
+    @staticmethod
+    def plan(cfg: KVConfig, length: int) -> Plan:
+        return Plan(cfg, length)
+
+
+def pack_kept(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, spec: LayerSpec,
+              residual: int) -> PackedKV:
+    """The packed tier of a quantized layer: rows' entries [R, T, D] from rank ``residual`` of ``order``
+    [R, T] on, at the layer's (k_bits, v_bits), key groups starting at the residual."""
+    return pack_ranked(keys, values, order, spec.k_bits, spec.v_bits, spec.group_size, start=residual,
+                       quantizer=spec.quantizer)
+
+
+def pack_evicted(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, spec: LayerSpec,
+                 capacity: int) -> tuple[torch.Tensor, PackedKV]:
+    """MiKV's tier: ``order`` [R, T] with its ``capacity`` valid ranks reversed (the evicted entries become
+    a prefix), and the entries packed at K{b}V{b} in that order."""
+    tail = tail_first(order, capacity)
+    return tail, pack_ranked(keys, values, tail, spec.evicted_bits, spec.evicted_bits, spec.group_size,
+                             quantizer=spec.quantizer)

@@ -1,0 +1,88 @@
+"""Winners that hold on unseen data: three disjoint splits, draws from a search pool, the worst task counting,
+and a winner chosen on validation that is never worse there than the best baseline."""
+
+import json
+
+import pytest
+
+from evolkv.evaluators.evaluator import Score
+from evolkv.evaluators.tasks import from_jsonl, load_tasks
+from evolkv.executors import draw_indices, draw_split
+from evolkv.pools import make_executor
+from evolkv.search.loop import SearchSettings, run_search
+from evolkv.search.strategies import TokenSearch
+from evolkv.store.models import Stage
+from evolkv.store.store import Store
+
+
+def test_the_three_splits_are_disjoint(loaded, tmp_path):
+    tokenizer = loaded["llama"].tokenizer
+    texts = {split: {s.context + s.question for s in load_tasks(["passkey", "multikey"], 6, 200, 0, split, tokenizer)}
+             for split in ("search", "validation", "heldout")}
+    assert all(len(v) == 12 for v in texts.values())
+    assert not texts["search"] & texts["validation"] and not texts["search"] & texts["heldout"]
+    assert not texts["validation"] & texts["heldout"]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"context": f"c{i}", "question": "q", "answers": [f"a{i}"]}) + "\n"
+                            for i in range(60)))
+    parts = {split: {s.uid for s in from_jsonl(path, split)} for split in ("search", "validation", "heldout")}
+    assert sum(len(p) for p in parts.values()) == 60 and all(parts.values())
+    assert not (parts["search"] & parts["validation"] or parts["search"] & parts["heldout"]
+                or parts["validation"] & parts["heldout"])
+
+
+def test_draws_take_samples_of_every_task_from_the_pool(loaded):
+    pool = load_tasks(["passkey", "multikey"], 5, 100, 0, "search", loaded["llama"].tokenizer)
+    first, again, second = (draw_indices(pool, 2, 0, draw_split(n)) for n in (0, 0, 1))
+    assert first == again and first != second and first == sorted(first)
+    assert [pool[i].task for i in first].count("passkey") == 2 and len(first) == 4
+
+
+def test_worst_task_relative_to_uniform():
+    settings = SearchSettings(aggregate="worst")
+    strategy = TokenSearch.__new__(TokenSearch)
+    strategy.settings = settings
+    ref = Score(0.5, {"kl": 0.5, "a/kl": 0.9, "b/kl": 0.1})
+    # a halves task a's loss but doubles task b's: its mean is better, its worst task is twice uniform's
+    cand = Score(0.55, {"kl": 0.55, "a/kl": 0.9 / 2, "b/kl": 0.2 + 0.005})
+    assert cand.objective < 0.6 and strategy.relative(cand, ref) == pytest.approx(2.0, rel=1e-3)
+    assert strategy.relative(ref, ref) == pytest.approx(1.0)
+    settings.aggregate = "mean"
+    assert strategy.relative(cand, ref) == 0.55
+    assert strategy.relative(Score(float("inf"), status="failed"), ref) == float("inf")
+
+
+def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tmp_path):
+    """A search on draws from a pool: every generation is scored on a fresh draw beside uniform (its
+    reference), the pool is prefilled once, the winner is the best on validation among the finalists and the
+    baselines, and runs show / lookup / export mark a baseline that won."""
+    settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=3, population=4, samples=1,
+                              pool=3, validation_samples=2, length=200, tasks=["passkey", "multikey"],
+                              finalists=2)
+    loaded, executor = make_executor(settings)
+    prepared = []
+    original = executor.evaluator.prepare
+    executor.evaluator.prepare = lambda samples, progress=None: prepared.append(len(samples)) or original(samples,
+                                                                                                         progress)
+    store = Store(str(tmp_path / "r.db"))
+    detail = run_search(settings, loaded.spec, executor, store)
+    assert detail["status"] == "finished"
+    assert prepared == [6, 4, 2]  # the pool (3 per task), validation (2 per task), held-out: once each
+    rows = [row for row, _ in store.evaluations(detail["id"])]
+    draws = {row.split for row in rows if row.stage == Stage.SEARCH}
+    assert draws == {"search@0", "search@1", "search@2"}
+    assert {row.split for row in rows if row.label == "baseline:uniform"} >= draws  # the reference of each draw
+    results = detail["results"]
+    contenders = [label for label in results if label.startswith(("baseline:", "finalist:")) and label != "baseline:full"]
+    assert any(label.startswith("finalist:") for label in contenders)
+    ref = results["baseline:uniform"]["validation"]
+    def relative(label):  # the rule of TokenSearch.relative, by hand
+        eps = max(0.01 * ref["objective"], 1e-6)
+        got = results[label]["validation"]
+        return max((got[f"{t}/kl"] + eps) / (ref[f"{t}/kl"] + eps) for t in ("passkey", "multikey"))
+    winner = relative("winner")
+    assert all(winner <= relative(label) + 1e-12 for label in contenders)
+    assert set(results["winner"]) >= {"search", "validation", "heldout"}
+    source = detail["winner"]["source"]
+    if source != "search":  # the winner is that baseline's config
+        assert results["winner"]["validation"]["objective"] == results[source]["validation"]["objective"]
