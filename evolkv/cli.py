@@ -143,12 +143,12 @@ def search(
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
-                              "vartrack, or paths to .jsonl files with context/question/answers."),
+                              "vartrack, prose, code, or paths to .jsonl files with context/question/answers."),
     samples: int = typer.Option(4, min=1, help="Samples per task each generation is scored on, and on the "
                                 "held-out split."),
-    validation_samples: int = typer.Option(0, min=0, help="tokens: samples per task of the validation split "
-                                           "the winner is chosen on, among the best search candidates and the "
-                                           "baselines [default: --samples]."),
+    validation_samples: int = typer.Option(0, min=0, help="Samples per task of the validation split the winner "
+                                           "is chosen on, among the best search candidates (or front points) and "
+                                           "the baselines [default: --samples]."),
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
@@ -551,8 +551,9 @@ def _validate(settings) -> None:
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
     if settings.aggregate not in ("worst", "mean"):
         raise EvolKVError(f"--aggregate must be worst or mean, not {settings.aggregate!r}")
-    if settings.mode != "tokens" and (settings.pool or settings.validation_samples):
-        raise EvolKVError("--pool and --validation-samples belong to the token search (--mode tokens)")
+    if settings.mode != "tokens" and settings.pool:
+        raise EvolKVError("--pool (a fresh draw of the search samples each generation) belongs to the token "
+                          "search (--mode tokens)")
     if settings.scorer not in SCORERS:
         raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
     for name in settings.baselines:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from evolkv.allocation import within_bits
+from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE, draw_split
@@ -209,7 +209,11 @@ class TokenSearch(Strategy):
 
 class FrontSearch(Strategy):
     """Quant / joint mode: a Pareto front of (quality loss, bits), the winner = the best point at or under
-    ``target_bits``. KVTuner's reduction first: one-layer sensitivity, pruned pairs, clustered layers."""
+    ``target_bits``. KVTuner's reduction first: one-layer sensitivity, pruned pairs, clustered layers. The
+    winner is chosen on the validation split among the front points and the uniform precisions at or under the
+    target; a uniform precision that wins is shipped, marked."""
+
+    splits = ("search", "validation", "heldout")
 
     def __init__(self, settings, spec, budget, scorer) -> None:
         super().__init__(settings, spec, budget, scorer)
@@ -295,25 +299,49 @@ class FrontSearch(Strategy):
             return store.detail(run_id)
         under = [p for p in front if within_bits(p[2], settings.target_bits)]
         win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
+        source, chosen = "search", None
+        if under:  # choose on validation among the front points and the uniform precisions at or under the target
+            contenders = {f"front:{front.index(p)}": p[0] for p in under}
+            contenders.update({f"baseline:{n}": cfg for n, cfg in self.baselines.items()
+                               if n != "full" and within_bits(avg_bits(cfg, settings.length), settings.target_bits)})
+            job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
+            with job.stage("validation", len(contenders)):
+                scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
+                                                           split="validation")))
+            best = min(contenders, key=lambda label: (scored[label].objective if scored[label].ok else math.inf,
+                                                      not label.startswith("baseline:")))  # a tie ships the baseline
+            if scored[best].ok and best.startswith("baseline:"):
+                source, chosen = best, contenders[best]
+            elif scored[best].ok:
+                win_index = int(best.removeprefix("front:"))
         job.reporter.stage("re-score the front and baselines on held-out data")
         points = [cfg.with_provenance(label=f"front:{i}") for i, (cfg, _, _) in enumerate(front)]
         labels = [f"front:{i}" for i in range(len(points))]
         with job.stage("held-out re-score", len(points) + len(self.baselines)):
             heldout = job.evaluate(points + list(self.baselines.values()), Stage.FINAL,
                                    labels + [f"baseline:{n}" for n in self.baselines], split="heldout")
-        winner_cfg, win_f, win_bits = front[win_index]
+        if chosen is None:
+            winner_cfg, win_f, win_bits = front[win_index]
+            win_heldout = heldout[win_index]
+        else:  # a uniform precision beat every front point on validation: ship it, marked
+            winner_cfg, win_bits = chosen, avg_bits(chosen, settings.length)
+            win_f = job.evaluate([chosen], Stage.FINAL, [source])[0].objective
+            win_heldout = heldout[len(points) + list(self.baselines).index(source.removeprefix("baseline:"))]
+            win_index = -1
         winner = self.provenance(job, winner_cfg, win_f, bits=win_bits, target_bits=settings.target_bits,
-                                 mode=settings.mode, heldout_objective=heldout[win_index].objective,
-                                 under_target=bool(under))
+                                 mode=settings.mode, heldout_objective=win_heldout.objective,
+                                 under_target=bool(under), source=source,
+                                 selected_on="validation" if under else "bits")
         finals = [winner, *self.baselines.values()]
         with job.stage("winner re-score", 2):
             job.evaluate([winner], Stage.FINAL, ["winner"])
             job.evaluate([winner], Stage.FINAL, ["winner"], split="heldout")
+            if under:
+                job.evaluate([winner], Stage.FINAL, ["winner"], split="validation")
         with job.stage("exact match", 2 * len(finals)):
             job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in self.baselines]])
         store.set_front(run_id, [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
                                  for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))])
-        win_heldout = heldout[win_index]
         store.set_winner(run_id, winner, win_f, win_heldout.objective if win_heldout.ok else None,
                          win_heldout.metrics)
         store.update_run(run_id, status="finished", best_objective=win_f)
