@@ -266,8 +266,8 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
     _print_timings(detail.get("timings") or {})
-    results = Table(Column("config", no_wrap=True), "search KL", "valid. KL", "held-out KL", "search EM",
-                    "held-out EM", "gap",
+    results = Table(Column("config", no_wrap=True), "search\nKL", "valid.\nKL", "held-out\nKL", "search\nEM",
+                    "held-out\nEM", "gap",
                     title="winner vs baselines (KL to the full cache: lower is better; gap = held-out / search KL)")
     source = (detail.get("winner") or {}).get("source", "search")
     ordered = sorted(detail["results"].items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:")))

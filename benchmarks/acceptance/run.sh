@@ -11,7 +11,7 @@ MODEL=${MODEL:-smollm2-135m}; DEVICE=${DEVICE:-cuda}; OUT=${OUT:-acc-out}; PER_H
 LENGTH=${LENGTH:-2000}; SAMPLES=${SAMPLES:-4}; POOL=${POOL:-12}; VAL=${VAL:-4}
 POP=${POP:-16}; GENS=${GENS:-10}; BUDGETS=${BUDGETS:-5% 10% 20%}; SEEDS=${SEEDS:-0 1 2}; AGG=${AGG:-worst}
 TAG=${TAG:-search}  # file prefix of the search step (another for a side-by-side variant)
-mkdir -p "$OUT"; DB="sqlite:///$PWD/$OUT/acceptance.db"
+mkdir -p "$OUT"; DB="sqlite:///$(cd "$OUT" && pwd)/acceptance.db"
 EVOLKV="python3 -m evolkv"
 ALL="passkey,multikey,vartrack,prose,code"
 COMMON=(--model "$MODEL" --device "$DEVICE" --length "$LENGTH")
