@@ -17,7 +17,8 @@ from evolkv.store.store import Store  # noqa: E402
 
 
 def _settings(model_dirs, **extra):
-    return SearchSettings(model=model_dirs["qwen3"], budget="15%", generations=2, population=4, samples=2,
+    # a pool of 3 per task: each generation scores a draw of 2 per task, which spans both actors' shards
+    return SearchSettings(model=model_dirs["qwen3"], budget="15%", generations=2, population=4, samples=2, pool=3,
                           length=200, tasks=["passkey", "multikey"], **extra)
 
 
@@ -38,8 +39,9 @@ def _configs(spec):
 def test_ray_and_local_executors_give_identical_objectives(executors):
     loaded, local, remote = executors
     configs = _configs(loaded.spec)
-    for split in ("search", "heldout"):
+    for split in ("search", "search@1", "validation", "heldout"):
         mine, theirs = local.evaluate(configs, split), remote.evaluate(configs, split)
+        assert local.split_size(split) == remote.split_size(split) == (4 if split == "search@1" else 6 if split == "search" else 4)
         assert [s.objective for s in mine] == [s.objective for s in theirs]
         assert [s.metrics for s in mine] == [s.metrics for s in theirs]
     assert local.exact_match(configs[:2], "search") == remote.exact_match(configs[:2], "search")

@@ -49,7 +49,7 @@ def test_prose_and_code_tasks_come_from_text_that_ships_with_python():
     from evolkv.evaluators.tasks import KINDS, TASKS, code, prose
 
     context, question, answer = prose(random.Random(0), 30)
-    assert f"moved to {answer} last spring" in context and question.endswith("moved to")
+    assert f"moved to {answer}." in context and question.endswith("moved to") and " to work as a " in answer
     assert len(context) >= 30 * 80 and context.count("moved to") == 4
     context, question, answer = code(random.Random(0), 30)
     assert len(answer) >= 12 and not answer.startswith("#") and question.strip() == ""

@@ -98,8 +98,14 @@ CITIES = ("Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Porto", "Quito", "Tbili
           "Bergen", "Malmo", "Ghent", "Zagreb", "Leeds")
 
 
+JOBS = ("baker", "nurse", "pilot", "tailor", "chemist", "gardener", "librarian", "plumber", "violinist",
+        "carpenter", "surveyor", "beekeeper")
+
+
 def prose(rng: random.Random, fillers: int) -> tuple[str, str, str]:
-    """Fact look-up in real prose: four "<person> moved to <city>" facts among Python reference sentences."""
+    """Fact look-up in real prose: four "<person> moved to <city> to work as a <job>" facts among Python
+    reference sentences. The answer is the city and the job: several tokens, so a query-aware run (whose first
+    answer token comes from the uncompressed prefill) still measures the look-up."""
     sentences = _prose()
     budget = fillers * len(FILLER)
     start = rng.randrange(len(sentences))
@@ -107,11 +113,12 @@ def prose(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     while size < budget:
         parts.append(sentences[(start + len(parts)) % len(sentences)])
         size += len(parts[-1])
-    people, cities = rng.sample(PEOPLE, 4), rng.sample(CITIES, 4)
-    for person, city in zip(people, cities):
-        parts.insert(rng.randint(0, len(parts)), f"{person} moved to {city} last spring. ")
+    people, cities, jobs = rng.sample(PEOPLE, 4), rng.sample(CITIES, 4), rng.sample(JOBS, 4)
+    for person, city, job in zip(people, cities, jobs):
+        parts.insert(rng.randint(0, len(parts)), f"{person} moved to {city} to work as a {job}. ")
     asked = rng.randrange(4)
-    return "".join(parts), f"Where did {people[asked]} move last spring? {people[asked]} moved to", cities[asked]
+    question = f"Where did {people[asked]} move, and for which work? {people[asked]} moved to"
+    return "".join(parts), question, f"{cities[asked]} to work as a {jobs[asked]}"
 
 
 @functools.cache
