@@ -82,12 +82,11 @@ class Plan:
 
 
 class Press:
-    """Ranks a layer's prefill with each of its scorers (``rank``); plans configs over those rankings."""
+    """Ranks a layer's prefill with each of its scorers (``rank``); ``Plan`` reads configs off the rankings."""
 
     def __init__(self, model: ModelSpec, scorers: Iterable[ScorerSpec]) -> None:
         self.model = model
-        self.specs = {s.key: s for s in scorers}
-        self.scorers = {key: s.build() for key, s in self.specs.items()}
+        self.scorers = {s.key: s.build() for s in scorers}
 
     def rank(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
              scaling: float) -> dict[str, Ranking]:
@@ -100,10 +99,6 @@ class Press:
             order, sorted_scores = rank(scorer.score(obs), obs.window(scorer.window), first_valid)
             rankings[key] = Ranking(order.to(torch.int32), sorted_scores)
         return rankings
-
-    @staticmethod
-    def plan(cfg: KVConfig, length: int) -> Plan:
-        return Plan(cfg, length)
 
 
 def pack_kept(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, spec: LayerSpec,

@@ -24,7 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv import kernels
 from evolkv.kernels.packed import PackedKV, with_packed_entries
-from evolkv.press import Press, pack_evicted, pack_kept
+from evolkv.press import Plan, Press, pack_evicted, pack_kept
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -187,7 +187,7 @@ class Compressor(PrefillPolicy):
         layer = cache.layers[layer_idx]
         length = layer.seen
         if self._plan is None or self._plan.length != length:
-            self._plan = self.press.plan(self.cfg, length)
+            self._plan = Plan(self.cfg, length)
         ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[self.cfg.scorer.key]
         plan = self._plan.layer(layer_idx, ranking)
         order, flat = ranking.order.long(), lambda t: t.flatten(0, 1)

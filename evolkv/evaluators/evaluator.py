@@ -27,7 +27,7 @@ from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, un
 from evolkv.errors import ConfigError, EvolKVError, TaskError
 from evolkv.evaluators.tasks import Sample
 from evolkv.kernels.packed import PackedKV
-from evolkv.press import LayerPlan, Press, Ranking, pack_evicted, pack_kept
+from evolkv.press import LayerPlan, Plan, Press, Ranking, pack_evicted, pack_kept
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
@@ -110,6 +110,7 @@ class Evaluator:
                  query_aware: bool = False, batch_size: int = 8) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.scorers = {s.key: s for s in scorers}
+        self.press = Press(spec, self.scorers.values())  # ranks every sample by each of the scorers
         self.query_aware = query_aware
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -120,6 +121,7 @@ class Evaluator:
         """Also rank by ``scorers`` in samples prepared from now on (a config or baseline that needs them)."""
         for s in scorers:
             self.scorers.setdefault(s.key, s)
+        self.press = Press(self.spec, self.scorers.values())
 
     # -- prefill once ---------------------------------------------------------------------------------------
     def _encode(self, text: str, special: bool) -> torch.Tensor:
@@ -164,7 +166,7 @@ class Evaluator:
             raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
                             "shorten it (or --length) or use a longer-context model")
         prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
-        policy = _Capture(Press(self.spec, self.scorers.values()))
+        policy = _Capture(self.press)
         cache = CompressedCache(self.spec.num_layers, policy)
         with attach(self.model):
             out = self.model(prompt[None].to(self.device), cache=cache, logits_to_keep=1)
@@ -183,7 +185,7 @@ class Evaluator:
     # -- score many -----------------------------------------------------------------------------------------
     def _plans(self, cfg: KVConfig, prep: Prepared) -> list[LayerPlan]:
         """The press's plan of ``cfg`` on ``prep``, layer by layer (tokens kept per head, and their tiers)."""
-        plan, key = Press.plan(cfg, prep.length), cfg.scorer.key
+        plan, key = Plan(cfg, prep.length), cfg.scorer.key
         return [plan.layer(i, Ranking(prep.orders[key][i], prep.sorted_scores[key][i]))
                 for i in range(self.spec.num_layers)]
 
