@@ -156,11 +156,75 @@ def code(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     raise TaskError("no standard-library source file is long enough for the code task at this length")
 
 
+def _prose_haystack(rng: random.Random, fillers: int, needles: list[str]) -> str:
+    """About ``fillers`` filler sentences' worth of real prose (Python's reference pages), the needles inserted at
+    random sentence boundaries."""
+    sentences, budget = _prose(), fillers * len(FILLER)
+    start, parts, size = rng.randrange(len(_prose())), [], 0
+    while size < budget:
+        parts.append(sentences[(start + len(parts)) % len(sentences)])
+        size += len(parts[-1])
+    for needle in needles:
+        parts.insert(rng.randint(0, len(parts)), needle)
+    return "".join(parts)
+
+
+def multivalue(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """RULER's NIAH multi-value: one key with four values hidden in prose; all four, in the order they appear."""
+    key = rng.choice(WORDS)
+    values = [_number(rng) for _ in range(4)]
+    context = _prose_haystack(rng, fillers, [f"One of the special magic numbers for {key} is {v}. " for v in values])
+    ordered = sorted(values, key=context.index)
+    question = f"What are all the special magic numbers for {key}? The special magic numbers for {key} are"
+    return context, question, ", ".join(ordered)
+
+
+def multiquery(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """RULER's NIAH multi-query: four keys hidden in prose, two asked at once."""
+    keys = rng.sample(WORDS, 4)
+    values = {k: _number(rng) for k in keys}
+    context = _prose_haystack(rng, fillers, [f"The special magic number for {k} is {values[k]}. " for k in keys])
+    a, b = rng.sample(keys, 2)
+    question = f"What are the special magic numbers for {a} and {b}? They are"
+    return context, question, f"{values[a]} and {values[b]}"
+
+
+def cwe(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """RULER's common-words extraction: a numbered list of words in which three common words repeat many times;
+    the answer is those three, most frequent first."""
+    vocab = sorted(set(" ".join(_prose()).lower().split()) - set("the a an of to in is and or".split()))
+    vocab = [w for w in vocab if w.isalpha() and 4 <= len(w) <= 9]
+    chosen = rng.sample(vocab, 3 + 40)
+    common, rare = chosen[:3], chosen[3:]
+    words = [w for n, w in zip((12, 10, 8), common) for _ in range(n)]
+    while len(words) < fillers * 5:  # an entry "12. word" is ~4 tokens, a filler sentence ~20
+        words.append(rng.choice(rare))
+    rng.shuffle(words)
+    context = "Below is a numbered list of words. " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+    question = "What are the 3 most common words in the list above, most frequent first? Answer:"
+    return context, question, ", ".join(common)
+
+
+def fwe(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+    """RULER's frequent-words extraction: coded words drawn from a Zipf distribution; the three most frequent,
+    most frequent first."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    codes = ["".join(rng.choice(letters) for _ in range(5)) for _ in range(60)]
+    weights = [1.0 / (rank + 1) ** 1.3 for rank in range(len(codes))]
+    count = max(30, fillers * len(FILLER) // 12)
+    words = rng.choices(codes, weights, k=count)
+    top = sorted(set(words), key=lambda w: (-words.count(w), codes.index(w)))[:3]
+    context = "Read the following coded text and track the frequency of each coded word. " + " ".join(words)
+    question = "What are the three most frequently appeared coded words in the text above? Answer:"
+    return context, question, ", ".join(top)
+
+
 TASKS: dict[str, Callable[[random.Random, int], tuple[str, str, str]]] = {
     "passkey": passkey, "multikey": multikey, "kvretrieval": kvretrieval, "vartrack": vartrack,
-    "prose": prose, "code": code,
+    "prose": prose, "code": code, "multivalue": multivalue, "multiquery": multiquery, "cwe": cwe, "fwe": fwe,
 }
-KINDS = {"passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "vartrack": "tracking",
+KINDS = {"passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "multivalue": "needle",
+         "multiquery": "needle", "vartrack": "tracking", "cwe": "aggregation", "fwe": "aggregation",
          "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
 
 
