@@ -143,7 +143,8 @@ def search(
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
-                              "multivalue, multiquery, vartrack, cwe, fwe, prose, code, or paths to .jsonl files "
+                              "niah_number, niah_word, niah_uuid, multivalue, multiquery, vartrack, cwe, fwe, prose, "
+                              "code, or paths to .jsonl files "
                               "with context/question/answers."),
     samples: int = typer.Option(4, min=1, help="Samples per task each generation is scored on, and on the "
                                 "held-out split."),

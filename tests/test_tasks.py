@@ -17,8 +17,10 @@ def test_synthetic_tasks_are_seeded_and_splits_differ(task, loaded):
         parts = s.answer.replace(" and ", ", ").split(", ")
         if task != "code":  # code: the answer is the line after the context
             assert all(part in s.context for part in parts)
-        if task in ("passkey", "multikey", "kvretrieval", "vartrack", "multivalue", "multiquery"):
+        if task in ("passkey", "multikey", "kvretrieval", "vartrack", "multivalue", "multiquery", "niah_number"):
             assert all(part.isdigit() for part in parts)
+        if task == "niah_uuid":
+            assert len(s.answer) == 36 and s.answer.count("-") == 4
 
 
 def test_aggregation_answers_are_the_most_frequent_words(loaded):

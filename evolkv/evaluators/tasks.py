@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,23 @@ def _prose_haystack(rng: random.Random, fillers: int, needles: list[str]) -> str
     return "".join(parts)
 
 
+def _niah(kind: str) -> Callable[[random.Random, int], tuple[str, str, str]]:
+    """RULER's single needle in a haystack of real prose, its value a number, a word or a UUID."""
+    def task(rng: random.Random, fillers: int) -> tuple[str, str, str]:
+        key = rng.choice(WORDS)
+        if kind == "number":
+            value = _number(rng)
+        elif kind == "word":
+            value = rng.choice(PEOPLE).lower() + rng.choice(CITIES).lower()
+        else:
+            value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        needle = f"One of the special magic {kind}s for {key} is: {value}. "
+        question = f"What is the special magic {kind} for {key} mentioned in the text? The special magic {kind} is"
+        return _prose_haystack(rng, fillers, [needle]), question, value
+    task.__name__ = f"niah_{kind}"
+    return task
+
+
 def multivalue(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     """RULER's NIAH multi-value: one key with four values hidden in prose; all four, in the order they appear."""
     key = rng.choice(WORDS)
@@ -222,8 +240,9 @@ def fwe(rng: random.Random, fillers: int) -> tuple[str, str, str]:
 TASKS: dict[str, Callable[[random.Random, int], tuple[str, str, str]]] = {
     "passkey": passkey, "multikey": multikey, "kvretrieval": kvretrieval, "vartrack": vartrack,
     "prose": prose, "code": code, "multivalue": multivalue, "multiquery": multiquery, "cwe": cwe, "fwe": fwe,
+    "niah_number": _niah("number"), "niah_word": _niah("word"), "niah_uuid": _niah("uuid"),
 }
-KINDS = {"passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "multivalue": "needle",
+KINDS = {"niah_number": "needle", "niah_word": "needle", "niah_uuid": "needle", "passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "multivalue": "needle",
          "multiquery": "needle", "vartrack": "tracking", "cwe": "aggregation", "fwe": "aggregation",
          "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
 
