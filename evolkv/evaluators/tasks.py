@@ -93,6 +93,23 @@ def _prose() -> list[str]:
     return sentences
 
 
+def _prose_parts(rng: random.Random, fillers: int) -> list[str]:
+    """Consecutive prose sentences from a random start, about ``fillers`` filler sentences' worth of text."""
+    sentences, budget = _prose(), fillers * len(FILLER)
+    start, parts, size = rng.randrange(len(sentences)), [], 0
+    while size < budget:
+        parts.append(sentences[(start + len(parts)) % len(sentences)])
+        size += len(parts[-1])
+    return parts
+
+
+@functools.cache
+def _vocabulary() -> list[str]:
+    """The words of ``_prose`` (4-9 letters, a few function words left out), sorted: cwe's word pool."""
+    words = set(" ".join(_prose()).lower().split()) - set("the a an of to in is and or".split())
+    return [w for w in sorted(words) if w.isalpha() and 4 <= len(w) <= 9]
+
+
 PEOPLE = ("Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kofi",
           "Lena", "Mateo", "Nadia", "Oskar", "Priya")
 CITIES = ("Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Porto", "Quito", "Tbilisi", "Dakar", "Riga", "Cusco",
@@ -107,13 +124,7 @@ def prose(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     """Fact look-up in real prose: four "<person> moved to <city> to work as a <job>" facts among Python
     reference sentences. The answer is the city and the job: several tokens, so a query-aware run (whose first
     answer token comes from the uncompressed prefill) still measures the look-up."""
-    sentences = _prose()
-    budget = fillers * len(FILLER)
-    start = rng.randrange(len(sentences))
-    parts, size = [], 0
-    while size < budget:
-        parts.append(sentences[(start + len(parts)) % len(sentences)])
-        size += len(parts[-1])
+    parts = _prose_parts(rng, fillers)
     people, cities, jobs = rng.sample(PEOPLE, 4), rng.sample(CITIES, 4), rng.sample(JOBS, 4)
     for person, city, job in zip(people, cities, jobs):
         parts.insert(rng.randint(0, len(parts)), f"{person} moved to {city} to work as a {job}. ")
@@ -160,11 +171,7 @@ def code(rng: random.Random, fillers: int) -> tuple[str, str, str]:
 def _prose_haystack(rng: random.Random, fillers: int, needles: list[str]) -> str:
     """About ``fillers`` filler sentences' worth of real prose (Python's reference pages), the needles inserted at
     random sentence boundaries."""
-    sentences, budget = _prose(), fillers * len(FILLER)
-    start, parts, size = rng.randrange(len(_prose())), [], 0
-    while size < budget:
-        parts.append(sentences[(start + len(parts)) % len(sentences)])
-        size += len(parts[-1])
+    parts = _prose_parts(rng, fillers)
     for needle in needles:
         parts.insert(rng.randint(0, len(parts)), needle)
     return "".join(parts)
@@ -210,9 +217,7 @@ def multiquery(rng: random.Random, fillers: int) -> tuple[str, str, str]:
 def cwe(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     """RULER's common-words extraction: a numbered list of words in which three common words repeat many times;
     the answer is those three, most frequent first."""
-    vocab = sorted(set(" ".join(_prose()).lower().split()) - set("the a an of to in is and or".split()))
-    vocab = [w for w in vocab if w.isalpha() and 4 <= len(w) <= 9]
-    chosen = rng.sample(vocab, 3 + 40)
+    chosen = rng.sample(_vocabulary(), 3 + 40)
     common, rare = chosen[:3], chosen[3:]
     words = [w for n, w in zip((12, 10, 8), common) for _ in range(n)]
     while len(words) < fillers * 5:  # an entry "12. word" is ~4 tokens, a filler sentence ~20
@@ -242,9 +247,9 @@ TASKS: dict[str, Callable[[random.Random, int], tuple[str, str, str]]] = {
     "prose": prose, "code": code, "multivalue": multivalue, "multiquery": multiquery, "cwe": cwe, "fwe": fwe,
     "niah_number": _niah("number"), "niah_word": _niah("word"), "niah_uuid": _niah("uuid"),
 }
-KINDS = {"niah_number": "needle", "niah_word": "needle", "niah_uuid": "needle", "passkey": "needle", "multikey": "needle", "kvretrieval": "needle", "multivalue": "needle",
-         "multiquery": "needle", "vartrack": "tracking", "cwe": "aggregation", "fwe": "aggregation",
-         "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
+KINDS = {"niah_number": "needle", "niah_word": "needle", "niah_uuid": "needle", "passkey": "needle",
+         "multikey": "needle", "kvretrieval": "needle", "multivalue": "needle", "multiquery": "needle",
+         "vartrack": "tracking", "cwe": "aggregation", "fwe": "aggregation", "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
 
 
 def synthetic(task: str, count: int, length: int, seed: int, split: str, tokenizer) -> list[Sample]:

@@ -69,6 +69,17 @@ class Strategy:
     def finish(self, job) -> dict[str, Any]:
         raise NotImplementedError
 
+    @staticmethod
+    def choose_on_validation(job, contenders: dict[str, KVConfig], value) -> tuple[str, dict[str, Score]]:
+        """Score ``contenders`` (label -> config) on the validation split; the label with the lowest
+        ``value(score, scores)`` wins, a tie going to a baseline. Returns (label, every label's score)."""
+        job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
+        with job.stage("validation", len(contenders)):
+            scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
+                                                       split="validation")))
+        best = min(contenders, key=lambda label: (value(scored[label], scored), not label.startswith("baseline:")))
+        return best, scored
+
     def provenance(self, job, cfg: KVConfig, objective: float, **extra: Any) -> KVConfig:
         settings = self.settings
         return cfg.with_provenance(run_id=job.run_id, label="winner", model=self.spec.name, search_objective=objective,
@@ -176,13 +187,9 @@ class TokenSearch(Strategy):
         # choose on data the optimiser did not fit: the best search candidates and every baseline at the budget
         contenders = {f"baseline:{n}": cfg for n, cfg in self.baselines.items() if n != "full"}
         contenders.update({f"finalist:{i}": cfg for i, cfg in enumerate(self.finalists())})
-        job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
-        with job.stage("validation", len(contenders)):
-            scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
-                                                       split="validation")))
+        chosen, scored = self.choose_on_validation(
+            job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]))
         ref = scored["baseline:uniform"]
-        chosen = min(contenders, key=lambda label: (self.relative(scored[label], ref),
-                                                    not label.startswith("baseline:")))  # a tie ships the baseline
         if not scored[chosen].ok:
             store.update_run(run_id, status="failed")
             return store.detail(run_id)
@@ -304,12 +311,8 @@ class FrontSearch(Strategy):
             contenders = {f"front:{front.index(p)}": p[0] for p in under}
             contenders.update({f"baseline:{n}": cfg for n, cfg in self.baselines.items()
                                if n != "full" and within_bits(avg_bits(cfg, settings.length), settings.target_bits)})
-            job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
-            with job.stage("validation", len(contenders)):
-                scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
-                                                           split="validation")))
-            best = min(contenders, key=lambda label: (scored[label].objective if scored[label].ok else math.inf,
-                                                      not label.startswith("baseline:")))  # a tie ships the baseline
+            best, scored = self.choose_on_validation(job, contenders,
+                                                     lambda score, _: score.objective if score.ok else math.inf)
             if scored[best].ok and best.startswith("baseline:"):
                 source, chosen = best, contenders[best]
             elif scored[best].ok:
