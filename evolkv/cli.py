@@ -377,8 +377,8 @@ def plot(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     """Draw a run's Pareto front (quality loss vs bits per KV element) with the baselines as points."""
     from evolkv.plots import plot_front
 
-    if split not in ("search", "validation", "heldout"):
-        raise EvolKVError(f"split must be search, validation or heldout, not {split!r}")
+    if split not in ("search", "heldout"):  # front points are stored with their search and held-out loss
+        raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
     detail = _store(db).detail(run_id)
     if not detail.get("front"):
         raise EvolKVError(f"run {detail['id']} has no Pareto front (use --mode quant or joint)")
@@ -433,6 +433,7 @@ def evaluate(
 ) -> None:
     """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
     from evolkv.config import Budget, KVConfig, ScorerSpec
+    from evolkv.evaluators.tasks import SPLITS
     from evolkv.pools import make_executor
     from evolkv.search.baselines import baseline as make_baseline
     from evolkv.settings import SearchSettings
@@ -445,8 +446,8 @@ def evaluate(
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
     _validate(settings)
-    if split not in ("search", "validation", "heldout"):
-        raise EvolKVError(f"split must be search, validation or heldout, not {split!r}")
+    if split not in SPLITS:
+        raise EvolKVError(f"split must be {', '.join(SPLITS)}, not {split!r}")
     wanted = Budget.parse(budget)
     _quiet_transformers()
     with _progress() as progress:

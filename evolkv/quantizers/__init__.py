@@ -16,6 +16,4 @@ MODULES = ("kivi",)
 for _module in MODULES:
     importlib.import_module(f"evolkv.quantizers.{_module}")
 
-DEFAULT = "kivi"
-
-__all__ = ["DEFAULT", "QUANTIZERS", "Quantizer", "register"]
+__all__ = ["QUANTIZERS", "Quantizer", "register"]

@@ -14,7 +14,6 @@ import torch
 class Quantizer:
     name: str = ""
     kernel: int = 0  # load_entries' QUANT: which dequantize path the attention kernels compile
-    bits: tuple[int, ...] = (8, 4, 2)  # code widths it stores (16 = that half left at full precision)
 
     def pack(self, keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, group: int):
         """Quantize ``keys``/``values`` [R, T, D] (entries in storage order) to a ``PackedKV``."""
