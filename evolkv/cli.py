@@ -154,9 +154,13 @@ def search(
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
-    aggregate: str = typer.Option("worst", help="tokens: what the optimiser and the winner's choice see. worst: "
-                                  "the largest per-task KL relative to uniform's on the same samples (no task's "
-                                  "gain pays for another's loss). mean: the mean KL."),
+    aggregate: str = typer.Option("guarded", help="tokens: what the optimiser and the winner's choice see. "
+                                  "guarded: the mean KL relative to uniform's on the same samples, heavily "
+                                  "penalised when any one task gets more than --tolerance worse than uniform's. "
+                                  "worst: the largest per-task ratio (no task's gain pays for another's loss). "
+                                  "mean: the plain mean KL."),
+    tolerance: float = typer.Option(0.1, min=0.0, help="tokens, --aggregate guarded: how much worse than uniform "
+                                    "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
     per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads "
@@ -195,7 +199,7 @@ def search(
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_split(tasks), samples=samples,
-                              validation_samples=validation_samples, pool=pool, aggregate=aggregate,
+                              validation_samples=validation_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
                               finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
@@ -507,6 +511,7 @@ def _validate(settings) -> None:
     from evolkv.evaluators.tasks import TASKS
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
+    from evolkv.search.strategies import AGGREGATES
 
     from evolkv.devices import resolve_device, resolve_dtype
 
@@ -552,8 +557,8 @@ def _validate(settings) -> None:
                               "layers with --clusters")
     elif budget.value == 1.0 and budget.kind == "fraction":
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
-    if settings.aggregate not in ("worst", "mean"):
-        raise EvolKVError(f"--aggregate must be worst or mean, not {settings.aggregate!r}")
+    if settings.aggregate not in AGGREGATES:
+        raise EvolKVError(f"--aggregate must be one of {', '.join(AGGREGATES)}, not {settings.aggregate!r}")
     if settings.mode != "tokens" and settings.pool:
         raise EvolKVError("--pool (a fresh draw of the search samples each generation) belongs to the token "
                           "search (--mode tokens)")

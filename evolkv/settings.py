@@ -24,7 +24,8 @@ class SearchSettings:
     samples: int = 4  # per task and generation on the search split, and on the held-out split
     validation_samples: int = 0  # per task on the validation split the winner is chosen on (0 = samples)
     pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them
-    aggregate: str = "worst"  # worst: the largest per-task KL relative to uniform's (no task pays for another)
+    aggregate: str = "guarded"  # guarded | worst | mean: what the token search is told (strategies.TokenSearch)
+    tolerance: float = 0.1  # guarded: how much worse than uniform any one task may get before it is penalised
     finalists: int = 4  # best search candidates re-scored on validation beside the baselines
     length: int = 1000
     per_head: bool = False

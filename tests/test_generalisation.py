@@ -38,17 +38,28 @@ def test_draws_take_samples_of_every_task_from_the_pool(loaded):
     assert [pool[i].task for i in first].count("passkey") == 2 and len(first) == 4
 
 
-def test_worst_task_relative_to_uniform():
+def test_aggregates_relative_to_uniform():
     settings = SearchSettings(aggregate="worst")
     strategy = TokenSearch.__new__(TokenSearch)
     strategy.settings = settings
     ref = Score(0.5, {"kl": 0.5, "a/kl": 0.9, "b/kl": 0.1})
-    # a halves task a's loss but doubles task b's: its mean is better, its worst task is twice uniform's
-    cand = Score(0.55, {"kl": 0.55, "a/kl": 0.9 / 2, "b/kl": 0.2 + 0.005})
-    assert cand.objective < 0.6 and strategy.relative(cand, ref) == pytest.approx(2.0, rel=1e-3)
+    eps = 0.05 * 0.5
+    # halves task a's loss, doubles task b's: its mean is better, its worst task ~1.8x uniform's after smoothing
+    cand = Score(0.3, {"kl": 0.3, "a/kl": 0.9 / 2, "b/kl": 0.2})
+    worst = (0.2 + eps) / (0.1 + eps)
+    assert strategy.relative(cand, ref) == pytest.approx(worst)
     assert strategy.relative(ref, ref) == pytest.approx(1.0)
+    settings.aggregate = "guarded"  # the mean ratio, plus 10 per unit of the worst task past 1.1
+    assert strategy.relative(ref, ref) == pytest.approx(1.0)
+    assert strategy.relative(cand, ref) == pytest.approx((0.3 + eps) / (0.5 + eps) + 10 * (worst - 1.1))
+    assert strategy.relative(cand, ref) > 1  # a large loss on one task is not paid for by the mean
+    # a small loss on b (5%, inside the 10% tolerance) with a large gain on a: told its mean ratio alone
+    small = Score(0.3, {"kl": 0.3, "a/kl": 0.5, "b/kl": 0.1 + 0.05 * (0.1 + eps)})
+    assert strategy.relative(small, ref) == pytest.approx((0.3 + eps) / (0.5 + eps))
+    settings.tolerance = 0.0
+    assert strategy.relative(small, ref) > (0.3 + eps) / (0.5 + eps)
     settings.aggregate = "mean"
-    assert strategy.relative(cand, ref) == 0.55
+    assert strategy.relative(cand, ref) == 0.3
     assert strategy.relative(Score(float("inf"), status="failed"), ref) == float("inf")
 
 

@@ -8,6 +8,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from evolkv.allocation import within_bits
+from evolkv.search.strategies import SMOOTHING
+
 BASELINES = ("uniform", "pyramid", "adakv", "streaming")
 
 
@@ -23,10 +26,9 @@ def spread(values):
 
 
 def worst(results: dict, label: str) -> float:
-    """The held-out worst-task KL ratio to uniform (what --aggregate worst optimises), smoothed as the search
-    smooths it."""
+    """The held-out worst-task KL ratio to uniform, smoothed as the search smooths it."""
     ref, got = results["baseline:uniform"]["heldout"], results[label]["heldout"]
-    eps = max(0.01 * ref["objective"], 1e-6)
+    eps = max(SMOOTHING * ref["objective"], 1e-6)
     return max((got[k] + eps) / (ref[k] + eps) for k in ref if k.endswith("/kl"))
 
 
@@ -36,10 +38,45 @@ def main(folder: str, prefixes=("search",)) -> None:
     for prefix in prefixes:
         searches(out, prefix)
     rest(out)
+    for mode in ("quant", "joint"):
+        fronts(out, mode)
+
+
+def fronts(out: Path, mode: str) -> None:
+    """Precision fronts: the winner at or under the target bits against every uniform precision there."""
+    paths = sorted(p for p in out.glob(f"{mode}-*.json") if not p.name.endswith(".cfg.json"))
+    if not paths:
+        return
+    print(f"\n## {mode}: winner vs the uniform precisions at or under the target, held-out mean KL (bits)")
+    print("| seed | target | winner source | winner | best uniform precision | others | better? | not worse? |")
+    print("|---|---|---|---|---|---|---|---|")
+    wins = fine = total = 0
+    for path in paths:
+        detail = load(path)
+        if not detail or not detail.get("winner"):
+            print(f"| {path.stem} | failed |")
+            continue
+        target = detail["settings"]["target_bits"]
+        results = detail["results"]
+        win = results["winner"]["heldout"]
+        under = {label.removeprefix("baseline:"): r["heldout"] for label, r in results.items()
+                 if label.startswith("baseline:") and label != "baseline:full" and "heldout" in r
+                 and within_bits(r["heldout"].get("bits", 99), target)}
+        best = min(under, key=lambda n: under[n]["objective"])
+        total += 1
+        better = win["objective"] < under[best]["objective"]
+        wins += better
+        fine += win["objective"] <= under[best]["objective"]
+        others = ", ".join(f"{n} {r['objective']:.4f} ({r.get('bits', 0):.2f})" for n, r in under.items() if n != best)
+        print(f"| {path.stem.split('-')[-1]} | {target:g} | {detail['winner']['source']} | {win['objective']:.4f} "
+              f"({win.get('bits', 0):.2f}) | {best} {under[best]['objective']:.4f} ({under[best].get('bits', 0):.2f}) "
+              f"| {others} | {'yes' if better else 'no'} | {'yes' if win['objective'] <= under[best]['objective'] else 'NO'} |")
+    print(f"\nwinner better than the best uniform precision under the target in {wins} of {total} runs, "
+          f"not worse in {fine} of {total}")
 
 
 def searches(out: Path, prefix: str) -> None:
-    print(f"\n## {prefix}: winner vs the best baseline, held-out mean KL [worst-task ratio to uniform]")
+    print(f"\n## {prefix}: winner vs the best baseline, held-out mean KL [worst-task ratio to uniform, smoothed by {SMOOTHING:.0%} of its mean]")
     print("| budget | seed | winner source | winner | uniform | pyramid | adakv | streaming | best baseline | better? |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     wins = total = 0

