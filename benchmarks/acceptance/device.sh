@@ -7,6 +7,8 @@
 #   here:    bash benchmarks/acceptance/device.sh pack
 #   device:  bash benchmarks/acceptance/device.sh keep 0   (carry .whl and .kit/0), keep 1 (.kit/1), ... keep 5
 #            bash benchmarks/acceptance/device.sh start "smol:search transfer quant joint jsonl" "gemma:search transfer quant jsonl"
+#            (a job is NAME:STEPS; NAME smol* or gemma* picks the model, words like LEFT=prose,code set run.sh's
+#            variables, commas for spaces; .accin/NAME/ is copied into its output first, e.g. earlier winners)
 #            bash benchmarks/acceptance/device.sh collect 540     (as often as needed; each within 10 minutes)
 set -uo pipefail
 GEMMA=gemma-3-270m-q4_k_m.gguf; GEMMA_BYTES=253113024
@@ -43,8 +45,11 @@ transformers.__version__, 'triton', triton.__version__)" | tee -a /tmp/acc/devic
     python3 -c "from evolkv import models; [models.resolve(m) for m in ('gemma-3-270m', 'smollm2-135m')]" || exit 1
     for job in "$@"; do  # NAME:steps; smol is searched per head (3 KV heads), gemma has one KV head
       name=${job%%:*}; steps=${job#*:}
-      case $name in smol) env=(MODEL=smollm2-135m PER_HEAD=--per-head) ;; gemma) env=(MODEL=gemma-3-270m PER_HEAD=) ;; esac
-      setsid nohup env "${env[@]}" OUT=/tmp/acc/$name DEVICE=cuda ${ACC_ENV:-} bash benchmarks/acceptance/run.sh $steps \
+      mkdir -p /tmp/acc/$name; [ -d .accin/$name ] && cp .accin/$name/* /tmp/acc/$name/  # earlier winners (jsonl)
+      case $name in smol*) env=(MODEL=smollm2-135m PER_HEAD=--per-head) ;; gemma*) env=(MODEL=gemma-3-270m PER_HEAD=) ;; esac
+      extra=(); plain=()  # words with '=' set run.sh's variables for this job (LEFT=prose,code SEEDS=0,1)
+      for word in $steps; do case $word in *=*) extra+=("${word//,/ }") ;; *) plain+=("$word") ;; esac; done
+      setsid nohup env "${env[@]}" "${extra[@]}" OUT=/tmp/acc/$name DEVICE=cuda bash benchmarks/acceptance/run.sh "${plain[@]}" \
         > /tmp/acc/$name.log 2>&1 < /dev/null &
     done
     sleep 5; tail -3 /tmp/acc/*.log ;;

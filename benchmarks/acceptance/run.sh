@@ -13,7 +13,7 @@ MODEL=${MODEL:-smollm2-135m}; DEVICE=${DEVICE:-cuda}; OUT=${OUT:-acc-out}; PER_H
 LENGTH=${LENGTH:-2000}; SAMPLES=${SAMPLES:-4}; POOL=${POOL:-12}; VAL=${VAL:-4}
 POP=${POP:-16}; GENS=${GENS:-10}; BUDGETS=${BUDGETS:-5% 10% 20%}; SEEDS=${SEEDS:-0 1 2}; AGG=${AGG:-guarded}
 TAG=${TAG:-search}  # file prefix of the search step (another for a side-by-side variant)
-TARGET=${TARGET:-4}; FRONT_GENS=${FRONT_GENS:-8}
+TARGET=${TARGET:-4}; FRONT_GENS=${FRONT_GENS:-8}; LEFT=${LEFT:-needle tracking prose code}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 EVOLKV="python3 -m evolkv"
 ALL="passkey,multikey,vartrack,prose,code"
@@ -50,7 +50,7 @@ for step in $steps; do
           --budget "$budget" --seed "$seed" --tasks "$ALL" &
       done; wait; done ;;
     transfer)
-      for left in needle tracking prose code; do
+      for left in $LEFT; do
         case $left in
           needle) held=passkey,multikey; rest=vartrack,prose,code ;;
           tracking) held=vartrack; rest=passkey,multikey,prose,code ;;
