@@ -52,7 +52,7 @@ transformers.__version__, 'triton', triton.__version__)" | tee -a /tmp/acc/devic
       setsid nohup env "${env[@]}" "${extra[@]}" OUT=/tmp/acc/$name DEVICE=cuda bash benchmarks/acceptance/run.sh "${plain[@]}" \
         > /tmp/acc/$name.log 2>&1 < /dev/null &
     done
-    sleep 5; tail -3 /tmp/acc/*.log ;;
+    sleep 5; tail -n 3 /tmp/acc/*.log ;;
   collect)
     sleep "${2:-0}"
     tail -n 40 /tmp/acc/*.log
