@@ -142,10 +142,12 @@ def search(
     population: int = typer.Option(8, min=2, help="Candidates per generation."),
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
-    tasks: str = typer.Option("passkey,multikey", help="Comma-separated: passkey, multikey, kvretrieval, "
-                              "niah_number, niah_word, niah_uuid, multivalue, multiquery, vartrack, cwe, fwe, prose, "
-                              "code, or paths to .jsonl files "
-                              "with context/question/answers."),
+    tasks: str = typer.Option("mix", help="Comma-separated tasks the search is scored on. Synthetic (generated "
+                              "from --seed, offline): passkey, multikey, kvretrieval, niah_number, niah_word, "
+                              "niah_uuid, multivalue, multiquery, vartrack, cwe, fwe, prose, code. Presets: mix "
+                              "(passkey, vartrack, prose, code: one task of each kind) and ruler (the RULER-style "
+                              "suite). Your data: a .jsonl file with context/question/answers, or hf:PATH[:SPLIT] "
+                              "for a dataset saved on disk (README: tasks)."),
     samples: int = typer.Option(4, min=1, help="Samples per task each generation is scored on, and on the "
                                 "held-out split."),
     validation_samples: int = typer.Option(0, min=0, help="Samples per task of the validation split the winner "
@@ -198,7 +200,7 @@ def search(
                               evicted_bits=evicted_bits,
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,
-                              population=population, seed=seed, tasks=_split(tasks), samples=samples,
+                              population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
                               validation_samples=validation_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
                               finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
@@ -422,7 +424,8 @@ def evaluate(
     baseline: Optional[str] = typer.Option(None, help="Or a baseline: full | uniform | pyramid | adakv | streaming."),
     budget: str = typer.Option("10%", "--budget", "-b", help="Budget of the baseline."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
-    tasks: str = typer.Option("passkey,multikey", help="Comma-separated tasks or .jsonl files."),
+    tasks: str = typer.Option("mix", help="Comma-separated tasks, presets (mix, ruler), .jsonl files or "
+                              "hf:PATH[:SPLIT] (see search --help)."),
     samples: int = typer.Option(10, min=1, help="Samples per task."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
     split: str = typer.Option("heldout", help="search | validation | heldout."),
@@ -445,7 +448,7 @@ def evaluate(
     if (config is None) == (baseline is None):
         raise EvolKVError("give exactly one of --config FILE or --baseline NAME")
     cfg = KVConfig.load(config) if config else None
-    settings = SearchSettings(model=model, tasks=_split(tasks), samples=samples, length=length, seed=seed,
+    settings = SearchSettings(model=model, tasks=_tasks(tasks), samples=samples, length=length, seed=seed,
                               query_aware=query_aware, device=device, dtype=dtype,
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
@@ -501,6 +504,19 @@ def _emit(cfg, out: Optional[str]) -> None:
         print(cfg.to_json())
 
 
+def _tasks(text: str) -> list[str]:
+    """--tasks: comma-separated names with the presets expanded; an hf: spec keeps its FIELD=COLUMN pairs."""
+    from evolkv.evaluators.tasks import expand
+
+    names: list[str] = []
+    for part in _split(text):
+        if "=" in part and names and names[-1].startswith("hf:") and not part.startswith("hf:"):
+            names[-1] += "," + part
+        else:
+            names.append(part)
+    return expand(names)
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -509,6 +525,7 @@ def _validate(settings) -> None:
     from evolkv.config import Budget
     from evolkv.scorers import SCORERS
     from evolkv.evaluators.tasks import TASKS
+    from evolkv.evaluators.tasks import check as check_task
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
     from evolkv.search.strategies import AGGREGATES
@@ -520,11 +537,10 @@ def _validate(settings) -> None:
         settings.device = resolve_device(settings.device)  # no silent CPU fall back
     settings.dtype = resolve_dtype(settings.dtype, settings.device)
     for task in settings.tasks:
-        if task not in TASKS and not task.endswith(".jsonl"):
-            raise EvolKVError(f"unknown task {task!r}; known: {', '.join(TASKS)} or a .jsonl file")
+        check_task(task)
     if not settings.tasks:
         raise EvolKVError("give at least one task")
-    synthetic = not any(task.endswith(".jsonl") for task in settings.tasks)
+    synthetic = all(task in TASKS for task in settings.tasks)
     if budget.kind == "tokens" and synthetic and budget.value >= settings.length and settings.mode != "quant":
         raise EvolKVError(f"--budget {budget} tokens per KV head keeps all of a {settings.length}-token context: "
                           "nothing would be compressed; give fewer tokens or a percentage like 10%")

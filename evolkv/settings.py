@@ -20,7 +20,7 @@ class SearchSettings:
     generations: int = 6
     population: int = 8
     seed: int = 0
-    tasks: list[str] = field(default_factory=lambda: ["passkey", "multikey"])
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "vartrack", "prose", "code"])  # tasks.PRESETS["mix"]
     samples: int = 4  # per task and generation on the search split, and on the held-out split
     validation_samples: int = 0  # per task on the validation split the winner is chosen on (0 = samples)
     pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them

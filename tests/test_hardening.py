@@ -393,3 +393,12 @@ def test_stages_and_derived_data_move_to_their_columns_on_upgrade(tmp_path):
     assert run.derived == {"space": {"groups": [[0]]}} and "space" not in run.settings
     stages = [(row.stage, row.generation) for row, _ in store.evaluations("abcd")]
     assert stages == [("baseline", None), ("sensitivity", None), ("search", 0), ("final", None)]
+
+
+@pytest.mark.parametrize("spec, words", [("hf:{tmp}/none", "does not exist"), ("nope", "unknown task"),
+                                         ("hf:{tmp}/odd.jsonl", "no answers column")])
+def test_bad_hf_tasks_are_one_line_and_store_nothing(spec, words, model_dirs, tmp_path):
+    (tmp_path / "odd.jsonl").write_text('{"question": "q", "reply": "r"}\n' * 8)
+    line = one_line_error(invoke("search", "--budget", "20%", "--model", model_dirs["llama"], "--tasks",
+                                 spec.format(tmp=tmp_path), "--length", 64, "--db", f"sqlite:///{tmp_path}/x.db"))
+    assert words in line and not (tmp_path / "x.db").exists()

@@ -1,4 +1,5 @@
-"""Long-context tasks: synthetic ones generated from a seed (no download) and the user's JSONL files.
+"""Long-context tasks: synthetic ones generated from a seed (no download), the user's JSONL files and datasets
+saved on local disk (``hf:PATH``; never downloaded).
 
 Every task has three splits drawn from disjoint random streams: ``search`` (what the optimiser fits),
 ``validation`` (what the winner is chosen on, among the best search candidates and the baselines) and
@@ -73,7 +74,8 @@ def vartrack(rng: random.Random, fillers: int) -> tuple[str, str, str]:
     value, names = _number(rng), rng.sample(["XQK", "BZT", "MNO", "PLA", "RUV", "WEY", "HJD"], 3)
     chain = [f"VAR {names[0]} = {value}. "] + [f"VAR {names[i]} = VAR {names[i - 1]}. " for i in (1, 2)]
     parts = [FILLER] * fillers
-    for offset, at in enumerate(sorted(rng.sample(range(fillers + 1), 3))):
+    places = sorted(rng.sample(range(fillers + 1), 3)) if fillers >= 2 else [fillers] * 3  # short: at the end
+    for offset, at in enumerate(places):
         parts.insert(at + offset, chain[offset])
     return "".join(parts), f"What is the value of VAR {names[2]}? VAR {names[2]} =", value
 
@@ -268,16 +270,50 @@ def synthetic(task: str, count: int, length: int, seed: int, split: str, tokeniz
     return samples
 
 
+PRESETS = {  # names that stand for several tasks (--tasks mix is the default calibration set: one task a kind)
+    "mix": ["passkey", "vartrack", "prose", "code"],
+    "ruler": ["niah_number", "niah_word", "niah_uuid", "multikey", "multivalue", "multiquery", "vartrack", "cwe", "fwe"],
+}
+# hf: datasets: where each Sample field is looked for, in order (LongBench: context/input/answers; RULER:
+# input/outputs; GSM8K: question/answer "... #### 42"; SQuAD: context/question/answers.text)
+HF_FIELDS = {"context": ("context", "passage", "document", "article"),
+             "question": ("input", "question", "query", "prompt", "instruction"),
+             "answers": ("answers", "outputs", "answer", "output", "target")}
+
+
+def expand(names: list[str]) -> list[str]:
+    """Task names with the presets (``mix``, ``ruler``) replaced by their tasks, each task once."""
+    out: list[str] = []
+    for name in names:
+        out += PRESETS.get(name, [name])
+    return list(dict.fromkeys(out))
+
+
+def check(name: str) -> None:
+    """Raise a TaskError for a task that cannot be loaded (before anything is stored): an unknown name, a
+    .jsonl file or hf: dataset that is missing, unreadable or lacks a field."""
+    if name.startswith("hf:"):
+        _hf_samples(name)
+        return
+    if name.endswith(".jsonl"):
+        from_jsonl(name, "search")
+        return
+    if name in TASKS:
+        return
+    raise TaskError(f"unknown task {name!r}; known: {', '.join([*TASKS, *PRESETS])}, a .jsonl file or hf:PATH[:SPLIT]")
+
+
+def _bucket(key: str) -> str:
+    """A stable split for one row of a user's data: half held out, a third of the rest validation."""
+    digest = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+    return "heldout" if digest % 2 else ("validation" if digest // 2 % 3 == 0 else "search")
+
+
 def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[Sample]:
     """Samples of a ``{"context", "question", "answers"}`` file; a stable hash of each line picks its split:
     half of the lines are held out, a third of the rest validate, the others are searched on."""
     path = Path(path)
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except OSError as e:
-        raise TaskError(f"cannot read task file {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise TaskError(f"task file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSONL") from None
+    lines = _read_text(path).splitlines()
     if not any(line.strip() for line in lines):
         raise TaskError(f"task file {path} is empty: one JSON object per line with context, question, answers")
     samples = []
@@ -294,20 +330,146 @@ def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[S
                             f"({str(e)[:120]})") from None
         if not sample.answer.strip():  # nothing to measure: KL 0 and a perfect exact match would be a lie
             raise TaskError(f"{path}:{number}: the answer is empty; every sample needs a non-empty answer")
-        digest = int(hashlib.sha256(line.encode()).hexdigest(), 16)
-        bucket = "heldout" if digest % 2 else ("validation" if digest // 2 % 3 == 0 else "search")
-        if bucket == split:
+        if _bucket(line) == split:
             samples.append(sample)
     if not samples and lines:
         raise TaskError(f"{path} has no samples in the {split} split")
     return samples[:count] if count else samples
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise TaskError(f"cannot read task file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise TaskError(f"task file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSONL") from None
+
+
+def parse_hf(name: str) -> tuple[Path, str | None, dict[str, str]]:
+    """``hf:PATH[:SPLIT][:FIELD=COLUMN,...]`` -> (path, split or None, field -> column overrides)."""
+    parts = name.removeprefix("hf:").split(":")
+    path, split, mapping = Path(parts[0]).expanduser(), None, {}
+    for part in parts[1:]:
+        if "=" in part:
+            for item in part.split(","):
+                field, _, column = item.partition("=")
+                if field not in HF_FIELDS or not column:
+                    raise TaskError(f"{name}: {item!r} is not FIELD=COLUMN with FIELD one of {', '.join(HF_FIELDS)}")
+                mapping[field] = column
+        elif part:
+            split = part
+    if not parts[0]:
+        raise TaskError(f"{name}: give a path, hf:PATH[:SPLIT] (a dataset saved on disk; evolkv never downloads)")
+    if not path.exists():
+        raise TaskError(f"{name}: {path} does not exist (evolkv never downloads: save the dataset first, e.g. "
+                        "datasets' save_to_disk, or as .jsonl/.json/.parquet files)")
+    return path, split, mapping
+
+
+def _hf_rows(path: Path, split: str | None, name: str) -> tuple[list[dict], str | None]:
+    """(rows, the split read) of a dataset on disk: a ``save_to_disk`` folder, a folder of split files, or one
+    file."""
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        try:
+            import datasets
+        except ImportError:
+            raise TaskError(f"{name}: reading a save_to_disk folder needs the datasets package: "
+                            "pip install 'evolkv[hf]'") from None
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if split is None and len(data) == 1:
+                split = next(iter(data))
+            if split not in data:
+                raise TaskError(f"{name}: choose a split, hf:{path}:SPLIT, of {', '.join(data)}")
+            data = data[split]
+        return [dict(row) for row in data], split
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix in (".jsonl", ".json", ".parquet") and f.is_file()
+                       and (split is None or f.name.startswith(split)))
+        if not files:
+            raise TaskError(f"{name}: no {split + '*' if split else ''}.jsonl, .json or .parquet file under {path}")
+        return [row for f in files for row in _file_rows(f, name)], split
+    return _file_rows(path, name), split
+
+
+def _file_rows(path: Path, name: str) -> list[dict]:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise TaskError(f"{name}: reading parquet needs pyarrow: pip install 'evolkv[hf]'") from None
+        return pq.read_table(path).to_pylist()
+    text = _read_text(path)
+    try:
+        if path.suffix == ".json" and text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise TaskError(f"{path}: not JSON lines ({str(e)[:120]})") from None
+    if not rows:
+        raise TaskError(f"{path} is empty")
+    if not all(isinstance(row, dict) for row in rows):
+        raise TaskError(f"{path}: every row must be a JSON object")
+    return rows
+
+
+def _answer(value) -> str:
+    """The first answer of a field: a list's first item, SQuAD's {"text": [...]}, GSM8K's text after ####."""
+    if isinstance(value, dict):
+        value = value.get("text", "")
+    if isinstance(value, (list, tuple)):
+        value = next((v for v in value if str(v).strip()), "")
+    value = str(value)
+    return value.rsplit("####", 1)[1].strip() if "####" in value else value
+
+
+def _hf_samples(name: str) -> list[tuple[Sample, str]]:
+    """(sample, its search/validation/held-out split) for every row of an ``hf:`` dataset."""
+    path, hf_split, mapping = parse_hf(name)
+    rows, hf_split = _hf_rows(path, hf_split, name)
+    if not rows:
+        raise TaskError(f"{name}: the dataset has no rows")
+    columns = set(rows[0])
+    fields = {}
+    for field, candidates in HF_FIELDS.items():
+        column = mapping.get(field) or next((c for c in candidates if c in columns), None)
+        if column is None and field != "context":
+            raise TaskError(f"{name}: no {field} column (looked for {', '.join(candidates)}; the rows have "
+                            f"{', '.join(sorted(columns))}): name it, hf:{path}:{field}=COLUMN")
+        if column is not None and column not in columns:
+            raise TaskError(f"{name}: no column {column!r}; the rows have {', '.join(sorted(columns))}")
+        fields[field] = column
+    task = path.stem + (f"-{hf_split}" if hf_split else "")
+    out = []
+    for number, row in enumerate(rows):
+        answer = _answer(row.get(fields["answers"]))
+        if not answer.strip():
+            raise TaskError(f"{name}: row {number} has an empty answer; every sample needs a non-empty answer")
+        context = str(row.get(fields["context"], "")) if fields["context"] else ""
+        sample = Sample(task, context, str(row.get(fields["question"], "")), answer, f"{task}:{number}")
+        out.append((sample, _bucket(json.dumps(row, sort_keys=True, default=str))))
+    return out
+
+
+def from_hf(name: str, split: str, count: int | None = None) -> list[Sample]:
+    """Samples of a dataset saved on local disk (``hf:PATH[:SPLIT][:FIELD=COLUMN,...]``), fields found by
+    ``HF_FIELDS`` unless named; a stable hash of each row picks its search/validation/held-out split."""
+    everything = _hf_samples(name)
+    samples = [sample for sample, bucket in everything if bucket == split]
+    if not samples:
+        raise TaskError(f"{name} has no samples in the {split} split ({len(everything)} rows in all)")
+    return samples[:count] if count else samples
+
+
 def load_tasks(names: list[str], count: int, length: int, seed: int, split: str, tokenizer) -> list[Sample]:
-    """Samples of several tasks (synthetic names or ``.jsonl`` paths), ``count`` of each."""
+    """Samples of several tasks (synthetic names, presets, ``.jsonl`` paths, ``hf:`` datasets), ``count`` of each."""
     samples: list[Sample] = []
-    for name in names:
-        if name.endswith(".jsonl"):
+    for name in expand(names):
+        if name.startswith("hf:"):
+            samples += from_hf(name, split, count)
+        elif name.endswith(".jsonl"):
             samples += from_jsonl(name, split, count)
         else:
             samples += synthetic(name, count, length, seed, split, tokenizer)
