@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import fields
 from typing import Any, Optional
 
@@ -95,7 +96,7 @@ def _progress() -> Progress:
                     TextColumn("{task.fields[best]}"), console=err, transient=False)
 
 
-def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool) -> None:
+def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool, warm_start=None) -> None:
     from evolkv.config import Budget
     from evolkv.pools import make_executor
     from evolkv.search.loop import run_search
@@ -108,7 +109,7 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(settings)
         try:
-            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter)
+            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter, warm_start=warm_start)
         finally:
             if hasattr(executor, "shutdown"):
                 executor.shutdown()
@@ -121,6 +122,10 @@ def search(
                                "or '128' tokens per KV head (average over layers and heads); below 100% in tokens "
                                "mode. Quant mode keeps every token (100% only); joint mode searches precisions "
                                "within this budget."),
+    budgets: Optional[str] = typer.Option(None, help="tokens: several budgets in one run, e.g. 2%,5%,10%,20%: a "
+                                          "winner stored per budget (lookup picks among them), sharing the model "
+                                          "load and the prefill, each budget's first generation seeded with the "
+                                          "next larger budget's winner."),
     mode: str = typer.Option("tokens", help="tokens: per-layer/head token budgets. quant: per-layer key/value "
                              "precisions (KVTuner) on a Pareto front of KL vs bits. joint: both together."),
     target_bits: float = typer.Option(4.0, help="quant/joint: pick the best front point at or under this many "
@@ -205,8 +210,74 @@ def search(
                               finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
-    _validate(settings)
-    _run_and_report(settings, None, db, as_json)
+    if budgets is None:
+        _validate(settings)
+        _run_and_report(settings, None, db, as_json)
+        return
+    _run_budgets(settings, _budgets(budgets, budget, mode), db, as_json)
+
+
+def _budgets(text: str, budget: str, mode: str) -> list[str]:
+    """--budgets: distinct budgets of one kind, largest first (each warm-starts the next)."""
+    from evolkv.config import Budget
+
+    if mode != "tokens":
+        raise EvolKVError("--budgets searches token budgets: use it with --mode tokens")
+    if budget != "100%":
+        raise EvolKVError("give either --budget or --budgets, not both")
+    parsed = {str(Budget.parse(item)): Budget.parse(item) for item in _split(text)}
+    if len(parsed) < 2:
+        raise EvolKVError("--budgets takes two or more budgets, e.g. 2%,5%,10%,20% (one: use --budget)")
+    if len({b.kind for b in parsed.values()}) > 1:
+        raise EvolKVError("--budgets mixes percentages and token counts: give one kind")
+    return [text for text, _ in sorted(parsed.items(), key=lambda kv: -kv[1].value)]
+
+
+def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool) -> None:
+    """One search per budget in one process: the model is loaded and every split prefilled once (the
+    executor keeps them), and each budget's first generation holds the previous (larger) budget's winner."""
+    import dataclasses
+
+    from evolkv.pools import make_executor
+    from evolkv.search.loop import run_search
+
+    runs = [dataclasses.replace(settings, budget=b) for b in budgets]
+    for one in runs:
+        _validate(one)
+    store = _store(db)
+    _quiet_transformers()
+    details, warm, started = [], None, time.perf_counter()
+    with _progress() as progress:
+        reporter = _RichReporter(progress)
+        reporter.stage(f"load {settings.model or 'default model'}")
+        loaded, executor = make_executor(runs[0])
+        try:
+            for one in runs:
+                reporter.gen_task = None
+                reporter.stage(f"budget {one.budget}")
+                detail = run_search(one, loaded.spec, executor, store, None, reporter, warm_start=warm)
+                details.append(detail)
+                if getattr(executor, "load_seconds", None) is not None:
+                    executor.load_seconds = None  # the model load is a stage of the first budget's run only
+                found = store.winner(detail["id"])
+                warm = found[1] if found and detail["status"] == "finished" else warm
+        finally:
+            if hasattr(executor, "shutdown"):
+                executor.shutdown()
+    if as_json:
+        print(json.dumps(details, indent=2))
+        return
+    for detail in details:
+        _print_detail(detail, False)
+    table = Table("budget", "run", "winner", "search KL", "held-out KL", "uniform held-out KL",
+                  title=f"one search per budget ({time.perf_counter() - started:.0f} s in all; "
+                        "`evolkv lookup --budget B` returns the largest at or under B)")
+    for detail in details:
+        winner = detail.get("winner") or {}
+        uniform = ((detail["results"].get("baseline:uniform") or {}).get("heldout") or {}).get("objective")
+        table.add_row(detail["budget"], detail["id"], winner.get("source", "-"), _fmt(winner.get("search_objective")),
+                      _fmt(winner.get("heldout_objective")), _fmt(uniform))
+    console.print(table)
 
 
 @app.command()
@@ -220,7 +291,9 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
         raise EvolKVError(f"run {run.id} is already finished")
     known = {f.name for f in fields(SearchSettings)}
     settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
-    _run_and_report(settings, run.id, db, as_json)
+    warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
+    found = _store(db).winner(warm) if warm else None
+    _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)
 
 
 @runs_app.command("list")
@@ -376,19 +449,61 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
 
 
 @app.command()
-def plot(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
-         out: str = typer.Option("front.png", "--out", "-o", help="Image to write (.png, .svg, .pdf)."),
+def plot(run_id: Optional[str] = typer.Argument(None, help="Run id (or a unique prefix)."),
+         out: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .svg, .pdf) "
+                                           "[default: front.png, budgets.png or curve.png]."),
          split: str = typer.Option("heldout", help="Loss of the points on: heldout | search."),
+         curve: bool = typer.Option(False, "--curve", help="Held-out KL against budget for every stored token "
+                                    "run of --model: the winners and the baselines."),
+         model: Optional[str] = typer.Option(None, "--model", "-m", help="--curve: the model, as searched "
+                                             "[default: the embedded one]."),
          db: Optional[str] = DB) -> None:
-    """Draw a run's Pareto front (quality loss vs bits per KV element) with the baselines as points."""
-    from evolkv.plots import plot_front
+    """Draw a run: a quant/joint run's Pareto front (quality loss vs bits per KV element, baselines as points);
+    a token run's per-layer budgets beside uniform and pyramid (a layers x KV heads heatmap when per-head).
+    With --curve, quality against budget for a model's stored runs."""
+    from evolkv.plots import plot_budgets, plot_curve, plot_front
 
     if split not in ("search", "heldout"):  # front points are stored with their search and held-out loss
         raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
-    detail = _store(db).detail(run_id)
-    if not detail.get("front"):
-        raise EvolKVError(f"run {detail['id']} has no Pareto front (use --mode quant or joint)")
-    plot_front(detail, out, split)
+    store = _store(db)
+    if curve:
+        from evolkv.models import default_model
+
+        name = model or default_model()
+        points = []
+        for row in store.runs(100000):
+            if row["model"].lower() != name.lower() or row["mode"] != "tokens" or row["status"] != "finished":
+                continue
+            detail = store.detail(row["id"])
+            if not detail.get("winner") or not detail["budget"].endswith("%"):
+                continue
+            values = {label.removeprefix("baseline:"): (splits.get(split) or {}).get("objective")
+                      for label, splits in detail["results"].items()
+                      if label == "winner" or (label.startswith("baseline:") and label != "baseline:full")}
+            points.append({"budget": float(detail["budget"].rstrip("%")) / 100, "values": values})
+        if not points:
+            raise EvolKVError(f"no finished token run of {name} with a percentage budget to draw; "
+                              "run `evolkv search --model ... --budgets 2%,5%,10%,20%` first")
+        out = out or "curve.png"
+        plot_curve(name, points, out, split)
+        err.print(f"wrote {out} ({len(points)} runs)")
+        return
+    if run_id is None:
+        raise EvolKVError("give a run id, or --curve for a model's quality against budget")
+    detail = store.detail(run_id)
+    if detail.get("front"):
+        out = out or "front.png"
+        plot_front(detail, out, split)
+    else:
+        found = store.winner(detail["id"])
+        if found is None:
+            raise EvolKVError(f"run {detail['id']} has no winner to draw (status {detail['status']})")
+        from evolkv.search.baselines import baseline
+
+        cfg = found[1]
+        references = {name: baseline(name, cfg.model, cfg.budget, cfg.scorer) for name in ("uniform", "pyramid")}
+        out = out or "budgets.png"
+        plot_budgets(detail, cfg, references, out)
     err.print(f"wrote {out}")
 
 

@@ -221,3 +221,64 @@ def test_cuda_on_a_machine_without_it_names_the_fix(tmp_path):
         pytest.skip("this machine has CUDA")
     line = _one_line_error(invoke("eval", "--baseline", "uniform", "--device", "cuda"))
     assert "no CUDA device" in line and "--device cpu" in line
+
+
+def test_one_search_for_several_budgets(model_dirs, tmp_path):
+    """--budgets: a winner per budget, the largest first, each later one seeded with the previous winner, the
+    model loaded and the samples prefilled once; lookup picks the largest stored budget at or under its own."""
+    from evolkv.store.store import Store
+
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budgets", "10%,25%", "--generations", 1,
+                    "--population", 3, "--samples", 1, "--length", 200, "--tasks", "passkey", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)
+    assert (first["budget"], second["budget"]) == ("25%", "10%")
+    assert first["status"] == second["status"] == "finished" and first["winner"] and second["winner"]
+    assert second["derived"]["warm_start"] == first["id"] and "warm_start" not in first["derived"]
+    stages = [s["stage"] for s in second["timings"]["stages"]]
+    assert "model load" not in stages  # loaded once, for the first budget
+    prefill = {s["stage"]: s["seconds"] for s in second["timings"]["stages"] if s["stage"].startswith("prefill")}
+    firsts = {s["stage"]: s["seconds"] for s in first["timings"]["stages"] if s["stage"].startswith("prefill")}
+    assert sum(prefill.values()) < 0.2 * sum(firsts.values())  # the executor kept every split's prefill
+    found = json.loads(invoke("lookup", "--model", model_dirs["llama"], "--budget", "20%", "--db", db,
+                              "--json").stdout)
+    assert found["run_id"] == second["id"]
+    # plots: a token run's per-layer budgets, and quality against budget over the stored runs
+    for args, name in (([first["id"]], "budgets.png"), (["--curve", "--model", model_dirs["llama"]], "curve.png")):
+        drawn = invoke("plot", *args, "--out", tmp_path / name, "--db", db)
+        assert drawn.exit_code == 0, drawn.output
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(2 runs)" in " ".join(invoke("plot", "--curve", "--model", model_dirs["llama"], "--out", tmp_path / "c.svg",
+                                         "--db", db).output.split())
+    assert "no finished token run" in _one_line_error(invoke("plot", "--curve", "--model", "other", "--db", db))
+    assert "give a run id" in _one_line_error(invoke("plot", "--db", db))
+
+
+def test_per_head_budgets_plot_as_a_heatmap(tmp_path):
+    import dataclasses
+
+    from evolkv.config import Budget, ModelSpec, ScorerSpec
+    from evolkv.plots import plot_budgets
+    from evolkv.search.baselines import baseline
+
+    spec = ModelSpec("toy", "llama", 4, 9, 3, 16, ["full_attention"] * 4)
+    refs = {name: baseline(name, spec, Budget.parse("5%"), ScorerSpec("snapkv")) for name in ("uniform", "pyramid")}
+    winner = dataclasses.replace(refs["uniform"], layers=tuple(
+        dataclasses.replace(layer, budget=0.05 * w, heads=(0.5, 0.3, 0.2))
+        for layer, w in zip(refs["uniform"].layers, (0.4, 0.8, 1.2, 1.6))))
+    out = tmp_path / "heads.png"
+    plot_budgets({"id": "abc", "model": "toy", "budget": "5%", "winner": {"source": "search"}}, winner, refs, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budgets", "10%"], "two or more"),
+    (["--budgets", "10%,64"], "one kind"),
+    (["--budgets", "10%,20%", "--budget", "5%"], "not both"),
+    (["--budgets", "10%,20%", "--mode", "quant"], "--mode tokens"),
+    (["--budgets", "10%,abc"], "budget"),
+])
+def test_bad_budgets_lists(args, words, tmp_path):
+    line = _one_line_error(invoke("search", *args, "--db", tmp_path / "x.db"))
+    assert words in line and not (tmp_path / "x.db").exists()

@@ -97,3 +97,40 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
     source = detail["winner"]["source"]
     if source != "search":  # the winner is that baseline's config
         assert results["winner"]["validation"]["objective"] == results[source]["validation"]["objective"]
+
+
+def test_another_budgets_winner_joins_the_first_generation_with_its_shape(monkeypatch):
+    """--budgets: the previous (larger) budget's winner, its per-layer shares kept and its total scaled to this
+    budget, is the second start of the first generation (after the best baseline)."""
+    import dataclasses
+
+    import numpy as np
+
+    from evolkv.config import Budget, ModelSpec, ScorerSpec
+    from evolkv.search.baselines import baseline
+
+    spec = ModelSpec("toy", "llama", 4, 8, 2, 16, ["full_attention"] * 4)
+    scorer = ScorerSpec("snapkv", window=8)
+    settings = SearchSettings(budget="10%", per_head=True, population=4, length=1000)
+    strategy = TokenSearch(settings, spec, Budget.parse("10%"), scorer)
+    strategy.observe_baselines({name: Score(1.0 + i, {"kl": 1.0 + i}) for i, name in enumerate(strategy.baselines)})
+    wide = baseline("uniform", spec, Budget.parse("25%"), scorer)
+    shares = [0.10, 0.20, 0.30, 0.40]
+    layers = [dataclasses.replace(layer, budget=0.25 * 4 * share, heads=(0.7, 0.3))
+              for layer, share in zip(wide.layers, shares)]
+    strategy.warm_start(dataclasses.replace(wide, layers=tuple(layers)))
+    seeded = strategy.seeds[1]
+    assert seeded.budget == Budget.parse("10%")
+    assert np.allclose([layer.budget for layer in seeded.layers], [0.10 * 4 * s for s in shares])
+    assert all(layer.heads == (0.7, 0.3) for layer in seeded.layers)
+    import evolkv.search.strategies as strategies
+
+    made, original = {}, strategies.make_optimizer
+    monkeypatch.setattr(strategies, "make_optimizer",
+                        lambda *args, **kwargs: made.update(kwargs) or original(*args, **kwargs))
+    view, _, _ = next(strategy.blocks(None))
+    assert np.allclose(made["x0"][1], np.clip(view.encode(seeded), *view.bounds))  # the second start
+    # another scorer's winner does not fit this space: ignored
+    before = list(strategy.seeds)
+    strategy.warm_start(dataclasses.replace(seeded, scorer=ScorerSpec("keynorm", window=8)))
+    assert strategy.seeds == before

@@ -37,8 +37,9 @@ class Reporter:
 
 
 def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store, run_id: str | None = None,
-               reporter: Reporter | None = None) -> dict[str, Any]:
-    """Search a config for ``settings.budget``; returns the run's summary (also in the store)."""
+               reporter: Reporter | None = None, warm_start: KVConfig | None = None) -> dict[str, Any]:
+    """Search a config for ``settings.budget``; returns the run's summary (also in the store). ``warm_start``
+    (another budget's winner, say) joins the first generation, rescaled to this budget."""
     reporter = reporter or Reporter()
     budget = Budget.parse(settings.budget)
     scorer = ScorerSpec(settings.scorer, window=settings.window)
@@ -46,14 +47,16 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
         run_id = uuid.uuid4().hex[:12]
         store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict(), settings.mode)
     store.update_run(run_id, status="running", owner=f"{socket.gethostname()}:{os.getpid()}")
+    if warm_start is not None:
+        store.update_run(run_id, derived={"warm_start": warm_start.provenance.get("run_id")})
     try:
-        return _search(settings, spec, executor, store, run_id, reporter, budget, scorer)
+        return _search(settings, spec, executor, store, run_id, reporter, budget, scorer, warm_start)
     except KeyboardInterrupt:
         store.update_run(run_id, status="interrupted")
         raise SearchInterrupted(run_id) from None
 
 
-def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -> dict[str, Any]:
+def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, warm_start=None) -> dict[str, Any]:
     """Prefill, baselines, then ask -> build -> evaluate -> tell -> persist for every block of generations the
     mode's strategy lays out; the strategy picks and stores the winner."""
     job = _Job(settings, spec, executor, store, run_id, reporter)
@@ -66,6 +69,8 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer) -
         scores = job.evaluate(list(strategy.baselines.values()), Stage.BASELINE,
                               [f"baseline:{n}" for n in strategy.baselines])
     strategy.observe_baselines(dict(zip(strategy.baselines, scores)))
+    if warm_start is not None:
+        strategy.warm_start(warm_start)
     strategy.prepare(job)
     for view, optimizer, generations in strategy.blocks(job):
         for gen in generations:

@@ -8,6 +8,7 @@ is chosen and stored (``finish``). Token search (EvolKV, PyramidKV/AdaKV baselin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -66,6 +67,9 @@ class Strategy:
 
     def observe_baselines(self, scores: dict[str, Score]) -> None:
         """The baselines' scores on the search split, before the first generation."""
+
+    def warm_start(self, cfg: KVConfig) -> None:
+        """Seed the first generation with ``cfg`` (another budget's winner); ignored where it does not fit."""
 
     def split(self, generation: int) -> str:
         """The samples generation ``generation`` is scored on."""
@@ -160,6 +164,19 @@ class TokenSearch(Strategy):
                                                                           for layer in self.baselines[name].layers)]
         if self.seeds:
             self.incumbent = self.space.encode(self.seeds[0])
+
+    def warm_start(self, cfg):
+        """Another budget's winner, its layers' budgets scaled to this budget (its shape kept), joins the first
+        generation after the best baseline."""
+        if cfg.budget.kind != self.budget.kind or cfg.scorer != self.scorer or cfg.model.num_layers != \
+                self.spec.num_layers:
+            return
+        if self.settings.per_head and any(layer.heads is None for layer in cfg.layers):
+            return
+        scale = self.budget.value / cfg.budget.value
+        layers = [dataclasses.replace(layer, budget=layer.budget * scale) for layer in cfg.layers]
+        rescaled = dataclasses.replace(cfg, budget=self.budget, layers=tuple(layers), provenance={})
+        self.seeds = [*self.seeds[:1], rescaled, *self.seeds[1:]] if self.seeds else [self.baselines["uniform"], rescaled]
 
     def split(self, generation):
         return draw_split(generation) if self.settings.pool > self.settings.samples else "search"
