@@ -10,11 +10,7 @@ from evolkv.errors import EvolKVError
 
 def plot_front(detail: dict[str, Any], out: str, split: str = "heldout") -> None:
     """The run's Pareto front (loss vs bits per KV element), its winner, and the baselines as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     key = "heldout_objective" if split == "heldout" else "objective"
     front = [p for p in detail["front"] if p[key] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -38,18 +34,9 @@ def plot_front(detail: dict[str, Any], out: str, split: str = "heldout") -> None
     if target:
         ax.axvline(target, color="tab:red", linestyle=":", linewidth=1, label=f"target {target:g} bits")
     ax.set_yscale("log")
-    ax.set_xlabel("bits per KV element (scales, zero points, residual included)")
-    ax.set_ylabel(f"{split} KL to the full cache")
-    ax.set_title(f"run {detail['id']}  {detail['model']}  ({detail.get('mode', '')})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        fig.savefig(Path(out))
-    except (OSError, ValueError) as e:
-        raise EvolKVError(f"cannot write plot {out}: {e}") from e
-    finally:
-        plt.close(fig)
+    _label(ax, "bits per KV element (scales, zero points, residual included)", f"{split} KL to the full cache",
+           f"run {detail['id']}  {detail['model']}  ({detail.get('mode', '')})")
+    _save(fig, plt, out)
 
 
 def _pyplot():
@@ -59,6 +46,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _save(fig, plt, out: str) -> None:
@@ -132,9 +127,6 @@ def plot_curve(model: str, points: list[dict[str, Any]], out: str, split: str = 
             ax.plot(xs, [v for b in budgets for v in series[name][b]], ".", color="tab:red", alpha=0.4)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("budget (% of the context's KV entries)")
-    ax.set_ylabel(f"{split} KL to the full cache (mean over runs)")
-    ax.set_title(f"{model}: {len(points)} token runs")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "budget (% of the context's KV entries)", f"{split} KL to the full cache (mean over runs)",
+           f"{model}: {len(points)} token runs")
     _save(fig, plt, out)

@@ -188,10 +188,13 @@ def test_imported_config_with_bits_outside_the_allowed_set(searched, tmp_path, m
     assert line.startswith("error:") and "k_bits=3" in line
 
 
-def test_token_run_has_no_front(searched):
+def test_token_run_has_no_front_and_plots_its_budgets(searched, tmp_path):
     db, detail, _ = searched
-    assert "no Pareto front" in _one_line_error(invoke("plot", detail["id"], "--db", db))
     assert "no Pareto front" in _one_line_error(invoke("export", detail["id"], "--point", 0, "--db", db))
+    drawn = invoke("plot", detail["id"], "--out", tmp_path / "b.png", "--db", db)
+    assert drawn.exit_code == 0 and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "cannot write plot" in _one_line_error(invoke("plot", detail["id"], "--out", tmp_path / "b.nope",
+                                                         "--db", db))
 
 
 def test_unreachable_ray_address_and_unknown_executor(tmp_path, model_dirs):
