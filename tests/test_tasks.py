@@ -148,3 +148,13 @@ def test_every_task_builds_at_the_smallest_length(task, loaded):
     """--length 16 (the CLI's minimum) gives one filler or none: every task still builds its samples."""
     samples = synthetic(task, 2, 16, 0, "search", loaded["llama"].tokenizer)
     assert len(samples) == 2 and all(s.answer for s in samples)
+
+
+def test_a_one_line_jsonl_file_passes_the_check_whatever_split_it_lands_in(tmp_path):
+    from evolkv.evaluators.tasks import check
+
+    for i in range(4):
+        path = tmp_path / f"one{i}.jsonl"
+        path.write_text(json.dumps({"context": f"c{i}", "question": "q", "answers": ["a"]}) + "\n")
+        check(str(path))
+        assert len(from_jsonl(path, None)) == 1

@@ -296,7 +296,7 @@ def check(name: str) -> None:
         _hf_samples(name)
         return
     if name.endswith(".jsonl"):
-        from_jsonl(name, "search")
+        from_jsonl(name, None)
         return
     if name in TASKS:
         return
@@ -309,9 +309,10 @@ def _bucket(key: str) -> str:
     return "heldout" if digest % 2 else ("validation" if digest // 2 % 3 == 0 else "search")
 
 
-def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[Sample]:
+def from_jsonl(path: str | Path, split: str | None, count: int | None = None) -> list[Sample]:
     """Samples of a ``{"context", "question", "answers"}`` file; a stable hash of each line picks its split:
-    half of the lines are held out, a third of the rest validate, the others are searched on."""
+    half of the lines are held out, a third of the rest validate, the others are searched on (``split``
+    None: every line, checked)."""
     path = Path(path)
     lines = _read_text(path).splitlines()
     if not any(line.strip() for line in lines):
@@ -330,9 +331,9 @@ def from_jsonl(path: str | Path, split: str, count: int | None = None) -> list[S
                             f"({str(e)[:120]})") from None
         if not sample.answer.strip():  # nothing to measure: KL 0 and a perfect exact match would be a lie
             raise TaskError(f"{path}:{number}: the answer is empty; every sample needs a non-empty answer")
-        if _bucket(line) == split:
+        if split is None or _bucket(line) == split:
             samples.append(sample)
-    if not samples and lines:
+    if not samples:
         raise TaskError(f"{path} has no samples in the {split} split")
     return samples[:count] if count else samples
 
