@@ -71,8 +71,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 class _RichReporter:
     """Draws a search's stages and generations as rich progress bars."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.task, self.gen_task = progress, None, None
+    def __init__(self, progress: Progress, label: str = "KL") -> None:
+        self.progress, self.task, self.gen_task, self.label = progress, None, None, label
 
     def stage(self, text: str, total: int | None = None) -> None:
         if self.task is not None:
@@ -88,7 +88,12 @@ class _RichReporter:
                 self.progress.update(self.task, visible=False)
             self.gen_task = self.progress.add_task("search", total=total, best="")
         self.progress.update(self.gen_task, completed=gen,
-                             best=f"best KL {best:.4f}  {rate:.2f} evals/s")
+                             best=f"best {self.label} {best:.4f}  {rate:.2f} evals/s")
+
+
+OBJECTIVE_NAMES = {"kl": "KL", "nll": "NLL", "task": "task loss"}
+OBJECTIVE_TITLES = {"kl": "KL to the full cache", "nll": "NLL of the gold answer",
+                    "task": "1 - the task's metric of the greedy answer"}
 
 
 def _progress() -> Progress:
@@ -105,7 +110,7 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
     store = _store(db)
     _quiet_transformers()
     with _progress() as progress:
-        reporter = _RichReporter(progress)
+        reporter = _RichReporter(progress, OBJECTIVE_NAMES.get(settings.objective, "KL"))
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(settings)
         try:
@@ -161,6 +166,11 @@ def search(
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
+    objective: str = typer.Option("kl", help="What a candidate is scored by. kl: KL of the answer tokens to the "
+                                  "full cache's (cheap, low noise). nll: the gold answer's NLL. task: 1 - the "
+                                  "task's metric of a greedy answer (edit similarity for code, string match "
+                                  "otherwise; EvolKV's objective; a decode per candidate). Held-out tables show KL "
+                                  "and exact match whatever the objective."),
     aggregate: str = typer.Option("guarded", help="tokens: what the optimiser and the winner's choice see. "
                                   "guarded: the mean KL relative to uniform's on the same samples, heavily "
                                   "penalised when any one task gets more than --tolerance worse than uniform's. "
@@ -207,6 +217,7 @@ def search(
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
                               validation_samples=validation_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
+                              objective=objective,
                               finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
@@ -248,7 +259,7 @@ def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool)
     _quiet_transformers()
     details, warm, started = [], None, time.perf_counter()
     with _progress() as progress:
-        reporter = _RichReporter(progress)
+        reporter = _RichReporter(progress, OBJECTIVE_NAMES.get(settings.objective, "KL"))
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(runs[0])
         try:
@@ -347,9 +358,11 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
     _print_timings(detail.get("timings") or {})
-    results = Table(Column("config", no_wrap=True), "search\nKL", "valid.\nKL", "held-out\nKL", "search\nEM",
-                    "held-out\nEM", "gap",
-                    title="winner vs baselines (KL to the full cache: lower is better; gap = held-out / search KL)")
+    name = OBJECTIVE_NAMES.get(settings.get("objective", "kl"), "KL")
+    results = Table(Column("config", no_wrap=True), f"search\n{name}", f"valid.\n{name}", f"held-out\n{name}",
+                    "search\nEM", "held-out\nEM", "gap",
+                    title=f"winner vs baselines ({OBJECTIVE_TITLES.get(settings.get('objective', 'kl'), '')}: lower "
+                          f"is better; gap = held-out / search {name})")
     source = (detail.get("winner") or {}).get("source", "search")
     ordered = sorted(detail["results"].items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:")))
     for label, splits in ordered:
@@ -644,6 +657,7 @@ def _validate(settings) -> None:
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
     from evolkv.search.strategies import AGGREGATES
+    from evolkv.evaluators.evaluator import OBJECTIVES
 
     from evolkv.devices import resolve_device, resolve_dtype
 
@@ -688,6 +702,8 @@ def _validate(settings) -> None:
                               "layers with --clusters")
     elif budget.value == 1.0 and budget.kind == "fraction":
         raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
+    if settings.objective not in OBJECTIVES:
+        raise EvolKVError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {settings.objective!r}")
     if settings.aggregate not in AGGREGATES:
         raise EvolKVError(f"--aggregate must be one of {', '.join(AGGREGATES)}, not {settings.aggregate!r}")
     if settings.mode != "tokens" and settings.pool:

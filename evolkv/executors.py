@@ -131,7 +131,7 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     scorers = scorers_of([*settings.baselines, "streaming"], loaded.spec,
                          ScorerSpec(settings.scorer, window=settings.window))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
-                          settings.batch_size)
+                          settings.batch_size, settings.objective)
     executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, offset)
     executor.load_seconds = load_seconds
     return loaded, executor

@@ -95,7 +95,7 @@ class RayExecutor:
         parts = self._map("score", payload, split)
         if progress:
             progress(len(configs) * self.split_size(split))
-        return aggregate(SampleScores.concat(parts))
+        return aggregate(SampleScores.concat(parts), self.settings.objective)
 
     def exact_match(self, configs: Sequence[KVConfig], split: str,
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:

@@ -285,3 +285,29 @@ def test_per_head_budgets_plot_as_a_heatmap(tmp_path):
 def test_bad_budgets_lists(args, words, tmp_path):
     line = _one_line_error(invoke("search", *args, "--db", tmp_path / "x.db"))
     assert words in line and not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("objective, header", [("nll", "NLL"), ("task", "task loss")])
+def test_other_objectives_score_and_show_what_they_optimise(objective, header, model_dirs, tmp_path):
+    """--objective nll scores candidates by the gold answer's NLL, --objective task by 1 - the task's metric of a
+    greedy answer (edit similarity for code); KL is still measured and shown per task."""
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
+                    "--population", 3, "--samples", 1, "--length", 200, "--tasks", "passkey,code",
+                    "--objective", objective, "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["status"] == "finished" and detail["settings"]["objective"] == objective
+    for label in ("winner", "baseline:uniform"):
+        search = detail["results"][label]["search"]
+        assert search["objective"] == pytest.approx(search[objective]) and "kl" in search and "code/kl" in search
+    full = detail["results"]["baseline:full"]["search"]
+    if objective == "task":
+        assert 0.0 <= full["task"] <= 1.0 and {"passkey/task", "code/task"} <= set(full)
+    shown = invoke("runs", "show", detail["id"], "--db", db)
+    assert f"search {header}" in " ".join(shown.stdout.split()) and "held-out KL per task" in shown.stdout
+
+
+def test_unknown_objective_is_one_line(tmp_path):
+    line = _one_line_error(invoke("search", "--budget", "10%", "--objective", "bleu", "--db", tmp_path / "x.db"))
+    assert "--objective must be one of kl, nll, task" in line and not (tmp_path / "x.db").exists()

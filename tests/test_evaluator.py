@@ -130,3 +130,13 @@ def test_a_candidate_that_raises_is_split_off_and_recorded_as_failed(tiny, evalu
     assert "out of memory" in scores[2].reason and scores[2].objective == float("inf")
     for got, want in zip(scores[:2] + scores[3:], expected[:2] + expected[3:]):
         assert got.objective == pytest.approx(want.objective, rel=1e-4, abs=1e-6)  # as batch composition
+
+
+def test_aggregate_takes_the_objective_it_is_told():
+    from evolkv.evaluators.evaluator import SampleScores, aggregate
+
+    scores = SampleScores([{"kl": [0.1, 0.3], "nll": [2.0, 4.0]}], {})
+    assert aggregate(scores)[0].objective == pytest.approx(0.2)
+    assert aggregate(scores, "nll")[0].objective == pytest.approx(3.0)
+    failed = aggregate(scores, "task")[0]
+    assert not failed.ok and "no task" in failed.reason

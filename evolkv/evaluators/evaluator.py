@@ -25,7 +25,7 @@ import torch
 
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 from evolkv.errors import ConfigError, EvolKVError, TaskError
-from evolkv.evaluators.tasks import Sample
+from evolkv.evaluators.tasks import KINDS, Sample
 from evolkv.kernels.packed import PackedKV
 from evolkv.press import LayerPlan, Plan, Press, Ranking, pack_evicted, pack_kept
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
@@ -107,8 +107,9 @@ class Evaluator:
     """Scores compression configs of one model on prefilled samples."""
 
     def __init__(self, model, tokenizer, spec: ModelSpec, scorers: Sequence[ScorerSpec] = (ScorerSpec(),),
-                 query_aware: bool = False, batch_size: int = 8) -> None:
+                 query_aware: bool = False, batch_size: int = 8, objective: str = "kl") -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.objective = objective  # what Score.objective is: kl | nll | task (see OBJECTIVES)
         self.scorers = {s.key: s for s in scorers}
         self.press = Press(spec, self.scorers.values())  # ranks every sample by each of the scorers
         self.query_aware = query_aware
@@ -237,7 +238,7 @@ class Evaluator:
     def score(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
               progress: Callable[[int], None] | None = None) -> list[Score]:
         """Score every config on every prepared sample; a failing batch is retried one config at a time."""
-        return aggregate(self.score_samples(configs, prepared, progress))
+        return aggregate(self.score_samples(configs, prepared, progress), self.objective)
 
     def score_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
                       progress: Callable[[int], None] | None = None) -> SampleScores:
@@ -251,7 +252,10 @@ class Evaluator:
                 continue
             prep = self._resident(prep)
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
-                for index, metrics in self._score_chunk([configs[i] for i in chunk], chunk, prep, failures):
+                scored = self._score_chunk([configs[i] for i in chunk], chunk, prep, failures)
+                if self.objective == "task" and scored:
+                    scored = self._task_losses(configs, scored, prep, failures)
+                for index, metrics in scored:
                     for key, value in metrics.items():
                         per_config[index][key].append(value)
                         per_config[index][f"{prep.sample.task}/{key}"].append(value)
@@ -282,6 +286,20 @@ class Evaluator:
             results.append((i, {"kl": float(kl[j]), "nll": float(nll[j]), "top1": float(agree[j])}))
         return results
 
+    def _task_losses(self, configs, scored, prep, failures):
+        """``--objective task``: add each scored config's task loss on this sample, 1 - the task's metric of
+        its greedy answer (edit similarity for code, RULER's string match otherwise), as EvolKV scores."""
+        indices = [i for i, _ in scored]
+        try:
+            texts = self._greedy([configs[i] for i in indices], prep)
+        except (RuntimeError, ValueError, EvolKVError) as e:
+            for i in indices:
+                failures[i] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return []
+        metric = "sim" if KINDS.get(prep.sample.task) == "code" else "em"
+        return [(i, {**metrics, "task": 1.0 - _task_metrics(text, prep.sample.answer)[metric]})
+                for (i, metrics), text in zip(scored, texts)]
+
     # -- exact match ----------------------------------------------------------------------------------------
     def exact_match(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
@@ -303,11 +321,7 @@ class Evaluator:
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
-                    gold = prep.sample.answer.strip()
-                    hit = float(gold.lower() in text.lower())
-                    lines = text.strip().splitlines()
-                    similarity = difflib.SequenceMatcher(None, lines[0].strip() if lines else "", gold).ratio()
-                    for metric, value in (("em", hit), ("sim", similarity)):
+                    for metric, value in _task_metrics(text, prep.sample.answer).items():
                         hits[i][metric].append(value)
                         hits[i][f"{prep.sample.task}/{metric}"].append(value)
             if progress:
@@ -354,8 +368,20 @@ class SampleScores:
         return SampleScores([dict(v) for v in values], failures, max((p.seconds for p in parts), default=0.0))
 
 
-def aggregate(scores: SampleScores) -> list[Score]:
-    """Mean of every metric over the samples; the objective is the mean KL."""
+def _task_metrics(text: str, answer: str) -> dict[str, float]:
+    """A greedy answer against the gold one: "em", a hit when the gold answer appears in it (RULER's string
+    match), and "sim", the edit similarity of its first line (difflib's ratio, the LCC / RepoBench metric)."""
+    gold = answer.strip()
+    lines = text.strip().splitlines()
+    return {"em": float(gold.lower() in text.lower()),
+            "sim": difflib.SequenceMatcher(None, lines[0].strip() if lines else "", gold).ratio()}
+
+
+OBJECTIVES = ("kl", "nll", "task")  # what a Score's objective is: KL to the full cache, gold NLL, 1 - task metric
+
+
+def aggregate(scores: SampleScores, objective: str = "kl") -> list[Score]:
+    """Mean of every metric over the samples; the objective is the mean of ``objective`` (KL by default)."""
     elapsed = scores.seconds / max(len(scores.values), 1)
     out = []
     for i, per_metric in enumerate(scores.values):
@@ -367,7 +393,10 @@ def aggregate(scores: SampleScores) -> list[Score]:
                              duration_s=elapsed))
             continue
         metrics = {key: sum(v) / len(v) for key, v in per_metric.items()}
-        out.append(Score(metrics["kl"], metrics, duration_s=elapsed))
+        if objective not in metrics:
+            out.append(Score(math.inf, status="failed", reason=f"no {objective} was measured", duration_s=elapsed))
+            continue
+        out.append(Score(metrics[objective], metrics, duration_s=elapsed))
     return out
 
 

@@ -32,7 +32,7 @@ SMOOTHING = 0.05  # of the reference's mean KL, added to every KL before a ratio
 PENALTY = 10.0  # guarded: per unit of one task's ratio past 1 + tolerance
 
 
-def aggregate(score: Score, ref: Score, rule: str, tolerance: float = 0.1) -> float:
+def aggregate(score: Score, ref: Score, rule: str, tolerance: float = 0.1, objective: str = "kl") -> float:
     """One number for a score against a reference scored on the same samples (uniform at the same budget).
 
     Each task's KL and the mean KL are taken relative to the reference's, both smoothed by 5% of the
@@ -44,7 +44,7 @@ def aggregate(score: Score, ref: Score, rule: str, tolerance: float = 0.1) -> fl
     a lot."""
     eps = max(SMOOTHING * ref.objective, 1e-6)
     ratios = [(value + eps) / (ref.metrics[key] + eps) for key, value in score.metrics.items()
-              if key.endswith("/kl") and key in ref.metrics]
+              if key.endswith(f"/{objective}") and key in ref.metrics]
     worst = max(ratios) if ratios else (score.objective + eps) / (ref.objective + eps)
     if rule == "worst":
         return worst
@@ -149,7 +149,7 @@ class TokenSearch(Strategy):
             return math.inf
         if self.settings.aggregate == "mean" or ref is None or not ref.ok:
             return score.objective
-        return aggregate(score, ref, self.settings.aggregate, self.settings.tolerance)
+        return aggregate(score, ref, self.settings.aggregate, self.settings.tolerance, self.settings.objective)
 
     def observe_baselines(self, scores):
         """Start from the best known configs: the baselines the space can express (fixed head shares, the
