@@ -5,6 +5,21 @@ from evolkv.errors import BudgetError, ConfigError, EvolKVError, ModelError, Sto
 
 __version__ = "0.1.0"
 
+
+def lookup(model, budget, db=None):
+    """The stored winner for ``model`` at or under ``budget`` (``evolkv.deploy.lookup``)."""
+    from evolkv.deploy import lookup as _lookup
+
+    return _lookup(model, budget, db)
+
+
+def apply(model, budget=None, *, config=None, db=None):
+    """``with evolkv.apply(model, budget="10%"):`` looks the winner up and applies it (``evolkv.deploy.apply``)."""
+    from evolkv.deploy import apply as _apply
+
+    return _apply(model, budget, config=config, db=db)
+
+
 __all__ = [
     "Budget",
     "BudgetError",
@@ -17,4 +32,6 @@ __all__ = [
     "ScorerSpec",
     "StoreError",
     "TaskError",
+    "apply",
+    "lookup",
 ]

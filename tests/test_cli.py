@@ -311,3 +311,34 @@ def test_other_objectives_score_and_show_what_they_optimise(objective, header, m
 def test_unknown_objective_is_one_line(tmp_path):
     line = _one_line_error(invoke("search", "--budget", "10%", "--objective", "bleu", "--db", tmp_path / "x.db"))
     assert "--objective must be one of kl, nll, task" in line and not (tmp_path / "x.db").exists()
+
+
+def test_lookup_and_apply_in_python_without_the_search_stack(searched, loaded, monkeypatch):
+    """An inference process asks the store for the winner and applies it: by name or by the loaded model's
+    name_or_path, with the search stack (optimisers, evaluator, Ray) never imported."""
+    import subprocess
+    import sys
+
+    import torch
+
+    import evolkv
+    from evolkv.errors import EvolKVError
+
+    db, detail, model_dir = searched
+    code = ("import sys, evolkv; cfg = evolkv.lookup(sys.argv[1], budget='25%', db=sys.argv[2]); "
+            "print(cfg.provenance['run_id'], sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pymoo', 'optuna', 'ray', 'cma') or m.startswith(('evolkv.search', 'evolkv.evaluators'))))")
+    out = subprocess.run([sys.executable, "-c", code, model_dir, db], capture_output=True, text=True, check=True)
+    assert out.stdout.split(" ", 1) == [detail["id"], "[]\n"]
+    model = loaded["llama"].model
+    monkeypatch.setattr(model, "name_or_path", model_dir)
+    ids = torch.randint(3, 100, (1, 48))
+    with evolkv.apply(model, budget="20%", db=db) as cfg:
+        assert cfg.provenance["run_id"] == detail["id"]
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 52)
+    with pytest.raises(EvolKVError, match="no stored winner"):
+        evolkv.lookup(model_dir, budget="5%", db=db)
+    with pytest.raises(EvolKVError, match="give a budget"):
+        with evolkv.apply(model, db=db):
+            pass
