@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from evolkv.scorers import TOVA, KeyNorm, Observation, SnapKV, StreamingLLM, rank
+from evolkv.scorers import H2O, TOVA, CriticalKV, KeyDiff, KeyNorm, Observation, SnapKV, StreamingLLM, rank
 
 
 def _obs(queries, keys, values=None, scaling=1.0, layer=0):
@@ -125,3 +125,28 @@ def test_every_scorer_a_baseline_names_is_prepared():
     spec = ModelSpec("m", "llama", 2, 4, 2, 16, ("full_attention",) * 2)
     keys = [s.key for s in scorers_of(["full", "uniform", "streaming", "adakv"], spec, ScorerSpec("keynorm"))]
     assert keys == ["keynorm:8:5", "streaming:8:1"]  # the run's own first, each once
+
+
+def test_h2o_is_the_windows_attention_summed_without_pooling():
+    keys = torch.arange(4, dtype=torch.float32).view(1, 1, 4, 1)
+    queries = torch.tensor([0.5, 1.0]).view(1, 1, 2, 1)  # the window: queries at positions 2 and 3
+    got = H2O(window=2).score(_obs(queries, keys))[0, 0]
+    first = [math.exp(0.5 * t) / sum(math.exp(0.5 * s) for s in range(3)) for t in range(3)] + [0.0]  # causal
+    second = [math.exp(1.0 * t) / sum(math.exp(1.0 * s) for s in range(4)) for t in range(4)]
+    assert torch.allclose(got, torch.tensor([a + b for a, b in zip(first, second)]), atol=1e-6)
+
+
+def test_keydiff_keeps_the_keys_least_like_the_mean_first():
+    keys = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, -0.1], [-1.0, 0.0]])[None, None]
+    mean = keys[0, 0].mean(0)
+    expected = [-float(torch.dot(k, mean) / (k.norm() * mean.norm())) for k in keys[0, 0]]
+    got = KeyDiff(window=1).score(_obs(torch.zeros(1, 1, 1, 2), keys))[0, 0]
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+    assert _order(got[None, None], window=1)[:2] == [4, 2]  # the window (last token), then the odd one out
+
+
+def test_criticalkv_weighs_attention_by_the_values_norm():
+    keys = torch.zeros(1, 1, 3, 1)  # equal logits: every token gets a third of each query's attention
+    values = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 4.0]])[None, None]
+    got = CriticalKV(window=1).score(_obs(torch.ones(1, 1, 1, 1), keys, values))[0, 0]
+    assert torch.allclose(got, torch.tensor([1.0, 4.0, 5.0]) / 3, atol=1e-6)
