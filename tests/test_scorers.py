@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from evolkv.scorers import H2O, TOVA, CriticalKV, KeyDiff, KeyNorm, Observation, SnapKV, StreamingLLM, rank
+from evolkv.scorers import H2O, TOVA, CriticalKV, DefensiveKV, KeyDiff, KeyNorm, Observation, SnapKV, StreamingLLM, rank
 
 
 def _obs(queries, keys, values=None, scaling=1.0, layer=0):
@@ -150,3 +150,15 @@ def test_criticalkv_weighs_attention_by_the_values_norm():
     values = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 4.0]])[None, None]
     got = CriticalKV(window=1).score(_obs(torch.ones(1, 1, 1, 1), keys, values))[0, 0]
     assert torch.allclose(got, torch.tensor([1.0, 4.0, 5.0]) / 3, atol=1e-6)
+
+
+def test_defensivekv_takes_the_worst_case_over_the_window():
+    """Token 0 matters to one window query only, token 1 a little to four: the mean ranks token 1 first, the
+    worst case (the largest attention any window query gives) token 0."""
+    keys = torch.tensor([[3.0, 0.0], [0.0, 1.5]] + [[0.0, 0.0]] * 6)[None, None]
+    queries = torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 4)[None, None]  # the window: positions 3 to 7
+    attention = _obs(queries, keys).attention(5)[0, 0, 0]  # [w, T]
+    got = DefensiveKV(window=5).score(_obs(queries, keys))[0, 0]
+    assert torch.allclose(got, attention.amax(dim=0), atol=1e-6)
+    mean = H2O(window=5).score(_obs(queries, keys))[0, 0] / 5
+    assert got[0] > got[1] and mean[0] < mean[1]

@@ -14,11 +14,12 @@ import torch
 from evolkv.scorers.base import Observation, Scorer, pool
 from evolkv.scorers.registry import SCORERS, register
 
-MODULES = ("snapkv", "streaming", "keynorm", "tova", "h2o", "keydiff", "criticalkv")
+MODULES = ("snapkv", "streaming", "keynorm", "tova", "h2o", "keydiff", "criticalkv", "defensivekv")
 for _module in MODULES:
     importlib.import_module(f"evolkv.scorers.{_module}")
 
 from evolkv.scorers.criticalkv import CriticalKV  # noqa: E402
+from evolkv.scorers.defensivekv import DefensiveKV  # noqa: E402
 from evolkv.scorers.h2o import H2O  # noqa: E402
 from evolkv.scorers.keydiff import KeyDiff  # noqa: E402
 from evolkv.scorers.keynorm import KeyNorm  # noqa: E402
@@ -26,7 +27,7 @@ from evolkv.scorers.snapkv import SnapKV  # noqa: E402
 from evolkv.scorers.streaming import StreamingLLM  # noqa: E402
 from evolkv.scorers.tova import TOVA  # noqa: E402
 
-__all__ = ["SCORERS", "CriticalKV", "H2O", "KeyDiff", "KeyNorm", "Observation", "SnapKV", "Scorer", "StreamingLLM", "TOVA", "pool", "rank",
+__all__ = ["SCORERS", "CriticalKV", "DefensiveKV", "H2O", "KeyDiff", "KeyNorm", "Observation", "SnapKV", "Scorer", "StreamingLLM", "TOVA", "pool", "rank",
            "register"]
 
 
