@@ -426,8 +426,10 @@ def _answer(value) -> str:
     return value.rsplit("####", 1)[1].strip() if "####" in value else value
 
 
+@functools.lru_cache(maxsize=8)
 def _hf_samples(name: str) -> list[tuple[Sample, str]]:
-    """(sample, its search/validation/held-out split) for every row of an ``hf:`` dataset."""
+    """(sample, its search/validation/held-out split) for every row of an ``hf:`` dataset; read once per process
+    (the check before a run and each split's load share it)."""
     path, hf_split, mapping = parse_hf(name)
     rows, hf_split = _hf_rows(path, hf_split, name)
     if not rows:

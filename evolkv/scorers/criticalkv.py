@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from evolkv.scorers.base import Observation, Scorer
+from evolkv.scorers.h2o import H2O
 from evolkv.scorers.registry import register
 
 
@@ -22,5 +23,4 @@ from evolkv.scorers.registry import register
 @dataclass
 class CriticalKV(Scorer):
     def score(self, obs: Observation) -> torch.Tensor:
-        weights = obs.attention(self.window).sum(dim=3).mean(dim=2)  # [B, H_kv, T]
-        return weights * obs.values.float().norm(dim=-1)
+        return H2O(window=self.window).score(obs) * obs.values.float().norm(dim=-1)  # [B, H_kv, T]
