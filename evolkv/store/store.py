@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, func, inspect, select
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError,
+                            SQLAlchemyError)
 from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.allocation import within_bits
@@ -349,7 +350,8 @@ def _migrate(engine) -> None:
                     command.stamp(config, "0001")
                 command.upgrade(config, "head")
             return
-        except (OperationalError, IntegrityError) as e:  # two processes opening a new database at once
+        except (OperationalError, IntegrityError, ProgrammingError) as e:  # two processes opening a new database
+            # at once: PostgreSQL says the other's version table "already exists" (a ProgrammingError)
             if attempt == WRITE_RETRIES - 1 or not _retryable(e) and "already exists" not in str(e):
                 raise
             time.sleep(0.05 * 2**attempt + random.random() * 0.05)
