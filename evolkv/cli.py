@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any, Optional
 
@@ -101,12 +102,11 @@ def _progress() -> Progress:
                     TextColumn("{task.fields[best]}"), console=err, transient=False)
 
 
-def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool, warm_start=None) -> None:
-    from evolkv.config import Budget
+@contextmanager
+def _searching(settings, db: Optional[str]):
+    """The store, a progress reporter, and the model's executor for one or more searches (shut down after)."""
     from evolkv.pools import make_executor
-    from evolkv.search.loop import run_search
 
-    Budget.parse(settings.budget)  # fail on a bad budget before loading anything
     store = _store(db)
     _quiet_transformers()
     with _progress() as progress:
@@ -114,10 +114,19 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
         reporter.stage(f"load {settings.model or 'default model'}")
         loaded, executor = make_executor(settings)
         try:
-            detail = run_search(settings, loaded.spec, executor, store, run_id, reporter, warm_start=warm_start)
+            yield store, reporter, loaded, executor
         finally:
             if hasattr(executor, "shutdown"):
                 executor.shutdown()
+
+
+def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool, warm_start=None) -> None:
+    from evolkv.config import Budget
+    from evolkv.search.loop import run_search
+
+    Budget.parse(settings.budget)  # fail on a bad budget before loading anything
+    with _searching(settings, db) as (store, reporter, loaded, executor):
+        detail = run_search(settings, loaded.spec, executor, store, run_id, reporter, warm_start=warm_start)
     _print_detail(detail, as_json)
 
 
@@ -249,32 +258,22 @@ def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool)
     executor keeps them), and each budget's first generation holds the previous (larger) budget's winner."""
     import dataclasses
 
-    from evolkv.pools import make_executor
     from evolkv.search.loop import run_search
 
     runs = [dataclasses.replace(settings, budget=b) for b in budgets]
     for one in runs:
         _validate(one)
-    store = _store(db)
-    _quiet_transformers()
     details, warm, started = [], None, time.perf_counter()
-    with _progress() as progress:
-        reporter = _RichReporter(progress, OBJECTIVE_NAMES.get(settings.objective, "KL"))
-        reporter.stage(f"load {settings.model or 'default model'}")
-        loaded, executor = make_executor(runs[0])
-        try:
-            for one in runs:
-                reporter.gen_task = None
-                reporter.stage(f"budget {one.budget}")
-                detail = run_search(one, loaded.spec, executor, store, None, reporter, warm_start=warm)
-                details.append(detail)
-                if getattr(executor, "load_seconds", None) is not None:
-                    executor.load_seconds = None  # the model load is a stage of the first budget's run only
-                found = store.winner(detail["id"])
-                warm = found[1] if found and detail["status"] == "finished" else warm
-        finally:
-            if hasattr(executor, "shutdown"):
-                executor.shutdown()
+    with _searching(runs[0], db) as (store, reporter, loaded, executor):
+        for one in runs:
+            reporter.gen_task = None
+            reporter.stage(f"budget {one.budget}")
+            detail = run_search(one, loaded.spec, executor, store, None, reporter, warm_start=warm)
+            details.append(detail)
+            if getattr(executor, "load_seconds", None) is not None:
+                executor.load_seconds = None  # the model load is a stage of the first budget's run only
+            found = store.winner(detail["id"])
+            warm = found[1] if found and detail["status"] == "finished" else warm
     if as_json:
         print(json.dumps(details, indent=2))
         return
@@ -526,15 +525,10 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
            out: Optional[str] = typer.Option(None, "--out", "-o", help="Also write the config to this file."),
            db: Optional[str] = DB, as_json: bool = JSON) -> None:
     """Best stored config for a model at or under a budget, without running anything."""
-    from evolkv.config import Budget
+    from evolkv.deploy import find
     from evolkv.models import default_model
 
-    wanted = Budget.parse(budget)
-    name = model or default_model()
-    found = _store(db).lookup(name, wanted)
-    if found is None:
-        raise EvolKVError(f"no stored winner for {name} at or under {wanted}; run `evolkv search` first")
-    cfg, info = found
+    cfg, info = find(model or default_model(), budget, db)
     if out:
         cfg.save(out)
     source = cfg.provenance.get("source", "search")

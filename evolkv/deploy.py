@@ -31,9 +31,9 @@ def _names(model: Any) -> list[str]:
     return list(dict.fromkeys([str(path), Path(str(path)).name]))
 
 
-def lookup(model: Any, budget: str | Budget, db: str | None = None) -> KVConfig:
-    """The best stored winner for ``model`` (a name as searched, or a loaded transformers model) at or under
-    ``budget``: the largest stored budget, then the lowest held-out loss, as ``evolkv lookup`` ranks them."""
+def find(model: Any, budget: str | Budget, db: str | None = None) -> tuple[KVConfig, dict[str, Any]]:
+    """(config, run info) of the best stored winner for ``model`` (a name as searched, or a loaded transformers
+    model) at or under ``budget``: the largest stored budget, then the lowest held-out loss."""
     from evolkv.store.store import Store
 
     wanted = budget if isinstance(budget, Budget) else Budget.parse(budget)
@@ -42,9 +42,14 @@ def lookup(model: Any, budget: str | Budget, db: str | None = None) -> KVConfig:
     for name in names:
         found = store.lookup(name, wanted)
         if found is not None:
-            return found[0]
+            return found
     raise EvolKVError(f"no stored winner for {names[0]} at or under {wanted} in {store.url}; run "
                       f"`evolkv search --model {names[0]} --budget {wanted}` first")
+
+
+def lookup(model: Any, budget: str | Budget, db: str | None = None) -> KVConfig:
+    """The best stored winner for ``model`` at or under ``budget``, as ``evolkv lookup`` ranks them."""
+    return find(model, budget, db)[0]
 
 
 @contextmanager

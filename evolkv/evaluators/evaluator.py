@@ -271,7 +271,7 @@ class Evaluator:
             logprobs = self._logprobs([cfg for cfg, _ in live], prep)  # [C, A, V]
         except (RuntimeError, ValueError, EvolKVError) as e:  # OOM, a shape a kernel refuses, a config error
             if len(live) == 1:
-                failures[live[0][1]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                failures[live[0][1]] = _reason(e)
                 return []
             return [r for cfg, i in live for r in self._score_chunk([cfg], [i], prep, failures)]
         ref = prep.ref_logprobs[None]  # [1, A, V]
@@ -294,7 +294,7 @@ class Evaluator:
             texts = self._greedy([configs[i] for i in indices], prep)
         except (RuntimeError, ValueError, EvolKVError) as e:
             for i in indices:
-                failures[i] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                failures[i] = _reason(e)
             return []
         metric = "sim" if KINDS.get(prep.sample.task) == "code" else "em"
         return [(i, {**metrics, "task": 1.0 - _task_metrics(text, prep.sample.answer)[metric]})
@@ -366,6 +366,11 @@ class SampleScores:
             for index, reason in part.failures.items():
                 failures.setdefault(index, reason)
         return SampleScores([dict(v) for v in values], failures, max((p.seconds for p in parts), default=0.0))
+
+
+def _reason(error: Exception) -> str:
+    """Why a config failed to score, in one line."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
 
 
 def _task_metrics(text: str, answer: str) -> dict[str, float]:
