@@ -234,8 +234,12 @@ class LayerSpec:
         return f"{name}+e{self.evicted_bits}" if self.evicted_bits else name
 
 
+_LAYER_FIELDS = fields(LayerSpec)
+
+
 def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
-    data = {**asdict(layer), "heads": None if layer.heads is None else list(layer.heads)}
+    data = {f.name: getattr(layer, f.name) for f in _LAYER_FIELDS}  # flat fields: no deep copy (asdict's)
+    data["heads"] = None if layer.heads is None else list(layer.heads)
     if not layer.evicted_bits:  # absent unless used: configs (and their hashes) from before MiKV are unchanged
         del data["evicted_bits"]
     if layer.quantizer == "kivi":  # the same for the quantizer: absent when it is the default, KIVI
@@ -305,8 +309,25 @@ class KVConfig:
         return json.dumps(self.to_dict(), indent=indent)
 
     def hash(self) -> str:
-        """Content hash over everything but provenance (candidates are deduplicated by it)."""
-        canonical = self.to_dict(provenance=False)
+        """Content hash over everything but provenance (candidates are deduplicated by it); computed once
+        per object (a config is frozen)."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self._content_hash()
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def stored_dict(self) -> dict[str, Any]:
+        """``to_dict(provenance=False)``, built once per object: what the store keeps of a candidate (do not
+        mutate it; ``to_dict`` gives a fresh one)."""
+        cached = self.__dict__.get("_stored")
+        if cached is None:
+            cached = self.to_dict(provenance=False)
+            object.__setattr__(self, "_stored", cached)
+        return cached
+
+    def _content_hash(self) -> str:
+        canonical = dict(self.stored_dict())
         canonical["layers"] = [{**layer, "budget": round(layer["budget"], 9),
                                 "heads": None if layer["heads"] is None else [round(h, 9) for h in layer["heads"]]}
                                for layer in canonical["layers"]]

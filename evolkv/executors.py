@@ -85,8 +85,12 @@ class LocalExecutor:
             return len(draw_indices(self.pool, self.per_task, self.seed, split))
         return len(self.samples[split])
 
-    def evaluate(self, configs: Sequence[KVConfig], split: str,
-                 progress: Callable[[int], None] | None = None) -> list[Score]:
+    def evaluate(self, configs: Sequence[KVConfig], split: str, progress: Callable[[int], None] | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> list[Score]:
+        """Scores of ``configs`` on ``split``. ``meanwhile``: the caller's own work on these configs, run while
+        they are scored where the scoring happens elsewhere (Ray actors); here, before."""
+        if meanwhile:
+            meanwhile()
         return self.evaluator.score(configs, self.prepared(split), progress)
 
     def exact_match(self, configs: Sequence[KVConfig], split: str,

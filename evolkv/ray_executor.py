@@ -89,10 +89,11 @@ class RayExecutor:
             return len(draw_indices(self.samples["search"], self.settings.samples, self.settings.seed, split))
         return len(self.samples[split])
 
-    def evaluate(self, configs: Sequence[KVConfig], split: str,
-                 progress: Callable[[int], None] | None = None) -> list[Score]:
+    def evaluate(self, configs: Sequence[KVConfig], split: str, progress: Callable[[int], None] | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> list[Score]:
+        """Scores of ``configs`` on ``split``; ``meanwhile`` runs on the driver while the actors score."""
         payload = [cfg.to_json(indent=None) for cfg in configs]
-        parts = self._map("score", payload, split)
+        parts = self._map("score", payload, split, meanwhile)
         if progress:
             progress(len(configs) * self.split_size(split))
         return aggregate(SampleScores.concat(parts), self.settings.objective)
@@ -110,9 +111,13 @@ class RayExecutor:
                     merged.setdefault(key, []).extend(values)
         return [{key: sum(v) / len(v) for key, v in h.items()} for h in joined]
 
-    def _map(self, method: str, payload: list[str], split: str) -> list[Any]:
-        """Call ``method`` on every actor; restart and resubmit the shard of an actor that died."""
+    def _map(self, method: str, payload: list[str], split: str,
+             meanwhile: Callable[[], None] | None = None) -> list[Any]:
+        """Call ``method`` on every actor (and ``meanwhile`` here, while they work); restart and resubmit the
+        shard of an actor that died."""
         pending = {rank: getattr(actor, method).remote(payload, split) for rank, actor in enumerate(self._actors)}
+        if meanwhile:
+            meanwhile()
         results: dict[int, Any] = {}
         attempts = dict.fromkeys(pending, 0)
         while pending:

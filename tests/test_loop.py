@@ -18,11 +18,11 @@ class Interrupting:
     def prepare(self, split, progress=None):
         self.inner.prepare(split, progress)
 
-    def evaluate(self, configs, split, progress=None):
+    def evaluate(self, configs, split, progress=None, meanwhile=None):
         self.calls += 1
         if self.calls == self.stop_at:
             raise KeyboardInterrupt
-        return self.inner.evaluate(configs, split)
+        return self.inner.evaluate(configs, split, meanwhile=meanwhile)
 
     def exact_match(self, configs, split, progress=None):
         return self.inner.exact_match(configs, split, progress)

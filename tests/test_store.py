@@ -35,6 +35,20 @@ def test_runs_candidates_evaluations_and_winner(db_url):
     assert Store(db_url).runs()[0]["id"] == "run1"
 
 
+def test_a_population_is_stored_in_one_write_and_found_in_one_query(db_url):
+    store = Store(db_url)
+    cfg = _run(store)
+    other = uniform_config(SPEC, Budget.parse("20%"))
+    store.add_evaluations("run1", [(cfg, 1, "search", "search", Score(0.3), "ray:2xgpu", Stage.SEARCH),
+                                   (other, 1, "search", "search", Score(0.2), "ray:2xgpu", Stage.SEARCH),
+                                   (cfg, 1, "search", "validation", Score(0.4), "ray:2xgpu", Stage.SEARCH)])
+    found = store.find_many("run1", [cfg.hash(), other.hash(), "0" * 24], "search")
+    assert set(found) == {cfg.hash(), other.hash()}
+    assert [r.objective for r in found[cfg.hash()]] == [0.3] and found[other.hash()][0].worker == "ray:2xgpu"
+    assert store.find_evaluations("run1", cfg.hash(), "validation")[0].objective == 0.4
+    store.add_evaluations("run1", [])  # nothing to store is no write
+
+
 def test_candidates_are_deduplicated(db_url):
     store = Store(db_url)
     cfg = _run(store)

@@ -141,28 +141,37 @@ class _Job:
         and stored (as ``stage``, with the search ``generation``)."""
         results: dict[str, Score] = {}
         todo: dict[str, KVConfig] = {}
+        rows = []  # the evaluations to store, in one transaction
+        found = self.store.find_many(self.run_id, [cfg.hash() for cfg in configs], split)
         for cfg, label in zip(configs, labels):
             digest = cfg.hash()
-            rows = self.store.find_evaluations(self.run_id, digest, split)
-            if rows:
-                row = rows[0]
+            if digest in found:
+                stored = found[digest]
+                row = stored[0]
                 score = Score(row.objective if row.objective is not None else math.inf, row.metrics,
                               row.status, row.reason, 0.0)
-                if not any(r.stage == stage and r.generation == generation and r.label == label for r in rows):
-                    self.store.add_evaluation(self.run_id, cfg, generation, label, split, score, "store", stage)
+                if not any(r.stage == stage and r.generation == generation and r.label == label for r in stored):
+                    rows.append((cfg, generation, label, split, score, "store", stage))
                 results[digest] = score
             else:
                 todo.setdefault(digest, cfg)
         if todo:
-            scores = self.executor.evaluate(list(todo.values()), split, progress=progress)
-            for cfg, score in zip(todo.values(), scores):  # memory beside quality, for every evaluation
-                score.metrics["bits"] = avg_bits(cfg, self.settings.length)
+            bits: dict[str, float] = {}
+
+            def meanwhile() -> None:  # the driver's share, done while Ray actors score (before, locally)
+                for digest, cfg in todo.items():
+                    bits[digest] = avg_bits(cfg, self.settings.length)
+                    cfg.stored_dict()  # what the store will write
+
+            scores = self.executor.evaluate(list(todo.values()), split, progress=progress, meanwhile=meanwhile)
+            for digest, score in zip(todo, scores):  # memory beside quality, for every evaluation
+                score.metrics["bits"] = bits[digest]
             computed = dict(zip(todo, scores))
             for cfg, label in dict.fromkeys((cfg, label) for cfg, label in zip(configs, labels)
                                             if cfg.hash() in computed):
-                self.store.add_evaluation(self.run_id, cfg, generation, label, split, computed[cfg.hash()],
-                                          self.executor.worker, stage)
+                rows.append((cfg, generation, label, split, computed[cfg.hash()], self.executor.worker, stage))
             results.update(computed)
+        self.store.add_evaluations(self.run_id, rows)
         return [results[cfg.hash()] for cfg in configs]
 
     def build(self, view, X: np.ndarray, generation: int) -> list[KVConfig | None]:
@@ -198,6 +207,6 @@ class _Job:
                 continue
             self.reporter.stage(f"exact-match accuracy on the {split} split", total=self.executor.split_size(split))
             accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
-            for (cfg, label), acc in zip(todo, accuracy):
-                self.store.add_evaluation(self.run_id, cfg, None, label, f"{split}/em",
-                                          Score(acc["em"], acc), self.executor.worker, Stage.FINAL)
+            self.store.add_evaluations(self.run_id, [(cfg, None, label, f"{split}/em", Score(acc["em"], acc),
+                                                      self.executor.worker, Stage.FINAL)
+                                                     for (cfg, label), acc in zip(todo, accuracy)])

@@ -15,6 +15,7 @@ import re
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +109,15 @@ class Store:
             row.heartbeat_at = utcnow()
         self._write(fn)
 
-    def _candidate(self, session: Session, cfg: KVConfig) -> CandidateRow:
+    def _candidate(self, session: Session, cfg: KVConfig, models: dict | None = None) -> CandidateRow:
         digest = cfg.hash()
         row = session.scalar(select(CandidateRow).filter_by(hash=digest))
         if row is None:
-            model = session.scalar(select(ModelRow).filter_by(name=cfg.model.name, fingerprint=cfg.model.fingerprint))
-            row = CandidateRow(hash=digest, model_id=model.id, config=cfg.to_dict(provenance=False))
+            models = {} if models is None else models
+            key = (cfg.model.name, cfg.model.fingerprint)
+            if key not in models:
+                models[key] = session.scalar(select(ModelRow.id).filter_by(name=key[0], fingerprint=key[1]))
+            row = CandidateRow(hash=digest, model_id=models[key], config=cfg.stored_dict())
             session.add(row)
             session.flush()
         return row
@@ -121,15 +125,26 @@ class Store:
     def add_evaluation(self, run_id: str, cfg: KVConfig, generation: int | None, label: str, split: str, score,
                        worker: str = "local", stage: Stage = Stage.SEARCH) -> None:
         """Store one evaluation; ``generation`` is the search generation (None for the other stages)."""
+        self.add_evaluations(run_id, [(cfg, generation, label, split, score, worker, stage)])
+
+    def add_evaluations(self, run_id: str, items: Sequence[tuple]) -> None:
+        """Store many evaluations, each ``(cfg, generation, label, split, score, worker, stage)``, in one
+        transaction (a population's results: one commit instead of one per candidate)."""
         def fn(session: Session) -> None:
-            candidate = self._candidate(session, cfg)
-            objective = score.objective if math.isfinite(score.objective) else None
-            session.add(EvaluationRow(run_id=run_id, candidate_id=candidate.id, stage=Stage(stage).value,
-                                      generation=generation, label=label,
-                                      split=split, objective=objective, metrics=score.metrics,
-                                      status=score.status, reason=score.reason, duration_s=score.duration_s,
-                                      worker=worker))
-        self._write(fn)
+            candidates: dict[str, CandidateRow] = {}
+            models: dict = {}
+            for cfg, generation, label, split, score, worker, stage in items:
+                digest = cfg.hash()
+                if digest not in candidates:
+                    candidates[digest] = self._candidate(session, cfg, models)
+                objective = score.objective if math.isfinite(score.objective) else None
+                session.add(EvaluationRow(run_id=run_id, candidate_id=candidates[digest].id,
+                                          stage=Stage(stage).value, generation=generation, label=label,
+                                          split=split, objective=objective, metrics=score.metrics,
+                                          status=score.status, reason=score.reason, duration_s=score.duration_s,
+                                          worker=worker))
+        if items:
+            self._write(fn)
 
     def add_failed_build(self, run_id: str, spec: ModelSpec, genes: list[float], generation: int, label: str,
                          reason: str) -> None:
@@ -200,10 +215,22 @@ class Store:
 
     def find_evaluations(self, run_id: str, digest: str, split: str) -> list[EvaluationRow]:
         """This run's evaluations of the config with hash ``digest`` on ``split``, oldest first."""
+        return self.find_many(run_id, [digest], split).get(digest, [])
+
+    def find_many(self, run_id: str, digests: Sequence[str], split: str) -> dict[str, list[EvaluationRow]]:
+        """``find_evaluations`` for many hashes in one query: hash -> its evaluations, oldest first (hashes
+        this run never evaluated on ``split`` are absent)."""
+        found: dict[str, list[EvaluationRow]] = {}
+        wanted = list(dict.fromkeys(digests))
         with self._session() as session:
-            return list(session.scalars(select(EvaluationRow).join(CandidateRow)
-                                        .where(EvaluationRow.run_id == run_id, CandidateRow.hash == digest,
-                                               EvaluationRow.split == split).order_by(EvaluationRow.id)))
+            for start in range(0, len(wanted), 500):  # under every database's bound-parameter limit
+                rows = session.execute(select(EvaluationRow, CandidateRow.hash).join(CandidateRow)
+                                       .where(EvaluationRow.run_id == run_id, EvaluationRow.split == split,
+                                              CandidateRow.hash.in_(wanted[start:start + 500]))
+                                       .order_by(EvaluationRow.id)).all()
+                for row, digest in rows:
+                    found.setdefault(digest, []).append(row)
+        return found
 
     def evaluations(self, run_id: str) -> list[tuple[EvaluationRow, str]]:
         with self._session() as session:
