@@ -41,29 +41,24 @@ def draw_indices(pool: Sequence[Sample], per_task: int, seed: int, split: str) -
     return sorted(chosen)
 
 
-def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
-    """Contiguous [start, end) blocks of ``count`` items over ``shards`` workers (sizes differ by <= 1)."""
-    base, extra = divmod(count, shards)
-    bounds, start = [], 0
-    for i in range(shards):
-        end = start + base + (i < extra)
-        bounds.append((start, end))
-        start = end
-    return bounds
+def shard_of(items: Sequence, rank: int, world: int) -> list:
+    """Worker ``rank``'s share of ``items`` among ``world``: every ``world``-th item from ``rank`` on (strided,
+    so that a split ordered by task gives every worker each task in equal measure)."""
+    return list(items[rank::world])
 
 
 class LocalExecutor:
     """Prefills each split's samples once (on first use) and scores populations on them."""
 
     def __init__(self, evaluator: Evaluator, samples: dict[str, list[Sample]], per_task: int = 0, seed: int = 0,
-                 pool: Sequence[Sample] | None = None, offset: int = 0) -> None:
+                 pool: Sequence[Sample] | None = None, rank: int = 0, world: int = 1) -> None:
         self.evaluator = evaluator
         self.samples = samples
         self.worker = f"local:{evaluator.device}"
         self._prepared: dict[str, list[Prepared]] = {}
         self.load_seconds: float | None = None  # set by make_local: the model's load, a stage of the run
-        # draws from the search pool: ``per_task`` of each task; a shard holds pool[offset:offset + len(search)]
-        self.per_task, self.seed, self.offset = per_task, seed, offset
+        # draws from the search pool: ``per_task`` of each task; a shard holds pool[rank::world]
+        self.per_task, self.seed, self.rank, self.world = per_task, seed, rank, world
         self.pool = samples.get("search", []) if pool is None else pool
 
     def prepare(self, split: str, progress: Callable[[], None] | None = None) -> None:
@@ -78,7 +73,7 @@ class LocalExecutor:
             return self._prepared[split]
         mine = self._prepared["search"]
         indices = draw_indices(self.pool, self.per_task, self.seed, split)
-        return [mine[i - self.offset] for i in indices if self.offset <= i < self.offset + len(mine)]
+        return [mine[i // self.world] for i in indices if i % self.world == self.rank]
 
     def split_size(self, split: str) -> int:
         if DRAW in split:
@@ -125,17 +120,15 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     load_seconds = time.perf_counter() - started
     torch.manual_seed(settings.seed)
     samples = build_samples(settings, loaded.tokenizer)
-    pool, offset = samples["search"], 0
-    if shard is not None:
-        rank, world = shard
-        offset = shard_bounds(len(pool), world)[rank][0]
-        samples = {split: items[slice(*shard_bounds(len(items), world)[rank])] for split, items in samples.items()}
+    pool = samples["search"]
+    rank, world = shard or (0, 1)
+    samples = {split: shard_of(items, rank, world) for split, items in samples.items()}
     from evolkv.search.baselines import scorers_of
 
     scorers = scorers_of([*settings.baselines, "streaming"], loaded.spec,
                          ScorerSpec(settings.scorer, window=settings.window))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size, settings.objective)
-    executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, offset)
+    executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, rank, world)
     executor.load_seconds = load_seconds
     return loaded, executor

@@ -1,9 +1,10 @@
 """Ray executor: one actor per GPU (or ``--workers`` CPU actors), each holding a shard of the samples.
 
-The only module that imports ``ray``. Each actor loads the model once and prefills its shard of every split
-(contiguous blocks of the samples, in order). A population is broadcast to every actor as config JSON; each
-returns the per-sample metric values of its shard, which the driver joins in sample order and averages:
-exactly what the local executor computes on the same samples.
+The only module that imports ``ray``. Each actor loads the model once and prefills its shard of every split:
+every ``world``-th sample from its rank on, so that each shard holds every task in equal measure (contiguous
+blocks would give one actor the long tasks' samples and leave the others waiting). A population is broadcast
+to every actor as config JSON; each returns the per-sample metric values of its shard, which the driver joins
+and averages with exactly rounded sums: the same bits the local executor computes on the same samples.
 
 Faults: an actor that dies (killed process, out of memory) is restarted by Ray, which retries the call in
 flight; if retries run out the driver starts a fresh actor and resubmits that shard. A candidate whose
@@ -23,7 +24,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
 
 from evolkv.config import KVConfig
 from evolkv.errors import EvolKVError
-from evolkv.evaluators.evaluator import SampleScores, Score, aggregate
+from evolkv.evaluators.evaluator import SampleScores, Score, aggregate, mean
 
 RESUBMITS = 2  # fresh actors started for one shard before the population fails
 
@@ -109,7 +110,7 @@ class RayExecutor:
             for merged, mine in zip(joined, part):
                 for key, values in mine.items():
                     merged.setdefault(key, []).extend(values)
-        return [{key: sum(v) / len(v) for key, v in h.items()} for h in joined]
+        return [{key: mean(v) for key, v in h.items()} for h in joined]
 
     def _map(self, method: str, payload: list[str], split: str,
              meanwhile: Callable[[], None] | None = None) -> list[Any]:

@@ -306,7 +306,7 @@ class Evaluator:
         """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
         ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task, and the edit
         similarity of the first generated line ("sim")."""
-        return [{key: sum(v) / len(v) for key, v in h.items()}
+        return [{key: mean(v) for key, v in h.items()}
                 for h in self.exact_match_samples(configs, prepared, progress)]
 
     @torch.no_grad()
@@ -356,7 +356,8 @@ class SampleScores:
 
     @staticmethod
     def concat(parts: Sequence[SampleScores]) -> SampleScores:
-        """Shards of the samples, in sample order, joined back."""
+        """Shards of the samples joined back (the per-sample lists in shard order: ``aggregate``'s exactly
+        rounded means make that order irrelevant)."""
         values = [defaultdict(list) for _ in parts[0].values] if parts else []
         failures: dict[int, str] = {}
         for part in parts:
@@ -385,8 +386,14 @@ def _task_metrics(text: str, answer: str) -> dict[str, float]:
 OBJECTIVES = ("kl", "nll", "task")  # what a Score's objective is: KL to the full cache, gold NLL, 1 - task metric
 
 
+def mean(values: Sequence[float]) -> float:
+    """The mean of ``values`` through an exactly rounded sum: the same float for any order of the values."""
+    return math.fsum(values) / len(values)
+
+
 def aggregate(scores: SampleScores, objective: str = "kl") -> list[Score]:
-    """Mean of every metric over the samples; the objective is the mean of ``objective`` (KL by default)."""
+    """Mean of every metric over the samples; the objective is the mean of ``objective`` (KL by default).
+    Means are exactly rounded (``mean``), so shards of the samples joined in any order give the same bits."""
     elapsed = scores.seconds / max(len(scores.values), 1)
     out = []
     for i, per_metric in enumerate(scores.values):
@@ -397,7 +404,7 @@ def aggregate(scores: SampleScores, objective: str = "kl") -> list[Score]:
             out.append(Score(math.inf, status="failed", reason="no sample has answer tokens to score",
                              duration_s=elapsed))
             continue
-        metrics = {key: sum(v) / len(v) for key, v in per_metric.items()}
+        metrics = {key: mean(v) for key, v in per_metric.items()}
         if objective not in metrics:
             out.append(Score(math.inf, status="failed", reason=f"no {objective} was measured", duration_s=elapsed))
             continue
