@@ -115,6 +115,13 @@ def scoring(record: dict) -> float:
                if s["stage"].startswith("generation") and s["stage"] != "generation 1")
 
 
+def median_generation(record: dict) -> float:
+    """The median generation's seconds (after the first): the scoring time with one noisy generation out."""
+    times = sorted(s["seconds"] for s in record.get("stages", [])
+                   if s["stage"].startswith("generation") and s["stage"] != "generation 1")
+    return times[len(times) // 2] if times else 0.0
+
+
 def stage(record: dict, prefix: str) -> float:
     return sum(s["seconds"] for s in record.get("stages", []) if s["stage"].startswith(prefix))
 
@@ -142,22 +149,24 @@ def report(out: Path) -> None:
     ok = {n: r for n, r in records.items() if r.get("returncode") == 0}
     base = ok.get("local")
     one = ok.get("ray:1")
-    print(f"{'run':>8} {'GPUs':>4} {'wall s':>8} {'scoring s':>10} {'prefill+load s':>14} {'x vs ray:1':>10} "
-          f"{'wall x':>7} {'evals':>6} {'failed':>6}  same as local")
+    print(f"{'run':>8} {'GPUs':>4} {'wall s':>8} {'scoring s':>10} {'x vs ray:1':>10} {'median gen s':>12} "
+          f"{'x':>6} {'prefill+load s':>14} {'wall x':>7} {'evals':>6} {'failed':>6}  same as local")
     for name, r in records.items():
         if r.get("returncode") != 0:
             print(f"{name:>8} failed: {r.get('error', '')[-200:]!r}")
             continue
         first = stage(r, "baselines") + stage(r, "generation 1") + stage(r, "prefill")
         speed = f"{scoring(one) / scoring(r):.2f}x" if one and scoring(r) else "-"
+        gen = f"{median_generation(one) / median_generation(r):.2f}x" if one and median_generation(r) else "-"
         wall = f"{one['wall_s'] / r['wall_s']:.2f}x" if one else "-"
         failed = sum(e["status"] != "ok" for e in r["evaluations"])
         same = "-"
         if base is not None and name != "local":
             equal, diff, note = compare(base, r)
             same = f"{'yes' if equal else 'NO'} (max |diff| {diff:.3g}, {note})"
-        print(f"{name:>8} {r['workers']:>4} {r['wall_s']:>8.1f} {scoring(r):>10.1f} {first:>14.1f} {speed:>10} "
-              f"{wall:>7} {len(r['evaluations']):>6} {failed:>6}  {same}")
+        print(f"{name:>8} {r['workers']:>4} {r['wall_s']:>8.1f} {scoring(r):>10.1f} {speed:>10} "
+              f"{median_generation(r):>12.2f} {gen:>6} {first:>14.1f} {wall:>7} {len(r['evaluations']):>6} "
+              f"{failed:>6}  {same}")
     for name, r in ok.items():
         if r.get("killed"):
             k = r["killed"]

@@ -51,6 +51,11 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def peak_memory_gib(self) -> float | None:
+        from evolkv.devices import peak_memory_gib
+
+        return peak_memory_gib(self.settings.device)
+
     def score(self, configs_json: list[str], split: str) -> SampleScores:
         configs = [KVConfig.from_json(text) for text in configs_json]
         return self.local.evaluator.score_samples(configs, self.local.prepared(split))
@@ -133,6 +138,16 @@ class RayExecutor:
                 self._actors[rank] = self._start(rank)
                 pending[rank] = getattr(self._actors[rank], method).remote(payload, split)
         return [results[rank] for rank in range(self.world)]
+
+    def peak_memory_gib(self) -> float | None:
+        """The largest peak GPU memory of any actor (None on CPU actors, or when an actor cannot answer)."""
+        if not self.settings.device.startswith("cuda"):
+            return None
+        try:
+            peaks = ray.get([actor.peak_memory_gib.remote() for actor in self._actors], timeout=30)
+        except (RayActorError, RaySystemError, GetTimeoutError):
+            return None
+        return max((p for p in peaks if p is not None), default=None)
 
     def actor_pids(self) -> list[int]:
         return ray.get([actor.pid.remote() for actor in self._actors])

@@ -111,7 +111,8 @@ class _Job:
         finally:
             self.timings["stages"].append({"stage": name, "seconds": round(time.perf_counter() - started, 3),
                                            "evaluations": evaluations})
-            peak = peak_memory_gib(self.settings.device)
+            own = getattr(self.executor, "peak_memory_gib", None)  # Ray: the largest of the actors' peaks
+            peak = own() if own else peak_memory_gib(self.settings.device)
             if peak is not None:
                 self.timings["peak_gpu_gib"] = round(max(peak, self.timings.get("peak_gpu_gib", 0.0)), 3)
             self.store.update_run(self.run_id, timings=dict(self.timings))
