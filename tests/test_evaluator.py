@@ -10,6 +10,7 @@ from evolkv.config import Budget, ScorerSpec, uniform_config
 from evolkv.evaluators.evaluator import Evaluator
 from evolkv.evaluators.tasks import synthetic
 from evolkv.search.baselines import BASELINES, baseline
+from evolkv.scorers import SCORERS as ALL_SCORERS
 from evolkv.search.space import BudgetSpace
 
 import numpy as np
@@ -140,3 +141,22 @@ def test_aggregate_takes_the_objective_it_is_told():
     assert aggregate(scores, "nll")[0].objective == pytest.approx(3.0)
     failed = aggregate(scores, "task")[0]
     assert not failed.ok and "no task" in failed.reason
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCORERS))
+def test_every_registered_scorer_scores_in_the_evaluator_as_generate_applies_it(tiny, name):
+    """Each scorer's config scored on the shared prefill gives the logits `runtime.apply` + `generate` gives."""
+    spec = ScorerSpec(name)
+    evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, [spec], query_aware=True)
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    cfg = dataclasses.replace(uniform_config(tiny.spec, Budget.parse("20%")), scorer=spec)
+    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    tokens = gen.sequences[0, prompt.shape[1]:]
+    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
+    logprobs = evaluator._logprobs([cfg], teacher)[0]
+    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
+    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)

@@ -162,3 +162,77 @@ def test_defensivekv_takes_the_worst_case_over_the_window():
     assert torch.allclose(got, attention.amax(dim=0), atol=1e-6)
     mean = H2O(window=5).score(_obs(queries, keys))[0, 0] / 5
     assert got[0] > got[1] and mean[0] < mean[1]
+
+
+def test_rkv_is_importance_minus_redundancy_and_drops_the_duplicate_key():
+    """Tokens 0 and 1 share one key and the window's attention; token 2 is unlike every other key: R-KV keeps
+    it ahead of the duplicates even though it receives a little less attention."""
+    from evolkv.scorers import RKV
+
+    keys = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.7, 0.7]])[None, None]
+    queries = torch.tensor([[2.0, 1.6]])[None, None]  # the window: the last query
+    obs = _obs(queries, keys)
+    votes = obs.attention(1).sum(dim=3).mean(dim=2)[0, 0]
+    unit = keys[0, 0] / keys[0, 0].norm(dim=-1, keepdim=True)
+    similarity = torch.tensor([float(sum(torch.dot(u, v) for v in unit) / 5) for u in unit])
+    expected = 0.1 * votes / votes.sum() - 0.9 * similarity.softmax(dim=0)
+    got = RKV(window=1, kernel=1).score(obs)[0, 0]
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert votes[2] < votes[0] and got[2] > got[0]
+
+
+def test_mixkv_weighs_diversity_by_the_heads_redundancy():
+    """Two heads: one whose keys all point one way (redundant: diversity weighs in), one whose keys are
+    orthogonal (no redundancy: importance alone)."""
+    from evolkv.scorers import MixKV
+    from evolkv.scorers.rkv import importance
+
+    redundant = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, -0.2], [1.0, 0.0]])
+    spread = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # unit keys cancel: r = 0
+    keys = torch.stack([redundant, spread])[None]  # [1, 2, 4, 2]
+    obs = _obs(torch.tensor([[0.3, 0.9], [0.5, 0.5]]).view(1, 2, 1, 2), keys)
+    got = MixKV(window=1, kernel=1).score(obs)[0]
+    imp = importance(obs, 1, 1)[0]
+    assert torch.allclose(got[1], imp[1], atol=1e-6)  # no redundancy: importance alone
+    unit = redundant / redundant.norm(dim=-1, keepdim=True)
+    centre = unit.mean(0)
+    r = float(centre.dot(centre))
+    diversity = 1 - unit @ centre / centre.norm()
+    expected = (1 - r) * imp[0] + r * diversity / diversity.sum()
+    assert 0.9 < r < 1 and torch.allclose(got[0], expected, atol=1e-6)
+
+
+def test_compresskv_ranks_every_head_by_the_retrieval_heads_votes():
+    """Head 1 looks far back (to token 0); head 0 only at the recent tokens: both heads are ranked by head 1's
+    attention."""
+    from evolkv.scorers import CompressKV
+
+    keys = torch.zeros(1, 2, 6, 1)
+    keys[0, 1, 0, 0] = 5.0  # head 1: token 0 stands out to a positive query
+    keys[0, 0, 4:, 0] = 5.0  # head 0: the recent tokens stand out
+    queries = torch.ones(1, 2, 2, 1)  # window of 2 queries, one query head per KV head
+    obs = _obs(queries, keys)
+    got = CompressKV(window=2, kernel=1, retrieval=1).score(obs)[0]
+    head1 = obs.attention(2).sum(dim=3).mean(dim=2)[0, 1]
+    assert torch.allclose(got[0], head1) and torch.allclose(got[1], head1)
+    assert _order(got[None, 0:1], window=2)[2] == 0  # after the window, token 0 first
+
+
+def test_expected_attention_is_the_softmax_of_the_gaussian_logit_times_the_value_norm():
+    from evolkv.scorers import ExpectedAttention
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(1, 1, 7, 3), torch.randn(1, 1, 7, 3)
+    queries = torch.randn(1, 2, 7, 3)  # two query heads share the KV head
+    got = ExpectedAttention(statistics=5).score(_obs(queries, keys, values, scaling=0.5))[0, 0]
+    expected = torch.zeros(7)
+    for head in range(2):
+        q = queries[0, head, -5:].double()
+        mu, cov = q.mean(0), torch.cov(q.T)
+        k = keys[0, 0].double()
+        logits = 0.5 * k @ mu + 0.5 * 0.25 * torch.einsum("td,de,te->t", k, cov, k)
+        expected += (logits.softmax(0) / 2).float()
+    expected *= values[0, 0].norm(dim=-1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    plain = ExpectedAttention(statistics=5, covariance=False).score(_obs(queries, keys, values, scaling=0.5))
+    assert not torch.allclose(plain[0, 0], got)
