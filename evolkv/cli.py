@@ -194,6 +194,10 @@ def search(
     groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn "
                                "(tokens mode; quant/joint use --clusters)."),
     scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention (evolkv.scorers; README: adding a scorer)."),
+    scorers: Optional[str] = typer.Option(None, help="Let the search pick each layer's scorer among these "
+                                          "(comma-separated, e.g. snapkv,tova,criticalkv; tokens mode). Every "
+                                          "one ranks each sample once at prefill; the first is the run's "
+                                          "--scorer, which the baselines use."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
     baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming", help="Baselines evaluated alongside."),
@@ -227,7 +231,8 @@ def search(
                               population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
                               validation_samples=validation_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
                               objective=objective,
-                              finalists=finalists, length=length, per_head=per_head, groups=groups, scorer=scorer,
+                              finalists=finalists, length=length, per_head=per_head, groups=groups,
+                              scorer=_split(scorers)[0] if scorers else scorer, scorers=_split(scorers or ""),
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
     if budgets is None:
@@ -587,7 +592,7 @@ def evaluate(
             cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec(scorer, window=settings.window))
         cfg.check_fits(loaded.spec)
         if hasattr(executor, "evaluator"):  # a config may rank with a kernel other than the default's
-            executor.evaluator.add_scorers([cfg.scorer])
+            executor.evaluator.add_scorers(cfg.scorers())
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         executor.prepare(split, progress=reporter.advance)
         reporter.stage("score")
@@ -703,8 +708,12 @@ def _validate(settings) -> None:
     if settings.mode != "tokens" and settings.pool:
         raise EvolKVError("--pool (a fresh draw of the search samples each generation) belongs to the token "
                           "search (--mode tokens)")
-    if settings.scorer not in SCORERS:
-        raise EvolKVError(f"unknown scorer {settings.scorer!r}; known: {', '.join(SCORERS)}")
+    for name in [settings.scorer, *settings.scorers]:
+        if name not in SCORERS:
+            raise EvolKVError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    if settings.scorers and (settings.mode != "tokens" or len(set(settings.scorers)) < 2):
+        raise EvolKVError("--scorers takes two or more scorers, and belongs to the token search (--mode tokens): "
+                          "with one, give --scorer")
     for name in settings.baselines:
         if name not in BASELINES:
             raise EvolKVError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")

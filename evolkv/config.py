@@ -198,6 +198,7 @@ class LayerSpec:
     residual: int = 0
     evicted_bits: int = 0  # MiKV: tokens past the budget kept at K{b}V{b} (8, 4 or 2) instead of dropped (0)
     quantizer: str = "kivi"  # evolkv.quantizers: how entries below 16 bits are stored and read
+    scorer: ScorerSpec | None = None  # this layer's own token scorer (``--scorers``); None: the config's
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget) or self.budget < 0:
@@ -244,6 +245,10 @@ def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
         del data["evicted_bits"]
     if layer.quantizer == "kivi":  # the same for the quantizer: absent when it is the default, KIVI
         del data["quantizer"]
+    if layer.scorer is None:  # and for a layer's own scorer: absent when the layer uses the config's
+        del data["scorer"]
+    else:
+        data["scorer"] = layer.scorer.to_dict()
     return data
 
 
@@ -288,6 +293,15 @@ class KVConfig:
                 raise ConfigError(f"config is for {mine.name} ({attr}={getattr(mine, attr)}) but the model "
                                   f"{spec.name} has {attr}={getattr(spec, attr)}")
         raise ConfigError(f"config fingerprint {mine.fingerprint} does not match model {spec.name}")
+
+    def scorer_of(self, layer: int) -> ScorerSpec:
+        """The scorer that ranks ``layer``'s tokens: the layer's own, else the config's."""
+        return self.layers[layer].scorer or self.scorer
+
+    def scorers(self) -> list[ScorerSpec]:
+        """Every scorer the config ranks with, the config's first, each once."""
+        found = [self.scorer] + [layer.scorer for layer in self.layers if layer.scorer is not None]
+        return list({spec.key: spec for spec in found}.values())
 
     def with_provenance(self, **items: Any) -> KVConfig:
         return replace(self, provenance={**self.provenance, **items})
@@ -429,6 +443,12 @@ def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
                                                   for h in heads):
             raise ConfigError(f"layer {index} field 'heads' must be a list of numbers or null")
         values["heads"] = tuple(heads)
+    scorer = values.get("scorer")
+    if scorer is not None:
+        if not isinstance(scorer, dict):
+            raise ConfigError(f"layer {index} field 'scorer' must be an object or null")
+        _known(scorer, {f.name for f in fields(ScorerSpec)}, f"layer {index} scorer")
+        values["scorer"] = ScorerSpec(**scorer)
     return LayerSpec(**values)
 
 

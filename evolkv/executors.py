@@ -123,10 +123,10 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     pool = samples["search"]
     rank, world = shard or (0, 1)
     samples = {split: shard_of(items, rank, world) for split, items in samples.items()}
-    from evolkv.search.baselines import scorers_of
+    from evolkv.search.baselines import scorer_choices, scorers_of
 
     scorers = scorers_of([*settings.baselines, "streaming"], loaded.spec,
-                         ScorerSpec(settings.scorer, window=settings.window))
+                         ScorerSpec(settings.scorer, window=settings.window), scorer_choices(settings))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
                           settings.batch_size, settings.objective)
     executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, rank, world)

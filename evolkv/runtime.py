@@ -24,7 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv import kernels
 from evolkv.kernels.packed import PackedKV, with_packed_entries
-from evolkv.press import Plan, Press, pack_evicted, pack_kept
+from evolkv.press import LayerPlan, Plan, Press, pack_evicted, pack_kept
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -169,6 +169,19 @@ class CompressedCache(Cache):
     def __init__(self, num_layers: int, policy: PrefillPolicy | None = None) -> None:
         super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
         self.policy = policy
+        self.pads: torch.Tensor | None = None  # [B] left-padding tokens per sequence (None: no padding)
+
+    def set_padding(self, attention_mask: torch.Tensor | None) -> None:
+        """Read a prefill's padding from its 2-D attention mask (1 = token, 0 = pad); pads must be on the left."""
+        if attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+            self.pads = None
+            return
+        mask = attention_mask.bool()
+        if not bool((mask[:, 1:] >= mask[:, :-1]).all()):  # a pad after a token: right (or inner) padding
+            raise ConfigError("evolkv needs left-padded batches: set tokenizer.padding_side = 'left'")
+        if not bool(mask.any(dim=1).all()):
+            raise ConfigError("a sequence of the batch is all padding")
+        self.pads = (~mask).sum(dim=1)
 
     def entries(self) -> int:
         return sum(layer.entries() for layer in self.layers)
@@ -180,17 +193,44 @@ class Compressor(PrefillPolicy):
 
     def __init__(self, cfg: KVConfig) -> None:
         self.cfg = cfg
-        self.press = Press(cfg.model, [cfg.scorer])
-        self._plan = None
+        self.press = Press(cfg.model, cfg.scorers())
+        self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
+
+    def _plan_for(self, length: int) -> Plan:
+        if length not in self._plans:
+            self._plans[length] = Plan(self.cfg, length)
+        return self._plans[length]
+
+    def _padded(self, layer_idx, query, keys, values, scaling, pads) -> tuple[torch.Tensor, LayerPlan]:
+        """Rank and plan each sequence of a left-padded batch on its own tokens, as alone: the order [B, H_kv, T]
+        (positions in the padded batch, the pads last and never kept) and the batch's plan."""
+        if self.cfg.layers[layer_idx].evicted_bits:
+            raise ConfigError("MiKV tiers (evicted_bits) with left-padded batches are not supported: generate "
+                              "one prompt at a time")
+        key, length = self.cfg.scorer_of(layer_idx).key, keys.shape[2]
+        orders, counts = [], []
+        for b, pad in enumerate(pads.tolist()):
+            rows = slice(b, b + 1)
+            ranking = self.press.rank(layer_idx, query[rows, :, pad:], keys[rows, :, pad:], values[rows, :, pad:],
+                                      scaling)[key]
+            counts.append(self._plan_for(length - pad).layer(layer_idx, ranking).counts)
+            padding = torch.arange(pad, device=keys.device).expand(1, keys.shape[1], pad)
+            orders.append(torch.cat([ranking.order.long() + pad, padding], dim=-1))
+        plan = LayerPlan(self.cfg.layers[layer_idx], length, self._plan_for(length).capacity[layer_idx],
+                         torch.cat(counts))
+        return torch.cat(orders), plan
 
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
         layer = cache.layers[layer_idx]
         length = layer.seen
-        if self._plan is None or self._plan.length != length:
-            self._plan = Plan(self.cfg, length)
-        ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[self.cfg.scorer.key]
-        plan = self._plan.layer(layer_idx, ranking)
-        order, flat = ranking.order.long(), lambda t: t.flatten(0, 1)
+        flat = lambda t: t.flatten(0, 1)  # noqa: E731
+        if cache.pads is not None:
+            order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads)
+        else:
+            ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[
+                self.cfg.scorer_of(layer_idx).key]
+            plan = self._plan_for(length).layer(layer_idx, ranking)
+            order = ranking.order.long()
         keys, values = layer.keys, layer.values  # the whole prefill (set_entries replaces them)
         if plan.evicted is not None:  # MiKV: what the budget evicts stays, at low precision, lowest rank first
             tail, packed = pack_evicted(flat(keys), flat(values), flat(order), plan.spec, plan.capacity)
@@ -237,8 +277,9 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         key_pos = layer.pos
         query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
     fresh = cache is None or (not layer.compressed and layer.seen == t_q)
-    if fresh and kwargs.get("softcap") is None:  # a plain prefill: no cache entries to select
-        out = _prefill_attention(query, key, value, scaling, sliding)
+    pads = cache.pads if cache is not None and fresh else None
+    if fresh and (kwargs.get("softcap") is None or pads is not None):  # a plain prefill: no entries to select
+        out = _prefill_attention(query, key, value, scaling, sliding, pads, kwargs.get("softcap"))
     else:
         out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
         for packed, packed_pos in layer.tiers() if cache is not None else ():  # quantized parts: merge softmaxes
@@ -295,16 +336,29 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
     return out
 
 
-def _prefill_attention(query, key, value, scaling, sliding_window):
+def _prefill_attention(query, key, value, scaling, sliding_window, pads=None, softcap=None):
     """Causal (optionally sliding-window) attention of a prefill through SDPA (flash kernels on GPU).
 
-    query: [B, H_q, T, D]; key, value: [B, H_kv, T, D]. Returns [B, H_q, T, D].
+    query: [B, H_q, T, D]; key, value: [B, H_kv, T, D]; pads: [B] left-padding tokens per sequence (their keys
+    are masked; a pad query sees only itself). Returns [B, H_q, T, D].
     """
     length = query.shape[2]
     mask = None
+    i = torch.arange(length, device=query.device)
     if sliding_window is not None and length > sliding_window:
-        i = torch.arange(length, device=query.device)
         mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - sliding_window)  # [T, T]
+    if pads is not None:
+        causal = mask if mask is not None else i[None, :] <= i[:, None]
+        real = i[None, :] >= pads.to(query.device)[:, None]  # [B, T] keys that are tokens
+        mask = (causal[None] & real[:, None, :]) | torch.eye(length, dtype=torch.bool, device=query.device)
+        mask = mask[:, None]  # [B, 1, T, T]
+    if softcap is not None:  # Gemma 2 style logit soft-capping: the explicit path
+        groups = query.shape[1] // key.shape[1]
+        k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        logits = torch.tanh(query.float() @ k.float().transpose(-1, -2) * scaling / softcap) * softcap
+        allowed = mask if mask is not None else (i[None, :] <= i[:, None])
+        weights = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        return (weights @ v.float()).to(query.dtype)
     return torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=mask is None, scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1])
@@ -349,6 +403,7 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
             if cache is not None and cache.get_seq_length() > 0:
                 raise ConfigError("this cache was prefilled without evolkv; start generation inside apply()")
             cache = make_cache()
+            cache.set_padding(kwargs.get("attention_mask"))  # a left-padded batch: each sequence as alone
         kwargs[name] = cache
         tokens.append(_ACTIVE.set(cache))
         return args, kwargs

@@ -32,6 +32,7 @@ class SearchSettings:
     per_head: bool = False
     groups: int = 0
     scorer: str = "snapkv"
+    scorers: list[str] = field(default_factory=list)  # --scorers: the search picks one per layer (tokens mode)
     window: int = 8
     query_aware: bool = True
     baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])

@@ -342,3 +342,39 @@ def test_lookup_and_apply_in_python_without_the_search_stack(searched, loaded, m
     with pytest.raises(EvolKVError, match="give a budget"):
         with evolkv.apply(model, db=db):
             pass
+
+
+def test_scorers_are_searched_per_layer_and_the_winner_exports_them(model_dirs, tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 2,
+                    "--population", 6, "--samples", 1, "--length", 200, "--tasks", "passkey,multikey",
+                    "--scorers", "snapkv,tova,criticalkv", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["settings"]["scorers"] == ["snapkv", "tova", "criticalkv"] and detail["settings"]["scorer"] == "snapkv"
+    from sqlalchemy import create_engine, text
+
+    with create_engine(db).connect() as con:  # the candidates the search scored picked scorers per layer
+        picked = {layer.get("scorer", {}).get("name", "snapkv")
+                  for (config,) in con.execute(text("SELECT config FROM candidates"))
+                  for layer in json.loads(config)["layers"]}
+    assert {"tova", "criticalkv"} & picked
+    out = tmp_path / "w.json"
+    assert invoke("export", detail["id"], "--db", db, "--out", out).exit_code == 0
+    from evolkv.config import KVConfig
+
+    cfg = KVConfig.load(out)
+    evaluated = invoke("eval", "--model", model_dirs["llama"], "--config", out, "--samples", 1, "--length", 200,
+                       "--tasks", "passkey", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["status"] == "ok" and cfg.scorers()[0].name == "snapkv"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--scorers", "snapkv"], "two or more scorers"),
+    (["--scorers", "snapkv,nope"], "unknown scorer 'nope'"),
+    (["--scorers", "snapkv,tova", "--mode", "joint"], "belongs to the token search"),
+])
+def test_bad_scorers_lists(args, words, tmp_path):
+    line = _one_line_error(invoke("search", "--budget", "10%", *args, "--db", tmp_path / "x.db"))
+    assert words in line and not (tmp_path / "x.db").exists()

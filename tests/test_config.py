@@ -68,3 +68,26 @@ def test_layer_spec_validation():
         LayerSpec(budget=0.1, group_size=48)
     with pytest.raises(ConfigError):
         ScorerSpec(kernel=4)
+
+
+def test_a_layers_own_scorer_round_trips_and_older_configs_hash_the_same():
+    import dataclasses
+
+    from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec, uniform_config
+
+    spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
+    plain = uniform_config(spec, Budget.parse("10%"))
+    assert "scorer" not in plain.to_dict()["layers"][0]  # absent unless set: older files hash the same
+    layers = list(plain.layers)
+    layers[1] = dataclasses.replace(layers[1], scorer=ScorerSpec("tova", window=4))
+    mixed = dataclasses.replace(plain, layers=tuple(layers))
+    again = KVConfig.from_json(mixed.to_json())
+    assert again == mixed and again.hash() == mixed.hash() != plain.hash()
+    assert [s.key for s in again.scorers()] == ["snapkv:8:5", "tova:4:5"] and again.scorer_of(1).name == "tova"
+    data = json.loads(mixed.to_json())
+    data["layers"][1]["scorer"] = {"name": "nope"}
+    with pytest.raises(ConfigError, match="unknown scorer 'nope'"):
+        KVConfig.from_dict(data)
+    data["layers"][1]["scorer"] = "tova"
+    with pytest.raises(ConfigError, match="layer 1 field 'scorer' must be an object"):
+        KVConfig.from_dict(data)

@@ -160,3 +160,27 @@ def test_every_registered_scorer_scores_in_the_evaluator_as_generate_applies_it(
     logprobs = evaluator._logprobs([cfg], teacher)[0]
     expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
     torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_config_with_a_scorer_per_layer_scores_as_generate_applies_it(tiny):
+    """Layers ranked by different scorers (the --scorers gene), beside a one-scorer candidate in the batch."""
+    names = ["snapkv", "tova", "criticalkv"]
+    evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, [ScorerSpec(n) for n in names], query_aware=True)
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    space = BudgetSpace(tiny.spec, Budget.parse("20%"), ScorerSpec(), per_head=True,
+                        choices=tuple(ScorerSpec(n) for n in names))
+    genes = np.random.default_rng(0).uniform(-1, 1, space.n_var)
+    genes[space.budget_vars:] = np.resize([-2.5, 0.0, 2.5], tiny.spec.num_layers)  # snapkv, tova, criticalkv, ...
+    cfg = space.decode(genes)
+    assert len(cfg.scorers()) == min(3, tiny.spec.num_layers)
+    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    tokens = gen.sequences[0, prompt.shape[1]:]
+    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
+    plain = uniform_config(tiny.spec, Budget.parse("20%"))
+    logprobs = evaluator._logprobs([plain, cfg], teacher)[1]
+    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
+    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)

@@ -59,3 +59,41 @@ def test_apply_refuses_a_config_for_another_model(loaded):
     with pytest.raises(ConfigError, match="num_layers|num_kv_heads|model_type"):
         with runtime.apply(loaded["qwen3"].model, cfg):
             pass
+
+
+@pytest.mark.parametrize("budget, precision", [("10%", 16), ("30%", 16), ("30%", 4), ("100%", 16)])
+def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(tiny, budget, precision):
+    """Prompts of unequal length, left-padded into one batch: each row's tokens and logits equal its own
+    generation under the same config (its ranking, budgets and positions are its own; pads are never kept)."""
+    cfg = uniform_config(tiny.spec, Budget.parse(budget), k_bits=precision, v_bits=precision, group_size=32)
+    prompts = [_prompt(tiny, 120)[0], _prompt(tiny, 90)[0, 7:], _prompt(tiny, 64)[0, 3:]]
+    longest = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(longest - len(p), dtype=torch.long, device=p.device), p])
+                       for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in prompts]).long()
+    kwargs = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        batch = tiny.model.generate(ids, attention_mask=mask.to(ids.device), **kwargs)
+        for row, prompt in enumerate(prompts):
+            alone = tiny.model.generate(prompt[None], **kwargs)
+            new = alone.sequences[0, len(prompt):]  # (it may stop early, at end-of-sequence)
+            assert torch.equal(batch.sequences[row, longest:longest + len(new)], new)
+            for a, b in zip(batch.logits, alone.logits):
+                torch.testing.assert_close(a[row], b[0], atol=2e-4, rtol=2e-4)
+
+
+def test_right_padding_and_mikv_with_padding_are_one_clear_error(tiny):
+    from evolkv.errors import ConfigError
+
+    ids = torch.cat([_prompt(tiny, 40), _prompt(tiny, 40)])
+    right = torch.ones_like(ids)
+    right[1, -5:] = 0
+    with torch.no_grad(), runtime.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("20%"))):
+        with pytest.raises(ConfigError, match="padding_side = 'left'"):
+            tiny.model.generate(ids, attention_mask=right, max_new_tokens=2, pad_token_id=0)
+    left = right.flip(1)
+    mikv = uniform_config(tiny.spec, Budget.parse("20%"), evicted_bits=4, group_size=32)
+    with torch.no_grad(), runtime.apply(tiny.model, mikv):
+        with pytest.raises(ConfigError, match="MiKV"):
+            tiny.model.generate(ids, attention_mask=left, max_new_tokens=2, pad_token_id=0)

@@ -127,8 +127,8 @@ def test_unbuildable_and_unscorable_candidates_are_failures_not_crashes(loaded, 
     monkeypatch.setattr(BudgetSpace, "decode", flaky_decode)
     original = executor.evaluate
 
-    def evaluate(configs, split, progress=None):
-        scores = original(configs, split, progress)
+    def evaluate(configs, split, progress=None, meanwhile=None):
+        scores = original(configs, split, progress, meanwhile)
         for cfg, score in zip(configs, scores):
             if split == "search" and cfg.hash() == poisoned.get("score"):
                 score.status, score.reason, score.objective = "failed", "RuntimeError: injected OOM", math.inf

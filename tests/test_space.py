@@ -41,3 +41,23 @@ def test_baselines_spend_the_budget(name):
     cfg = baseline(name, SPEC, Budget.parse("10%"), ScorerSpec())
     expected = 1.0 if name == "full" else 0.1
     assert cfg.mean_budget == pytest.approx(expected)
+
+
+def test_a_scorer_gene_per_layer_picks_among_the_choices_and_round_trips():
+    choices = (ScorerSpec("snapkv"), ScorerSpec("tova"), ScorerSpec("criticalkv"))
+    space = BudgetSpace(SPEC, Budget.parse("10%"), choices[0], per_head=True, choices=choices)
+    assert space.n_var == 6 + 6 * 2 + 6
+    genes = np.zeros(space.n_var)
+    # slices 0.5 wide from -3 name snapkv, tova, criticalkv, snapkv, ... in turn
+    genes[-6:] = [-3.0, -2.4, -2.1, -1.6, 0.1, 3.0]  # slices 0, 1, 1, 2, 6, 11 (the last slice ends at 3)
+    cfg = space.decode(genes)
+    assert [cfg.scorer_of(i).name for i in range(6)] == ["snapkv", "tova", "tova", "criticalkv", "snapkv",
+                                                         "criticalkv"]
+    assert cfg.layers[0].scorer is None and [s.name for s in cfg.scorers()] == ["snapkv", "tova", "criticalkv"]
+    assert [again.name for again in map(space.decode(space.encode(cfg)).scorer_of, range(6))] == \
+        [cfg.scorer_of(i).name for i in range(6)]
+    group = SubSpace(space, [4], space.encode(cfg))
+    assert group.n_var == 1 + 2 + 1 and group.decode(np.array([0, 0, 0, -2.4])).scorer_of(4).name == "tova"
+    assert all(abs(space.scorer_gene(i)) <= 0.75 for i in range(3))  # every choice one slice from the middle
+    one = BudgetSpace(SPEC, Budget.parse("10%"), choices[0], choices=choices[:1])  # one choice: no gene
+    assert one.n_var == 6 and all(layer.scorer is None for layer in one.decode(np.zeros(6)).layers)

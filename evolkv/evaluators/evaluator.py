@@ -186,34 +186,35 @@ class Evaluator:
     # -- score many -----------------------------------------------------------------------------------------
     def _plans(self, cfg: KVConfig, prep: Prepared) -> list[LayerPlan]:
         """The press's plan of ``cfg`` on ``prep``, layer by layer (tokens kept per head, and their tiers)."""
-        plan, key = Plan(cfg, prep.length), cfg.scorer.key
-        return [plan.layer(i, Ranking(prep.orders[key][i], prep.sorted_scores[key][i]))
-                for i in range(self.spec.num_layers)]
+        plan = Plan(cfg, prep.length)
+        keys = [cfg.scorer_of(i).key for i in range(self.spec.num_layers)]
+        return [plan.layer(i, Ranking(prep.orders[key][i], prep.sorted_scores[key][i])) for i, key in enumerate(keys)]
 
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
         for cfg in configs:
-            if cfg.scorer.key not in prep.orders:
-                raise ConfigError(f"scorer {cfg.scorer.key} was not among the evaluator's scorers "
-                                  f"({', '.join(prep.orders)})")
+            for spec in cfg.scorers():
+                if spec.key not in prep.orders:
+                    raise ConfigError(f"scorer {spec.key} was not among the evaluator's scorers "
+                                      f"({', '.join(prep.orders)})")
         cache = CompressedCache(self.spec.num_layers)
         per_config = [self._plans(cfg, prep) for cfg in configs]
-        keys = {cfg.scorer.key for cfg in configs}
         for i in range(self.spec.num_layers):
             plans = [p[i] for p in per_config]
             counts = torch.cat([p.counts.to(self.device) for p in plans])  # [C, H_kv]
-            if len(keys) == 1:  # one ranking shared by every candidate
-                orders = prep.orders[next(iter(keys))][i]  # [1, H_kv, T]
+            layer_keys = [cfg.scorer_of(i).key for cfg in configs]
+            if len(set(layer_keys)) == 1:  # one ranking shared by every candidate
+                orders = prep.orders[layer_keys[0]][i]  # [1, H_kv, T]
             else:
-                orders = torch.cat([prep.orders[cfg.scorer.key][i] for cfg in configs])  # [C, H_kv, T]
+                orders = torch.cat([prep.orders[key][i] for key in layer_keys])  # [C, H_kv, T]
             packs = defaultdict(list)  # candidates of one scorer and storage read one packed prefill
             tiers = defaultdict(list)  # MiKV candidates of one scorer and tier storage read one packed copy
             for c, (cfg, plan) in enumerate(zip(configs, plans)):
                 layer = plan.spec
                 if layer.quantized:
-                    packs[(cfg.scorer.key, layer.k_bits, layer.v_bits, layer.group_size, layer.quantizer,
+                    packs[(layer_keys[c], layer.k_bits, layer.v_bits, layer.group_size, layer.quantizer,
                            plan.residual)].append((c, layer))
                 if plan.evicted is not None:
-                    tiers[(cfg.scorer.key, layer.evicted_bits, layer.group_size, layer.quantizer,
+                    tiers[(layer_keys[c], layer.evicted_bits, layer.group_size, layer.quantizer,
                            plan.capacity)].append((c, layer))
             groups = [(torch.tensor([c for c, _ in rows], device=self.device),
                        prep.packed_layer(key[0], i, rows[0][1], key[-1]), key[-1]) for key, rows in packs.items()]

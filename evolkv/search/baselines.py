@@ -54,9 +54,15 @@ def baseline(name: str, model: ModelSpec, budget: Budget, scorer: ScorerSpec) ->
     return BASELINES[name](model, budget, scorer).with_provenance(label=f"baseline:{name}")
 
 
-def scorers_of(names, model: ModelSpec, scorer: ScorerSpec) -> list[ScorerSpec]:
-    """The run's scorer and every scorer the named baselines rank with: the evaluator prepares each ranking
-    once per sample, so every baseline a run names can be scored."""
+def scorers_of(names, model: ModelSpec, scorer: ScorerSpec, choices=()) -> list[ScorerSpec]:
+    """The run's scorer, every scorer the named baselines rank with, and the ``--scorers`` choices: the
+    evaluator prepares each ranking once per sample, so every candidate and baseline can be scored."""
     probe = Budget("fraction", 0.5)
     found = [scorer] + [BASELINES[name](model, probe, scorer).scorer for name in names if name in BASELINES]
+    found += list(choices)
     return list({spec.key: spec for spec in found}.values())
+
+
+def scorer_choices(settings) -> tuple[ScorerSpec, ...]:
+    """The scorers of ``--scorers`` (a gene per layer picks one), with the run's observation window."""
+    return tuple(ScorerSpec(name, window=settings.window) for name in dict.fromkeys(settings.scorers))

@@ -1,6 +1,10 @@
 """The optimiser's view of a config: a real vector that always decodes to a config spending the budget.
 
-Genes are log-weights: ``L`` per-layer genes (and ``L * H_kv`` per-head genes with ``per_head``). Layer
+Genes are log-weights: ``L`` per-layer genes (and ``L * H_kv`` per-head genes with ``per_head``), then, with
+two or more scorer ``choices`` (``--scorers``), ``L`` categorical genes: [-BOUND, BOUND] is cut into slices
+``SLICE`` wide that name the choices in turn, so a step of one slice from anywhere reaches another scorer (the
+optimiser's first steps are ~0.3 wide; halves of the range would leave a layer's first scorer out of reach).
+Layer
 budgets are the softmax of the layer genes times the total, water-filled between a floor and a cap (all
 of the context for a fraction; the context length, when known, for tokens per head), so every decoded
 config spends exactly the target (its mean layer budget equals the run's budget) and every gene vector
@@ -18,6 +22,8 @@ from evolkv.allocation import waterfill
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec
 
 BOUND = 3.0
+SLICE = 0.5  # width of a scorer gene's slice (see the module docstring)
+SLICES = int(2 * BOUND / SLICE)
 
 
 @dataclass
@@ -28,6 +34,7 @@ class BudgetSpace:
     per_head: bool = False
     floor: float = 0.1  # a layer keeps at least this share of the mean budget
     context: int | None = None  # tokens budgets: no layer asks for more tokens per head than this
+    choices: tuple[ScorerSpec, ...] = ()  # --scorers: a scorer gene per layer when there are two or more
 
     @property
     def cap(self) -> float:
@@ -37,8 +44,27 @@ class BudgetSpace:
         return max(float(self.context), self.budget.value) if self.context else float("inf")
 
     @property
-    def n_var(self) -> int:
+    def budget_vars(self) -> int:
+        """Genes before the scorer genes: the layers' and (per head) the heads' log-weights."""
         return self.model.num_layers * (1 + (self.model.num_kv_heads if self.per_head else 0))
+
+    @property
+    def n_var(self) -> int:
+        return self.budget_vars + (self.model.num_layers if len(self.choices) > 1 else 0)
+
+    def layer_scorers(self, genes: np.ndarray) -> list[ScorerSpec | None]:
+        """Each layer's own scorer from its gene (None where that is the run's scorer, or with no choices)."""
+        if len(self.choices) < 2:
+            return [None] * self.model.num_layers
+        genes = genes[self.budget_vars:self.budget_vars + self.model.num_layers]
+        slices = np.minimum(((genes + BOUND) / SLICE).astype(int), SLICES - 1)
+        return [None if self.choices[i] == self.scorer else self.choices[i] for i in slices % len(self.choices)]
+
+    def scorer_gene(self, choice: int) -> float:
+        """The gene nearest the middle of the range that picks ``choices[choice]``: the middle of its slice."""
+        best = min((k for k in range(SLICES) if k % len(self.choices) == choice),
+                   key=lambda k: abs(-BOUND + (k + 0.5) * SLICE))
+        return -BOUND + (best + 0.5) * SLICE
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -56,10 +82,11 @@ class BudgetSpace:
         x = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND)
         layers, heads = self.model.num_layers, self.model.num_kv_heads
         if self.per_head:
-            shares = torch.softmax(torch.tensor(x[layers:].reshape(layers, heads)), dim=1).tolist()
+            shares = torch.softmax(torch.tensor(x[layers:self.budget_vars].reshape(layers, heads)), dim=1).tolist()
         else:
             shares = [[1.0 / heads] * heads] * layers
-        specs = tuple(LayerSpec(budget=b, heads=tuple(s)) for b, s in zip(self.layer_budgets(x), shares))
+        specs = tuple(LayerSpec(budget=b, heads=tuple(s), scorer=own)
+                      for b, s, own in zip(self.layer_budgets(x), shares, self.layer_scorers(x)))
         return KVConfig(self.model, self.budget, self.scorer, specs)
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
@@ -72,6 +99,11 @@ class BudgetSpace:
                 shares = np.array(layer.heads or [1.0 / self.model.num_kv_heads] * self.model.num_kv_heads)
                 logs = np.log(np.maximum(shares, 1e-9))
                 genes.append(logs - logs.mean())
+        if len(self.choices) > 1:  # each layer's scorer's slice nearest the middle (the run's scorer if not a choice)
+            keys = [c.key for c in self.choices]
+            picks = [keys.index(cfg.scorer_of(i).key) if cfg.scorer_of(i).key in keys else 0
+                     for i in range(self.model.num_layers)]
+            genes.append(np.array([self.scorer_gene(pick) for pick in picks]))
         return np.clip(np.concatenate(genes), -BOUND, BOUND)
 
 
@@ -90,6 +122,8 @@ class SubSpace:
             for layer in self.layers:
                 start = space.model.num_layers + layer * heads
                 idx += list(range(start, start + heads))
+        if space.n_var > space.budget_vars:  # the group's scorer genes
+            idx += [space.budget_vars + layer for layer in self.layers]
         return np.array(idx)
 
     @property

@@ -19,7 +19,7 @@ from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.evaluators.evaluator import Score
 from evolkv.executors import PROBE, draw_split
-from evolkv.search.baselines import baseline
+from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.precision import (PAIRS, PrecisionSpace, cluster, parse_evicted, parse_residuals, prune,
                                     sensitivity_configs, with_precisions)
@@ -134,7 +134,14 @@ class TokenSearch(Strategy):
         super().__init__(settings, spec, budget, scorer)
         names = list(dict.fromkeys([*settings.baselines, "uniform"]))  # uniform: the reference of every ratio
         self.baselines = {name: baseline(name, spec, budget, scorer) for name in names}
-        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length)
+        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length,
+                                 choices=scorer_choices(settings))
+        for choice in self.space.choices:  # --scorers: uniform with each other scorer is a baseline (and a seed)
+            if choice != scorer:
+                uniform = self.baselines["uniform"]
+                layers = tuple(dataclasses.replace(layer, scorer=choice) for layer in uniform.layers)
+                self.baselines[f"uniform:{choice.name}"] = dataclasses.replace(uniform, layers=layers).with_provenance(
+                    label=f"baseline:uniform:{choice.name}")
         self.incumbent = self.space.encode(baseline("uniform", spec, budget, scorer))
         self.best_f, self.best_cfg, self.best_kl = math.inf, None, math.inf
         self.seeds: list[KVConfig] = []
