@@ -138,7 +138,7 @@ def test_h2o_is_the_windows_attention_summed_without_pooling():
 
 def test_keydiff_keeps_the_keys_least_like_the_mean_first():
     keys = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, -0.1], [-1.0, 0.0]])[None, None]
-    mean = keys[0, 0].mean(0)
+    mean = (keys[0, 0] / keys[0, 0].norm(dim=-1, keepdim=True)).mean(0)  # the anchor: the mean unit key
     expected = [-float(torch.dot(k, mean) / (k.norm() * mean.norm())) for k in keys[0, 0]]
     got = KeyDiff(window=1).score(_obs(torch.zeros(1, 1, 1, 2), keys))[0, 0]
     assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
