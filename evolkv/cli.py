@@ -200,7 +200,9 @@ def search(
                                           "--scorer, which the baselines use."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
-    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming", help="Baselines evaluated alongside."),
+    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv",
+                                  help="Baselines evaluated alongside (the last four: per-prompt allocators of "
+                                  "the same total, evolkv.allocators)."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
@@ -548,7 +550,8 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
 @app.command("eval")
 def evaluate(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config JSON to score."),
-    baseline: Optional[str] = typer.Option(None, help="Or a baseline: full | uniform | pyramid | adakv | streaming."),
+    baseline: Optional[str] = typer.Option(None, help="Or a baseline: full | uniform | pyramid | adakv | streaming | "
+                                           "globaltopk | prefixkv | cake | dynamickv."),
     budget: str = typer.Option("10%", "--budget", "-b", help="Budget of the baseline."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks, presets (mix, ruler), .jsonl files or "

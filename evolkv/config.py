@@ -261,11 +261,19 @@ class KVConfig:
     scorer: ScorerSpec
     layers: tuple[LayerSpec, ...]
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # a per-prompt allocator (evolkv.allocators) that redistributes the layers' total at the end of prefill
+    # from every layer's ranking; None: the layers' budgets as written
+    allocation: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         if len(self.layers) != self.model.num_layers:
             raise ConfigError(f"config has {len(self.layers)} layers but the model spec has {self.model.num_layers}")
+        if self.allocation is not None:
+            from evolkv.allocators import ALLOCATORS
+
+            if self.allocation not in ALLOCATORS:
+                raise ConfigError(f"unknown allocation {self.allocation!r}; known: {', '.join(ALLOCATORS)}")
         for i, layer in enumerate(self.layers):
             if layer.heads is not None and len(layer.heads) != self.model.num_kv_heads:
                 raise ConfigError(f"layer {i} splits over {len(layer.heads)} heads, the model has "
@@ -315,6 +323,8 @@ class KVConfig:
             "scorer": self.scorer.to_dict(),
             "layers": [_layer_dict(layer) for layer in self.layers],
         }
+        if self.allocation is not None:  # absent unless set: older configs hash the same
+            data["allocation"] = self.allocation
         if provenance:
             data["provenance"] = self.provenance
         return data
@@ -368,8 +378,11 @@ class KVConfig:
             provenance = data.get("provenance") or {}
             if not isinstance(provenance, dict):
                 raise ConfigError("config field 'provenance' must be an object")
+            allocation = data.get("allocation")
+            if allocation is not None and not isinstance(allocation, str):
+                raise ConfigError("config field 'allocation' must be a string or null")
             cfg = cls(model=ModelSpec.from_dict(model), budget=Budget.parse(data["budget"]),
-                      scorer=ScorerSpec(**scorer), layers=specs, provenance=dict(provenance))
+                      scorer=ScorerSpec(**scorer), layers=specs, provenance=dict(provenance), allocation=allocation)
         except KeyError as e:
             raise ConfigError(f"config JSON lacks the field {e.args[0]!r}") from e
         except (TypeError, ValueError, AttributeError, ArithmeticError) as e:
@@ -414,7 +427,7 @@ class KVConfig:
             raise ConfigError(f"cannot write config {path}: {e.strerror}") from e
 
 
-_TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance"}
+_TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance", "allocation"}
 _INT_FIELDS = ("k_bits", "v_bits", "group_size", "residual", "evicted_bits")
 
 

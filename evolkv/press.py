@@ -32,6 +32,7 @@ class Ranking:
 
     order: torch.Tensor  # [B, H_kv, T] int32 token positions, best first
     sorted_scores: torch.Tensor  # [B, H_kv, T] scores in that order (+inf window, -inf unkeepable)
+    stats: torch.Tensor | None = None  # [B, 2] the layer's attention dispersion and shift (``layer_stats``)
 
 
 @dataclass
@@ -72,6 +73,18 @@ class Plan:
         self.capacity = [layer_capacity(cfg.model, i, length) for i in range(cfg.model.num_layers)]
         self.tokens = plan_tokens(cfg, length, self.capacity)  # [L, H_kv]
 
+    def layers(self, rankings: list[Ranking]) -> list[LayerPlan]:
+        """Every layer's plan from every layer's ranking: a config with an ``allocation`` redistributes its
+        total per sequence (``evolkv.allocators``); otherwise each layer as ``layer`` plans it."""
+        if self.cfg.allocation is None:
+            return [self.layer(i, r) for i, r in enumerate(rankings)]
+        from evolkv.allocators import allocate
+
+        device = rankings[0].order.device
+        counts = allocate(self.cfg.allocation, rankings, self.tokens, self.capacity)
+        return [LayerPlan(spec, self.length, cap, c.to(device))
+                for spec, cap, c in zip(self.cfg.layers, self.capacity, counts)]
+
     def layer(self, i: int, ranking: Ranking) -> LayerPlan:
         spec, cap = self.cfg.layers[i], self.capacity[i]
         batch = ranking.order.shape[0]
@@ -84,9 +97,10 @@ class Plan:
 class Press:
     """Ranks a layer's prefill with each of its scorers (``rank``); ``Plan`` reads configs off the rankings."""
 
-    def __init__(self, model: ModelSpec, scorers: Iterable[ScorerSpec]) -> None:
+    def __init__(self, model: ModelSpec, scorers: Iterable[ScorerSpec], stats: bool = False) -> None:
         self.model = model
         self.scorers = {s.key: s.build() for s in scorers}
+        self.stats = stats  # also measure each layer's attention statistics (the cake allocator reads them)
 
     def rank(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
              scaling: float) -> dict[str, Ranking]:
@@ -94,11 +108,27 @@ class Press:
         [B, H_kv, T, D]); tokens a sliding layer can no longer see rank last."""
         obs = Observation(layer, query, keys, values, scaling)
         first_valid = obs.length - layer_capacity(self.model, layer, obs.length)
+        stats = layer_stats(obs, first_valid) if self.stats else None
         rankings = {}
         for key, scorer in self.scorers.items():
             order, sorted_scores = rank(scorer.score(obs), obs.window(scorer.window), first_valid)
-            rankings[key] = Ranking(order.to(torch.int32), sorted_scores)
+            rankings[key] = Ranking(order.to(torch.int32), sorted_scores, stats)
         return rankings
+
+
+STATS_WINDOW = 8  # queries the layer statistics are measured on
+
+
+def layer_stats(obs: Observation, first_valid: int = 0) -> torch.Tensor:
+    """CAKE's two measures of a layer, [B, 2]: the entropy of the window's mean attention over the tokens it
+    can keep (spatial dispersion) and the variance of that attention over the window's queries, summed over
+    the tokens (temporal shift); both averaged over KV heads and their query heads."""
+    attention = obs.attention(STATS_WINDOW)[..., first_valid:]  # [B, H_kv, G, w, T']
+    mean = attention.mean(dim=3)  # [B, H_kv, G, T']
+    p = mean / mean.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)  # [B, H_kv, G]
+    shift = attention.var(dim=3, unbiased=False).sum(-1) if attention.shape[3] > 1 else torch.zeros_like(entropy)
+    return torch.stack([entropy.mean(dim=(1, 2)), shift.mean(dim=(1, 2))], dim=-1)
 
 
 def pack_kept(keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, spec: LayerSpec,

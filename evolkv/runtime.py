@@ -193,8 +193,9 @@ class Compressor(PrefillPolicy):
 
     def __init__(self, cfg: KVConfig) -> None:
         self.cfg = cfg
-        self.press = Press(cfg.model, cfg.scorers())
+        self.press = Press(cfg.model, cfg.scorers(), stats=cfg.allocation == "cake")
         self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
+        self._pending: dict[int, object] = {}  # allocation configs: layer -> ranking, until the last layer
 
     def _plan_for(self, length: int) -> Plan:
         if length not in self._plans:
@@ -223,7 +224,17 @@ class Compressor(PrefillPolicy):
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
         layer = cache.layers[layer_idx]
         length = layer.seen
-        flat = lambda t: t.flatten(0, 1)  # noqa: E731
+        if self.cfg.allocation is not None:  # a per-prompt allocation needs every layer's ranking first
+            if cache.pads is not None:
+                raise ConfigError(f"the {self.cfg.allocation} allocation takes one prompt at a time (no padded "
+                                  "batches)")
+            self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[
+                self.cfg.scorer_of(layer_idx).key]
+            if len(self._pending) == len(cache.layers):  # the last layer's prefill: compress them all now
+                rankings = [self._pending.pop(i) for i in range(len(cache.layers))]
+                for i, (plan, ranking) in enumerate(zip(self._plan_for(length).layers(rankings), rankings)):
+                    self._keep(cache.layers[i], plan, ranking.order.long(), length)
+            return
         if cache.pads is not None:
             order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads)
         else:
@@ -231,6 +242,12 @@ class Compressor(PrefillPolicy):
                 self.cfg.scorer_of(layer_idx).key]
             plan = self._plan_for(length).layer(layer_idx, ranking)
             order = ranking.order.long()
+        self._keep(layer, plan, order, length)
+
+    @staticmethod
+    def _keep(layer, plan: LayerPlan, order: torch.Tensor, length: int) -> None:
+        """Replace ``layer``'s prefill with what ``plan`` keeps of it, in ``order``'s ranking."""
+        flat = lambda t: t.flatten(0, 1)  # noqa: E731
         keys, values = layer.keys, layer.values  # the whole prefill (set_entries replaces them)
         if plan.evicted is not None:  # MiKV: what the budget evicts stays, at low precision, lowest rank first
             tail, packed = pack_evicted(flat(keys), flat(values), flat(order), plan.spec, plan.capacity)

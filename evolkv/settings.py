@@ -35,7 +35,8 @@ class SearchSettings:
     scorers: list[str] = field(default_factory=list)  # --scorers: the search picks one per layer (tokens mode)
     window: int = 8
     query_aware: bool = True
-    baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming"])
+    baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming",
+                                                          "globaltopk", "prefixkv", "cake", "dynamickv"])
     batch_size: int = 8
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (the CLI stores the resolved one)

@@ -86,3 +86,61 @@ def test_targets_compare_bits_at_two_decimals():
 
     assert within_bits(3.251, 3.25) and within_bits(3.2549, 3.25)
     assert not within_bits(3.256, 3.25) and not within_bits(4.01, 4.0)
+
+
+def _rankings(scores_per_layer, window=2, stats=None):
+    from evolkv.press import Ranking
+    from evolkv.scorers import rank
+
+    out = []
+    for i, scores in enumerate(scores_per_layer):
+        order, sorted_scores = rank(scores, window)
+        out.append(Ranking(order, sorted_scores, None if stats is None else stats[i]))
+    return out
+
+
+def test_every_allocator_spends_the_total_keeps_windows_and_respects_capacity():
+    import dataclasses
+
+    from evolkv.allocators import ALLOCATORS
+    from evolkv.press import Plan
+
+    spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
+    torch.manual_seed(0)
+    scores = [torch.rand(2, 2, 30) ** (i + 1) for i in range(3)]
+    stats = [torch.tensor([[1.0, 0.1], [2.0, 0.1]]) * (i + 1) for i in range(3)]
+    for name in ALLOCATORS:
+        cfg = dataclasses.replace(uniform_config(spec, Budget.parse("20%")), allocation=name)
+        plan = Plan(cfg, 30)
+        counts = [p.counts for p in plan.layers(_rankings(scores, stats=stats))]
+        assert all(int(sum(c[b].sum() for c in counts)) == int(plan.tokens.sum()) for b in range(2)), name
+        assert all(bool((c >= 2).all()) and bool((c <= 30).all()) for c in counts), name
+
+
+def test_global_topk_takes_the_best_scores_of_all_layers_and_prefixkv_gives_peaked_layers_less():
+    import dataclasses
+
+    from evolkv.press import Plan
+
+    spec = ModelSpec("toy", "llama", 2, 2, 1, 8, ["full_attention"] * 2)
+    flat = torch.ones(1, 1, 20)  # layer 0: every token alike
+    peaked = torch.full((1, 1, 20), 0.01)
+    peaked[..., :3] = 5.0  # layer 1: three tokens hold nearly everything
+    rankings = _rankings([flat, peaked], window=1)
+    for name, expect in (("globaltopk", lambda c0, c1: c1 >= 4), ("prefixkv", lambda c0, c1: c1 < c0)):
+        cfg = dataclasses.replace(uniform_config(spec, Budget.parse("8")), allocation=name)
+        c0, c1 = (int(p.counts.sum()) for p in Plan(cfg, 20).layers(rankings))
+        assert c0 + c1 == 16 and expect(c0, c1), (name, c0, c1)
+
+
+def test_cake_follows_the_layers_dispersion_times_shift():
+    import dataclasses
+
+    from evolkv.press import Plan
+
+    spec = ModelSpec("toy", "llama", 2, 2, 1, 8, ["full_attention"] * 2)
+    same = torch.rand(1, 1, 40)
+    rankings = _rankings([same, same], window=1, stats=[torch.tensor([[1.0, 1.0]]), torch.tensor([[2.0, 1.0]])])
+    cfg = dataclasses.replace(uniform_config(spec, Budget.parse("10")), allocation="cake")
+    c0, c1 = (int(p.counts.sum()) for p in Plan(cfg, 40).layers(rankings))
+    assert (c0, c1) == (7, 13)  # each its window, then the other 18 tokens 1 : 2 by preference

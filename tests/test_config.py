@@ -91,3 +91,19 @@ def test_a_layers_own_scorer_round_trips_and_older_configs_hash_the_same():
     data["layers"][1]["scorer"] = "tova"
     with pytest.raises(ConfigError, match="layer 1 field 'scorer' must be an object"):
         KVConfig.from_dict(data)
+
+
+def test_an_allocation_round_trips_and_an_unknown_one_is_one_error():
+    import dataclasses
+
+    from evolkv.config import Budget, KVConfig, ModelSpec, uniform_config
+
+    spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
+    plain = uniform_config(spec, Budget.parse("10%"))
+    cake = dataclasses.replace(plain, allocation="cake")
+    again = KVConfig.from_json(cake.to_json())
+    assert again.allocation == "cake" and again.hash() != plain.hash() and "allocation" not in plain.to_dict()
+    data = json.loads(cake.to_json())
+    data["allocation"] = "oracle"
+    with pytest.raises(ConfigError, match="unknown allocation 'oracle'; known: globaltopk, prefixkv, cake, dynamickv"):
+        KVConfig.from_dict(data)

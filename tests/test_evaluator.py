@@ -184,3 +184,22 @@ def test_a_config_with_a_scorer_per_layer_scores_as_generate_applies_it(tiny):
     logprobs = evaluator._logprobs([plain, cfg], teacher)[1]
     expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
     torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("allocation", ["globaltopk", "prefixkv", "cake", "dynamickv"])
+def test_a_per_prompt_allocation_scores_as_generate_applies_it(tiny, evaluator, allocation):
+    """The allocators read every layer's ranking: the runtime compresses after the last layer's prefill, the
+    evaluator from the captured rankings; both keep the same tokens."""
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    cfg = dataclasses.replace(baseline("uniform", tiny.spec, Budget.parse("15%"), ScorerSpec()),
+                              allocation=allocation)
+    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    tokens = gen.sequences[0, prompt.shape[1]:]
+    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
+    logprobs = evaluator._logprobs([evaluator.full, cfg], teacher)[1]
+    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
+    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)

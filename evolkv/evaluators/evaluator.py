@@ -48,6 +48,7 @@ class Prepared:
     answer_tokens: int  # greedy tokens to decode for exact match
     first_token: int | None  # query-aware: the token the (uncompressed) prefill predicts
     ref_logprobs: torch.Tensor | None = None  # [A, V] full-cache log-probabilities
+    stats: list[torch.Tensor] | None = None  # per layer [1, 2]: attention dispersion and shift (allocators)
     # (scorer, layer, k, v, group, residual, quantizer) -> packed prefill; ("evicted", ...) -> (order, packed)
     packed: dict[tuple, PackedKV | tuple[torch.Tensor, PackedKV]] = field(default_factory=dict)
 
@@ -96,11 +97,13 @@ class _Capture(PrefillPolicy):
         num_layers = press.model.num_layers
         self.orders: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.sorted: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
+        self.stats: list = [None] * num_layers
 
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
         layer = cache.layers[layer_idx]
         for key, ranking in self.press.rank(layer_idx, query, layer.keys, layer.values, scaling).items():
             self.orders[key][layer_idx], self.sorted[key][layer_idx] = ranking.order, ranking.sorted_scores
+            self.stats[layer_idx] = ranking.stats
 
 
 class Evaluator:
@@ -111,7 +114,7 @@ class Evaluator:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.objective = objective  # what Score.objective is: kl | nll | task (see OBJECTIVES)
         self.scorers = {s.key: s for s in scorers}
-        self.press = Press(spec, self.scorers.values())  # ranks every sample by each of the scorers
+        self.press = Press(spec, self.scorers.values(), stats=True)  # every scorer's ranking; allocator stats
         self.query_aware = query_aware
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -122,7 +125,7 @@ class Evaluator:
         """Also rank by ``scorers`` in samples prepared from now on (a config or baseline that needs them)."""
         for s in scorers:
             self.scorers.setdefault(s.key, s)
-        self.press = Press(self.spec, self.scorers.values())
+        self.press = Press(self.spec, self.scorers.values(), stats=True)
 
     # -- prefill once ---------------------------------------------------------------------------------------
     def _encode(self, text: str, special: bool) -> torch.Tensor:
@@ -177,7 +180,7 @@ class Evaluator:
         prepared = Prepared(
             sample=sample, length=prompt.numel(),
             keys=[layer.keys for layer in cache.layers], values=[layer.values for layer in cache.layers],
-            orders=policy.orders, sorted_scores=policy.sorted, feed=feed.to(self.device),
+            orders=policy.orders, sorted_scores=policy.sorted, stats=policy.stats, feed=feed.to(self.device),
             targets=targets.to(self.device), answer_tokens=answer.numel(), first_token=first)
         if targets.numel():
             prepared.ref_logprobs = self._logprobs([self.full], prepared)[0]
@@ -186,9 +189,10 @@ class Evaluator:
     # -- score many -----------------------------------------------------------------------------------------
     def _plans(self, cfg: KVConfig, prep: Prepared) -> list[LayerPlan]:
         """The press's plan of ``cfg`` on ``prep``, layer by layer (tokens kept per head, and their tiers)."""
-        plan = Plan(cfg, prep.length)
         keys = [cfg.scorer_of(i).key for i in range(self.spec.num_layers)]
-        return [plan.layer(i, Ranking(prep.orders[key][i], prep.sorted_scores[key][i])) for i, key in enumerate(keys)]
+        stats = prep.stats or [None] * self.spec.num_layers
+        return Plan(cfg, prep.length).layers([Ranking(prep.orders[key][i], prep.sorted_scores[key][i], stats[i])
+                                              for i, key in enumerate(keys)])
 
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
         for cfg in configs:
@@ -429,7 +433,7 @@ def _moved(prep: Prepared, move: Callable[[torch.Tensor], torch.Tensor]) -> Prep
         prep, keys=[move(t) for t in prep.keys], values=[move(t) for t in prep.values],
         orders={name: [move(t) for t in layers] for name, layers in prep.orders.items()},
         sorted_scores={name: [move(t) for t in layers] for name, layers in prep.sorted_scores.items()},
-        packed={})
+        stats=None if prep.stats is None else [None if t is None else move(t) for t in prep.stats], packed={})
 
 
 def _chunks(items: list, size: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
@@ -41,8 +42,18 @@ def streaming(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
     return uniform_config(model, budget, ScorerSpec("streaming", window=scorer.window, kernel=1))
 
 
+def _allocated(name: str) -> Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]:
+    """A per-prompt allocator (``evolkv.allocators``) over the uniform config's total."""
+    def make(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+        return dataclasses.replace(uniform_config(model, budget, scorer), allocation=name)
+    make.__doc__ = f"{name}: the budget's total redistributed per prompt by evolkv.allocators.{name}."
+    return make
+
+
+ALLOCATED = ("globaltopk", "prefixkv", "cake", "dynamickv")
 BASELINES: dict[str, Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]] = {
     "full": full, "uniform": uniform, "pyramid": pyramid, "adakv": adakv, "streaming": streaming,
+    **{name: _allocated(name) for name in ALLOCATED},
 }
 
 

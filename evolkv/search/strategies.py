@@ -166,9 +166,9 @@ class TokenSearch(Strategy):
                          if score.ok and name != "full"), key=lambda item: item[0])
         for told, name in ranked[:1]:
             self.best_f, self.best_cfg, self.best_kl = told, self.baselines[name], scores[name].objective
-        self.seeds = [self.baselines[name] for _, name in ranked
-                      if self.baselines[name].scorer == self.scorer and all(layer.heads is not None
-                                                                          for layer in self.baselines[name].layers)]
+        self.seeds = [self.baselines[name] for _, name in ranked  # those the space can express
+                      if self.baselines[name].scorer == self.scorer and self.baselines[name].allocation is None
+                      and all(layer.heads is not None for layer in self.baselines[name].layers)]
         if self.seeds:
             self.incumbent = self.space.encode(self.seeds[0])
 

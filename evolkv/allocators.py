@@ -1,0 +1,173 @@
+"""Per-prompt allocators: a config's total tokens redistributed over layers (and heads) at the end of prefill,
+from every layer's ranking. They cost no search, so every search reports them as baselines: a searched config
+is worth its GPU-minutes only where it beats them on held-out data.
+
+A config names one with ``"allocation": NAME`` (``KVConfig.allocation``); its layers' budgets then give only
+the total. ``allocate(name, rankings, tokens, capacity)`` returns each layer's tokens per sequence and KV head.
+Every allocator keeps each head's observation window (the ``+inf`` ranks), never more than a layer's
+capacity, and spends exactly the config's total (whatever capacity allows), so memory equals the config's own
+accounting. Scores are compared across layers after shifting each layer's finite scores to start at zero and
+normalising them to a mean of 1 per head (a scorer's scale differs from layer to layer).
+
+- ``globaltopk``: the best scores of all layers and heads at once (AdaKV's global variant, KVzip's
+  allocation).
+- ``prefixkv`` (PrefixKV, Wang et al., 2024): each layer keeps the shortest prefix of its head-averaged
+  ranking that holds a share ``p`` of its importance; ``p``, one for all layers, found by bisection to meet
+  the budget. Heads share a layer's tokens evenly.
+- ``cake`` (CAKE, Qin et al., 2025): a layer's share follows its preference, the entropy of the window's
+  attention over the prompt (spatial dispersion) times its variance over the window's queries (temporal
+  shift), both from ``Ranking.stats``. Deviation: the paper also evicts by a variance-weighted score, here
+  the config's scorer ranks.
+- ``dynamickv`` (DynamicKV, Zhou et al., 2024): every layer offers its heads' top ``2 x`` the mean budget,
+  the best of all offers are kept, and a layer's count is spread evenly over its heads. Deviation: the paper
+  re-balances every few layers while the prompt streams in; here once, at the end of prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from evolkv.allocation import round_to_total, waterfill
+
+ALLOCATORS: dict[str, Callable] = {}
+
+
+def _register(name: str):
+    def add(fn):
+        ALLOCATORS[name] = fn
+        return fn
+    return add
+
+
+def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequence[int]) -> list[torch.Tensor]:
+    """Tokens per layer: ``[B, H_kv]`` long for each layer, from the layers' rankings (``press.Ranking``),
+    the config's plan ``tokens`` [L, H_kv] (its total is what is spent) and each layer's ``capacity``."""
+    sorted_scores = [r.sorted_scores.float() for r in rankings]  # [B, H, T] per layer
+    batch, heads = sorted_scores[0].shape[:2]
+    total = int(tokens.sum())
+    out = [torch.zeros(batch, heads, dtype=torch.long, device=s.device) for s in sorted_scores]
+    for b in range(batch):
+        scores = [s[b] for s in sorted_scores]
+        caps = [min(cap, s.shape[-1]) for cap, s in zip(capacity, scores)]
+        must = [(s == float("inf")).sum(-1).clamp(max=cap) for s, cap in zip(scores, caps)]  # [H] windows
+        norm = [_normalised(s) for s in scores]
+        stats = [r.stats[b] if getattr(r, "stats", None) is not None else None for r in rankings]
+        counts = ALLOCATORS[name](norm, must, caps, total, stats)
+        counts = _fill(norm, counts, caps, total)
+        for layer, c in enumerate(counts):
+            out[layer][b] = c
+    return out
+
+
+def _normalised(scores: torch.Tensor) -> torch.Tensor:
+    """[H, T] sorted scores -> non-negative, mean 1 per head over the finite ones; -inf where not keepable
+    or in the window (those are counted apart)."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.any()):
+        return torch.full_like(scores, float("-inf"))
+    shifted = torch.where(finite, scores - scores[finite].min(), torch.zeros_like(scores))
+    mass = shifted.sum()
+    scaled = shifted * (finite.sum() / mass) if float(mass) > 0 else finite.float()
+    return torch.where(finite, scaled, torch.full_like(scores, float("-inf")))
+
+
+def _pool(norm: Sequence[torch.Tensor], counts: Sequence[torch.Tensor], caps: Sequence[int]) -> torch.Tensor:
+    """Every layer's scores [H, T] of the ranks not yet taken (below the counts, past capacity: -inf),
+    padded to one length: [L, H, T_max]."""
+    longest = max(n.shape[-1] for n in norm)
+    pool = torch.full((len(norm), norm[0].shape[0], longest), float("-inf"), device=norm[0].device)
+    for layer, (n, c, cap) in enumerate(zip(norm, counts, caps)):
+        rank = torch.arange(n.shape[-1], device=n.device)
+        open_ = (rank[None, :] >= c[:, None]) & (rank[None, :] < cap)
+        pool[layer, :, : n.shape[-1]] = torch.where(open_, n, torch.full_like(n, float("-inf")))
+    return pool
+
+
+def _take(pool: torch.Tensor, count: int) -> torch.Tensor:
+    """How many of the ``count`` best open ranks fall to each (layer, head): [L, H] long."""
+    layers, heads, length = pool.shape
+    flat = pool.flatten()
+    count = min(count, int(torch.isfinite(flat).sum()))
+    taken = torch.zeros(layers * heads, dtype=torch.long, device=pool.device)
+    if count > 0:
+        chosen = torch.topk(flat, count).indices // length
+        taken += torch.bincount(chosen, minlength=layers * heads)
+    return taken.view(layers, heads)
+
+
+def _fill(norm, counts, caps, total) -> list[torch.Tensor]:
+    """Spend what is left of ``total`` (rounding, capped layers) on the best open ranks; never past it."""
+    counts = [c.clone() for c in counts]
+    rest = total - sum(int(c.sum()) for c in counts)
+    if rest > 0:
+        extra = _take(_pool(norm, counts, caps), rest)
+        counts = [c + e for c, e in zip(counts, extra)]
+    return counts
+
+
+def _even(layer_total: int, must: torch.Tensor, cap: int) -> torch.Tensor:
+    """A layer's ``layer_total`` tokens over its heads: each its window, the rest evenly (within capacity)."""
+    heads = must.shape[0]
+    rest = max(layer_total - int(must.sum()), 0)
+    share = torch.full((heads,), rest / heads, dtype=torch.float64)
+    room = (cap - must).clamp(min=0).double()
+    return must + round_to_total(torch.minimum(share, room)[None], min(rest, int(room.sum())), room[None])[0].to(must)
+
+
+@_register("globaltopk")
+def _global_topk(norm, must, caps, total, stats):
+    rest = total - sum(int(m.sum()) for m in must)
+    extra = _take(_pool(norm, must, caps), max(rest, 0))
+    return [m + e for m, e in zip(must, extra)]
+
+
+@_register("prefixkv")
+def _prefixkv(norm, must, caps, total, stats):
+    curves = []  # per layer: the head-averaged share of importance held by its first n ranks, n = 0..cap
+    for n, m, cap in zip(norm, must, caps):
+        body = torch.where(torch.isfinite(n), n, torch.zeros_like(n))
+        per_head = body / body.sum(-1, keepdim=True).clamp_min(1e-12)
+        curves.append(torch.cat([torch.zeros(1, device=n.device), per_head.cumsum(-1).mean(0)])[: cap + 1])
+
+    def spend(p: float) -> list[int]:
+        return [min(int(torch.searchsorted(c, torch.tensor([p], device=c.device) - 1e-9)), len(c) - 1)
+                for c in curves]
+
+    def kept(p: float) -> list[torch.Tensor]:  # ranks kept per head: the prefix, and never less than the window
+        return [m.clamp(min=n).clamp(max=cap) for m, n, cap in zip(must, spend(p), caps)]
+
+    low, high = 0.0, 1.0
+    for _ in range(40):  # the largest share p whose prefixes fit the budget (the window ranks hold no share)
+        mid = (low + high) / 2
+        if sum(int(k.sum()) for k in kept(mid)) <= total:
+            low = mid
+        else:
+            high = mid
+    return kept(low)
+
+
+@_register("cake")
+def _cake(norm, must, caps, total, stats):
+    if any(s is None for s in stats):
+        raise ValueError("cake needs the layers' attention statistics (Ranking.stats)")
+    preference = torch.stack([s[0].clamp_min(1e-6) * s[1].clamp_min(1e-12) for s in stats]).double()
+    fixed = [int(m.sum()) for m in must]
+    room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64)
+    shares = waterfill(max(total - sum(fixed), 0), preference, room.clamp(min=0))
+    layer_totals = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]
+    return [_even(f + int(t), m, cap) for f, t, m, cap in zip(fixed, layer_totals.tolist(), must, caps)]
+
+
+@_register("dynamickv")
+def _dynamickv(norm, must, caps, total, stats, ratio: float = 2.0):
+    heads = norm[0].shape[0]
+    offer = max(1, int(ratio * total / (len(norm) * heads)))  # each head offers its best ``offer`` ranks
+    pool = _pool(norm, must, caps)
+    rank = torch.arange(pool.shape[-1], device=pool.device)
+    limits = torch.stack(must)[..., None] + offer  # [L, H, 1]
+    pool = torch.where(rank[None, None, :] < limits, pool, torch.full_like(pool, float("-inf")))
+    rest = total - sum(int(m.sum()) for m in must)
+    per_layer = _take(pool, max(rest, 0)).sum(-1)  # [L]
+    return [_even(int(m.sum()) + int(n), m, cap) for m, n, cap in zip(must, per_layer.tolist(), caps)]
