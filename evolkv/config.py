@@ -269,11 +269,8 @@ class KVConfig:
         object.__setattr__(self, "layers", tuple(self.layers))
         if len(self.layers) != self.model.num_layers:
             raise ConfigError(f"config has {len(self.layers)} layers but the model spec has {self.model.num_layers}")
-        if self.allocation is not None:
-            from evolkv.allocators import ALLOCATORS
-
-            if self.allocation not in ALLOCATORS:
-                raise ConfigError(f"unknown allocation {self.allocation!r}; known: {', '.join(ALLOCATORS)}")
+        if self.allocation is not None and self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"unknown allocation {self.allocation!r}; known: {', '.join(ALLOCATIONS)}")
         for i, layer in enumerate(self.layers):
             if layer.heads is not None and len(layer.heads) != self.model.num_kv_heads:
                 raise ConfigError(f"layer {i} splits over {len(layer.heads)} heads, the model has "
@@ -427,6 +424,7 @@ class KVConfig:
             raise ConfigError(f"cannot write config {path}: {e.strerror}") from e
 
 
+ALLOCATIONS = ("globaltopk", "prefixkv", "cake", "dynamickv")  # evolkv.allocators.ALLOCATORS, by name
 _TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance", "allocation"}
 _INT_FIELDS = ("k_bits", "v_bits", "group_size", "residual", "evicted_bits")
 

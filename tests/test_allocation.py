@@ -103,8 +103,10 @@ def test_every_allocator_spends_the_total_keeps_windows_and_respects_capacity():
     import dataclasses
 
     from evolkv.allocators import ALLOCATORS
+    from evolkv.config import ALLOCATIONS
     from evolkv.press import Plan
 
+    assert tuple(ALLOCATORS) == ALLOCATIONS  # the config's names are the registry's
     spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
     torch.manual_seed(0)
     scores = [torch.rand(2, 2, 30) ** (i + 1) for i in range(3)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
+from evolkv.config import ALLOCATIONS, Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 
 
 def full(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
@@ -50,10 +50,9 @@ def _allocated(name: str) -> Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]
     return make
 
 
-ALLOCATED = ("globaltopk", "prefixkv", "cake", "dynamickv")
 BASELINES: dict[str, Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]] = {
     "full": full, "uniform": uniform, "pyramid": pyramid, "adakv": adakv, "streaming": streaming,
-    **{name: _allocated(name) for name in ALLOCATED},
+    **{name: _allocated(name) for name in ALLOCATIONS},
 }
 
 
