@@ -39,6 +39,22 @@ def _mixed(cfg, shift=0, mikv=False):
     return dataclasses.replace(cfg, layers=tuple(layers))
 
 
+def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_tokens=4):
+    """``cfg`` scored on the shared prefill of ``prep`` (second in a batch after ``others[0]``, the rest
+    after it) gives the log-probabilities ``runtime.apply`` + ``generate`` gives, token for token."""
+    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
+                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+        gen = tiny.model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    tokens = gen.sequences[0, prompt.shape[1]:]
+    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
+    batch = [*others[:1], cfg, *others[1:]]
+    fast = evaluator._logprobs(batch, teacher)[min(len(others), 1)]
+    slow = torch.log_softmax(torch.stack(gen.logits[1:])[:, 0].float(), dim=-1)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 @pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv"])
 def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
@@ -52,16 +68,7 @@ def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, bu
     others = [uniform_config(tiny.spec, Budget.parse("100%"))]
     if quantized:  # scored beside candidates reading other packed prefills of the same layers
         cfg, others = _mixed(cfg, 0, mikv), others + [_mixed(cfg, 1, mikv), _mixed(cfg, 2, mikv), _mixed(cfg, 2)]
-    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
-                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
-        gen = tiny.model.generate(prompt, max_new_tokens=6, do_sample=False, output_logits=True,
-                                  return_dict_in_generate=True)
-    tokens = gen.sequences[0, prompt.shape[1]:]
-    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
-    fast = evaluator._logprobs(others[:1] + [cfg] + others[1:], teacher)[1]
-    slow = torch.log_softmax(torch.stack(gen.logits[1:])[:, 0].float(), dim=-1)
-    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg, others, new_tokens=6)
 
 
 def test_scores_full_is_zero_and_every_baseline_is_finite(tiny, evaluator):
@@ -150,16 +157,7 @@ def test_every_registered_scorer_scores_in_the_evaluator_as_generate_applies_it(
     evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, [spec], query_aware=True)
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     cfg = dataclasses.replace(uniform_config(tiny.spec, Budget.parse("20%")), scorer=spec)
-    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
-                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
-        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
-                                  return_dict_in_generate=True)
-    tokens = gen.sequences[0, prompt.shape[1]:]
-    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
-    logprobs = evaluator._logprobs([cfg], teacher)[0]
-    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
-    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg)
 
 
 def test_a_config_with_a_scorer_per_layer_scores_as_generate_applies_it(tiny):
@@ -173,17 +171,7 @@ def test_a_config_with_a_scorer_per_layer_scores_as_generate_applies_it(tiny):
     genes[space.budget_vars:] = np.resize([-2.5, 0.0, 2.5], tiny.spec.num_layers)  # snapkv, tova, criticalkv, ...
     cfg = space.decode(genes)
     assert len(cfg.scorers()) == min(3, tiny.spec.num_layers)
-    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
-                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
-        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
-                                  return_dict_in_generate=True)
-    tokens = gen.sequences[0, prompt.shape[1]:]
-    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
-    plain = uniform_config(tiny.spec, Budget.parse("20%"))
-    logprobs = evaluator._logprobs([plain, cfg], teacher)[1]
-    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
-    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg, [uniform_config(tiny.spec, Budget.parse("20%"))])
 
 
 @pytest.mark.parametrize("allocation", ["globaltopk", "prefixkv", "cake", "dynamickv"])
@@ -193,13 +181,4 @@ def test_a_per_prompt_allocation_scores_as_generate_applies_it(tiny, evaluator, 
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     cfg = dataclasses.replace(baseline("uniform", tiny.spec, Budget.parse("15%"), ScorerSpec()),
                               allocation=allocation)
-    prompt = torch.cat([evaluator._encode(prep.sample.context, True),
-                        evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
-        gen = tiny.model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
-                                  return_dict_in_generate=True)
-    tokens = gen.sequences[0, prompt.shape[1]:]
-    teacher = dataclasses.replace(prep, feed=tokens[:-1], targets=tokens[1:])
-    logprobs = evaluator._logprobs([evaluator.full, cfg], teacher)[1]
-    expected = torch.log_softmax(torch.stack(gen.logits[1:]).float()[:, 0], dim=-1)
-    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg, [evaluator.full])
