@@ -111,7 +111,7 @@ def _even(layer_total: int, must: torch.Tensor, cap: int) -> torch.Tensor:
     """A layer's ``layer_total`` tokens over its heads: each its window, the rest evenly (within capacity)."""
     heads = must.shape[0]
     rest = max(layer_total - int(must.sum()), 0)
-    share = torch.full((heads,), rest / heads, dtype=torch.float64)
+    share = torch.full((heads,), rest / heads, dtype=torch.float64, device=must.device)
     room = (cap - must).clamp(min=0).double()
     return must + round_to_total(torch.minimum(share, room)[None], min(rest, int(room.sum())), room[None])[0].to(must)
 
@@ -154,7 +154,8 @@ def _cake(norm, must, caps, total, stats):
         raise ValueError("cake needs the layers' attention statistics (Ranking.stats)")
     preference = torch.stack([s[0].clamp_min(1e-6) * s[1].clamp_min(1e-12) for s in stats]).double()
     fixed = [int(m.sum()) for m in must]
-    room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64)
+    room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64,
+                        device=preference.device)
     shares = waterfill(max(total - sum(fixed), 0), preference, room.clamp(min=0))
     layer_totals = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]
     return [_even(f + int(t), m, cap) for f, t, m, cap in zip(fixed, layer_totals.tolist(), must, caps)]
