@@ -13,6 +13,8 @@ from pathlib import Path
 
 def main(out: str) -> None:
     for path in sorted(Path(out).glob("*.json")):
+        if not path.stat().st_size:  # a search still running
+            continue
         detail = json.loads(path.read_text())
         rows = []
         for label, splits in detail["results"].items():
