@@ -121,3 +121,18 @@ def test_each_optimizer_beats_random_search(name):
     ours = np.median([_optimised(name, seed) for seed in SEEDS])
     random = np.median([_random(name[1], seed) for seed in SEEDS])
     assert ours < random, f"{name}: {ours:.3f} (best loss or -hypervolume) vs random search {random:.3f}"
+
+
+@pytest.mark.parametrize("name", ["cmaes", "ga", "de"])
+def test_every_seed_is_scored_first_and_cma_es_starts_from_the_best(name):
+    """Several starts (the best baseline, another budget's winner): each is evaluated in the first generation;
+    CMA-ES, which takes one start, then samples around the best of them."""
+    seeds = np.array([np.zeros(N), np.full(N, 1.0), np.full(N, -2.0)])  # the second is the optimum
+    opt = make_optimizer(name, N, LOWER, UPPER, population=6, seed=0, x0=seeds)
+    X = opt.ask()
+    assert all(any(np.allclose(x, s) for x in X) for s in seeds)
+    opt.tell(X, ((X - 1.0) ** 2).sum(axis=1))
+    if name == "cmaes":
+        assert np.allclose(opt.x0, seeds[1])
+        nxt = opt.ask()
+        assert np.abs(nxt.mean(axis=0) - 1.0).max() < 1.0  # CMA-ES samples around the best seed

@@ -18,12 +18,19 @@ class PymooOptimizer(Optimizer):
         super().__init__(*args, **kwargs)
         self.name = algorithm
         self._rng_state = np.random.RandomState(self.seed).get_state()
+        self._pending: Population | None = None
+        # CMA-ES starts from one point: with several seeds, the first generation is the seeds themselves, and
+        # CMA-ES then starts from the best of them (GA, DE and NSGA-II put every seed in their first population)
+        self._seeding = algorithm == "cmaes" and len(self.seeds) > 1
+        if not self._seeding:
+            self._setup()
+
+    def _setup(self) -> None:
         problem = Problem(n_var=self.n_var, n_obj=self.n_obj, xl=self.lower, xu=self.upper)
         with self._own_rng():
-            self._algorithm = self._make(algorithm)
+            self._algorithm = self._make(self.name)
             # cma reads seed 0 as "seed from the clock": shift seeds so that every seed is reproducible
             self._algorithm.setup(problem, termination=NoTermination(), seed=self.seed + 1, verbose=False)
-        self._pending: Population | None = None
 
     @contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -76,11 +83,19 @@ class PymooOptimizer(Optimizer):
         return AroundX0()
 
     def _ask(self) -> np.ndarray:
+        if self._seeding:
+            return self.seeds.copy()
         with self._own_rng():
             self._pending = self._algorithm.ask()
         return self._pending.get("X")
 
     def _tell(self, X: np.ndarray, F: np.ndarray, failed: np.ndarray) -> None:
+        if self._seeding:  # the seeds' generation: CMA-ES starts from the best of them
+            self._seeding = False
+            first = np.where(failed, np.inf, F if F.ndim == 1 else F[:, 0])
+            self.x0 = self.seeds[int(np.argmin(first))]
+            self._setup()
+            return
         pop = self._pending
         F = F if F.ndim == 2 else F[:, None]
         pop.set("F", np.where(failed[:, None], PENALTY, F))
