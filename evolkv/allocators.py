@@ -7,7 +7,8 @@ the total. ``allocate(name, rankings, tokens, capacity)`` returns each layer's t
 Every allocator keeps each head's observation window (the ``+inf`` ranks), never more than a layer's
 capacity, and spends exactly the config's total (whatever capacity allows), so memory equals the config's own
 accounting. Scores are compared across layers after shifting each layer's finite scores to start at zero and
-normalising them to a mean of 1 per head (a scorer's scale differs from layer to layer).
+scaling them to a mean of 1 over the layer (a scorer's scale differs from layer to layer; within a layer the
+heads stay comparable, as AdaKV compares them).
 
 - ``globaltopk``: the best scores of all layers and heads at once (AdaKV's global variant, KVzip's
   allocation).
@@ -62,8 +63,8 @@ def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequ
 
 
 def _normalised(scores: torch.Tensor) -> torch.Tensor:
-    """[H, T] sorted scores -> non-negative, mean 1 per head over the finite ones; -inf where not keepable
-    or in the window (those are counted apart)."""
+    """A layer's [H, T] sorted scores -> non-negative, mean 1 over the layer's finite ones; -inf where not
+    keepable or in the window (those are counted apart)."""
     finite = torch.isfinite(scores)
     if not bool(finite.any()):
         return torch.full_like(scores, float("-inf"))
