@@ -12,6 +12,7 @@ this prints the overlap of every pair side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -59,11 +60,27 @@ def main() -> None:
          pyramid(tiny.spec, Budget.parse(str(kept)), snap)),
         ("ExpectedAttentionPress", kvpress.ExpectedAttentionPress(ratio), "uniform expected_attention",
          parity._uniform(tiny, ScorerSpec("expected_attention", window=1, kernel=1))),
+        ("ObservedAttentionPress (eager)", kvpress.ObservedAttentionPress(ratio), "uniform h2o queries=T average",
+         parity._uniform(tiny, ScorerSpec("h2o", window=1, kernel=1, params={"queries": parity.LENGTH,
+                                                                              "average": 1}))),
+        ("CriticalKVPress(SnapKV k1, stage 0)",
+         kvpress.CriticalKVPress(kvpress.SnapKVPress(ratio, window_size=8, kernel_size=1), first_stage_ratio=0.0),
+         "uniform criticalkv projected", parity._uniform(tiny, ScorerSpec("criticalkv", window=8, kernel=1,
+                                                                          params={"projected": 1}))),
+        ("CriticalKVPress(SnapKV), default", kvpress.CriticalKVPress(kvpress.SnapKVPress(ratio, window_size=8)),
+         "uniform criticalkv projected", parity._uniform(tiny, ScorerSpec("criticalkv", window=8, kernel=1,
+                                                                          params={"projected": 1}))),
+        ("KVzipPress(layerwise=True)", kvpress.KVzipPress(ratio, layerwise=True), "adakv kvzip",
+         adakv(tiny.spec, Budget.parse(str(kept)), ScorerSpec("kvzip", window=1, kernel=1))),
+        ("KVzipPress (global)", kvpress.KVzipPress(ratio), "uniform kvzip + globaltopk",
+         dataclasses.replace(parity._uniform(tiny, ScorerSpec("kvzip", window=1, kernel=1)),
+                             allocation="globaltopk")),
     ]
     print(f"tiny Llama (4 layers, 4 query / 2 KV heads), {parity.LENGTH} tokens, kvpress compression_ratio {ratio} "
           f"= {kept} tokens per head")
     print(f"{'kvpress press':<30} {'evolkv':<28} share of kvpress's kept tokens evolkv keeps")
     for name, press, ours, cfg in rows:
+        tiny.model.set_attn_implementation("eager" if "eager" in name else "sdpa")
         share = parity.overlap(parity.kvpress_kept(tiny, ids, press), parity.evolkv_kept(tiny, ids, cfg))
         print(f"{name:<30} {ours:<28} {share:.3f}")
 

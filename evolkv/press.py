@@ -102,21 +102,48 @@ class Press:
         self.scorers = {s.key: s.build() for s in scorers}
         self.stats = stats  # also measure each layer's attention statistics (the cake allocator reads them)
 
-    def rank(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-             scaling: float) -> dict[str, Ranking]:
+    @property
+    def replays(self) -> dict[str, object]:
+        """The scorers that rank from a context-reconstruction pass (``evolkv.replay``), by key."""
+        return {key: s for key, s in self.scorers.items() if s.replays}
+
+    def rank(self, layer: int, query: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor,
+             scaling: float, replay: dict[str, torch.Tensor] | None = None,
+             stats: torch.Tensor | None = None, out_proj: torch.Tensor | None = None) -> dict[str, Ranking]:
         """Every scorer's ranking of one layer at the end of prefill (query [B, H_q, T, D], keys/values
-        [B, H_kv, T, D]); tokens a sliding layer can no longer see rank last."""
-        obs = Observation(layer, query, keys, values, scaling)
+        [B, H_kv, T, D]); tokens a sliding layer can no longer see rank last. Without ``replay`` the scorers
+        that replay are left out (they come later); with it (their scores [B, H_kv, T] by key, after
+        ``evolkv.replay.run``), only they are ranked, with the ``stats`` measured at the prefill. ``out_proj``
+        is the layer's output projection weight, for scorers that weigh values by it (CriticalKV)."""
+        obs = Observation(layer, query, keys, values, scaling, out_proj=out_proj)
         first_valid = obs.length - layer_capacity(self.model, layer, obs.length)
-        stats = layer_stats(obs, first_valid) if self.stats else None
+        if replay is None and self.stats:
+            stats = layer_stats(obs, first_valid)
         rankings = {}
         for key, scorer in self.scorers.items():
-            order, sorted_scores = rank(scorer.score(obs), obs.window(scorer.window), first_valid)
+            if scorer.replays != (replay is not None):
+                continue
+            seen = obs if replay is None else Observation(layer, query, keys, values, scaling, replay[key], out_proj)
+            order, sorted_scores = rank(scorer.score(seen), obs.window(scorer.window), first_valid)
             rankings[key] = Ranking(order.to(torch.int32), sorted_scores, stats)
         return rankings
 
+    def measure(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                scaling: float) -> torch.Tensor | None:
+        """The layer's attention statistics alone (``layer_stats``; None unless this press measures them)."""
+        if not self.stats:
+            return None
+        obs = Observation(layer, query, keys, values, scaling)
+        return layer_stats(obs, obs.length - layer_capacity(self.model, layer, obs.length))
+
 
 STATS_WINDOW = 8  # queries the layer statistics are measured on
+
+
+def output_projection(module) -> torch.Tensor | None:
+    """An attention module's output projection weight [hidden, H_q * D] (None where it has none)."""
+    proj = getattr(module, "o_proj", None)
+    return getattr(proj, "weight", None)
 
 
 def layer_stats(obs: Observation, first_valid: int = 0) -> torch.Tensor:

@@ -24,7 +24,7 @@ from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv import kernels
 from evolkv.kernels.packed import PackedKV, with_packed_entries
-from evolkv.press import LayerPlan, Plan, Press, pack_evicted, pack_kept
+from evolkv.press import LayerPlan, Plan, Press, output_projection, pack_evicted, pack_kept
 
 ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
@@ -61,6 +61,11 @@ class CompressedLayer(CacheLayerMixin):
         self.pos = torch.cat([self.pos, new_pos], dim=-1)
         self.seen += new
         return self.keys, self.values
+
+    def truncate(self, length: int) -> None:
+        """Drop every entry after the first ``length`` (an uncompressed layer after a replay pass)."""
+        self.keys, self.values = self.keys[..., :length, :], self.values[..., :length, :]
+        self.pos, self.seen = self.pos[..., :length], length
 
     def set_entries(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor, seen: int) -> None:
         """Replace the contents with an already compressed cache (the evaluator's fast path)."""
@@ -159,8 +164,13 @@ class PrefillPolicy:
     """What a cache does with a layer once its prefill attention is done."""
 
     def on_prefill(self, cache: CompressedCache, layer_idx: int, query: torch.Tensor, scaling: float,
-                   sliding_window: int | None) -> None:
+                   sliding_window: int | None, out_proj: torch.Tensor | None = None) -> None:
+        """``out_proj``: the layer's output projection weight (``press.output_projection``), for scorers that
+        weigh values by it."""
         raise NotImplementedError
+
+    def after_prefill(self, model, cache: CompressedCache, input_ids: torch.Tensor | None) -> None:
+        """Once the prefill's forward is done (every layer seen): the replay pass of scorers that need one."""
 
 
 class CompressedCache(Cache):
@@ -170,6 +180,7 @@ class CompressedCache(Cache):
         super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
         self.policy = policy
         self.pads: torch.Tensor | None = None  # [B] left-padding tokens per sequence (None: no padding)
+        self.replay = None  # an ``evolkv.replay.Replay`` while a context-reconstruction pass runs
 
     def set_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Read a prefill's padding from its 2-D attention mask (1 = token, 0 = pad); pads must be on the left."""
@@ -191,18 +202,24 @@ class Compressor(PrefillPolicy):
     """Serve one config: at the end of each layer's prefill, the press ranks and plans (``evolkv.press``) and
     the layer keeps its plan's tiers: full-precision ranks, packed ranks, and the MiKV tier."""
 
-    def __init__(self, cfg: KVConfig) -> None:
+    def __init__(self, cfg: KVConfig, tokenizer=None) -> None:
         self.cfg = cfg
         self.press = Press(cfg.model, cfg.scorers(), stats=cfg.allocation == "cake")
+        self.tokenizer = tokenizer  # a replaying scorer (KVzip) feeds the model a request to repeat the context
+        if self.press.replays and tokenizer is None:
+            raise ConfigError(f"the {', '.join(sorted(self.press.replays))} scorer replays the context through "
+                              "the tokenizer: pass it, runtime.apply(model, cfg, tokenizer=tokenizer)")
         self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
-        self._pending: dict[int, object] = {}  # allocation configs: layer -> ranking, until the last layer
+        self._pending: dict[int, object] = {}  # deferred layers (allocation, replay) -> ranking(s), until ready
+        self._stats: dict[int, object] = {}  # replaying configs: each layer's statistics, measured at prefill
+        self._out_proj: dict[int, object] = {}  # and its output projection
 
     def _plan_for(self, length: int) -> Plan:
         if length not in self._plans:
             self._plans[length] = Plan(self.cfg, length)
         return self._plans[length]
 
-    def _padded(self, layer_idx, query, keys, values, scaling, pads) -> tuple[torch.Tensor, LayerPlan]:
+    def _padded(self, layer_idx, query, keys, values, scaling, pads, out_proj) -> tuple[torch.Tensor, LayerPlan]:
         """Rank and plan each sequence of a left-padded batch on its own tokens, as alone: the order [B, H_kv, T]
         (positions in the padded batch, the pads last and never kept) and the batch's plan."""
         if self.cfg.layers[layer_idx].evicted_bits:
@@ -213,7 +230,7 @@ class Compressor(PrefillPolicy):
         for b, pad in enumerate(pads.tolist()):
             rows = slice(b, b + 1)
             ranking = self.press.rank(layer_idx, query[rows, :, pad:], keys[rows, :, pad:], values[rows, :, pad:],
-                                      scaling)[key]
+                                      scaling, out_proj=out_proj)[key]
             counts.append(self._plan_for(length - pad).layer(layer_idx, ranking).counts)
             padding = torch.arange(pad, device=keys.device).expand(1, keys.shape[1], pad)
             orders.append(torch.cat([ranking.order.long() + pad, padding], dim=-1))
@@ -221,28 +238,57 @@ class Compressor(PrefillPolicy):
                          torch.cat(counts))
         return torch.cat(orders), plan
 
-    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None):
         layer = cache.layers[layer_idx]
         length = layer.seen
+        if self.press.replays:  # ranked once the replay pass has run (``after_prefill``)
+            if cache.pads is not None:
+                raise ConfigError("a replaying scorer (kvzip) takes one prompt at a time (no padded batches)")
+            self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
+                                                       out_proj=out_proj)
+            self._out_proj[layer_idx] = out_proj
+            self._stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
+            return
         if self.cfg.allocation is not None:  # a per-prompt allocation needs every layer's ranking first
             if cache.pads is not None:
                 raise ConfigError(f"the {self.cfg.allocation} allocation takes one prompt at a time (no padded "
                                   "batches)")
-            self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[
-                self.cfg.scorer_of(layer_idx).key]
+            self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
+                                                       out_proj=out_proj)[self.cfg.scorer_of(layer_idx).key]
             if len(self._pending) == len(cache.layers):  # the last layer's prefill: compress them all now
-                rankings = [self._pending.pop(i) for i in range(len(cache.layers))]
-                for i, (plan, ranking) in enumerate(zip(self._plan_for(length).layers(rankings), rankings)):
-                    self._keep(cache.layers[i], plan, ranking.order.long(), length)
+                self._keep_all(cache, [self._pending.pop(i) for i in range(len(cache.layers))], length)
             return
         if cache.pads is not None:
-            order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads)
+            order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads, out_proj)
         else:
-            ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling)[
+            ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling, out_proj=out_proj)[
                 self.cfg.scorer_of(layer_idx).key]
             plan = self._plan_for(length).layer(layer_idx, ranking)
             order = ranking.order.long()
         self._keep(layer, plan, order, length)
+
+    def after_prefill(self, model, cache, input_ids):
+        if not self.press.replays or len(self._pending) != len(cache.layers):
+            return
+        from evolkv import replay
+
+        if input_ids is None:
+            raise ConfigError("a replaying scorer (kvzip) needs the prompt's input_ids (not inputs_embeds)")
+        pending = [self._pending.pop(i) for i in range(len(cache.layers))]
+        scores = {key: replay.run(model, cache, input_ids, self.tokenizer, scorer.sinks, scorer.chunk)
+                  for key, scorer in self.press.replays.items()}
+        rankings = []
+        for i, (ranked, layer) in enumerate(zip(pending, cache.layers)):
+            ranked.update(self.press.rank(i, None, layer.keys, layer.values, 1.0,
+                                          {key: s[i] for key, s in scores.items()}, self._stats.pop(i),
+                                          self._out_proj.pop(i)))
+            rankings.append(ranked[self.cfg.scorer_of(i).key])
+        self._keep_all(cache, rankings, input_ids.shape[1])
+
+    def _keep_all(self, cache, rankings, length: int) -> None:
+        """Compress every layer at once from every layer's ranking (allocations, replaying scorers)."""
+        for i, (plan, ranking) in enumerate(zip(self._plan_for(length).layers(rankings), rankings)):
+            self._keep(cache.layers[i], plan, ranking.order.long(), length)
 
     @staticmethod
     def _keep(layer, plan: LayerPlan, order: torch.Tensor, length: int) -> None:
@@ -285,6 +331,9 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
     else:
         layer = cache.layers[module.layer_idx]
+        if cache.replay is not None:
+            return _replay_attention(cache, module.layer_idx, query, key, value, scaling, sliding,
+                                     kwargs.get("softcap")), None
         if isinstance(layer, GatheredLayer) and (layer.packs or layer.tails):
             return _attend_gathered_packed(query, layer, scaling, sliding).transpose(1, 2).contiguous(), None
         if isinstance(layer, GatheredLayer):
@@ -303,9 +352,20 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
             out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, query_pos, scaling,
                                                                       sliding, kwargs.get("softcap")))
     if cache is not None and not layer.compressed and cache.policy is not None:
-        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding)
+        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding, output_projection(module))
         layer.compressed = True
     return out.transpose(1, 2).contiguous(), None
+
+
+def _replay_attention(cache, layer_idx, query, key, value, scaling, sliding, softcap) -> torch.Tensor:
+    """A replay pass's attention (``evolkv.replay``): the reconstruction tokens over the prefill and
+    themselves; their scores recorded, their entries dropped again. Returns [B, T_q, H_q, D]."""
+    layer, t_q = cache.layers[layer_idx], query.shape[2]
+    query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
+    out, _ = kernels.reference.attend(query, key, value, layer.pos, query_pos, scaling, sliding, softcap)
+    cache.replay.record(layer_idx, query, key, scaling)
+    layer.truncate(cache.replay.length)
+    return out.transpose(1, 2).contiguous()
 
 
 def merge_softmax(out, lse, other_out, other_lse):
@@ -426,8 +486,12 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
         return args, kwargs
 
     def after(module, args, kwargs, output):
+        cache = _ACTIVE.get()
         if tokens:
             _ACTIVE.reset(tokens.pop())
+        if cache is not None and cache.policy is not None and cache.replay is None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            cache.policy.after_prefill(model, cache, ids)
 
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     handles = [model.register_forward_pre_hook(before, with_kwargs=True),
@@ -441,11 +505,13 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
 
 
 @contextmanager
-def apply(model, cfg: KVConfig) -> Iterator[None]:
-    """Compress ``model``'s KV cache with ``cfg`` inside the block (checks that ``cfg`` fits the model)."""
+def apply(model, cfg: KVConfig, tokenizer=None) -> Iterator[None]:
+    """Compress ``model``'s KV cache with ``cfg`` inside the block (checks that ``cfg`` fits the model).
+    A config with a replaying scorer (kvzip) also needs the model's ``tokenizer``."""
     from evolkv.models import model_spec
 
     cfg.check_fits(model_spec(model.config, cfg.model.name))
-    with attach(model, lambda: CompressedCache(cfg.model.num_layers, Compressor(cfg))):
+    Compressor(cfg, tokenizer)  # a config that cannot be served says so here, before any generation
+    with attach(model, lambda: CompressedCache(cfg.model.num_layers, Compressor(cfg, tokenizer))):
         yield
 

@@ -44,7 +44,7 @@ def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_token
     after it) gives the log-probabilities ``runtime.apply`` + ``generate`` gives, token for token."""
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
                         evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+    with torch.no_grad(), runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
         gen = tiny.model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True)
     tokens = gen.sequences[0, prompt.shape[1]:]
@@ -181,4 +181,14 @@ def test_a_per_prompt_allocation_scores_as_generate_applies_it(tiny, evaluator, 
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     cfg = dataclasses.replace(baseline("uniform", tiny.spec, Budget.parse("15%"), ScorerSpec()),
                               allocation=allocation)
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg, [evaluator.full])
+
+
+def test_kvzip_with_a_global_allocation_scores_as_generate_applies_it(tiny):
+    """KVzip's own pairing: its replayed scores, spent over all layers and heads at once (globaltopk); the
+    evaluator replays once per sample at prepare, the runtime after the prefill of ``generate``."""
+    spec = ScorerSpec("kvzip", params={"chunk": 16})
+    evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, [ScorerSpec(), spec], query_aware=True)
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    cfg = dataclasses.replace(uniform_config(tiny.spec, Budget.parse("15%")), scorer=spec, allocation="globaltopk")
     _assert_scores_as_generated(tiny, evaluator, prep, cfg, [evaluator.full])

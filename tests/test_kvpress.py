@@ -69,7 +69,7 @@ def kvpress_kept(tiny, ids, press):
 
 
 def evolkv_kept(tiny, ids, cfg: KVConfig):
-    cache = runtime.CompressedCache(tiny.spec.num_layers, runtime.Compressor(cfg))
+    cache = runtime.CompressedCache(tiny.spec.num_layers, runtime.Compressor(cfg, tiny.tokenizer))
     with torch.no_grad(), runtime.attach(tiny.model):
         tiny.model(ids, past_key_values=cache)
     return [[set(p[p >= 0].tolist()) for p in layer.pos[0]] for layer in cache.layers]
@@ -186,3 +186,51 @@ def test_pyramid_budgets_against_kvpress_pyramidkv(llama):
     sizes = [len(la[0]) for la in theirs], [len(lb[0]) for lb in ours]
     assert sizes[0] == sorted(sizes[0], reverse=True) and sizes[1] == sorted(sizes[1], reverse=True)
     assert sum(sizes[0]) == pytest.approx(sum(sizes[1]), rel=0.05)
+
+
+def test_kvzip_keeps_kvpress_kvzip_tokens(llama):
+    """KVzip: both replay "Repeat the previous context exactly." and the context over the prefill cache and
+    score a token by the largest attention a reconstruction query pays it; kvpress's ``layerwise=True`` keeps
+    each layer's best scores over all its heads, evolkv's AdaKV split does the same. evolkv also keeps each
+    head's last token (its window of 1)."""
+    ids = _prompt(llama)
+    theirs = kvpress_kept(llama, ids, kvpress.KVzipPress(RATIO, layerwise=True))
+    cfg = adakv(llama.spec, Budget.parse(str(_kept_tokens())), ScorerSpec("kvzip", window=1, kernel=1))
+    ours = evolkv_kept(llama, ids, cfg)
+    assert [sum(map(len, la)) for la in theirs] == [sum(map(len, lb)) for lb in ours]
+    for la, lb in zip(theirs, ours):
+        for x, y in zip(la, lb):
+            assert y - x <= {LENGTH - 1}  # evolkv keeps nothing else kvpress drops
+    heads = sum(len(la) for la in theirs)
+    assert overlap(theirs, ours) >= 1 - heads / sum(len(x) for la in theirs for x in la)
+
+
+def test_observed_attention_keeps_kvpress_observed_attention_tokens(llama):
+    """ObservedAttention (H2O over the whole prompt, each token's sum divided by the queries that see it) reads
+    eager attention weights in kvpress; evolkv's ``h2o`` with ``queries`` = the prompt and ``average`` computes
+    them itself. Per head the sets differ at most by evolkv's last token (its window of 1)."""
+    ids = _prompt(llama)
+    llama.model.set_attn_implementation("eager")
+    try:
+        theirs = kvpress_kept(llama, ids, kvpress.ObservedAttentionPress(RATIO))
+    finally:
+        llama.model.set_attn_implementation("sdpa")
+    spec = ScorerSpec("h2o", window=1, kernel=1, params={"queries": LENGTH, "average": 1})
+    ours = evolkv_kept(llama, ids, _uniform(llama, spec))
+    for la, lb in zip(theirs, ours):
+        for x, y in zip(la, lb):
+            assert y - x <= {LENGTH - 1} and len(x - y) <= 1
+    assert overlap(theirs, ours) >= 1 - 1 / _kept_tokens()
+
+
+def test_criticalkv_keeps_kvpress_criticalkv_tokens(llama):
+    """CriticalKV over SnapKV's window attention (no pooling), one stage: kvpress's ``first_stage_ratio=0``;
+    evolkv's ``criticalkv`` with ``projected=1`` (the value's L1 norm through W_o). kvpress gives the window's
+    tokens the top score before weighing them; evolkv keeps the window first."""
+    ids = _prompt(llama)
+    press = kvpress.CriticalKVPress(kvpress.SnapKVPress(RATIO, window_size=WINDOW, kernel_size=1),
+                                    first_stage_ratio=0.0)
+    theirs = kvpress_kept(llama, ids, press)
+    spec = ScorerSpec("criticalkv", window=WINDOW, kernel=1, params={"projected": 1})
+    ours = evolkv_kept(llama, ids, _uniform(llama, spec))
+    assert overlap(theirs, ours) >= 0.99

@@ -97,3 +97,43 @@ def test_right_padding_and_mikv_with_padding_are_one_clear_error(tiny):
     with torch.no_grad(), runtime.apply(tiny.model, mikv):
         with pytest.raises(ConfigError, match="MiKV"):
             tiny.model.generate(ids, attention_mask=left, max_new_tokens=2, pad_token_id=0)
+
+
+def test_the_replay_pass_leaves_the_prefill_and_scores_every_token(tiny):
+    """KVzip's context reconstruction: after ``replay.run`` the cache holds exactly the prefill again, and every
+    prefill token of every layer has a score in [0, 1] (an attention weight), chunk after chunk."""
+    from evolkv import replay
+
+    ids = _prompt(tiny, 50)
+    cache = runtime.CompressedCache(tiny.spec.num_layers)
+    with torch.no_grad(), runtime.attach(tiny.model):
+        tiny.model(ids, past_key_values=cache)
+        before = [(layer.keys.clone(), layer.values.clone(), layer.pos.clone()) for layer in cache.layers]
+        scores = replay.run(tiny.model, cache, ids, tiny.tokenizer, sinks=4, size=20)  # 3 chunks: 20, 20, 10
+    for layer, (keys, values, pos), s in zip(cache.layers, before, scores):
+        assert layer.seen == 50 and torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+        assert torch.equal(layer.pos, pos)
+        assert s.shape == (1, tiny.spec.num_kv_heads, 50) and bool((s > 0).all()) and bool((s <= 1).all())
+    assert cache.replay is None
+    parts = replay.chunks(tiny.tokenizer, ids, 20)
+    assert [(a, b) for a, b, _ in parts] == [(0, 20), (20, 40), (40, 50)]
+    assert torch.equal(parts[1][2][0, -20:], ids[0, 20:40]) and torch.equal(parts[1][2][0, -29:-21], ids[0, 12:20])
+
+
+def test_kvzip_generates_with_its_replay_and_refuses_what_it_cannot_serve(tiny):
+    from evolkv.config import ScorerSpec
+    from evolkv.errors import ConfigError
+
+    cfg = uniform_config(tiny.spec, Budget.parse("20%"), ScorerSpec("kvzip"))
+    with pytest.raises(ConfigError, match="tokenizer"):
+        with runtime.apply(tiny.model, cfg):
+            pass
+    ids = _prompt(tiny, 60)
+    with torch.no_grad(), runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
+        out = tiny.model.generate(ids, max_new_tokens=3, do_sample=False)
+        assert out.shape[1] == 63
+        twice = torch.cat([ids, ids])
+        left = torch.ones_like(twice)
+        left[1, :5] = 0
+        with pytest.raises(ConfigError, match="one prompt at a time"):
+            tiny.model.generate(twice, attention_mask=left, max_new_tokens=2, pad_token_id=0)

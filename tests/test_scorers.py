@@ -2,8 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
+from evolkv.errors import ConfigError
 from evolkv.scorers import H2O, TOVA, CriticalKV, DefensiveKV, KeyDiff, KeyNorm, Observation, SnapKV, StreamingLLM, rank
 
 
@@ -149,7 +151,34 @@ def test_criticalkv_weighs_attention_by_the_values_norm():
     keys = torch.zeros(1, 1, 3, 1)  # equal logits: every token gets a third of each query's attention
     values = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 4.0]])[None, None]
     got = CriticalKV(window=1).score(_obs(torch.ones(1, 1, 1, 1), keys, values))[0, 0]
-    assert torch.allclose(got, torch.tensor([1.0, 4.0, 5.0]) / 3, atol=1e-6)
+    assert torch.allclose(got, (1 / 3 + 1e-4) * torch.tensor([1.0, 4.0, 5.0]), atol=1e-6)
+
+
+def test_criticalkv_projected_takes_the_l1_norm_through_the_output_projection():
+    """Two query heads share one KV head; each projects the value through its own slice of W_o, and the
+    group's mean of the L1 norms weighs the (equal) attention."""
+    keys = torch.zeros(1, 1, 2, 2)
+    values = torch.tensor([[1.0, 0.0], [0.0, 2.0]])[None, None]  # [B, H_kv, T, D]
+    w_o = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, -3.0, 0.0, 1.0]])  # [hidden 2, H_q 2 * D 2]
+    obs = Observation(0, torch.ones(1, 2, 1, 2), keys, values, 1.0, out_proj=w_o)
+    got = CriticalKV(window=1, projected=True).score(obs)[0, 0]
+    # head 0: v0 -> (1, 0) |.|=1, v1 -> (0, -6) |.|=6; head 1: v0 -> (2, 0) = 2, v1 -> (0, 2) = 2
+    assert torch.allclose(got, (0.5 + 1e-4) * torch.tensor([1.5, 4.0]), atol=1e-6)
+    with pytest.raises(ConfigError, match="o_proj"):
+        CriticalKV(window=1, projected=True).score(_obs(torch.ones(1, 1, 1, 2), keys, values))
+
+
+def test_h2o_average_divides_by_the_queries_that_see_each_token():
+    """kvpress's ObservedAttention: every prompt query observes; a token's sum over the T - t queries at or
+    after it, divided by that count."""
+    keys = torch.arange(4, dtype=torch.float32).view(1, 1, 4, 1)
+    queries = torch.tensor([0.3, 0.5, 0.7, 1.0]).view(1, 1, 4, 1)
+    obs = _obs(queries, keys)
+    summed = obs.attention(4)[0, 0, 0].sum(0)
+    got = H2O(window=1, queries=4, average=True).score(obs)[0, 0]
+    assert torch.allclose(got, summed / torch.tensor([4.0, 3.0, 2.0, 1.0]), atol=1e-6)
+    last_two = H2O(window=1, queries=2, average=True).score(obs)[0, 0]  # only the last 2 observe
+    assert torch.allclose(last_two, obs.attention(2)[0, 0, 0].sum(0) / torch.tensor([2.0, 2.0, 2.0, 1.0]))
 
 
 def test_defensivekv_takes_the_worst_case_over_the_window():

@@ -90,18 +90,39 @@ class Score:
 
 
 class _Capture(PrefillPolicy):
-    """Keep the full prefill, and record each scorer's ranking per layer and head (the press's ``rank``)."""
+    """Keep the full prefill, and record each scorer's ranking per layer and head (the press's ``rank``);
+    scorers that replay the context (KVzip) rank once their replay pass has run, after the prefill."""
 
-    def __init__(self, press: Press) -> None:
-        self.press = press
+    def __init__(self, press: Press, tokenizer=None) -> None:
+        self.press, self.tokenizer = press, tokenizer
         num_layers = press.model.num_layers
         self.orders: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.sorted: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.stats: list = [None] * num_layers
+        self.out_proj: list = [None] * num_layers
 
-    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window):
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None):
         layer = cache.layers[layer_idx]
-        for key, ranking in self.press.rank(layer_idx, query, layer.keys, layer.values, scaling).items():
+        self._record(layer_idx, self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
+                                                out_proj=out_proj))
+        self.out_proj[layer_idx] = out_proj
+        if self.press.replays and self.stats[layer_idx] is None:  # only replaying scorers: nothing ranked yet
+            self.stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
+
+    def after_prefill(self, model, cache, input_ids):
+        if not self.press.replays or self.orders[next(iter(self.press.replays))][0] is not None:
+            return
+        from evolkv import replay
+
+        scores = {key: replay.run(model, cache, input_ids, self.tokenizer, scorer.sinks, scorer.chunk)
+                  for key, scorer in self.press.replays.items()}
+        for i, layer in enumerate(cache.layers):
+            self._record(i, self.press.rank(i, None, layer.keys, layer.values, 1.0,
+                                            {key: s[i] for key, s in scores.items()}, self.stats[i],
+                                            self.out_proj[i]))
+
+    def _record(self, layer_idx: int, rankings: dict[str, Ranking]) -> None:
+        for key, ranking in rankings.items():
             self.orders[key][layer_idx], self.sorted[key][layer_idx] = ranking.order, ranking.sorted_scores
             self.stats[layer_idx] = ranking.stats
 
@@ -170,7 +191,7 @@ class Evaluator:
             raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
                             "shorten it (or --length) or use a longer-context model")
         prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
-        policy = _Capture(self.press)
+        policy = _Capture(self.press, self.tokenizer)
         cache = CompressedCache(self.spec.num_layers, policy)
         with attach(self.model):
             out = self.model(prompt[None].to(self.device), cache=cache, logits_to_keep=1)

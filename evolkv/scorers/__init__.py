@@ -15,7 +15,7 @@ from evolkv.scorers.base import Observation, Scorer, pool
 from evolkv.scorers.registry import SCORERS, register
 
 MODULES = ("snapkv", "streaming", "keynorm", "tova", "h2o", "keydiff", "criticalkv", "defensivekv", "rkv", "mixkv",
-           "compresskv", "expected_attention")
+           "compresskv", "expected_attention", "kvzip")
 for _module in MODULES:
     importlib.import_module(f"evolkv.scorers.{_module}")
 
@@ -26,6 +26,7 @@ from evolkv.scorers.expected_attention import ExpectedAttention  # noqa: E402
 from evolkv.scorers.h2o import H2O  # noqa: E402
 from evolkv.scorers.keydiff import KeyDiff  # noqa: E402
 from evolkv.scorers.keynorm import KeyNorm  # noqa: E402
+from evolkv.scorers.kvzip import KVzip  # noqa: E402
 from evolkv.scorers.mixkv import MixKV  # noqa: E402
 from evolkv.scorers.rkv import RKV  # noqa: E402
 from evolkv.scorers.snapkv import SnapKV  # noqa: E402
@@ -33,7 +34,7 @@ from evolkv.scorers.streaming import StreamingLLM  # noqa: E402
 from evolkv.scorers.tova import TOVA  # noqa: E402
 
 __all__ = ["RKV", "SCORERS", "TOVA", "CompressKV", "CriticalKV", "DefensiveKV", "ExpectedAttention", "H2O", "KeyDiff",
-           "KeyNorm", "MixKV", "Observation", "SnapKV", "Scorer", "StreamingLLM", "pool", "rank", "register"]
+           "KeyNorm", "KVzip", "MixKV", "Observation", "SnapKV", "Scorer", "StreamingLLM", "pool", "rank", "register"]
 
 
 def rank(scores: torch.Tensor, window: int, first_valid: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,11 +4,17 @@ A scorer is a small dataclass whose fields are its parameters (``window``, ``ker
 method, ``score(obs) -> [B, H_kv, T]`` (higher = keep first). ``obs`` is an ``Observation``: the layer index,
 the observation window's queries, the layer's keys **and values**, the attention scaling, and the window's
 attention weights on demand (computed once per layer and window, shared by every scorer that asks).
+
+A scorer with ``replays = True`` (KVzip) scores from a second pass instead: once per prompt, after the
+prefill, ``evolkv.replay`` feeds the model a request to repeat the context followed by the context itself, and
+records how much attention each prefill token gets; that scorer's Observation carries those scores as
+``replay``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -18,10 +24,12 @@ class Observation:
     """One layer at the end of prefill, as every scorer sees it."""
 
     layer: int
-    query: torch.Tensor  # [B, H_q, T, D] the prefill's queries (``queries(w)`` gives the window)
+    query: torch.Tensor | None  # [B, H_q, T, D] the prefill's queries (``queries(w)`` gives the window)
     keys: torch.Tensor  # [B, H_kv, T, D]
     values: torch.Tensor  # [B, H_kv, T, D]
     scaling: float
+    replay: torch.Tensor | None = None  # [B, H_kv, T] the context-reconstruction pass's scores (``Scorer.replays``)
+    out_proj: torch.Tensor | None = None  # [hidden, H_q * D] the layer's output projection W_o, where known
     _attention: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -30,7 +38,7 @@ class Observation:
 
     def window(self, size: int) -> int:
         """The observation window a scorer asking for ``size`` queries gets (never more than the prompt)."""
-        return max(1, min(size, self.query.shape[2]))
+        return max(1, min(size, self.length))
 
     def queries(self, size: int) -> torch.Tensor:
         """The last ``size`` queries: [B, H_q, w, D]."""
@@ -58,6 +66,7 @@ class Scorer:
 
     window: int = 8
     kernel: int = 5
+    replays: ClassVar[bool] = False  # scores from a second pass that replays the context (``evolkv.replay``)
 
     def score(self, obs: Observation) -> torch.Tensor:
         """Scores [B, H_kv, T] of the layer's prefill tokens (higher = keep first)."""
