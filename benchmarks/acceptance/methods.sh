@@ -8,7 +8,7 @@
 set -uo pipefail
 DEVICE=${DEVICE:-cpu}; OUT=${OUT:-methods-out}; LENGTH=${LENGTH:-800}; SAMPLES=${SAMPLES:-2}
 POP=${POP:-8}; GENS=${GENS:-5}; BUDGETS=${BUDGETS:-5% 10%}; SEED=${SEED:-0}
-SCORERS=${SCORERS:-snapkv,tova,h2o,keynorm,keydiff,criticalkv,defensivekv,rkv,mixkv,compresskv,expected_attention}
+SCORERS=${SCORERS:-snapkv,tova,h2o,keynorm,keydiff,criticalkv,defensivekv,rkv,mixkv,compresskv,expected_attention,kvzip}
 mkdir -p "$OUT"
 for model in smollm2-135m gemma-3-270m; do
   per_head=$([ "$model" = smollm2-135m ] && echo --per-head || true)

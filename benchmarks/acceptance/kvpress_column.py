@@ -1,0 +1,113 @@
+"""kvpress's own strongest presses on evolkv's held-out samples: the kvpress column of issue 12's acceptance.
+
+Run in a kvpress environment (kvpress 0.5.x pins transformers<5.3), with the same task arguments as
+``benchmarks/acceptance/methods.sh``, so the samples are the very held-out samples its searches report:
+
+    /tmp/kvp/bin/python benchmarks/acceptance/kvpress_column.py --model smollm2-135m --budgets 5%,10% \
+        --tasks passkey,vartrack,prose,code --length 800 --samples 2 --seed 0 --out kvpress-smollm2.json
+
+Each sample's context is prefilled under the press (kvpress's ``compression_ratio`` = 1 - budget: the same
+tokens per head as evolkv's uniform budget), then the question and answer are fed over the compressed cache and
+the answer's log-probabilities compared with the full cache's (KL, as evolkv's evaluator computes it, against
+evolkv's own full-cache reference); exact match greedily decodes after the question, as the evaluator does.
+kvpress's KVzip reads its tokenizer through ``AutoTokenizer.from_pretrained(name_or_path)``, which cannot open a
+GGUF directory: here it is handed the loaded tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import DynamicCache
+
+import kvpress
+from kvpress.presses import kvzip_press
+
+from evolkv.config import Budget
+from evolkv.evaluators.evaluator import LEAD_IN, Evaluator, _task_metrics, mean
+from evolkv.evaluators.tasks import load_tasks
+from evolkv.models import load
+
+PRESSES = {  # kvpress's strongest presses today, by its maintainers' ranking, and SnapKV as a reference point
+    "kvpress:adakv+expected_attention": lambda r: kvpress.AdaKVPress(kvpress.ExpectedAttentionPress(r)),
+    "kvpress:kvzip": lambda r: kvpress.KVzipPress(r),
+    "kvpress:snapkv": lambda r: kvpress.SnapKVPress(r, window_size=8, kernel_size=5),
+}
+
+
+def _reset(model) -> None:
+    for layer in model.model.layers:  # AdaKV-style presses mask instead of pruning; clear between samples
+        layer.self_attn.masked_key_indices = None
+
+
+@torch.no_grad()
+def score(model, tokenizer, press, prep, context) -> tuple[float, dict[str, float]]:
+    """(KL to the full cache over the answer, task metrics of the greedy answer) of one sample."""
+    cache = DynamicCache()
+    with press(model):
+        model(context[None], past_key_values=cache)
+    answer = prep.targets.numel()
+    logits = model(prep.feed[None], past_key_values=cache).logits[0, -answer:].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    ref = prep.ref_logprobs
+    kl = float((ref.exp() * (ref - logprobs)).sum(-1).clamp(min=0).mean())
+    _reset(model)
+    cache = DynamicCache()
+    with press(model):
+        model(context[None], past_key_values=cache)
+    pending, tokens = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)][None], []
+    while sum(t.shape[1] for t in tokens) < prep.answer_tokens + LEAD_IN:
+        pending = model(pending, past_key_values=cache).logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(pending)
+    _reset(model)
+    return kl, _task_metrics(tokenizer.decode(torch.cat(tokens, 1)[0], skip_special_tokens=True), prep.sample.answer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--budgets", default="5%,10%")
+    parser.add_argument("--tasks", default="passkey,vartrack,prose,code")
+    parser.add_argument("--length", type=int, default=800)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    loaded = load(args.model, args.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    kvzip_press.AutoTokenizer.from_pretrained = lambda *a, **k: tokenizer  # see the module's docstring
+    samples = load_tasks(args.tasks.split(","), args.samples, args.length, args.seed, "heldout", tokenizer)
+    evaluator = Evaluator(model, tokenizer, loaded.spec)
+    prepared = evaluator.prepare(samples)  # the full-cache reference, exactly as the searches compute it
+    model.set_attn_implementation("sdpa")  # kvpress's AdaKV and KVzip refuse eager attention
+    rows = []
+    for budget in args.budgets.split(","):
+        fraction = Budget.parse(budget).value
+        for name, make in PRESSES.items():
+            start, kls, metrics, error = time.time(), [], [], None
+            try:
+                for prep in prepared:
+                    context = evaluator._encode(prep.sample.context, special=True).to(model.device)
+                    kl, m = score(model, tokenizer, make(1 - fraction), prep, context)
+                    kls.append(kl)
+                    metrics.append(m)
+            except (AssertionError, ValueError, RuntimeError) as e:  # a press that refuses this model
+                error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                _reset(model)
+            row = {"model": args.model, "budget": budget, "press": name, "error": error,
+                   "heldout_kl": mean(kls) if kls and not error else None,
+                   "heldout_em": mean([m["em"] for m in metrics]) if metrics and not error else None,
+                   "samples": len(kls), "seconds": round(time.time() - start, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
