@@ -13,11 +13,11 @@ def lookup(model, budget, db=None):
     return _lookup(model, budget, db)
 
 
-def apply(model, budget=None, *, config=None, db=None):
+def apply(model, budget=None, *, config=None, db=None, tokenizer=None):
     """``with evolkv.apply(model, budget="10%"):`` looks the winner up and applies it (``evolkv.deploy.apply``)."""
     from evolkv.deploy import apply as _apply
 
-    return _apply(model, budget, config=config, db=db)
+    return _apply(model, budget, config=config, db=db, tokenizer=tokenizer)
 
 
 __all__ = [

@@ -54,14 +54,15 @@ def lookup(model: Any, budget: str | Budget, db: str | None = None) -> KVConfig:
 
 @contextmanager
 def apply(model: Any, budget: str | Budget | None = None, *, config: KVConfig | None = None,
-          db: str | None = None) -> Iterator[KVConfig]:
+          db: str | None = None, tokenizer: Any = None) -> Iterator[KVConfig]:
     """Look up the stored winner for ``model`` at or under ``budget`` (or take ``config``) and compress the
-    model's KV cache with it inside the block; yields the config."""
+    model's KV cache with it inside the block; yields the config. A config with a scorer that replays the
+    context (kvzip) also needs the ``tokenizer``."""
     from evolkv import runtime
 
     if config is None:
         if budget is None:
             raise EvolKVError("give a budget to look a config up by, or a config: apply(model, budget='10%')")
         config = lookup(model, budget, db)
-    with runtime.apply(model, config):
+    with runtime.apply(model, config, tokenizer):
         yield config

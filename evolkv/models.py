@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,14 +100,21 @@ def _materialise_package(name: str, package: str, gguf_name: str | None = None) 
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    # each process writes its own copy and renames it into place in one step: searches started side by side
+    # (or several Ray actors on one host) may all build it at once, and the first to finish wins
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    partial.mkdir(parents=True)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     (partial / "config.json").write_text(json.dumps(config, indent=1))
     save_model(model, str(partial / "model.safetensors"))
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process put its copy there first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / "model.safetensors").exists():
+            raise
     return target
 
 

