@@ -432,8 +432,13 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
                                                "front (see `evolkv runs show`) instead of the winner."),
            max_bits: Optional[float] = typer.Option(None, "--max-bits", help="Export the front point with the "
                                                     "lowest search loss at or under this many bits."),
+           fmt: str = typer.Option("json", "--format", help="json | kvpress: the same evolkv.kvconfig/1 JSON, "
+                                   "checked to fit a kvpress press (token budgets only), which "
+                                   "evolkv.integrations.kvpress.EvolKVPress.from_file loads."),
            db: Optional[str] = DB) -> None:
     """Write a run's winning config (or a point of its Pareto front) as versioned JSON (evolkv.kvconfig/1)."""
+    if fmt not in ("json", "kvpress"):
+        raise EvolKVError(f"unknown --format {fmt!r}; known: json, kvpress")
     from evolkv.allocation import within_bits
 
     store = _store(db)
@@ -453,6 +458,10 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
                 raise EvolKVError(f"no front point at or under {max_bits:g} bits (the smallest has "
                                   f"{front[0][0]['bits']:.3g})")
             info, cfg = min(under, key=lambda item: item[0]["objective"])
+        if fmt == "kvpress":
+            from evolkv.integrations import kvpress_check
+
+            kvpress_check(cfg)
         _emit(cfg.with_provenance(run_id=store.run(run_id).id, front_point=info["point"], bits=info["bits"],
                                   search_objective=info["objective"], heldout_objective=info["heldout_objective"]),
               out)
@@ -464,6 +473,12 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     if source != "search":
         err.print(f"note: this winner is the {source.removeprefix('baseline:')} baseline: no search candidate "
                   "beat it on the validation split (provenance.source)")
+    if fmt == "kvpress":
+        from evolkv.integrations import kvpress_check
+
+        kvpress_check(found[1])
+        err.print(f"load it in kvpress with: EvolKVPress.from_file({str(out or 'FILE')!r}) "
+                  "(from evolkv.integrations.kvpress import EvolKVPress)")
     _emit(found[1], out)
 
 

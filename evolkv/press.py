@@ -109,13 +109,15 @@ class Press:
 
     def rank(self, layer: int, query: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor,
              scaling: float, replay: dict[str, torch.Tensor] | None = None,
-             stats: torch.Tensor | None = None, out_proj: torch.Tensor | None = None) -> dict[str, Ranking]:
+             stats: torch.Tensor | None = None, out_proj: torch.Tensor | None = None,
+             rotary=None) -> dict[str, Ranking]:
         """Every scorer's ranking of one layer at the end of prefill (query [B, H_q, T, D], keys/values
         [B, H_kv, T, D]); tokens a sliding layer can no longer see rank last. Without ``replay`` the scorers
         that replay are left out (they come later); with it (their scores [B, H_kv, T] by key, after
         ``evolkv.replay.run``), only they are ranked, with the ``stats`` measured at the prefill. ``out_proj``
-        is the layer's output projection weight, for scorers that weigh values by it (CriticalKV)."""
-        obs = Observation(layer, query, keys, values, scaling, out_proj=out_proj)
+        is the layer's output projection weight, for scorers that weigh values by it (CriticalKV); ``rotary``
+        its RoPE at given positions, for scorers that need the queries before rotation (ExpectedAttention)."""
+        obs = Observation(layer, query, keys, values, scaling, out_proj=out_proj, rotary=rotary)
         first_valid = obs.length - layer_capacity(self.model, layer, obs.length)
         if replay is None and self.stats:
             stats = layer_stats(obs, first_valid)
@@ -123,7 +125,8 @@ class Press:
         for key, scorer in self.scorers.items():
             if scorer.replays != (replay is not None):
                 continue
-            seen = obs if replay is None else Observation(layer, query, keys, values, scaling, replay[key], out_proj)
+            seen = obs if replay is None else Observation(layer, query, keys, values, scaling, replay[key], out_proj,
+                                                                    rotary)
             order, sorted_scores = rank(scorer.score(seen), obs.window(scorer.window), first_valid)
             rankings[key] = Ranking(order.to(torch.int32), sorted_scores, stats)
         return rankings

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from functools import partial
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -164,9 +165,10 @@ class PrefillPolicy:
     """What a cache does with a layer once its prefill attention is done."""
 
     def on_prefill(self, cache: CompressedCache, layer_idx: int, query: torch.Tensor, scaling: float,
-                   sliding_window: int | None, out_proj: torch.Tensor | None = None) -> None:
+                   sliding_window: int | None, out_proj: torch.Tensor | None = None, rotary=None) -> None:
         """``out_proj``: the layer's output projection weight (``press.output_projection``), for scorers that
-        weigh values by it."""
+        weigh values by it; ``rotary``: the layer's RoPE at given positions (``rotary_of``), for scorers that
+        need the queries before rotation."""
         raise NotImplementedError
 
     def after_prefill(self, model, cache: CompressedCache, input_ids: torch.Tensor | None) -> None:
@@ -181,6 +183,7 @@ class CompressedCache(Cache):
         self.policy = policy
         self.pads: torch.Tensor | None = None  # [B] left-padding tokens per sequence (None: no padding)
         self.replay = None  # an ``evolkv.replay.Replay`` while a context-reconstruction pass runs
+        self.rotary = None  # (layer, positions) -> that layer's RoPE (cos, sin), set by ``attach``
 
     def set_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Read a prefill's padding from its 2-D attention mask (1 = token, 0 = pad); pads must be on the left."""
@@ -212,14 +215,15 @@ class Compressor(PrefillPolicy):
         self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
         self._pending: dict[int, object] = {}  # deferred layers (allocation, replay) -> ranking(s), until ready
         self._stats: dict[int, object] = {}  # replaying configs: each layer's statistics, measured at prefill
-        self._out_proj: dict[int, object] = {}  # and its output projection
+        self._weights: dict[int, dict] = {}  # and its output projection and RoPE
 
     def _plan_for(self, length: int) -> Plan:
         if length not in self._plans:
             self._plans[length] = Plan(self.cfg, length)
         return self._plans[length]
 
-    def _padded(self, layer_idx, query, keys, values, scaling, pads, out_proj) -> tuple[torch.Tensor, LayerPlan]:
+    def _padded(self, layer_idx, query, keys, values, scaling, pads, out_proj, rotary
+                ) -> tuple[torch.Tensor, LayerPlan]:
         """Rank and plan each sequence of a left-padded batch on its own tokens, as alone: the order [B, H_kv, T]
         (positions in the padded batch, the pads last and never kept) and the batch's plan."""
         if self.cfg.layers[layer_idx].evicted_bits:
@@ -230,7 +234,7 @@ class Compressor(PrefillPolicy):
         for b, pad in enumerate(pads.tolist()):
             rows = slice(b, b + 1)
             ranking = self.press.rank(layer_idx, query[rows, :, pad:], keys[rows, :, pad:], values[rows, :, pad:],
-                                      scaling, out_proj=out_proj)[key]
+                                      scaling, out_proj=out_proj, rotary=rotary)[key]
             counts.append(self._plan_for(length - pad).layer(layer_idx, ranking).counts)
             padding = torch.arange(pad, device=keys.device).expand(1, keys.shape[1], pad)
             orders.append(torch.cat([ranking.order.long() + pad, padding], dim=-1))
@@ -238,15 +242,16 @@ class Compressor(PrefillPolicy):
                          torch.cat(counts))
         return torch.cat(orders), plan
 
-    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None):
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None, rotary=None):
         layer = cache.layers[layer_idx]
         length = layer.seen
+        weights = dict(out_proj=out_proj, rotary=rotary)
         if self.press.replays:  # ranked once the replay pass has run (``after_prefill``)
             if cache.pads is not None:
                 raise ConfigError("a replaying scorer (kvzip) takes one prompt at a time (no padded batches)")
             self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
-                                                       out_proj=out_proj)
-            self._out_proj[layer_idx] = out_proj
+                                                       **weights)
+            self._weights[layer_idx] = weights
             self._stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
             return
         if self.cfg.allocation is not None:  # a per-prompt allocation needs every layer's ranking first
@@ -254,14 +259,15 @@ class Compressor(PrefillPolicy):
                 raise ConfigError(f"the {self.cfg.allocation} allocation takes one prompt at a time (no padded "
                                   "batches)")
             self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
-                                                       out_proj=out_proj)[self.cfg.scorer_of(layer_idx).key]
+                                                       **weights)[self.cfg.scorer_of(layer_idx).key]
             if len(self._pending) == len(cache.layers):  # the last layer's prefill: compress them all now
                 self._keep_all(cache, [self._pending.pop(i) for i in range(len(cache.layers))], length)
             return
         if cache.pads is not None:
-            order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads, out_proj)
+            order, plan = self._padded(layer_idx, query, layer.keys, layer.values, scaling, cache.pads, out_proj,
+                                       rotary)
         else:
-            ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling, out_proj=out_proj)[
+            ranking = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling, **weights)[
                 self.cfg.scorer_of(layer_idx).key]
             plan = self._plan_for(length).layer(layer_idx, ranking)
             order = ranking.order.long()
@@ -281,7 +287,7 @@ class Compressor(PrefillPolicy):
         for i, (ranked, layer) in enumerate(zip(pending, cache.layers)):
             ranked.update(self.press.rank(i, None, layer.keys, layer.values, 1.0,
                                           {key: s[i] for key, s in scores.items()}, self._stats.pop(i),
-                                          self._out_proj.pop(i)))
+                                          **self._weights.pop(i)))
             rankings.append(ranked[self.cfg.scorer_of(i).key])
         self._keep_all(cache, rankings, input_ids.shape[1])
 
@@ -352,7 +358,8 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
             out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, query_pos, scaling,
                                                                       sliding, kwargs.get("softcap")))
     if cache is not None and not layer.compressed and cache.policy is not None:
-        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding, output_projection(module))
+        rotary = None if cache.rotary is None else partial(cache.rotary, module.layer_idx)
+        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding, output_projection(module), rotary)
         layer.compressed = True
     return out.transpose(1, 2).contiguous(), None
 
@@ -454,6 +461,35 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def rotary_of(model) -> Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """``(layer, positions [N]) -> (cos, sin) [N, D]``: the RoPE a layer of ``model`` applies at those
+    positions (its own rotary module's, for models whose layers differ, as Gemma 3's sliding ones do); None
+    where the model has no rotary module evolkv knows."""
+    base = getattr(model, "model", None)
+    base = getattr(base, "language_model", base)
+    rope = getattr(base, "rotary_emb", None)
+    if rope is None:
+        return None
+    config = getattr(model.config, "text_config", None) or model.config
+    layer_types = getattr(config, "layer_types", None)
+    by_type = "layer_type" in inspect.signature(rope.forward).parameters
+    local = getattr(base, "rotary_emb_local", None)  # earlier releases: a second module for sliding layers
+
+    @torch.no_grad()
+    def at(layer: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        like = torch.zeros(1, dtype=torch.float32, device=positions.device)
+        kind = layer_types[layer] if layer_types else None
+        if by_type:
+            cos, sin = rope(like, positions[None], kind)
+        elif local is not None and kind == "sliding_attention":
+            cos, sin = local(like, positions[None])
+        else:
+            cos, sin = rope(like, positions[None])
+        return cos[0].float(), sin[0].float()
+
+    return at
+
+
 @contextmanager
 def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> Iterator[None]:
     """Route ``model``'s attention through evolkv for the duration of the block; always restored.
@@ -465,6 +501,7 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
     previous = model.config._attn_implementation
     tokens: list = []
     name = cache_kwarg(model)
+    rotary = rotary_of(model)
 
     def before(module, args, kwargs):
         cache = None
@@ -482,6 +519,7 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
             cache = make_cache()
             cache.set_padding(kwargs.get("attention_mask"))  # a left-padded batch: each sequence as alone
         kwargs[name] = cache
+        cache.rotary = rotary
         tokens.append(_ACTIVE.set(cache))
         return args, kwargs
 

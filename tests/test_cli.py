@@ -69,6 +69,10 @@ def test_export_lookup_and_eval_round_trip(searched, tmp_path):
     assert exported["schema"] == "evolkv.kvconfig/1" and exported["provenance"]["run_id"] == detail["id"]
     found = json.loads(invoke("lookup", "--model", model, "--budget", "25%", "--db", db, "--json").stdout)
     assert found["run_id"] == detail["id"] and found["config"]["layers"] == exported["layers"]
+    for_kvpress = invoke("export", detail["id"], "--format", "kvpress", "--db", db)
+    assert for_kvpress.exit_code == 0 and json.loads(for_kvpress.stdout)["layers"] == exported["layers"]
+    assert "EvolKVPress.from_file" in for_kvpress.stderr
+    assert "known: json, kvpress" in _one_line_error(invoke("export", detail["id"], "--format", "yaml", "--db", db))
     scored = invoke("eval", "--model", model, "--config", out, "--tasks", "passkey", "--samples", 1,
                     "--length", 200, "--json")
     assert scored.exit_code == 0, scored.output
@@ -152,6 +156,8 @@ def test_quant_search_front_is_shown_plotted_and_exported(quant_searched, tmp_pa
     cheapest = detail["front"][0]["bits"]
     picked = json.loads(invoke("export", detail["id"], "--max-bits", cheapest, "--db", db).stdout)
     assert picked["provenance"]["front_point"] == 0
+    line = _one_line_error(invoke("export", detail["id"], "--point", 0, "--format", "kvpress", "--db", db))
+    assert "token budgets only" in line
     assert "not on the front" in _one_line_error(invoke("export", detail["id"], "--point", 99, "--db", db))
     assert "no front point" in _one_line_error(invoke("export", detail["id"], "--max-bits", 0.5, "--db", db))
 

@@ -39,32 +39,31 @@ def _full_keys(tiny, ids):
     return [layer.keys[0] for layer in cache.layers]  # [H_kv, T, D] per layer
 
 
-def _kept_by_keys(full, kept):
-    """Positions of the kept keys [H_kv, n, D] among the full ones [H_kv, T, D] (exact copies)."""
-    sets = []
+def _slots_by_keys(full, kept):
+    """The position of each kept key [H_kv, n, D] among the full ones [H_kv, T, D] (exact copies), per head."""
+    slots = []
     for h in range(full.shape[0]):
         distance = torch.cdist(kept[h].float(), full[h].float())  # [n, T]
-        sets.append(set(distance.argmin(dim=1).tolist()))
-    return sets
+        slots.append(distance.argmin(dim=1).tolist())
+    return slots
 
 
 def kvpress_kept(tiny, ids, press):
-    """kvpress's kept positions, per layer and KV head."""
+    """kvpress's kept positions, per layer and KV head: the cache's entries, less those masked in attention
+    (AdaKV-style presses keep every entry and mask the pruned ones)."""
     full = _full_keys(tiny, ids)
     cache = DynamicCache()
     with torch.no_grad(), press(tiny.model):
         tiny.model(ids, past_key_values=cache)
     kept = []
     for i, (layer, attn) in enumerate(zip(cache.layers, _layers_of(tiny.model))):
+        slots = _slots_by_keys(full[i], layer.keys[0])
         masked = getattr(attn, "masked_key_indices", None)
-        if masked is not None:  # AdaKV masks instead of pruning: kept = all but the masked
-            sets = [set(range(full[i].shape[1])) for _ in range(full[i].shape[0])]
-            for b, h, t in zip(*(m.tolist() for m in masked)):
-                sets[h].discard(t)
+        hidden = set()
+        if masked is not None:
+            hidden = {(h, t) for _, h, t in zip(*(m.tolist() for m in masked))}
             attn.masked_key_indices = None
-            kept.append(sets)
-        else:
-            kept.append(_kept_by_keys(full[i], layer.keys[0]))
+        kept.append([{p for t, p in enumerate(head) if (h, t) not in hidden} for h, head in enumerate(slots)])
     return kept
 
 
@@ -234,3 +233,74 @@ def test_criticalkv_keeps_kvpress_criticalkv_tokens(llama):
     spec = ScorerSpec("criticalkv", window=WINDOW, kernel=1, params={"projected": 1})
     ours = evolkv_kept(llama, ids, _uniform(llama, spec))
     assert overlap(theirs, ours) >= 0.99
+
+
+def test_expected_attention_keeps_kvpress_expected_attention_tokens(llama):
+    """ExpectedAttention: query statistics before RoPE (evolkv undoes the layer's rotation), RoPE averaged over
+    the next 512 positions, sinks kept; evolkv also keeps each head's last token (its window of 1)."""
+    ids = _prompt(llama)
+    theirs = kvpress_kept(llama, ids, kvpress.ExpectedAttentionPress(RATIO))
+    ours = evolkv_kept(llama, ids, _uniform(llama, ScorerSpec("expected_attention", window=1, kernel=1)))
+    for la, lb in zip(theirs, ours):
+        for x, y in zip(la, lb):
+            assert y - x <= {LENGTH - 1} and len(x - y) <= 1
+    assert overlap(theirs, ours) >= 1 - 1 / _kept_tokens()
+
+
+@pytest.mark.parametrize("scorer", ["snapkv", "expected_attention", "criticalkv"])
+def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(llama, scorer):
+    """``evolkv.integrations.kvpress.EvolKVPress`` in kvpress's own hooks: per layer and KV head the same tokens
+    as ``runtime.apply`` (the same ranking and plan); heads below the layer's largest count are masked."""
+    import numpy as np
+
+    from evolkv.integrations.kvpress import EvolKVPress
+    from evolkv.search.space import BudgetSpace
+
+    space = BudgetSpace(llama.spec, Budget.parse("20%"), ScorerSpec(scorer), per_head=True)
+    cfg = space.decode(np.random.default_rng(3).uniform(-2, 2, space.n_var))
+    ids = _prompt(llama)
+    ours = evolkv_kept(llama, ids, cfg)
+    assert any(len({len(h) for h in layer}) > 1 for layer in ours)  # heads of a layer keep different counts
+    assert kvpress_kept(llama, ids, EvolKVPress(cfg)) == ours
+
+
+def test_what_a_kvpress_press_cannot_carry_is_one_clear_error(llama):
+    from evolkv.errors import ConfigError
+    from evolkv.integrations.kvpress import EvolKVPress
+
+    budget = Budget.parse("20%")
+    for cfg, words in [(dataclasses.replace(_uniform(llama, ScorerSpec()), allocation="cake"), "allocation"),
+                       (uniform_config(llama.spec, budget, k_bits=4, v_bits=4, group_size=32), "quantizes"),
+                       (_uniform(llama, ScorerSpec("kvzip")), "KVzipPress")]:
+        with pytest.raises(ConfigError, match=words):
+            EvolKVPress(cfg)
+
+
+def test_decoding_after_an_evolkv_press_in_kvpress_matches_runtime_apply(llama):
+    """The tokens a kvpress user decodes after ``EvolKVPress`` (pruned, and masked where heads keep fewer) are
+    the ones ``runtime.apply`` + ``generate`` give, with the same logits up to kvpress's masking."""
+    import numpy as np
+
+    from evolkv.integrations.kvpress import EvolKVPress
+    from evolkv.search.space import BudgetSpace
+
+    space = BudgetSpace(llama.spec, Budget.parse("20%"), ScorerSpec(), per_head=True)
+    cfg = space.decode(np.random.default_rng(4).uniform(-2, 2, space.n_var))
+    ids = _prompt(llama)
+    with torch.no_grad(), runtime.apply(llama.model, cfg):
+        want = llama.model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
+                                    return_dict_in_generate=True)
+    llama.model.set_attn_implementation("sdpa")
+    cache, tokens, logits = DynamicCache(), [], []
+    with torch.no_grad():
+        with EvolKVPress(cfg)(llama.model):
+            out = llama.model(ids, past_key_values=cache)
+        for step in range(5):  # positions continue after the context, as kvpress's pipeline passes them
+            logits.append(out.logits[:, -1])
+            tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+            position = torch.tensor([[ids.shape[1] + step]], device=ids.device)
+            out = llama.model(tokens[-1], past_key_values=cache, position_ids=position)
+    for layer in _layers_of(llama.model):
+        layer.masked_key_indices = None
+    assert torch.equal(torch.cat(tokens, 1)[0], want.sequences[0, ids.shape[1]:])
+    torch.testing.assert_close(torch.stack(logits), torch.stack(want.logits), atol=1e-3, rtol=1e-3)

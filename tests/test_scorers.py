@@ -251,17 +251,50 @@ def test_expected_attention_is_the_softmax_of_the_gaussian_logit_times_the_value
     from evolkv.scorers import ExpectedAttention
 
     torch.manual_seed(0)
-    keys, values = torch.randn(1, 1, 7, 3), torch.randn(1, 1, 7, 3)
-    queries = torch.randn(1, 2, 7, 3)  # two query heads share the KV head
-    got = ExpectedAttention(statistics=5).score(_obs(queries, keys, values, scaling=0.5))[0, 0]
-    expected = torch.zeros(7)
+    keys, values = torch.randn(1, 1, 7, 4), torch.randn(1, 1, 7, 4)
+    queries = torch.randn(1, 2, 7, 4)  # two query heads share the KV head
+    got = ExpectedAttention(statistics=5, sinks=1).score(_obs(queries, keys, values, scaling=0.5))[0, 0]
+    expected = torch.zeros(6)
     for head in range(2):
         q = queries[0, head, -5:].double()
-        mu, cov = q.mean(0), torch.cov(q.T)
-        k = keys[0, 0].double()
+        mu, cov = q.mean(0), torch.cov(q.T, correction=0)
+        k = keys[0, 0, 1:].double()
         logits = 0.5 * k @ mu + 0.5 * 0.25 * torch.einsum("td,de,te->t", k, cov, k)
         expected += (logits.softmax(0) / 2).float()
-    expected *= values[0, 0].norm(dim=-1)
-    assert torch.allclose(got, expected, atol=1e-5)
-    plain = ExpectedAttention(statistics=5, covariance=False).score(_obs(queries, keys, values, scaling=0.5))
+    expected *= values[0, 0, 1:].norm(dim=-1)
+    assert torch.allclose(got[1:], expected, atol=1e-5)
+    assert got[0] == expected.max() + 1  # the sink scores above every other token
+    plain = ExpectedAttention(statistics=5, sinks=1, covariance=False).score(_obs(queries, keys, values, scaling=0.5))
     assert not torch.allclose(plain[0, 0], got)
+
+
+def test_expected_attention_undoes_rope_and_averages_it_over_the_future():
+    """With the layer's RoPE known, the statistics are those of the queries before rotation, rotated by RoPE's
+    mean matrix over the next ``future`` positions: rotating the queries by any RoPE first changes nothing."""
+    from evolkv.scorers import ExpectedAttention
+    from evolkv.scorers.expected_attention import _mean_rotation, _rotate_half
+
+    torch.manual_seed(1)
+    dim, length = 4, 9
+    freqs = torch.tensor([1.0, 0.1])
+
+    def rotary(positions):
+        angles = positions[:, None].float() * freqs[None]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    keys, values = torch.randn(1, 1, length, dim), torch.randn(1, 1, length, dim)
+    raw = torch.randn(1, 1, length, dim)
+    cos, sin = rotary(torch.arange(length))
+    rotated = raw * cos + _rotate_half(raw) * sin
+    scorer = ExpectedAttention(sinks=2, future=16)
+    got = scorer.score(Observation(0, rotated, keys, values, 1.0, rotary=rotary))[0, 0]
+    r = _mean_rotation(*rotary(torch.arange(length, length + 16)))
+    q = raw[0, 0, 2:]
+    mu, cov = q.mean(0) @ r.T, r @ torch.cov(q.T, correction=0) @ r.T
+    k = keys[0, 0, 2:]
+    want = (k @ mu + 0.5 * torch.einsum("td,de,te->t", k, cov, k)).softmax(0) * values[0, 0, 2:].norm(dim=-1)
+    assert torch.allclose(got[2:], want, atol=1e-5)
+    cos_f, sin_f = rotary(torch.tensor([3]))
+    assert torch.allclose(_mean_rotation(cos_f, sin_f) @ raw[0, 0, 0], (raw * cos_f + _rotate_half(raw) * sin_f)[0, 0, 0],
+                          atol=1e-6)  # one position's matrix is RoPE itself

@@ -24,10 +24,7 @@ def main(out: str) -> None:
         detail = json.loads(path.read_text())
         scorer, budget = path.stem.rsplit("-", 1)
         winner = detail.get("winner") or {}
-        kl, em = winner.get("heldout_objective"), None
-        label = winner.get("label")
-        if label:
-            kl, em = _held(detail, label)
+        kl, em = _held(detail, "winner")
         ukl, uem = _held(detail, "baseline:uniform")
         rows.append((int(budget), scorer, kl, em, ukl, uem, winner.get("source", "search")))
     print(f"{'budget':>6} {'scorer':<20} {'searched KL':>11} {'EM':>5} {'uniform KL':>10} {'EM':>5}  "

@@ -99,13 +99,13 @@ class _Capture(PrefillPolicy):
         self.orders: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.sorted: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.stats: list = [None] * num_layers
-        self.out_proj: list = [None] * num_layers
+        self.weights: list = [{}] * num_layers  # each layer's output projection and RoPE
 
-    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None):
+    def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None, rotary=None):
         layer = cache.layers[layer_idx]
+        self.weights[layer_idx] = dict(out_proj=out_proj, rotary=rotary)
         self._record(layer_idx, self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
-                                                out_proj=out_proj))
-        self.out_proj[layer_idx] = out_proj
+                                                **self.weights[layer_idx]))
         if self.press.replays and self.stats[layer_idx] is None:  # only replaying scorers: nothing ranked yet
             self.stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
 
@@ -119,7 +119,7 @@ class _Capture(PrefillPolicy):
         for i, layer in enumerate(cache.layers):
             self._record(i, self.press.rank(i, None, layer.keys, layer.values, 1.0,
                                             {key: s[i] for key, s in scores.items()}, self.stats[i],
-                                            self.out_proj[i]))
+                                            **self.weights[i]))
 
     def _record(self, layer_idx: int, rankings: dict[str, Ranking]) -> None:
         for key, ranking in rankings.items():

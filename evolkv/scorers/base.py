@@ -13,6 +13,7 @@ records how much attention each prefill token gets; that scorer's Observation ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -30,6 +31,8 @@ class Observation:
     scaling: float
     replay: torch.Tensor | None = None  # [B, H_kv, T] the context-reconstruction pass's scores (``Scorer.replays``)
     out_proj: torch.Tensor | None = None  # [hidden, H_q * D] the layer's output projection W_o, where known
+    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # positions [N] -> the
+    # layer's RoPE (cos, sin) [N, D] at them, where known (``runtime.rotary_of``)
     _attention: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
