@@ -70,8 +70,11 @@ def test_export_lookup_and_eval_round_trip(searched, tmp_path):
     found = json.loads(invoke("lookup", "--model", model, "--budget", "25%", "--db", db, "--json").stdout)
     assert found["run_id"] == detail["id"] and found["config"]["layers"] == exported["layers"]
     for_kvpress = invoke("export", detail["id"], "--format", "kvpress", "--db", db)
-    assert for_kvpress.exit_code == 0 and json.loads(for_kvpress.stdout)["layers"] == exported["layers"]
-    assert "EvolKVPress.from_file" in for_kvpress.stderr
+    if "allocation" in exported:  # the winner may be a per-prompt allocation baseline, which a press cannot run
+        assert "allocation" in _one_line_error(for_kvpress)
+    else:
+        assert for_kvpress.exit_code == 0 and json.loads(for_kvpress.stdout)["layers"] == exported["layers"]
+        assert "EvolKVPress.from_file" in for_kvpress.stderr
     assert "known: json, kvpress" in _one_line_error(invoke("export", detail["id"], "--format", "yaml", "--db", db))
     scored = invoke("eval", "--model", model, "--config", out, "--tasks", "passkey", "--samples", 1,
                     "--length", 200, "--json")

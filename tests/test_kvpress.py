@@ -248,7 +248,7 @@ def test_expected_attention_keeps_kvpress_expected_attention_tokens(llama):
 
 
 @pytest.mark.parametrize("scorer", ["snapkv", "expected_attention", "criticalkv"])
-def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(llama, scorer):
+def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(llama, scorer, tmp_path):
     """``evolkv.integrations.kvpress.EvolKVPress`` in kvpress's own hooks: per layer and KV head the same tokens
     as ``runtime.apply`` (the same ranking and plan); heads below the layer's largest count are masked."""
     import numpy as np
@@ -261,7 +261,8 @@ def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(ll
     ids = _prompt(llama)
     ours = evolkv_kept(llama, ids, cfg)
     assert any(len({len(h) for h in layer}) > 1 for layer in ours)  # heads of a layer keep different counts
-    assert kvpress_kept(llama, ids, EvolKVPress(cfg)) == ours
+    cfg.save(tmp_path / "winner.json")  # as `evolkv export RUN --format kvpress -o winner.json` writes it
+    assert kvpress_kept(llama, ids, EvolKVPress.from_file(tmp_path / "winner.json")) == ours
 
 
 def test_what_a_kvpress_press_cannot_carry_is_one_clear_error(llama):

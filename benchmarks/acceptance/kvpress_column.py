@@ -9,7 +9,10 @@ Run in a kvpress environment (kvpress 0.5.x pins transformers<5.3), with the sam
 Each sample's context is prefilled under the press (kvpress's ``compression_ratio`` = 1 - budget: the same
 tokens per head as evolkv's uniform budget), then the question and answer are fed over the compressed cache and
 the answer's log-probabilities compared with the full cache's (KL, as evolkv's evaluator computes it, against
-evolkv's own full-cache reference); exact match greedily decodes after the question, as the evaluator does.
+evolkv's own full-cache reference), at the positions after the context (a pruned cache is shorter); exact
+match greedily decodes after the question, as the evaluator does. evolkv's own versions of the same methods
+(``evolkv:...`` rows: AdaKV + ExpectedAttention, KVzip with a global or AdaKV allocation, uniform SnapKV) are
+scored by evolkv's evaluator on the very same prepared samples first.
 kvpress's KVzip reads its tokenizer through ``AutoTokenizer.from_pretrained(name_or_path)``, which cannot open a
 GGUF directory: here it is handed the loaded tokenizer.
 """
@@ -17,6 +20,7 @@ GGUF directory: here it is handed the loaded tokenizer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -26,10 +30,11 @@ from transformers import DynamicCache
 import kvpress
 from kvpress.presses import kvzip_press
 
-from evolkv.config import Budget
-from evolkv.evaluators.evaluator import LEAD_IN, Evaluator, _task_metrics, mean
+from evolkv.config import Budget, ScorerSpec, uniform_config
+from evolkv.evaluators.evaluator import LEAD_IN, Evaluator, _task_metrics, aggregate, mean
 from evolkv.evaluators.tasks import load_tasks
 from evolkv.models import load
+from evolkv.search.baselines import adakv
 
 PRESSES = {  # kvpress's strongest presses today, by its maintainers' ranking, and SnapKV as a reference point
     "kvpress:adakv+expected_attention": lambda r: kvpress.AdaKVPress(kvpress.ExpectedAttentionPress(r)),
@@ -43,14 +48,22 @@ def _reset(model) -> None:
         layer.self_attn.masked_key_indices = None
 
 
+def _positions(start: int, count: int, device) -> torch.Tensor:
+    """Positions after a compressed context: a pruned cache is shorter than the context, so they are passed
+    explicitly (as kvpress's pipeline does); otherwise the model would number them from the cache's length."""
+    return torch.arange(start, start + count, device=device)[None]
+
+
 @torch.no_grad()
 def score(model, tokenizer, press, prep, context) -> tuple[float, dict[str, float]]:
     """(KL to the full cache over the answer, task metrics of the greedy answer) of one sample."""
-    cache = DynamicCache()
+    cache, length = DynamicCache(), context.numel()
     with press(model):
         model(context[None], past_key_values=cache)
     answer = prep.targets.numel()
-    logits = model(prep.feed[None], past_key_values=cache).logits[0, -answer:].float()
+    feed = prep.feed[None]
+    logits = model(feed, past_key_values=cache,
+                   position_ids=_positions(length, feed.shape[1], feed.device)).logits[0, -answer:].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     ref = prep.ref_logprobs
     kl = float((ref.exp() * (ref - logprobs)).sum(-1).clamp(min=0).mean())
@@ -58,9 +71,11 @@ def score(model, tokenizer, press, prep, context) -> tuple[float, dict[str, floa
     cache = DynamicCache()
     with press(model):
         model(context[None], past_key_values=cache)
-    pending, tokens = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)][None], []
+    pending, tokens, position = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)][None], [], length
     while sum(t.shape[1] for t in tokens) < prep.answer_tokens + LEAD_IN:
-        pending = model(pending, past_key_values=cache).logits[:, -1].argmax(-1, keepdim=True)
+        out = model(pending, past_key_values=cache, position_ids=_positions(position, pending.shape[1], feed.device))
+        position += pending.shape[1]
+        pending = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(pending)
     _reset(model)
     return kl, _task_metrics(tokenizer.decode(torch.cat(tokens, 1)[0], skip_special_tokens=True), prep.sample.answer)
@@ -82,10 +97,28 @@ def main() -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     kvzip_press.AutoTokenizer.from_pretrained = lambda *a, **k: tokenizer  # see the module's docstring
     samples = load_tasks(args.tasks.split(","), args.samples, args.length, args.seed, "heldout", tokenizer)
-    evaluator = Evaluator(model, tokenizer, loaded.spec)
+    scorers = {name: ScorerSpec(name) for name in ("snapkv", "expected_attention", "kvzip")}
+    evaluator = Evaluator(model, tokenizer, loaded.spec, list(scorers.values()))
     prepared = evaluator.prepare(samples)  # the full-cache reference, exactly as the searches compute it
-    model.set_attn_implementation("sdpa")  # kvpress's AdaKV and KVzip refuse eager attention
     rows = []
+    for budget in args.budgets.split(","):  # evolkv's own versions of the same methods, on the same samples
+        b = Budget.parse(budget)
+        ours = {"evolkv:adakv+expected_attention": adakv(loaded.spec, b, scorers["expected_attention"]),
+                "evolkv:uniform expected_attention": uniform_config(loaded.spec, b, scorers["expected_attention"]),
+                "evolkv:globaltopk+kvzip": dataclasses.replace(uniform_config(loaded.spec, b, scorers["kvzip"]),
+                                                               allocation="globaltopk"),
+                "evolkv:adakv+kvzip": adakv(loaded.spec, b, scorers["kvzip"]),
+                "evolkv:uniform snapkv": uniform_config(loaded.spec, b, scorers["snapkv"])}
+        start = time.time()
+        kls = aggregate(evaluator.score_samples(list(ours.values()), prepared))
+        ems = evaluator.exact_match(list(ours.values()), prepared)
+        for (name, _), kl, em in zip(ours.items(), kls, ems):
+            row = {"model": args.model, "budget": budget, "press": name, "error": None if kl.ok else kl.reason,
+                   "heldout_kl": kl.objective if kl.ok else None, "heldout_em": em["em"], "samples": len(prepared),
+                   "seconds": round((time.time() - start) / len(ours), 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    model.set_attn_implementation("sdpa")  # kvpress's AdaKV and KVzip refuse eager attention
     for budget in args.budgets.split(","):
         fraction = Budget.parse(budget).value
         for name, make in PRESSES.items():

@@ -16,6 +16,8 @@ def main(out: str) -> None:
         if not path.stat().st_size:  # a search still running
             continue
         detail = json.loads(path.read_text())
+        if not isinstance(detail, dict) or "results" not in detail:  # kvpress_column.py's rows, not a search
+            continue
         rows = []
         for label, splits in detail["results"].items():
             held = splits.get("heldout") or {}
