@@ -202,7 +202,9 @@ def search(
                                      "(SnapKV) or after the context alone (question asked later)."),
     baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv",
                                   help="Baselines evaluated alongside (the last four: per-prompt allocators of "
-                                  "the same total, evolkv.allocators)."),
+                                  "the same total, evolkv.allocators). Also known: kvzip (KVzip's scores over all "
+                                  "layers and heads, one replay pass per sample) and expected_attention "
+                                  "(kvpress's default press: AdaKV + ExpectedAttention)."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
@@ -566,7 +568,8 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
 def evaluate(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config JSON to score."),
     baseline: Optional[str] = typer.Option(None, help="Or a baseline: full | uniform | pyramid | adakv | streaming | "
-                                           "globaltopk | prefixkv | cake | dynamickv."),
+                                           "globaltopk | prefixkv | cake | dynamickv | kvzip | "
+                                           "expected_attention."),
     budget: str = typer.Option("10%", "--budget", "-b", help="Budget of the baseline."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks, presets (mix, ruler), .jsonl files or "

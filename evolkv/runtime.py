@@ -369,7 +369,16 @@ def _replay_attention(cache, layer_idx, query, key, value, scaling, sliding, sof
     themselves; their scores recorded, their entries dropped again. Returns [B, T_q, H_q, D]."""
     layer, t_q = cache.layers[layer_idx], query.shape[2]
     query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
-    out, _ = kernels.reference.attend(query, key, value, layer.pos, query_pos, scaling, sliding, softcap)
+    if softcap is None:  # SDPA: no [T_q, T + T_q] float32 attention matrix per head (a 2k chunk over 32k)
+        visible = layer.pos[0, 0][None, :] <= query_pos[:, None]  # the prefill is uncompressed: one layout
+        if sliding is not None:
+            visible &= layer.pos[0, 0][None, :] > query_pos[:, None] - sliding
+        group = query.shape[1] // key.shape[1]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), attn_mask=visible,
+            scale=scaling)
+    else:
+        out, _ = kernels.reference.attend(query, key, value, layer.pos, query_pos, scaling, sliding, softcap)
     cache.replay.record(layer_idx, query, key, scaling)
     layer.truncate(cache.replay.length)
     return out.transpose(1, 2).contiguous()

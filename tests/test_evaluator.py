@@ -72,6 +72,9 @@ def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, bu
 
 
 def test_scores_full_is_zero_and_every_baseline_is_finite(tiny, evaluator):
+    from evolkv.search.baselines import scorers_of
+
+    evaluator.add_scorers(scorers_of(BASELINES, tiny.spec, ScorerSpec()))  # kvzip, expected_attention
     prepared = evaluator.prepare(_samples(tiny))
     configs = [baseline(name, tiny.spec, Budget.parse("10%"), ScorerSpec()) for name in BASELINES]
     scores = evaluator.score(configs, prepared)

@@ -25,8 +25,9 @@ def _settings(model_dirs, **extra):
 @pytest.fixture(scope="module")
 def executors(model_dirs):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    loaded, local = make_executor(_settings(model_dirs))
-    _, remote = make_executor(_settings(model_dirs, executor="ray", workers=2))
+    every = list(BASELINES)  # kvzip among them: its replay pass runs in the actors too
+    loaded, local = make_executor(_settings(model_dirs, baselines=every))
+    _, remote = make_executor(_settings(model_dirs, executor="ray", workers=2, baselines=every))
     yield loaded, local, remote
     remote.shutdown()
     ray.shutdown()

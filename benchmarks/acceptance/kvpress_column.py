@@ -4,7 +4,10 @@ Run in a kvpress environment (kvpress 0.5.x pins transformers<5.3), with the sam
 ``benchmarks/acceptance/methods.sh``, so the samples are the very held-out samples its searches report:
 
     /tmp/kvp/bin/python benchmarks/acceptance/kvpress_column.py --model smollm2-135m --budgets 5%,10% \
-        --tasks passkey,vartrack,prose,code --length 800 --samples 2 --seed 0 --out kvpress-smollm2.json
+        --tasks passkey,vartrack,prose,code --length 800 --samples 2 --seed 0 [--query-aware] --out kvpress.json
+
+(``--query-aware``: the question is prefilled before compression, as in evolkv search's default and
+methods.sh's searches; without it the question follows compression, as kvpress's pipeline does it.)
 
 Each sample's context is prefilled under the press (kvpress's ``compression_ratio`` = 1 - budget: the same
 tokens per head as evolkv's uniform budget), then the question and answer are fed over the compressed cache and
@@ -55,11 +58,12 @@ def _positions(start: int, count: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model, tokenizer, press, prep, context) -> tuple[float, dict[str, float]]:
-    """(KL to the full cache over the answer, task metrics of the greedy answer) of one sample."""
-    cache, length = DynamicCache(), context.numel()
+def score(model, tokenizer, press, prep, prompt) -> tuple[float, dict[str, float]]:
+    """(KL to the full cache over the answer, task metrics of the greedy answer) of one sample whose ``prompt``
+    (the context, or with --query-aware the context and question) is prefilled under ``press``."""
+    cache, length = DynamicCache(), prompt.numel()
     with press(model):
-        model(context[None], past_key_values=cache)
+        first = model(prompt[None], past_key_values=cache).logits[:, -1].argmax(-1, keepdim=True)
     answer = prep.targets.numel()
     feed = prep.feed[None]
     logits = model(feed, past_key_values=cache,
@@ -70,8 +74,12 @@ def score(model, tokenizer, press, prep, context) -> tuple[float, dict[str, floa
     _reset(model)
     cache = DynamicCache()
     with press(model):
-        model(context[None], past_key_values=cache)
-    pending, tokens, position = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)][None], [], length
+        model(prompt[None], past_key_values=cache)
+    if prep.first_token is not None:  # query-aware: decoding starts from the prefill's own prediction
+        pending, tokens = first, [first]
+    else:
+        pending, tokens = prep.feed[: prep.feed.numel() - (prep.answer_tokens - 1)][None], []
+    position = length
     while sum(t.shape[1] for t in tokens) < prep.answer_tokens + LEAD_IN:
         out = model(pending, past_key_values=cache, position_ids=_positions(position, pending.shape[1], feed.device))
         position += pending.shape[1]
@@ -90,6 +98,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--query-aware", action="store_true", help="compress after the question (evolkv search's "
+                        "default); otherwise the question comes after compression (kvpress's pipeline)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -98,7 +108,7 @@ def main() -> None:
     kvzip_press.AutoTokenizer.from_pretrained = lambda *a, **k: tokenizer  # see the module's docstring
     samples = load_tasks(args.tasks.split(","), args.samples, args.length, args.seed, "heldout", tokenizer)
     scorers = {name: ScorerSpec(name) for name in ("snapkv", "expected_attention", "kvzip")}
-    evaluator = Evaluator(model, tokenizer, loaded.spec, list(scorers.values()))
+    evaluator = Evaluator(model, tokenizer, loaded.spec, list(scorers.values()), query_aware=args.query_aware)
     prepared = evaluator.prepare(samples)  # the full-cache reference, exactly as the searches compute it
     rows = []
     for budget in args.budgets.split(","):  # evolkv's own versions of the same methods, on the same samples
@@ -114,6 +124,7 @@ def main() -> None:
         ems = evaluator.exact_match(list(ours.values()), prepared)
         for (name, _), kl, em in zip(ours.items(), kls, ems):
             row = {"model": args.model, "budget": budget, "press": name, "error": None if kl.ok else kl.reason,
+                   "query_aware": args.query_aware,
                    "heldout_kl": kl.objective if kl.ok else None, "heldout_em": em["em"], "samples": len(prepared),
                    "seconds": round((time.time() - start) / len(ours), 1)}
             rows.append(row)
@@ -125,14 +136,17 @@ def main() -> None:
             start, kls, metrics, error = time.time(), [], [], None
             try:
                 for prep in prepared:
-                    context = evaluator._encode(prep.sample.context, special=True).to(model.device)
-                    kl, m = score(model, tokenizer, make(1 - fraction), prep, context)
+                    prompt = evaluator._encode(prep.sample.context, special=True)
+                    if args.query_aware:
+                        prompt = torch.cat([prompt, evaluator._encode("\n" + prep.sample.question, special=False)])
+                    kl, m = score(model, tokenizer, make(1 - fraction), prep, prompt.to(model.device))
                     kls.append(kl)
                     metrics.append(m)
             except (AssertionError, ValueError, RuntimeError) as e:  # a press that refuses this model
                 error = str(e).splitlines()[0] if str(e) else type(e).__name__
                 _reset(model)
             row = {"model": args.model, "budget": budget, "press": name, "error": error,
+                   "query_aware": args.query_aware,
                    "heldout_kl": mean(kls) if kls and not error else None,
                    "heldout_em": mean([m["em"] for m in metrics]) if metrics and not error else None,
                    "samples": len(kls), "seconds": round(time.time() - start, 1)}

@@ -42,6 +42,18 @@ def streaming(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
     return uniform_config(model, budget, ScorerSpec("streaming", window=scorer.window, kernel=1))
 
 
+def kvzip(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """KVzip as its paper (and kvpress's KVzipPress) runs it: context-reconstruction scores, the budget spent
+    over all layers and heads at once (globaltopk). Costs one replay pass per sample."""
+    return dataclasses.replace(uniform_config(model, budget, ScorerSpec("kvzip", window=1, kernel=1)),
+                               allocation="globaltopk")
+
+
+def expected_attention(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
+    """kvpress's default press: ExpectedAttention scores, the layer's tokens split over heads by AdaKV."""
+    return adakv(model, budget, ScorerSpec("expected_attention", window=scorer.window, kernel=1))
+
+
 def _allocated(name: str) -> Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]:
     """A per-prompt allocator (``evolkv.allocators``) over the uniform config's total."""
     def make(model: ModelSpec, budget: Budget, scorer: ScorerSpec) -> KVConfig:
@@ -53,6 +65,7 @@ def _allocated(name: str) -> Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]
 BASELINES: dict[str, Callable[[ModelSpec, Budget, ScorerSpec], KVConfig]] = {
     "full": full, "uniform": uniform, "pyramid": pyramid, "adakv": adakv, "streaming": streaming,
     **{name: _allocated(name) for name in ALLOCATIONS},
+    "kvzip": kvzip, "expected_attention": expected_attention,
 }
 
 
