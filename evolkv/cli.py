@@ -200,11 +200,12 @@ def search(
                                           "--scorer, which the baselines use."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
-    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv",
-                                  help="Baselines evaluated alongside (the last four: per-prompt allocators of "
-                                  "the same total, evolkv.allocators). Also known: kvzip (KVzip's scores over all "
-                                  "layers and heads, one replay pass per sample) and expected_attention "
-                                  "(kvpress's default press: AdaKV + ExpectedAttention)."),
+    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv,kvzip",
+                                  help="Baselines evaluated alongside: globaltopk, prefixkv, cake and dynamickv "
+                                  "are per-prompt allocators of the same total (evolkv.allocators); kvzip is "
+                                  "KVzip's scores spent over all layers and heads (one replay pass per sample). "
+                                  "Also known: expected_attention (kvpress's default press: AdaKV + "
+                                  "ExpectedAttention)."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),

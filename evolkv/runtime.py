@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from functools import partial
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 
 import torch
 from transformers import AttentionInterface

@@ -36,7 +36,7 @@ class SearchSettings:
     window: int = 8
     query_aware: bool = True
     baselines: list[str] = field(default_factory=lambda: ["full", "uniform", "pyramid", "adakv", "streaming",
-                                                          "globaltopk", "prefixkv", "cake", "dynamickv"])
+                                                          "globaltopk", "prefixkv", "cake", "dynamickv", "kvzip"])
     batch_size: int = 8
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (the CLI stores the resolved one)
