@@ -193,7 +193,7 @@ def search(
                                   "(tokens and joint modes)."),
     groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn "
                                "(tokens mode; quant/joint use --clusters)."),
-    scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention (evolkv.scorers; README: adding a scorer)."),
+    scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention | kvzip (evolkv.scorers; README: adding a scorer)."),
     scorers: Optional[str] = typer.Option(None, help="Let the search pick each layer's scorer among these "
                                           "(comma-separated, e.g. snapkv,tova,criticalkv; tokens mode). Every "
                                           "one ranks each sample once at prefill; the first is the run's "
@@ -580,7 +580,7 @@ def evaluate(
     split: str = typer.Option("heldout", help="search | validation | heldout."),
     seed: int = typer.Option(0, help="Seed of the synthetic tasks."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question."),
-    scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention "
+    scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention | kvzip "
                                "(a --config brings its own)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "

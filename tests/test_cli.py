@@ -387,3 +387,11 @@ def test_scorers_are_searched_per_layer_and_the_winner_exports_them(model_dirs, 
 def test_bad_scorers_lists(args, words, tmp_path):
     line = _one_line_error(invoke("search", "--budget", "10%", *args, "--db", tmp_path / "x.db"))
     assert words in line and not (tmp_path / "x.db").exists()
+
+
+def test_help_names_every_registered_scorer():
+    from evolkv.scorers import SCORERS
+
+    for command in ("search", "eval"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).stdout  # no wrapping inside names
+        assert [name for name in SCORERS if name not in text] == [], command
