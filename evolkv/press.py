@@ -15,6 +15,7 @@ precision, which are packed, and which the MiKV tier keeps (``LayerPlan``), and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -125,17 +126,19 @@ class Press:
         for key, scorer in self.scorers.items():
             if scorer.replays != (replay is not None):
                 continue
-            seen = obs if replay is None else Observation(layer, query, keys, values, scaling, replay[key], out_proj,
-                                                                    rotary)
+            seen = obs if replay is None else dataclasses.replace(obs, replay=replay[key])
             order, sorted_scores = rank(scorer.score(seen), obs.window(scorer.window), first_valid)
             rankings[key] = Ranking(order.to(torch.int32), sorted_scores, stats)
         return rankings
 
-    def measure(self, layer: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                scaling: float) -> torch.Tensor | None:
-        """The layer's attention statistics alone (``layer_stats``; None unless this press measures them)."""
+    def measure(self, rankings: dict[str, Ranking], layer: int, query: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor, scaling: float) -> torch.Tensor | None:
+        """The layer's attention statistics: those its prefill ``rankings`` carry, or, where there are none (a
+        press of replaying scorers only), measured alone; None unless this press measures them."""
         if not self.stats:
             return None
+        if rankings:
+            return next(iter(rankings.values())).stats
         obs = Observation(layer, query, keys, values, scaling)
         return layer_stats(obs, obs.length - layer_capacity(self.model, layer, obs.length))
 

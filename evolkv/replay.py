@@ -4,7 +4,7 @@ The model is fed a request to repeat the context, then the context itself, over 
 chunk (``chunks``); at each layer, ``Replay.record`` keeps the largest attention each prefill token gets from
 those reconstruction queries, and the reconstruction tokens' own keys and values are dropped again, so the
 cache holds exactly the prefill afterwards. The scorer (``evolkv.scorers.kvzip``) then ranks from those scores.
-Both users of compression run it through ``run``: the runtime (``Compressor.after_prefill``) and the
+Both users of compression rank through ``rank_layers``: the runtime (``Compressor.after_prefill``) and the
 evaluator's shared prefill, where it costs about one more prefill per sample, whatever the population.
 """
 
@@ -83,3 +83,13 @@ def run(model, cache, context: torch.Tensor, tokenizer, sinks: int = 4, size: in
     finally:
         cache.replay = None
     return scores
+
+
+def rank_layers(press, model, cache, context: torch.Tensor, tokenizer, prefill: list[dict]) -> list[dict]:
+    """Every layer's rankings by ``press``'s replaying scorers (``Press.rank`` with their replayed scores):
+    one replay per scorer, then each layer ranked with what its prefill left in ``prefill[i]`` (its
+    ``stats``, ``out_proj`` and ``rotary``)."""
+    scores = {key: run(model, cache, context, tokenizer, scorer.sinks, scorer.chunk)
+              for key, scorer in press.replays.items()}
+    return [press.rank(i, None, layer.keys, layer.values, 1.0, {key: s[i] for key, s in scores.items()},
+                       **prefill[i]) for i, layer in enumerate(cache.layers)]

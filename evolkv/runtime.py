@@ -214,8 +214,7 @@ class Compressor(PrefillPolicy):
                               "the tokenizer: pass it, runtime.apply(model, cfg, tokenizer=tokenizer)")
         self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
         self._pending: dict[int, object] = {}  # deferred layers (allocation, replay) -> ranking(s), until ready
-        self._stats: dict[int, object] = {}  # replaying configs: each layer's statistics, measured at prefill
-        self._weights: dict[int, dict] = {}  # and its output projection and RoPE
+        self._prefill: dict[int, dict] = {}  # replaying configs: each layer's stats, out_proj and rotary
 
     def _plan_for(self, length: int) -> Plan:
         if length not in self._plans:
@@ -249,10 +248,10 @@ class Compressor(PrefillPolicy):
         if self.press.replays:  # ranked once the replay pass has run (``after_prefill``)
             if cache.pads is not None:
                 raise ConfigError("a replaying scorer (kvzip) takes one prompt at a time (no padded batches)")
-            self._pending[layer_idx] = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
-                                                       **weights)
-            self._weights[layer_idx] = weights
-            self._stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
+            self._pending[layer_idx] = ranked = self.press.rank(layer_idx, query, layer.keys, layer.values,
+                                                                scaling, **weights)
+            stats = self.press.measure(ranked, layer_idx, query, layer.keys, layer.values, scaling)
+            self._prefill[layer_idx] = dict(stats=stats, **weights)
             return
         if self.cfg.allocation is not None:  # a per-prompt allocation needs every layer's ranking first
             if cache.pads is not None:
@@ -280,15 +279,12 @@ class Compressor(PrefillPolicy):
 
         if input_ids is None:
             raise ConfigError("a replaying scorer (kvzip) needs the prompt's input_ids (not inputs_embeds)")
-        pending = [self._pending.pop(i) for i in range(len(cache.layers))]
-        scores = {key: replay.run(model, cache, input_ids, self.tokenizer, scorer.sinks, scorer.chunk)
-                  for key, scorer in self.press.replays.items()}
-        rankings = []
-        for i, (ranked, layer) in enumerate(zip(pending, cache.layers)):
-            ranked.update(self.press.rank(i, None, layer.keys, layer.values, 1.0,
-                                          {key: s[i] for key, s in scores.items()}, self._stats.pop(i),
-                                          **self._weights.pop(i)))
-            rankings.append(ranked[self.cfg.scorer_of(i).key])
+        layers = range(len(cache.layers))
+        pending = [self._pending.pop(i) for i in layers]
+        replayed = replay.rank_layers(self.press, model, cache, input_ids, self.tokenizer,
+                                      [self._prefill.pop(i) for i in layers])
+        rankings = [{**ranked, **more}[self.cfg.scorer_of(i).key]
+                    for i, (ranked, more) in enumerate(zip(pending, replayed))]
         self._keep_all(cache, rankings, input_ids.shape[1])
 
     def _keep_all(self, cache, rankings, length: int) -> None:

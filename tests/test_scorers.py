@@ -272,7 +272,8 @@ def test_expected_attention_undoes_rope_and_averages_it_over_the_future():
     """With the layer's RoPE known, the statistics are those of the queries before rotation, rotated by RoPE's
     mean matrix over the next ``future`` positions: rotating the queries by any RoPE first changes nothing."""
     from evolkv.scorers import ExpectedAttention
-    from evolkv.scorers.expected_attention import _mean_rotation, _rotate_half
+    from evolkv.scorers.base import rotate_half
+    from evolkv.scorers.expected_attention import _mean_rotation
 
     torch.manual_seed(1)
     dim, length = 4, 9
@@ -286,7 +287,7 @@ def test_expected_attention_undoes_rope_and_averages_it_over_the_future():
     keys, values = torch.randn(1, 1, length, dim), torch.randn(1, 1, length, dim)
     raw = torch.randn(1, 1, length, dim)
     cos, sin = rotary(torch.arange(length))
-    rotated = raw * cos + _rotate_half(raw) * sin
+    rotated = raw * cos + rotate_half(raw) * sin
     scorer = ExpectedAttention(sinks=2, future=16)
     got = scorer.score(Observation(0, rotated, keys, values, 1.0, rotary=rotary))[0, 0]
     r = _mean_rotation(*rotary(torch.arange(length, length + 16)))
@@ -296,5 +297,5 @@ def test_expected_attention_undoes_rope_and_averages_it_over_the_future():
     want = (k @ mu + 0.5 * torch.einsum("td,de,te->t", k, cov, k)).softmax(0) * values[0, 0, 2:].norm(dim=-1)
     assert torch.allclose(got[2:], want, atol=1e-5)
     cos_f, sin_f = rotary(torch.tensor([3]))
-    assert torch.allclose(_mean_rotation(cos_f, sin_f) @ raw[0, 0, 0], (raw * cos_f + _rotate_half(raw) * sin_f)[0, 0, 0],
+    assert torch.allclose(_mean_rotation(cos_f, sin_f) @ raw[0, 0, 0], (raw * cos_f + rotate_half(raw) * sin_f)[0, 0, 0],
                           atol=1e-6)  # one position's matrix is RoPE itself

@@ -99,27 +99,26 @@ class _Capture(PrefillPolicy):
         self.orders: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.sorted: dict[str, list] = {key: [None] * num_layers for key in press.scorers}
         self.stats: list = [None] * num_layers
-        self.weights: list = [{}] * num_layers  # each layer's output projection and RoPE
+        self.prefill: list[dict] = [{} for _ in range(num_layers)]  # each layer's stats, out_proj and rotary
 
     def on_prefill(self, cache, layer_idx, query, scaling, sliding_window, out_proj=None, rotary=None):
         layer = cache.layers[layer_idx]
-        self.weights[layer_idx] = dict(out_proj=out_proj, rotary=rotary)
-        self._record(layer_idx, self.press.rank(layer_idx, query, layer.keys, layer.values, scaling,
-                                                **self.weights[layer_idx]))
-        if self.press.replays and self.stats[layer_idx] is None:  # only replaying scorers: nothing ranked yet
-            self.stats[layer_idx] = self.press.measure(layer_idx, query, layer.keys, layer.values, scaling)
+        ranked = self.press.rank(layer_idx, query, layer.keys, layer.values, scaling, out_proj=out_proj,
+                                 rotary=rotary)
+        self._record(layer_idx, ranked)
+        if self.press.replays:
+            stats = self.press.measure(ranked, layer_idx, query, layer.keys, layer.values, scaling)
+            self.stats[layer_idx] = stats
+            self.prefill[layer_idx] = dict(stats=stats, out_proj=out_proj, rotary=rotary)
 
     def after_prefill(self, model, cache, input_ids):
-        if not self.press.replays or self.orders[next(iter(self.press.replays))][0] is not None:
+        if not self.press.replays or self.orders[next(iter(self.press.replays))][0] is not None:  # replayed
             return
         from evolkv import replay
 
-        scores = {key: replay.run(model, cache, input_ids, self.tokenizer, scorer.sinks, scorer.chunk)
-                  for key, scorer in self.press.replays.items()}
-        for i, layer in enumerate(cache.layers):
-            self._record(i, self.press.rank(i, None, layer.keys, layer.values, 1.0,
-                                            {key: s[i] for key, s in scores.items()}, self.stats[i],
-                                            **self.weights[i]))
+        for i, rankings in enumerate(replay.rank_layers(self.press, model, cache, input_ids, self.tokenizer,
+                                                        self.prefill)):
+            self._record(i, rankings)
 
     def _record(self, layer_idx: int, rankings: dict[str, Ranking]) -> None:
         for key, ranking in rankings.items():

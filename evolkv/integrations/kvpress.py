@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv.integrations import kvpress_check as check
@@ -72,12 +70,12 @@ class EvolKVPress(BasePress):
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
         from evolkv.press import output_projection
+        from evolkv.scorers.base import rotate_half
 
         layer, length = module.layer_idx, keys.shape[2]
         cos, sin = kwargs["position_embeddings"]
         query = get_prerope_query_states(module, hidden_states)
-        half = query.shape[-1] // 2
-        query = query * cos[:, None] + torch.cat([-query[..., half:], query[..., :half]], -1) * sin[:, None]
+        query = query * cos[:, None] + rotate_half(query) * sin[:, None]
         rotary = None if self._rotary is None else (lambda positions: self._rotary(layer, positions))
         ranking = self._press.rank(layer, query, keys, values, module.scaling, out_proj=output_projection(module),
                                    rotary=rotary)[self.config.scorer_of(layer).key]

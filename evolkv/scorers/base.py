@@ -76,6 +76,12 @@ class Scorer:
         raise NotImplementedError
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """RoPE's pairing of the two halves of the last dimension: (x1, x2) -> (-x2, x1)."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
 def pool(scores: torch.Tensor, kernel: int) -> torch.Tensor:
     """Average pooling along tokens (SnapKV's clustering), edges without padding."""
     if kernel <= 1:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evolkv.scorers.base import Observation, Scorer
+from evolkv.scorers.base import Observation, Scorer, rotate_half
 from evolkv.scorers.registry import register
 
 
@@ -65,15 +65,10 @@ class ExpectedAttention(Scorer):
         return torch.cat([torch.full_like(obs.values[:, :, :sinks, 0], float(top), dtype=scores.dtype), scores], -1)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
 def _unrotate(queries: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Undo RoPE (q cos + rotate_half(q) sin, cos and sin [T, D] possibly scaled alike): rotate back and divide by
     the scale squared."""
-    back = queries * cos - _rotate_half(queries) * sin
+    back = queries * cos - rotate_half(queries) * sin
     return back / (cos * cos + sin * sin).clamp_min(1e-12)
 
 
