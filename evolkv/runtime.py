@@ -35,6 +35,7 @@ class CompressedLayer(CacheLayerMixin):
     """One layer's cache: keys/values [B, H_kv, L, D] and each entry's token position [B, H_kv, L] (-1 = empty)."""
 
     is_sliding = False
+    static = False  # ``evolkv.serving.ServingLayer``: preallocated rows, decode in a CUDA graph
 
     def __init__(self) -> None:
         super().__init__()
@@ -333,6 +334,8 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
     else:
         layer = cache.layers[module.layer_idx]
+        if layer.static:  # a serving cache (``evolkv.serving``): ragged static rows, one decode token
+            return layer.attend(query, scaling, sliding, kwargs.get("softcap")).transpose(1, 2).contiguous(), None
         if cache.replay is not None:
             return _replay_attention(cache, module.layer_idx, query, key, value, scaling, sliding,
                                      kwargs.get("softcap")), None

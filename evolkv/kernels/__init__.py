@@ -15,7 +15,7 @@ DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh
 DENSIFY_MIN_CANDIDATES = 32  # from this many candidates a packed prefill is dequantized once per forward (H100:
 # at population 64 it wins from 16k context on, at 16 it does not; benchmarks/results/*bench_quantized*)
 
-__all__ = ["attend", "attend_gathered", "attend_packed", "gather_kv"]
+__all__ = ["attend", "attend_gathered", "attend_packed", "attend_ragged", "gather_kv"]
 
 
 def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
@@ -27,6 +27,19 @@ def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None
 
         return decode_attention(query, keys, values, key_pos, query_pos, scaling, sliding_window)
     return reference.attend(query, keys, values, key_pos, query_pos, scaling, sliding_window, softcap)
+
+
+def attend_ragged(query, keys, values, start, count, step, capacity, scaling, pos=None, query_pos=None,
+                  sliding_window=None, softcap=None):
+    """Decode attention over a ragged serving cache (see ``reference.attend_ragged``): the Triton kernel on
+    CUDA, the torch reference otherwise (and for soft-capped logits)."""
+    if softcap is None and _use_triton(query):
+        from evolkv.kernels.ragged import ragged_decode_attention
+
+        return ragged_decode_attention(query, keys, values, start, count, step, capacity, scaling, pos, query_pos,
+                                       sliding_window)
+    return reference.attend_ragged(query, keys, values, start, count, step, capacity, scaling, pos, query_pos,
+                                   sliding_window, softcap)
 
 
 def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=None, softcap=None):

@@ -123,3 +123,26 @@ def dequantize_ref(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
     axis = 1 if per_channel else 2  # keys: groups of tokens; values: groups of channels
     scale, zero = (t.repeat_interleave(group_size, dim=axis).narrow(axis, 0, codes.shape[axis]) for t in (scale, zero))
     return (codes.float() * scale + zero).to(dtype)
+
+
+def attend_ragged(query, keys, values, start, count, step, capacity, scaling, pos=None, query_pos=None,
+                  sliding_window=None, softcap=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention over a ragged serving cache (``evolkv.kernels.ragged``): row r = b * H_kv + h holds
+    entries [start[r], start[r] + count[r] + step + 1) of keys/values [N, D]. Gathers each row into
+    ``capacity`` padded slots and calls ``attend``; the shapes are static, so a CUDA graph can capture it."""
+    batch, num_q, _, dim = query.shape
+    rows = start.shape[0]
+    num_kv = rows // batch
+    slot = torch.arange(capacity, device=keys.device)
+    index = (start.long()[:, None] + slot).clamp_(max=keys.shape[0] - 1)  # [R, C]
+    valid = slot < (count.long() + step.long() + 1)[:, None]
+    shape = (batch, num_kv, capacity)
+    k = keys[index].view(*shape, dim)
+    v = values[index].view(*shape, dim)
+    if sliding_window is not None:
+        key_pos = torch.where(valid, pos.long()[index], -1).view(shape)
+        q_pos = query_pos.long().view(1)
+    else:  # every kept and decoded entry precedes the query
+        key_pos = torch.where(valid, 0, -1).view(shape)
+        q_pos = torch.zeros(1, dtype=torch.long, device=keys.device)
+    return attend(query, k, v, key_pos, q_pos, scaling, sliding_window, softcap)

@@ -1,0 +1,232 @@
+"""Fast generation with a compressed cache: static per-layer capacities, decode steps in a CUDA graph.
+
+    from evolkv.serving import Generator
+
+    gen = Generator(model, cfg)                     # cfg None: the full cache, through the same path
+    tokens = gen.generate(input_ids, attention_mask, max_new_tokens=64)
+
+The prefill runs as under ``runtime.apply`` (each layer compressed by the config at the end of its prefill).
+From then on every layer's size is known: its kept entries per (sequence, KV head) plus room for the new
+tokens. ``ServingCache`` moves each layer into one ragged buffer of exactly that size (no padding to the
+longest head), quantized tiers stay as packed, and a decode step touches only preallocated tensors and device
+counters, so on CUDA it is captured once in a CUDA graph and replayed for every token (gpt-fast style): no
+per-token allocation, concatenation or Python-side launch overhead. Greedy tokens equal ``model.generate``
+under ``runtime.apply`` with the same config.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evolkv import kernels, runtime
+from evolkv.config import KVConfig
+from evolkv.errors import ConfigError
+from evolkv.runtime import CompressedCache, CompressedLayer, Compressor, merge_softmax
+
+
+class ServingLayer(CompressedLayer):
+    """One layer of a ``ServingCache``: keys/values [N, D], row r = b * H_kv + h at [start[r], start[r] +
+    count[r] + room); its packed tiers (if any) as the prefill left them."""
+
+    static = True
+
+    def __init__(self, source: CompressedLayer, room: int, cache: ServingCache, sliding: bool) -> None:
+        super().__init__()
+        pos = source.pos  # [B, H_kv, L], -1 = empty
+        batch, heads, _ = pos.shape
+        dim = source.keys.shape[-1]
+        valid = (pos >= 0).flatten(0, 1)  # [R, L]
+        count = valid.sum(-1)
+        slots = count + room
+        start = torch.cumsum(slots, 0) - slots
+        total = int(slots.sum())
+        # zeros, not garbage: the torch path reads padded slots (masked, but 0 * NaN would be NaN)
+        self.keys = source.keys.new_zeros(total, dim)
+        self.values = source.values.new_zeros(total, dim)
+        dest = (start[:, None] + valid.cumsum(-1) - 1)[valid]
+        self.keys[dest] = source.keys.flatten(0, 1)[valid]
+        self.values[dest] = source.values.flatten(0, 1)[valid]
+        self.slot_pos = None
+        if sliding:  # a sliding layer masks by position: keep each entry's
+            self.slot_pos = torch.full((total,), -1, dtype=torch.int32, device=pos.device)
+            self.slot_pos[dest] = pos.flatten(0, 1)[valid].to(torch.int32)
+        self.start, self.count = start.to(torch.int32), count.to(torch.int32)
+        self.base = (start + count).long()  # where decoded token i of row r goes: base[r] + i
+        self.capacity = int(slots.max()) if slots.numel() else 1
+        self.shape = (batch, heads)
+        self.kept = int(count.sum())
+        self.cache = cache
+        self._tiers = []
+        for packed, packed_pos in source.tiers():  # read-only from now on: positions as the kernel wants them
+            self._tiers.append((packed, packed_pos.to(torch.int32).contiguous()))
+        self.dtype, self.device = source.keys.dtype, source.keys.device
+        self.seen, self.compressed, self.is_initialized = source.seen, True, True
+
+    def tiers(self):
+        return self._tiers
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write one decoded token per row at its row's next slot (no host value: graph-safe)."""
+        if key_states.shape[2] != 1:
+            raise ConfigError("a serving cache decodes one token per step")
+        rows = self.shape[0] * self.shape[1]
+        index = self.base + self.cache.step
+        self.keys.index_copy_(0, index, key_states.reshape(rows, -1))
+        self.values.index_copy_(0, index, value_states.reshape(rows, -1))
+        if self.slot_pos is not None:
+            self.slot_pos.index_copy_(0, index, self.cache.query_pos.expand(rows))
+        return key_states, value_states
+
+    def attend(self, query: torch.Tensor, scaling: float, sliding_window: int | None, softcap: float | None
+               ) -> torch.Tensor:
+        """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
+        cache = self.cache
+        out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
+                                         self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
+                                         softcap)
+        for packed, packed_pos in self._tiers:
+            out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, cache.query_pos,
+                                                                      scaling, sliding_window, softcap))
+        return out
+
+    def nbytes(self, room: bool = True) -> int:
+        """Bytes this layer stores: full-precision entries (with the room for new tokens, or only the kept
+        ones), positions of a sliding layer, and the packed tiers."""
+        entries = self.keys.shape[0] if room else self.kept
+        full = entries * (self.keys.shape[1] * self.keys.element_size() * 2)
+        pos = 0 if self.slot_pos is None else entries * self.slot_pos.element_size()
+        return full + pos + sum(p.nbytes() for p, _ in self._tiers)
+
+    def entries(self) -> int:
+        return self.kept + sum(int((pos >= 0).sum()) for _, pos in self._tiers)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("a serving cache cannot be reordered for beam search")
+
+
+class ServingCache(CompressedCache):
+    """Every layer of a prefilled ``CompressedCache`` in static form with room for ``room`` new tokens per
+    sequence. ``step`` (tokens decoded so far) and ``query_pos`` (the next token's position, in the prefill's
+    padded coordinates) are device counters; ``advance`` moves both after a decode step."""
+
+    def __init__(self, source: CompressedCache, room: int, sliding: list[bool]) -> None:
+        super().__init__(0, None)
+        device = source.layers[0].keys.device
+        self.step = torch.zeros(1, dtype=torch.int32, device=device)
+        self.query_pos = torch.full((1,), source.layers[0].seen, dtype=torch.int32, device=device)
+        self.layers = [ServingLayer(layer, room, self, slide) for layer, slide in zip(source.layers, sliding)]
+        self.pads, self.rotary, self.room = source.pads, source.rotary, room
+
+    def advance(self) -> None:
+        self.step.add_(1)
+        self.query_pos.add_(1)
+
+    def nbytes(self, room: bool = True) -> int:
+        return sum(layer.nbytes(room) for layer in self.layers)
+
+
+class Generator:
+    """Greedy generation with ``cfg`` (None: the full cache) through a ``ServingCache``.
+
+    ``cuda_graph``: capture the decode step once and replay it per token (default: on CUDA). ``prefill``,
+    ``decode`` and ``generate`` can be timed apart (``benchmarks/bench_serving.py`` does)."""
+
+    def __init__(self, model, cfg: KVConfig | None = None, tokenizer=None, cuda_graph: bool | None = None) -> None:
+        from evolkv.models import model_spec
+
+        self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
+        self.spec = model_spec(model.config, getattr(cfg.model, "name", "model") if cfg else "model")
+        if cfg is not None:
+            cfg.check_fits(self.spec)
+            Compressor(cfg, tokenizer)  # a config that cannot be served says so before any work
+        device = next(model.parameters()).device
+        self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and device.type != "cuda":
+            raise ConfigError("CUDA graphs need the model on a CUDA device")
+        self.cache: ServingCache | None = None
+        self._graph = None
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                max_new_tokens: int = 32) -> torch.Tensor:
+        """Run the prompt (compressed as ``runtime.apply`` does), build the serving cache with room for
+        ``max_new_tokens``; returns the first new token [B]."""
+        if max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be at least 1")
+        model, spec = self.model, self.spec
+        config = getattr(model.config, "text_config", None) or model.config
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and input_ids.shape[1] + max_new_tokens > limit:
+            raise ConfigError(f"{input_ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the "
+                              f"model's {limit} positions")
+        policy = Compressor(self.cfg, self.tokenizer) if self.cfg is not None else None
+        cache = CompressedCache(spec.num_layers, policy)
+        cache.set_padding(attention_mask)
+        position_ids = None
+        if cache.pads is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        with runtime.attach(model):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=True, logits_to_keep=1, **{runtime.cache_kwarg(model): cache})
+        first = out.logits[:, -1].argmax(-1)
+        self.cache = ServingCache(cache, max_new_tokens, [spec.is_sliding(i) for i in range(spec.num_layers)])
+        lengths = input_ids.shape[1] - (cache.pads if cache.pads is not None else 0)
+        self._ids = first[:, None].clone()
+        self._positions = (torch.zeros_like(first) + lengths)[:, None].clone()  # the next token's position
+        self._graph = None
+        return first
+
+    def _step(self) -> torch.Tensor:
+        """One decode step over the serving cache: feed ``_ids``, leave the next token there and return it."""
+        with runtime.attach(self.model):
+            logits = self.model(input_ids=self._ids, position_ids=self._positions, use_cache=True,
+                                **{runtime.cache_kwarg(self.model): self.cache}).logits
+        token = logits[:, -1].argmax(-1)
+        self.cache.advance()
+        self._positions.add_(1)
+        self._ids.copy_(token[:, None])
+        return token
+
+    def _capture(self) -> None:
+        """Warm up (compiles the kernels) on a side stream, undo the warm-up's steps, capture one step."""
+        cache = self.cache
+        saved = [t.clone() for t in (self._ids, self._positions, cache.step, cache.query_pos)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        for tensor, value in zip((self._ids, self._positions, cache.step, cache.query_pos), saved):
+            tensor.copy_(value)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._token = self._step()
+
+    @torch.no_grad()
+    def decode(self, steps: int) -> torch.Tensor:
+        """``steps`` greedy tokens after the last one fed [B, steps] (at most the room left)."""
+        cache = self.cache
+        if cache is None:
+            raise ConfigError("prefill first")
+        if int(cache.step) + steps > cache.room:
+            raise ConfigError(f"only {cache.room - int(cache.step)} more tokens fit this serving cache")
+        tokens = torch.empty(self._ids.shape[0], steps, dtype=torch.long, device=self._ids.device)
+        if self.cuda_graph and self._graph is None and steps:
+            self._capture()
+        for i in range(steps):
+            if self._graph is not None:
+                self._graph.replay()
+                tokens[:, i] = self._token
+            else:
+                tokens[:, i] = self._step()
+        return tokens
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 32) -> torch.Tensor:
+        """The prompt followed by ``max_new_tokens`` greedy tokens [B, T + new], as ``model.generate`` with
+        ``do_sample=False`` returns it (no early stop at EOS)."""
+        first = self.prefill(input_ids, attention_mask, max_new_tokens)
+        rest = self.decode(max_new_tokens - 1)
+        return torch.cat([input_ids, first[:, None], rest], dim=1)

@@ -1,0 +1,132 @@
+"""The serving path (``evolkv.serving``): static ragged caches, one decode token per step, CUDA graphs on GPU.
+Its greedy tokens must equal ``model.generate`` under ``runtime.apply`` with the same config."""
+
+import pytest
+import torch
+
+from evolkv import runtime
+from evolkv.config import Budget, ScorerSpec, uniform_config
+from evolkv.errors import ConfigError
+from evolkv.search.baselines import adakv
+from evolkv.serving import Generator
+
+
+def _prompt(tiny, length=120, seed=3):
+    torch.manual_seed(seed)
+    return torch.randint(4, len(tiny.tokenizer), (1, length)).to(tiny.model.device)
+
+
+CONFIGS = {
+    "full": lambda spec: None,
+    "uniform 10%": lambda spec: uniform_config(spec, Budget.parse("10%")),
+    "adakv 30%": lambda spec: adakv(spec, Budget.parse("30%"), ScorerSpec()),
+    "K4V4 all": lambda spec: uniform_config(spec, Budget.parse("100%"), k_bits=4, v_bits=4, group_size=32),
+    "30% K4V2 r16": lambda spec: uniform_config(spec, Budget.parse("30%"), k_bits=4, v_bits=2, group_size=32,
+                                                residual=16),
+    "20% MiKV e4": lambda spec: uniform_config(spec, Budget.parse("20%"), evicted_bits=4, group_size=32),
+}
+
+
+def _same_until_eos(ours, expected, eos=2):
+    """``generate`` stops a row at end-of-sequence (and pads it); the serving loop runs on: equal tokens up to
+    and including the first end-of-sequence."""
+    for row, ref in zip(ours, expected):
+        stop = (ref == eos).nonzero()
+        n = int(stop[0]) + 1 if len(stop) else len(ref)
+        if not torch.equal(row[:n], ref[:n]):
+            return False
+    return True
+
+
+def _reference(tiny, cfg, ids, new, **kwargs):
+    generate = dict(max_new_tokens=new, do_sample=False, pad_token_id=0, **kwargs)
+    if cfg is None:
+        return tiny.model.generate(ids, **generate)
+    with runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
+        return tiny.model.generate(ids, **generate)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_serving_generates_what_generate_does_under_apply(tiny, name):
+    cfg = CONFIGS[name](tiny.spec)
+    ids = torch.cat([_prompt(tiny, 120, seed=3), _prompt(tiny, 120, seed=4)])
+    with torch.no_grad():
+        expected = _reference(tiny, cfg, ids, 8)
+    ours = Generator(tiny.model, cfg, tiny.tokenizer).generate(ids, max_new_tokens=8)
+    assert _same_until_eos(ours[:, ids.shape[1]:], expected[:, ids.shape[1]:])
+
+
+def test_serving_a_left_padded_batch(tiny):
+    cfg = uniform_config(tiny.spec, Budget.parse("30%"))
+    prompts = [_prompt(tiny, 120)[0], _prompt(tiny, 90, seed=5)[0], _prompt(tiny, 64, seed=6)[0]]
+    longest = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(longest - len(p), dtype=torch.long, device=p.device), p])
+                       for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in prompts])
+    mask = mask.long().to(ids.device)
+    ours = Generator(tiny.model, cfg).generate(ids, mask, max_new_tokens=6)
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            alone = _reference(tiny, cfg, prompt[None], 6)
+            assert _same_until_eos(ours[row:row + 1, longest:], alone[:, len(prompt):])
+
+
+def test_serving_kvzip_and_its_bytes(tiny):
+    """A replaying scorer serves too (its prefill replays); the cache's bytes after prefill are the config's
+    own accounting (``allocation.kv_bytes``) for a uniform config."""
+    from evolkv.allocation import kv_bytes
+
+    kvzip = uniform_config(tiny.spec, Budget.parse("30%"), ScorerSpec("kvzip"))
+    ids = _prompt(tiny, 120)
+    with torch.no_grad():
+        expected = _reference(tiny, kvzip, ids, 6)
+    ours = Generator(tiny.model, kvzip, tiny.tokenizer).generate(ids, max_new_tokens=6)
+    assert _same_until_eos(ours[:, ids.shape[1]:], expected[:, ids.shape[1]:])
+    for cfg in (uniform_config(tiny.spec, Budget.parse("20%")),
+                uniform_config(tiny.spec, Budget.parse("50%"), k_bits=4, v_bits=4, group_size=32)):
+        gen = Generator(tiny.model, cfg)
+        gen.prefill(ids, max_new_tokens=4)
+        dtype_bytes = tiny.model.dtype.itemsize
+        sliding = sum(layer.kept * 4 for layer in gen.cache.layers if layer.slot_pos is not None)
+        assert gen.cache.nbytes(room=False) - sliding == kv_bytes(cfg, ids.shape[1], dtype_bytes)
+
+
+def test_serving_bad_input_is_one_clear_error(tiny):
+    cfg = uniform_config(tiny.spec, Budget.parse("10%"))
+    gen = Generator(tiny.model, cfg)
+    with pytest.raises(ConfigError, match="prefill first"):
+        gen.decode(2)
+    with pytest.raises(ConfigError, match="positions"):
+        gen.prefill(_prompt(tiny, 4094), max_new_tokens=8)
+    gen.prefill(_prompt(tiny, 40), max_new_tokens=3)
+    with pytest.raises(ConfigError, match="more tokens fit"):
+        gen.decode(4)
+    other = "qwen3" if tiny.spec.model_type != "qwen3" else "llama"
+    from evolkv.models import model_spec
+
+    with pytest.raises(ConfigError, match="config is for"):
+        Generator(tiny.model, uniform_config(model_spec(_config_of(other), "other"), Budget.parse("10%")))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            Generator(tiny.model, cfg, cuda_graph=True)
+
+
+def _config_of(arch):
+    from tests.conftest import BUILDERS
+    from evolkv.testing import char_tokenizer
+
+    return BUILDERS[arch](len(char_tokenizer())).config
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_serving_through_the_triton_kernels(loaded, arch, monkeypatch):
+    """The ragged decode kernel inside the model (interpreted on CPU): a per-head config, a quantized one."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("EVOLKV_KERNELS", "triton")
+    tiny = loaded[arch]
+    ids = torch.cat([_prompt(tiny, 100, seed=3), _prompt(tiny, 100, seed=4)])
+    for cfg in (CONFIGS["adakv 30%"](tiny.spec), CONFIGS["30% K4V2 r16"](tiny.spec)):
+        with torch.no_grad():
+            expected = _reference(tiny, cfg, ids, 4)
+        ours = Generator(tiny.model, cfg).generate(ids, max_new_tokens=4)
+        assert _same_until_eos(ours[:, ids.shape[1]:], expected[:, ids.shape[1]:])
