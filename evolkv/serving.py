@@ -81,6 +81,20 @@ class ServingLayer(CompressedLayer):
                ) -> torch.Tensor:
         """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
         cache = self.cache
+        if self._tiers and softcap is None and self._one_merge(query):
+            from evolkv.kernels import folded, ragged
+
+            rows, device = self.start.shape[0], query.device
+            splits = ragged.plan_splits(self.capacity, rows, 64, device)[0]
+            splits += sum(folded.splits_for(packed, rows, device) for packed, _ in self._tiers)
+            parts = ragged.Partials(query, splits)  # every part's splits side by side, merged once
+            ragged.ragged_decode_attention(query, self.keys, self.values, self.start, self.count, cache.step,
+                                           self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
+                                           partials=parts)
+            for packed, packed_pos in self._tiers:
+                folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling, sliding_window,
+                                               unpack=int(kernels.packed_decode_mode() == "asm"), partials=parts)
+            return parts.merge()[0]
         out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
                                          self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                          softcap)
@@ -88,6 +102,13 @@ class ServingLayer(CompressedLayer):
             out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, cache.query_pos,
                                                                       scaling, sliding_window, softcap))
         return out
+
+    def _one_merge(self, query: torch.Tensor) -> bool:
+        """Whether the GPU kernels serve every part (then one merge replaces a torch merge per tier)."""
+        from evolkv.kernels import folded
+
+        return (query.is_cuda and kernels._use_triton(query) and kernels.packed_decode_mode() != "plain"
+                and all(folded.supported(query, packed) for packed, _ in self._tiers))
 
     def nbytes(self, room: bool = True) -> int:
         """Bytes this layer stores: full-precision entries (with the room for new tokens, or only the kept
@@ -106,7 +127,7 @@ class ServingLayer(CompressedLayer):
 
 class ServingCache(CompressedCache):
     """Every layer of a prefilled ``CompressedCache`` in static form with room for ``room`` new tokens per
-    sequence. ``step`` (tokens decoded so far) and ``query_pos`` (the next token's position, in the prefill's
+    sequence; ``source``'s layers are emptied as they move (the peak is one layer above the cache). ``step`` (tokens decoded so far) and ``query_pos`` (the next token's position, in the prefill's
     padded coordinates) are device counters; ``advance`` moves both after a decode step."""
 
     def __init__(self, source: CompressedCache, room: int, sliding: list[bool]) -> None:
@@ -114,7 +135,10 @@ class ServingCache(CompressedCache):
         device = source.layers[0].keys.device
         self.step = torch.zeros(1, dtype=torch.int32, device=device)
         self.query_pos = torch.full((1,), source.layers[0].seen, dtype=torch.int32, device=device)
-        self.layers = [ServingLayer(layer, room, self, slide) for layer, slide in zip(source.layers, sliding)]
+        self.layers = []
+        for layer, slide in zip(source.layers, sliding):
+            self.layers.append(ServingLayer(layer, room, self, slide))
+            layer.reset()
         self.pads, self.rotary, self.room = source.pads, source.rotary, room
 
     def advance(self) -> None:
@@ -123,6 +147,26 @@ class ServingCache(CompressedCache):
 
     def nbytes(self, room: bool = True) -> int:
         return sum(layer.nbytes(room) for layer in self.layers)
+
+
+def compile_blocks(model) -> list:
+    """Replace ``model``'s norm and MLP modules (classes named ``*RMSNorm`` / ``*MLP``) by ``torch.compile``d
+    copies: their elementwise work fused into a few kernels per layer, which a decode step of a 7-8B model is
+    mostly made of besides its weights' read (H100, Llama-3-8B shape: -0.9 to -1.3 ms per step,
+    ``benchmarks/results/*serving*``). Attention stays evolkv's. Returns what ``restore_blocks`` undoes."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            kind = type(child).__name__
+            if kind.endswith(("RMSNorm", "MLP")):
+                setattr(parent, name, torch.compile(child, dynamic=False))
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def restore_blocks(swapped: list) -> None:
+    for parent, name, child in swapped:
+        setattr(parent, name, child)
 
 
 class Generator:
@@ -153,28 +197,41 @@ class Generator:
         ``max_new_tokens``; returns the first new token [B]."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
-        model, spec = self.model, self.spec
-        config = getattr(model.config, "text_config", None) or model.config
+        config = getattr(self.model.config, "text_config", None) or self.model.config
         limit = getattr(config, "max_position_embeddings", None)
         if limit and input_ids.shape[1] + max_new_tokens > limit:
             raise ConfigError(f"{input_ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the "
                               f"model's {limit} positions")
+        cache, first = self.prefill_cache(input_ids, attention_mask)
+        lengths = input_ids.shape[1] - (cache.pads if cache.pads is not None else 0)
+        self.serve(cache, first, lengths, max_new_tokens)
+        return first
+
+    @torch.no_grad()
+    def prefill_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                      ) -> tuple[CompressedCache, torch.Tensor]:
+        """The prompt's forward into a ``CompressedCache`` (compressed by the config at each layer's end of
+        prefill, as under ``runtime.apply``): (the cache, the first new token [B])."""
         policy = Compressor(self.cfg, self.tokenizer) if self.cfg is not None else None
-        cache = CompressedCache(spec.num_layers, policy)
+        cache = CompressedCache(self.spec.num_layers, policy)
         cache.set_padding(attention_mask)
         position_ids = None
-        if cache.pads is not None:
+        if cache.pads is not None:  # as generate numbers a left-padded prompt: from its first token
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
-        with runtime.attach(model):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=True, logits_to_keep=1, **{runtime.cache_kwarg(model): cache})
-        first = out.logits[:, -1].argmax(-1)
-        self.cache = ServingCache(cache, max_new_tokens, [spec.is_sliding(i) for i in range(spec.num_layers)])
-        lengths = input_ids.shape[1] - (cache.pads if cache.pads is not None else 0)
+        with runtime.attach(self.model):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=True, logits_to_keep=1, **{runtime.cache_kwarg(self.model): cache})
+        self.prefill_logits = out.logits[:, -1]
+        return cache, out.logits[:, -1].argmax(-1)
+
+    def serve(self, cache: CompressedCache, first: torch.Tensor, lengths, room: int) -> None:
+        """Decode from ``cache`` from now on: its serving form with ``room`` slots per row for new tokens,
+        ``first`` [B] the next token to feed, at positions ``lengths`` (each sequence's real prompt length)."""
+        spec = self.spec
+        self.cache = ServingCache(cache, room, [spec.is_sliding(i) for i in range(spec.num_layers)])
         self._ids = first[:, None].clone()
         self._positions = (torch.zeros_like(first) + lengths)[:, None].clone()  # the next token's position
-        self._graph = None
-        return first
+        self._graph, self._decoded = None, 0
 
     def _step(self) -> torch.Tensor:
         """One decode step over the serving cache: feed ``_ids``, leave the next token there and return it."""
@@ -185,7 +242,7 @@ class Generator:
         self.cache.advance()
         self._positions.add_(1)
         self._ids.copy_(token[:, None])
-        return token
+        return token, logits[:, -1]
 
     def _capture(self) -> None:
         """Warm up (compiles the kernels) on a side stream, undo the warm-up's steps, capture one step."""
@@ -201,26 +258,32 @@ class Generator:
             tensor.copy_(value)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
-            self._token = self._step()
+            self._token, self._logits = self._step()
 
     @torch.no_grad()
-    def decode(self, steps: int) -> torch.Tensor:
-        """``steps`` greedy tokens after the last one fed [B, steps] (at most the room left)."""
+    def decode(self, steps: int, logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``steps`` greedy tokens after the last one fed [B, steps] (at most the room left); with ``logits``
+        also each step's next-token logits [B, steps, V]."""
         cache = self.cache
         if cache is None:
             raise ConfigError("prefill first")
-        if int(cache.step) + steps > cache.room:
-            raise ConfigError(f"only {cache.room - int(cache.step)} more tokens fit this serving cache")
+        if self._decoded + steps > cache.room:  # counted here: reading cache.step would wait for the GPU
+            raise ConfigError(f"only {cache.room - self._decoded} more tokens fit this serving cache")
+        self._decoded += steps
         tokens = torch.empty(self._ids.shape[0], steps, dtype=torch.long, device=self._ids.device)
+        kept = [] if logits else None
         if self.cuda_graph and self._graph is None and steps:
             self._capture()
         for i in range(steps):
             if self._graph is not None:
                 self._graph.replay()
-                tokens[:, i] = self._token
+                token, step_logits = self._token, self._logits
             else:
-                tokens[:, i] = self._step()
-        return tokens
+                token, step_logits = self._step()
+            tokens[:, i] = token
+            if logits:
+                kept.append(step_logits.float().clone())
+        return (tokens, torch.stack(kept, 1) if steps else tokens.new_empty(0)) if logits else tokens
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

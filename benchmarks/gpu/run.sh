@@ -23,6 +23,12 @@ for step in $steps; do
       length=$([ "$step" = search8k ] && echo 8000 || echo 32000)
       timeout ${T_SEARCH:-560} python3 benchmarks/bench_search_gpu.py --model /tmp/llama8b --length "$length" ${BENCH_ARGS:-} \
         2>&1 | tee "$OUT/bench_search_gpu_$length.txt" ;;
+    serving-tests)
+      timeout ${T_TESTS:-300} python3 -m pytest -q -p no:cacheprovider tests/test_serving.py tests/kernels/test_ragged.py \
+        2>&1 | tee "$OUT/serving_tests.txt" | tail -15 ;;
+    serving)
+      timeout ${T_SERVING:-560} python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} --json "$OUT/serving.json" \
+        2>&1 | tee "$OUT/bench_serving.txt" ;;
     headline)
       for ctx in ${HEADLINE_CONTEXTS:-8192 32768}; do
         timeout ${T_HEADLINE:-240} python3 benchmarks/bench_gpu.py --context "$ctx" 2>&1 | tee "$OUT/bench_gpu_$ctx.txt" | tail -8

@@ -46,7 +46,13 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
     """Attention over a packed (quantized) cache (see ``packed.attend_packed_ref``): the decode kernel, which
     dequantizes as it reads, for a few query tokens on CUDA; dequantize-then-attend in torch otherwise."""
     if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and _use_triton(query):
+        from evolkv.kernels import folded
         from evolkv.kernels.decode_attention import decode_attention_packed
+
+        mode = packed_decode_mode()
+        if mode != "plain" and query.is_cuda and folded.supported(query, packed):
+            return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window,
+                                                  unpack=int(mode == "asm"))
 
         return decode_attention_packed(query, packed, key_pos, query_pos, scaling, sliding_window)
     return attend_packed_ref(query, packed, key_pos, query_pos, scaling, sliding_window, softcap)
@@ -68,6 +74,15 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
                       packed=packed, residual=residual, include_new=include_new)
     return gathered_attention_packed_ref(query, keys, values, order, counts, new_keys, new_values, scaling,
                                          sliding_window, packed, residual, include_new)
+
+
+def packed_decode_mode() -> str:
+    """``EVOLKV_PACKED_DECODE``: ``asm`` (default: ``kernels.folded`` with inline-PTX unpacking), ``triton``
+    (the same kernel, Triton integer unpacking) or ``plain`` (``decode_attention_packed``, dequantize as read)."""
+    mode = os.environ.get("EVOLKV_PACKED_DECODE", "asm")
+    if mode not in ("asm", "triton", "plain"):
+        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton or plain")
+    return mode
 
 
 def _use_triton(query: torch.Tensor) -> bool:

@@ -23,7 +23,7 @@ def _ragged_partial_kernel(
     Q, K, V, START, COUNT, STEP, POS, QPOS, M_OUT, L_OUT, ACC_OUT,
     stride_qb, stride_qh, stride_kn, stride_vn,
     stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
-    num_kv, split_len, scale,
+    num_kv, split_len, first_split, scale,
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -57,24 +57,62 @@ def _ragged_partial_kernel(
             visible = visible & (pos[None, :] > q_pos - WINDOW) & (pos[None, :] >= 0)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
-    partial = b * stride_mb + head * stride_mh + split
+    slot = first_split + split  # this launch's splits within a shared set of partials (``Partials``)
+    partial = b * stride_mb + head * stride_mh + slot
     tl.store(M_OUT + partial, m_i, mask=row_ok)
     tl.store(L_OUT + partial, l_i, mask=row_ok)
-    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + split * stride_as + d[None, :], acc,
+    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + slot * stride_as + d[None, :], acc,
              mask=row_ok[:, None])
+
+
+class Partials:
+    """Per-split softmax partials (max, sum, weighted values) [B, H_q, S(, D)] that several decode launches
+    over disjoint sets of entries fill side by side (``take`` hands each its splits), merged by one launch:
+    attention over a full-precision part and packed tiers without a merge per tier."""
+
+    def __init__(self, query: torch.Tensor, splits: int) -> None:
+        batch, num_q, _, dim = query.shape
+        self.query, self.used = query, 0
+        self.m = torch.empty(batch, num_q, splits, dtype=torch.float32, device=query.device)
+        self.lsum = torch.empty_like(self.m)
+        self.acc = torch.empty(batch, num_q, splits, dim, dtype=torch.float32, device=query.device)
+
+    def take(self, splits: int) -> int:
+        first, self.used = self.used, self.used + splits
+        if self.used > self.m.shape[2]:
+            raise ValueError("more splits taken than the partials hold")
+        return first
+
+    def merge(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out [B, H_q, 1, D] in the query's dtype, lse [B, H_q, 1] fp32) over every split taken."""
+        batch, num_q, _, dim = self.query.shape
+        out = torch.empty_like(self.query)
+        lse = torch.empty(batch, num_q, 1, dtype=torch.float32, device=self.query.device)
+        _merge_splits_kernel[(batch * num_q,)](
+            self.m, self.lsum, self.acc, out, lse, self.used, self.m.stride(1), self.acc.stride(1),
+            self.acc.stride(2), HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(self.used)))
+        return out, lse
+
+
+def plan_splits(length: int, rows: int, block_n: int, device, splits: int | None = None) -> tuple[int, int]:
+    """(splits, entries per split) for ``rows`` rows of at most ``length`` entries (splits of whole blocks)."""
+    if splits is None:
+        splits = default_splits(length, rows, block_n, device)
+    split_len = triton.cdiv(triton.cdiv(max(length, 1), splits), block_n) * block_n
+    return triton.cdiv(max(length, 1), split_len), split_len
 
 
 def ragged_decode_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
     step: torch.Tensor, capacity: int, scaling: float, pos: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None, sliding_window: int | None = None, splits: int | None = None,
-    block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    block_n: int = 64, num_warps: int = 4, num_stages: int = 2, partials: Partials | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """query: [B, H_q, 1, D]; keys, values: [N, D]; start, count: [B * H_kv] int32 (row b * H_kv + h);
     step: [1] int32, the tokens decoded before this one (row r then holds count[r] + step + 1 entries, this
     token's last); capacity: the longest row's slots (fixes the grid); pos: [N] int32 positions and
     query_pos: [1] int32, read only by a sliding layer. Returns (out [B, H_q, 1, D], lse [B, H_q, 1] fp32),
-    as ``reference.attend_ragged``."""
+    as ``reference.attend_ragged``; with ``partials``, fills its next splits instead and returns None."""
     batch, num_q, t_q, dim = query.shape
     rows = start.shape[0]
     if t_q != 1 or rows % batch or num_q % (rows // batch) or keys.shape != values.shape or keys.dim() != 2:
@@ -83,27 +121,20 @@ def ragged_decode_attention(
     group = num_q // num_kv
     if sliding_window is not None and (pos is None or query_pos is None):
         raise ValueError("a sliding layer needs the entries' positions and the query's")
-    if splits is None:
-        splits = default_splits(capacity, rows, block_n, query.device)
-    split_len = triton.cdiv(triton.cdiv(max(capacity, 1), splits), block_n) * block_n
-    splits = triton.cdiv(max(capacity, 1), split_len)
+    splits, split_len = plan_splits(capacity, rows, block_n, query.device, splits)
     query = query.contiguous()
-    m = torch.empty(batch, num_q, splits, dtype=torch.float32, device=query.device)
-    lsum = torch.empty_like(m)
-    acc = torch.empty(batch, num_q, splits, dim, dtype=torch.float32, device=query.device)
+    own = partials is None
+    parts = Partials(query, splits) if own else partials
+    first = parts.take(splits)
+    m, lsum, acc = parts.m, parts.lsum, parts.acc
     block_m = max(16, triton.next_power_of_2(group))
     _ragged_partial_kernel[(rows, splits)](
         query, keys, values, start, count, step, pos if pos is not None else start,
         query_pos if query_pos is not None else step, m, lsum, acc,
         query.stride(0), query.stride(1), keys.stride(0), values.stride(0),
         m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(2),
-        num_kv, split_len, scaling,
+        num_kv, split_len, first, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
-    out = torch.empty_like(query)
-    lse = torch.empty(batch, num_q, 1, dtype=torch.float32, device=query.device)
-    _merge_splits_kernel[(batch * num_q,)](
-        m, lsum, acc, out, lse, splits, m.stride(1), acc.stride(1), acc.stride(2),
-        HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(splits)))
-    return out, lse
+    return parts.merge() if own else None

@@ -1,0 +1,213 @@
+"""Decode attention over a KIVI-packed cache with the scales folded out of the inner loop.
+
+A key group shares one scale s[d] and zero point z[d] per channel, so over a block inside one group
+
+    q . k_n = sum_d q[d] (c[n, d] s[d] + z[d]) = (q * s) . c_n + q . z
+
+and a value (one scale and zero point per entry when the value group is the whole head) gives
+
+    sum_n p[n] v_n = sum_n (p[n] s[n]) c_n + (sum_n p[n] z[n]) 1.
+
+The kernel therefore never dequantizes an element: it scales the query once per key group and the
+probabilities once per block, and feeds the raw codes to the tensor cores. Codes become bfloat16 without a
+conversion instruction: OR-ing a code c < 128 into the mantissa of 128.0 (0x4300) gives the bfloat16 128 + c
+exactly. ``UNPACK=1`` does that with inline PTX, two codes per ``lop3`` (mask and OR at once, as Marlin /
+FasterTransformer convert int4 pairs), subtracts 128 from both halves in one ``sub.bf16x2`` and splits the
+32-bit result into its two bfloat16 halves for free (``mov.b32 {lo, hi}``); ``UNPACK=0`` writes the
+mask-and-OR with Triton's integer ops, one code at a time, and the dots subtract 128 * sum(q * s) and
+128 * sum(p * s) afterwards (cheaper, but the offset costs the tensor cores' accumulation some precision).
+
+Covers 2- and 4-bit keys and values, value groups of the whole head, key groups a multiple of the block,
+16-bit queries, one query token; ``supported`` says whether a cache qualifies (else ``decode_attention``'s
+dequantize-as-read path runs).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from evolkv.kernels.ragged import Partials, plan_splits
+from evolkv.kernels.packed import PackedKV, value_group
+
+# (s & mask) | 0x4300 on two codes at once, minus 128.0 on both halves (exact): the pair of codes as bfloat16
+_LOP3 = "lop3.b32 t, s, {mask}, 0x43004300, 0xEA; sub.rn.bf16x2 t, t, m; mov.b32 {{${lo}, ${hi}}}, t;"
+
+
+def _asm(bits: int) -> str:
+    """PTX: one int32 word of ``32 / bits`` codes -> that many bfloat16 codes, in channel order."""
+    per_word = 32 // bits
+    half = per_word // 2
+    mask = "0x000F000F" if bits == 4 else "0x00030003"
+    lines = ["{ .reg .b32 t, s, m;", "mov.b32 m, 0x43004300;", f"mov.b32 s, ${per_word};"]
+    for k in range(half):
+        if k:
+            lines.append(f"shr.u32 s, ${per_word}, {bits * k};")
+        lines.append(_LOP3.format(mask=mask, lo=k, hi=k + half))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+ASM4 = tl.constexpr(_asm(4))
+ASM2 = tl.constexpr(_asm(2))
+
+
+@triton.jit
+def _unpack(words, BITS: tl.constexpr, UNPACK: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """int32 words [BLOCK, HEAD_DIM * BITS / 32] -> bfloat16 [BLOCK, HEAD_DIM]: 128 + code (``UNPACK=0``) or
+    the code itself (``UNPACK=1``: the PTX subtracts 128 from both halves of a pair in one instruction)."""
+    if UNPACK == 0:
+        PER_WORD: tl.constexpr = 32 // BITS
+        shifts = (tl.arange(0, PER_WORD) * BITS).to(tl.uint32)
+        codes = ((words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & (2**BITS - 1)) | 0x4300
+        return tl.reshape(codes, (BLOCK, HEAD_DIM)).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    elif BITS == 4:
+        o = tl.inline_asm_elementwise(ASM4, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.bfloat16,) * 8,
+                                      is_pure=True, pack=1)
+        # channel 8w + j is output j: join so the flattened index is j (leaves split on j's top bit)
+        x = tl.join(tl.join(tl.join(o[0], o[4]), tl.join(o[2], o[6])),
+                    tl.join(tl.join(o[1], o[5]), tl.join(o[3], o[7])))
+        return tl.reshape(x, (BLOCK, HEAD_DIM))
+    else:
+        o = tl.inline_asm_elementwise(ASM2, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r", [words],
+                                      dtype=(tl.bfloat16,) * 16, is_pure=True, pack=1)
+        x = tl.join(tl.join(tl.join(tl.join(o[0], o[8]), tl.join(o[4], o[12])),
+                            tl.join(tl.join(o[2], o[10]), tl.join(o[6], o[14]))),
+                    tl.join(tl.join(tl.join(o[1], o[9]), tl.join(o[5], o[13])),
+                            tl.join(tl.join(o[3], o[11]), tl.join(o[7], o[15]))))
+        return tl.reshape(x, (BLOCK, HEAD_DIM))
+
+
+@triton.jit
+def _folded_partial_kernel(
+    Q, KW, VW, KS, KZ, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
+    stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr,
+    stride_vst, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
+    num_kv, length, split_len, first_split, scale,
+    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
+    UNPACK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // num_kv
+    h = row % num_kv
+    split = tl.program_id(1)
+    g = tl.arange(0, BLOCK_M)
+    row_ok = g < GROUP
+    head = h * GROUP + g
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + d[None, :], mask=row_ok[:, None],
+                other=0.0).to(tl.float32)
+    q_pos = tl.load(QPOS)
+    kw = tl.arange(0, HEAD_DIM * K_BITS // 32)
+    vw = tl.arange(0, HEAD_DIM * V_BITS // 32)
+
+    OFFSET: tl.constexpr = 128.0 if UNPACK == 0 else 0.0  # what _unpack adds to each code
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    extra = tl.zeros([BLOCK_M], tl.float32)  # sum_n p[n] z[n] - OFFSET sum_n p[n] s[n], rescaled as acc is
+    begin = split * split_len
+    end = tl.minimum(begin + split_len, length)
+    # the next block's codes, positions and value scales are loaded before this block's math (the codes feed
+    # integer work before any dot, so Triton's pipeliner would not overlap them with it)
+    offs = begin + tl.arange(0, BLOCK_N)
+    inside = offs < end
+    k_words = tl.load(KW + row * stride_kr + offs[:, None] * stride_kt + kw[None, :], mask=inside[:, None], other=0)
+    v_words = tl.load(VW + row * stride_vr + offs[:, None] * stride_vt + vw[None, :], mask=inside[:, None], other=0)
+    pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
+    v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+    v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+    for start in range(begin, end, BLOCK_N):
+        cur_k, cur_v, cur_pos, cur_vs, cur_vz = k_words, v_words, pos, v_scale.to(tl.float32), v_zero.to(tl.float32)
+        offs = start + BLOCK_N + tl.arange(0, BLOCK_N)
+        inside = offs < end
+        k_words = tl.load(KW + row * stride_kr + offs[:, None] * stride_kt + kw[None, :], mask=inside[:, None],
+                          other=0)
+        v_words = tl.load(VW + row * stride_vr + offs[:, None] * stride_vt + vw[None, :], mask=inside[:, None],
+                          other=0)
+        pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
+        v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+        v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+
+        visible = (cur_pos[None, :] >= 0) & (cur_pos[None, :] <= q_pos) & row_ok[:, None]
+        if WINDOW > 0:
+            visible = visible & (cur_pos[None, :] > q_pos - WINDOW)
+        at = row * stride_ksr + (start // K_GROUP) * stride_kst + d
+        q_scaled = (q * tl.load(KS + at).to(tl.float32)[None, :]).to(tl.bfloat16)
+        bias = tl.sum(q * tl.load(KZ + at).to(tl.float32)[None, :], axis=1)
+        if UNPACK == 0:
+            bias -= OFFSET * tl.sum(q_scaled.to(tl.float32), axis=1)
+        s = (tl.dot(q_scaled, tl.trans(_unpack(cur_k, K_BITS, UNPACK, BLOCK_N, HEAD_DIM))) + bias[:, None]) * scale
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p_scaled = (p * cur_vs[None, :]).to(tl.bfloat16)
+        acc = acc * alpha[:, None] + tl.dot(p_scaled, _unpack(cur_v, V_BITS, UNPACK, BLOCK_N, HEAD_DIM))
+        extra = extra * alpha + tl.sum(p * cur_vz[None, :], axis=1)
+        if UNPACK == 0:
+            extra -= OFFSET * tl.sum(p_scaled.to(tl.float32), axis=1)
+        m_i = m_new
+    acc += extra[:, None]
+
+    slot = first_split + split
+    partial = b * stride_mb + head * stride_mh + slot
+    tl.store(M_OUT + partial, m_i, mask=row_ok)
+    tl.store(L_OUT + partial, l_i, mask=row_ok)
+    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + slot * stride_as + d[None, :], acc,
+             mask=row_ok[:, None])
+
+
+def supported(query: torch.Tensor, packed: PackedKV) -> bool:
+    """Whether ``decode_attention_folded`` serves this query and cache."""
+    return (packed.quantizer == "kivi" and packed.k_bits in (2, 4) and packed.v_bits in (2, 4)
+            and value_group(packed.group, packed.dim) == packed.dim and packed.group % 16 == 0
+            and query.dtype in (torch.bfloat16, torch.float16) and query.shape[2] == 1
+            and packed.dim in (64, 128, 256))
+
+
+def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor,
+                            scaling: float, sliding_window: int | None = None, splits: int | None = None,
+                            block_n: int = 64, unpack: int = 1, num_warps: int = 4, num_stages: int = 2,
+                            partials: Partials | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """query [B, H_q, 1, D] (16-bit) over ``packed`` (B * H_kv rows, row b * H_kv + h) with positions key_pos
+    [B, H_kv, L] (-1 = empty) and query_pos [1]: (out [B, H_q, 1, D], lse [B, H_q, 1] fp32), as
+    ``decode_attention_packed``; with ``partials``, fills its next splits instead and returns None."""
+    batch, num_q, _, dim = query.shape
+    _, num_kv, length = key_pos.shape
+    if not supported(query, packed) or packed.rows != batch * num_kv or packed.length != length:
+        raise ValueError("decode_attention_folded does not serve this cache (see folded.supported)")
+    block_n = min(block_n, packed.group)
+    rows = batch * num_kv
+    splits, split_len = plan_splits(length, rows, block_n, query.device, splits)
+    query = query.contiguous()
+    if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
+        key_pos = key_pos.to(torch.int32).contiguous()
+    query_pos = query_pos.to(device=query.device, dtype=torch.int32)
+    group = num_q // num_kv
+    own = partials is None
+    parts = Partials(query, splits) if own else partials
+    first = parts.take(splits)
+    m, lsum, acc = parts.m, parts.lsum, parts.acc
+    k, v, ks, kz, vs, vz = packed.k, packed.v, packed.k_scale, packed.k_zero, packed.v_scale, packed.v_zero
+    _folded_partial_kernel[(rows, splits)](
+        query, k, v, ks, kz, vs, vz, key_pos.view(rows, length), query_pos, m, lsum, acc,
+        query.stride(0), query.stride(1), k.stride(0), k.stride(1), ks.stride(0), ks.stride(1),
+        v.stride(0), v.stride(1), vs.stride(0), vs.stride(1), length,
+        m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(2),
+        num_kv, length, split_len, first, scaling,
+        GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=max(16, triton.next_power_of_2(group)),
+        BLOCK_N=block_n, K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group, UNPACK=unpack,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return parts.merge() if own else None
+
+
+def splits_for(packed: PackedKV, rows: int, device, block_n: int = 64) -> int:
+    """How many splits ``decode_attention_folded`` gives ``packed`` (for a shared ``Partials``)."""
+    return plan_splits(packed.length, rows, min(block_n, packed.group), device)[0]
