@@ -26,8 +26,9 @@ def test_full_budget_equals_plain_generate(tiny, kernels, monkeypatch):
         with runtime.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("100%"))):
             ours = tiny.model.generate(ids, **kwargs)
     assert torch.equal(plain.sequences, ours.sequences)
+    tol = 1e-4 if tiny.model.dtype == torch.float32 else 3e-2  # bf16 on a GPU (models.load's auto dtype)
     for a, b in zip(plain.logits, ours.logits):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("make", [lambda spec: uniform_config(spec, Budget.parse("10%")),
@@ -79,8 +80,9 @@ def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(tiny, bu
             alone = tiny.model.generate(prompt[None], **kwargs)
             new = alone.sequences[0, len(prompt):]  # (it may stop early, at end-of-sequence)
             assert torch.equal(batch.sequences[row, longest:longest + len(new)], new)
+            tol = 2e-4 if tiny.model.dtype == torch.float32 else 3e-2
             for a, b in zip(batch.logits, alone.logits):
-                torch.testing.assert_close(a[row], b[0], atol=2e-4, rtol=2e-4)
+                torch.testing.assert_close(a[row], b[0], atol=tol, rtol=tol)
 
 
 def test_right_padding_and_mikv_with_padding_are_one_clear_error(tiny):
