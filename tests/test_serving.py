@@ -113,6 +113,11 @@ def test_serving_bad_input_is_one_clear_error(tiny):
     gen.prefill(_prompt(tiny, 40), max_new_tokens=3)
     with pytest.raises(ConfigError, match="more tokens fit"):
         gen.decode(4)
+    ids = torch.cat([_prompt(tiny, 40), _prompt(tiny, 40, seed=5)])
+    right = torch.ones_like(ids)
+    right[1, -5:] = 0
+    with pytest.raises(ConfigError, match="padding_side = 'left'"):
+        gen.generate(ids, right, max_new_tokens=2)
     other = "qwen3" if tiny.spec.model_type != "qwen3" else "llama"
     from evolkv.models import model_spec
 
