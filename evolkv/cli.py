@@ -633,6 +633,120 @@ def evaluate(
 
 
 @app.command()
+def generate(
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Or read the prompt from this UTF-8 file."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="A config JSON (evolkv export)."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Or the best stored winner for the model at or "
+                                         "under this budget (as evolkv lookup); with --baseline, that baseline "
+                                         "at this budget."),
+    baseline: Optional[str] = typer.Option(None, help="A baseline at --budget instead of a stored winner: uniform "
+                                           "| pyramid | adakv | streaming | globaltopk | prefixkv | cake | dynamickv "
+                                           "| kvzip | expected_attention."),
+    full: bool = typer.Option(False, "--full", help="Or the full cache, through the same path (to compare)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate (greedy; "
+                                       "no early stop at end-of-sequence, the text is cut there)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (CUDA: the decode step runs as a CUDA graph)."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "
+                              "float32."),
+    compiled: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model's norms and MLPs "
+                                  "first (fewer kernels per step; compiling takes a while)."),
+    db: Optional[str] = DB,
+    as_json: bool = JSON,
+) -> None:
+    """Generate with a config the way a server would (evolkv.serving): the prompt compressed at prefill, each
+    layer's cache preallocated at its exact size, every decode step one CUDA graph on GPU. Prints the text,
+    prefill time, decode speed and the cache's bytes beside the full cache's."""
+    import torch
+
+    from evolkv.config import Budget, KVConfig, ScorerSpec
+    from evolkv.devices import resolve_device, resolve_dtype
+    from evolkv.models import load
+    from evolkv.serving import Generator, compile_blocks
+
+    chosen = [name for name, given in (("--config", config), ("--budget", budget), ("--full", full)) if given]
+    if len(chosen) != 1:
+        raise EvolKVError("give exactly one of --config FILE, --budget B (a stored winner, or --baseline NAME at B) "
+                          "or --full")
+    if baseline and not budget:
+        raise EvolKVError("--baseline needs --budget")
+    if (prompt is None) == (prompt_file is None):
+        raise EvolKVError("give exactly one of --prompt TEXT or --prompt-file FILE")
+    text = prompt if prompt is not None else _read_text(prompt_file)
+    if not text.strip():
+        raise EvolKVError("the prompt is empty")
+    wanted = Budget.parse(budget) if budget else None
+    cfg = KVConfig.load(config) if config else None
+    device = resolve_device(device)
+    _quiet_transformers()
+    with _progress() as progress:
+        reporter = _RichReporter(progress)
+        reporter.stage(f"load {model or 'default model'}")
+        loaded = load(model, device, resolve_dtype(dtype, device))
+        if wanted is not None and baseline:
+            from evolkv.search.baselines import baseline as make_baseline
+
+            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec())
+        elif wanted is not None:
+            from evolkv.deploy import find
+
+            cfg = find(loaded.name, wanted, db)[0]
+        gen = Generator(loaded.model, cfg, loaded.tokenizer)  # a config for another model: one error here
+        if compiled:
+            reporter.stage("compile norms and MLPs")
+            compile_blocks(loaded.model)
+        ids = loaded.tokenizer(text, return_tensors="pt").input_ids.to(device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        reporter.stage(f"prefill {ids.shape[1]} tokens")
+        start = time.perf_counter()
+        first = gen.prefill(ids, None, max_new_tokens)
+        sync()
+        prefill_s = time.perf_counter() - start
+        reporter.stage(f"decode {max_new_tokens} tokens")
+        warm = gen.decode(min(1, max_new_tokens - 1))  # the first step captures the CUDA graph: not timed
+        timed = max_new_tokens - 1 - warm.shape[1]
+        start = time.perf_counter()
+        rest = gen.decode(timed)
+        sync()
+        decode_s = time.perf_counter() - start
+    tokens = torch.cat([first[:, None], warm, rest], 1)[0].tolist()
+    eos = loaded.tokenizer.eos_token_id
+    shown = tokens[:tokens.index(eos)] if eos in tokens else tokens
+    spec = loaded.spec
+    itemsize = next(loaded.model.parameters()).element_size()
+    full_bytes = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * ids.shape[1] * itemsize
+    result = {"model": loaded.name, "config": "full cache" if cfg is None else cfg.label,
+              "budget": None if cfg is None else str(cfg.budget), "device": device,
+              "prompt_tokens": ids.shape[1], "new_tokens": len(tokens), "prefill_s": prefill_s,
+              "decode_ms_per_token": decode_s * 1000 / timed if timed else None,
+              "tokens_per_s": timed / decode_s if timed and decode_s > 0 else None,
+              "kv_bytes": gen.cache.nbytes(room=False), "full_kv_bytes": full_bytes, "cuda_graph": gen.cuda_graph,
+              "text": loaded.tokenizer.decode(shown, skip_special_tokens=True)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(result["text"], markup=False, highlight=False)
+    speed = (f"decode {result['decode_ms_per_token']:.2f} ms/token ({result['tokens_per_s']:.0f} tokens/s)"
+             if timed else "decode: too few tokens to time")
+    err.print(f"{result['config']} on {loaded.name}, {device}: {ids.shape[1]} prompt tokens, prefill "
+              f"{prefill_s:.2f} s, {speed}; KV cache {result['kv_bytes'] / 2**20:.1f} MiB vs "
+              f"{full_bytes / 2**20:.1f} MiB full ({result['kv_bytes'] / full_bytes:.1%})", highlight=False)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise EvolKVError(f"prompt file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise EvolKVError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as error:
+        raise EvolKVError(f"cannot read prompt file {path}: {error.strerror}") from None
+
+
+@app.command()
 def models() -> None:
     """Model aliases from configs/models.yaml (none is downloaded: each must be local)."""
     from evolkv.models import _aliases

@@ -395,3 +395,62 @@ def test_help_names_every_registered_scorer():
     for command in ("search", "eval"):
         text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).stdout  # no wrapping inside names
         assert [name for name in SCORERS if name not in text] == [], command
+
+
+def test_generate_serves_a_stored_winner_a_baseline_and_the_full_cache(searched, tmp_path):
+    """``evolkv generate``: the searched winner looked up by budget, a baseline, and the full cache; the text
+    is the serving path's (equal to ``Generator``'s), the cache's bytes below the full cache's."""
+    import torch
+
+    from evolkv.models import load
+    from evolkv.serving import Generator
+
+    db, _, model = searched
+    prompt = "the pass key is 4521. remember it. " * 8
+    runs = {}
+    for name, args in {"winner": ["--budget", "20%"], "uniform": ["--budget", "20%", "--baseline", "uniform"],
+                       "full": ["--full"]}.items():
+        result = invoke("generate", "--model", model, "--prompt", prompt, "-n", 5, "--db", db, "--json", *args)
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.stdout)
+    assert runs["full"]["config"] == "full cache" and runs["full"]["kv_bytes"] == runs["full"]["full_kv_bytes"]
+    for name in ("winner", "uniform"):
+        assert runs[name]["kv_bytes"] < 0.4 * runs[name]["full_kv_bytes"] and runs[name]["new_tokens"] == 5
+    loaded = load(model)
+    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+    tokens = Generator(loaded.model, None).generate(ids, max_new_tokens=5)[0, ids.shape[1]:].tolist()
+    eos = loaded.tokenizer.eos_token_id
+    tokens = tokens[:tokens.index(eos)] if eos in tokens else tokens
+    assert runs["full"]["text"] == loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text(prompt, encoding="utf-8")
+    from_file = invoke("generate", "--model", model, "--prompt-file", prompt_file, "-n", 5, "--full", "--json")
+    assert json.loads(from_file.stdout)["text"] == runs["full"]["text"]
+    assert torch.is_tensor(ids)
+
+
+def test_generate_bad_input_is_one_line(searched, model_dirs, tmp_path):
+    db, _, model = searched
+    other = tmp_path / "other.json"
+    assert invoke("lookup", "--budget", "20%", "--model", model, "--db", db, "--out", other).exit_code == 0
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    cases = {
+        ("--full", "--budget", "10%", "-p", "x"): "exactly one of --config",
+        ("-p", "x"): "exactly one of --config",
+        ("--full",): "exactly one of --prompt",
+        ("--full", "-p", "x", "--prompt-file", bad): "exactly one of --prompt",
+        ("--full", "--prompt-file", tmp_path / "missing.txt"): "does not exist",
+        ("--full", "--prompt-file", bad): "not UTF-8",
+        ("--full", "-p", "   "): "empty",
+        ("--budget", "3%", "-p", "x", "--db", db): "evolkv search",
+        ("--baseline", "uniform", "-p", "x", "--full"): "--baseline needs --budget",
+        ("--budget", "10%", "--baseline", "nope", "-p", "x"): "unknown baseline",
+        ("--full", "-p", "word " * 5000): "positions",
+    }
+    for args, message in cases.items():
+        result = invoke("generate", "--model", model, *args)
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 or result.stderr.count("error:") == 1
+    wrong = invoke("generate", "--model", model_dirs["qwen3"], "--config", other, "-p", "x")
+    assert wrong.exit_code == 2 and "config is for" in wrong.stderr
