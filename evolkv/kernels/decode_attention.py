@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.gathered_attention import _load_query_rows, _online_block
+from evolkv.kernels.gathered_attention import _load_query_rows, _online_block, _split_start
 from evolkv.kernels.packed import PackedKV, kernel_path, value_group
 from evolkv.kernels.quantize import load_entries
 
@@ -44,11 +44,7 @@ def _decode_partial_kernel(
     k_row, v_row = b * stride_kb + h * stride_kh, b * stride_vb + h * stride_vh
     ks_row, vs_row = b * stride_ksb + h * stride_ksh, b * stride_vsb + h * stride_vsh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    begin = split * split_len
-    end = tl.minimum(begin + split_len, length)
+    m_i, l_i, acc, begin, end = _split_start(split, split_len, length, BLOCK_M, HEAD_DIM)
     for start in range(begin, end, BLOCK_N):
         offs = start + tl.arange(0, BLOCK_N)
         inside = offs < end

@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.ragged import Partials, plan_splits
+from evolkv.kernels.gathered_attention import _softmax_step, _split_start
+from evolkv.kernels.ragged import Partials, _decode_query, _store_partial, plan_splits
 from evolkv.kernels.packed import PackedKV, value_group
 
 # (s & mask) | 0x4300 on two codes at once, minus 128.0 on both halves (exact): the pair of codes as bfloat16
@@ -89,28 +90,16 @@ def _folded_partial_kernel(
     BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
     UNPACK: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    b = row // num_kv
-    h = row % num_kv
-    split = tl.program_id(1)
-    g = tl.arange(0, BLOCK_M)
-    row_ok = g < GROUP
-    head = h * GROUP + g
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + d[None, :], mask=row_ok[:, None],
-                other=0.0).to(tl.float32)
+    row, b, split, q, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
+    q = q.to(tl.float32)
     q_pos = tl.load(QPOS)
     kw = tl.arange(0, HEAD_DIM * K_BITS // 32)
     vw = tl.arange(0, HEAD_DIM * V_BITS // 32)
 
     OFFSET: tl.constexpr = 128.0 if UNPACK == 0 else 0.0  # what _unpack adds to each code
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    m_i, l_i, acc, begin, end = _split_start(split, split_len, length, BLOCK_M, HEAD_DIM)
     extra = tl.zeros([BLOCK_M], tl.float32)  # sum_n p[n] z[n] - OFFSET sum_n p[n] s[n], rescaled as acc is
-    begin = split * split_len
-    end = tl.minimum(begin + split_len, length)
     # the next block's codes, positions and value scales are loaded before this block's math (the codes feed
     # integer work before any dot, so Triton's pipeliner would not overlap them with it)
     offs = begin + tl.arange(0, BLOCK_N)
@@ -142,11 +131,7 @@ def _folded_partial_kernel(
             bias -= OFFSET * tl.sum(q_scaled.to(tl.float32), axis=1)
         s = (tl.dot(q_scaled, tl.trans(_unpack(cur_k, K_BITS, UNPACK, BLOCK_N, HEAD_DIM))) + bias[:, None]) * scale
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_new, alpha, p, l_i = _softmax_step(s, m_i, l_i)
         p_scaled = (p * cur_vs[None, :]).to(tl.bfloat16)
         acc = acc * alpha[:, None] + tl.dot(p_scaled, _unpack(cur_v, V_BITS, UNPACK, BLOCK_N, HEAD_DIM))
         extra = extra * alpha + tl.sum(p * cur_vz[None, :], axis=1)
@@ -155,12 +140,8 @@ def _folded_partial_kernel(
         m_i = m_new
     acc += extra[:, None]
 
-    slot = first_split + split
-    partial = b * stride_mb + head * stride_mh + slot
-    tl.store(M_OUT + partial, m_i, mask=row_ok)
-    tl.store(L_OUT + partial, l_i, mask=row_ok)
-    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + slot * stride_as + d[None, :], acc,
-             mask=row_ok[:, None])
+    _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, stride_ah, stride_as, b, head, row_ok, d,
+                   first_split + split, m_i, l_i, acc)
 
 
 def supported(query: torch.Tensor, packed: PackedKV) -> bool:

@@ -19,6 +19,25 @@ from evolkv.kernels.reference import gathered_attention_ref  # noqa: F401  (re-e
 
 
 @triton.jit
+def _split_start(split, split_len, length, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A split-K program's empty softmax state (max, sum, weighted values) and its range [begin, end)."""
+    begin = split * split_len
+    return (tl.full([BLOCK_M], float("-inf"), tl.float32), tl.zeros([BLOCK_M], tl.float32),
+            tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), begin, tl.minimum(begin + split_len, length))
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i):
+    """The online softmax over one block of (masked) logits s [M, N] with running max m_i and sum l_i [M]:
+    (the new max, the factor that rescales the old state, the block's weights p [M, N], the new sum)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    return m_new, alpha, p, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
 def _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE: tl.constexpr):
     """One block of the online softmax: q [M, D], k/v [N, D], visible [M, N]."""
     if IEEE:
@@ -26,11 +45,7 @@ def _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE: tl.constexpr):
     else:
         s = tl.dot(q, tl.trans(k)) * scale
     s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m_i - m_safe)
-    p = tl.exp(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
+    m_new, alpha, p, l_i = _softmax_step(s, m_i, l_i)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:

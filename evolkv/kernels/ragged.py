@@ -15,7 +15,33 @@ import triton
 import triton.language as tl
 
 from evolkv.kernels.decode_attention import _merge_splits_kernel, default_splits
-from evolkv.kernels.gathered_attention import _online_block
+from evolkv.kernels.gathered_attention import _online_block, _split_start
+
+
+@triton.jit
+def _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """A split-K decode program's row (b * H_kv + h), sequence, split and query block: the GQA group's
+    query rows of KV head h, padded to BLOCK_M (rows past GROUP masked)."""
+    row = tl.program_id(0)
+    b = row // num_kv
+    g = tl.arange(0, BLOCK_M)
+    row_ok = g < GROUP
+    head = (row % num_kv) * GROUP + g
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    return row, b, tl.program_id(1), q, head, row_ok, d
+
+
+@triton.jit
+def _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, stride_ah, stride_as, b, head, row_ok,
+                   d, slot, m_i, l_i, acc):
+    """Write one program's softmax partial (max, sum, weighted values) at split ``slot`` of a ``Partials``."""
+    partial = b * stride_mb + head * stride_mh + slot
+    tl.store(M_OUT + partial, m_i, mask=row_ok)
+    tl.store(L_OUT + partial, l_i, mask=row_ok)
+    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + slot * stride_as + d[None, :], acc,
+             mask=row_ok[:, None])
 
 
 @triton.jit
@@ -27,24 +53,12 @@ def _ragged_partial_kernel(
     GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    b = row // num_kv
-    h = row % num_kv
-    split = tl.program_id(1)
-    g = tl.arange(0, BLOCK_M)
-    row_ok = g < GROUP
-    head = h * GROUP + g
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    row, b, split, q, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
     first = tl.load(START + row).to(tl.int64)
     length = tl.load(COUNT + row) + tl.load(STEP) + 1  # the kept entries, the decoded ones, this token's
     q_pos = tl.load(QPOS)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    begin = split * split_len
-    end = tl.minimum(begin + split_len, length)
+    m_i, l_i, acc, begin, end = _split_start(split, split_len, length, BLOCK_M, HEAD_DIM)
     for s in range(begin, end, BLOCK_N):
         offs = s + tl.arange(0, BLOCK_N)
         inside = offs < end
@@ -57,12 +71,8 @@ def _ragged_partial_kernel(
             visible = visible & (pos[None, :] > q_pos - WINDOW) & (pos[None, :] >= 0)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
 
-    slot = first_split + split  # this launch's splits within a shared set of partials (``Partials``)
-    partial = b * stride_mb + head * stride_mh + slot
-    tl.store(M_OUT + partial, m_i, mask=row_ok)
-    tl.store(L_OUT + partial, l_i, mask=row_ok)
-    tl.store(ACC_OUT + b * stride_ab + head[:, None] * stride_ah + slot * stride_as + d[None, :], acc,
-             mask=row_ok[:, None])
+    _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, stride_ah, stride_as, b, head, row_ok, d,
+                   first_split + split, m_i, l_i, acc)
 
 
 class Partials:
