@@ -85,6 +85,13 @@ class ServingLayer(CompressedLayer):
             from evolkv.kernels import folded, ragged
 
             rows, device = self.start.shape[0], query.device
+            if len(self._tiers) == 1:  # the full-precision rows and the packed tier in one launch
+                packed, packed_pos = self._tiers[0]
+                own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
+                           capacity=self.capacity, pos=self.slot_pos)
+                return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
+                                                      sliding_window, unpack=int(kernels.packed_decode_mode() == "asm"),
+                                                      ragged=own)[0]
             splits = ragged.plan_splits(self.capacity, rows, 64, device)[0]
             splits += sum(folded.splits_for(packed, rows, device) for packed, _ in self._tiers)
             parts = ragged.Partials(query, splits)  # every part's splits side by side, merged once

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from evolkv.kernels.gathered_attention import _softmax_step, _split_start
-from evolkv.kernels.ragged import Partials, _decode_query, _store_partial, plan_splits
+from evolkv.kernels.ragged import Partials, _decode_query, _ragged_rows, _store_partial, plan_splits
 from evolkv.kernels.packed import PackedKV, value_group
 
 # (s & mask) | 0x4300 on two codes at once, minus 128.0 on both halves (exact): the pair of codes as bfloat16
@@ -81,18 +81,13 @@ def _unpack(words, BITS: tl.constexpr, UNPACK: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _folded_partial_kernel(
-    Q, KW, VW, KS, KZ, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
-    stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr,
-    stride_vst, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
-    num_kv, length, split_len, first_split, scale,
-    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
-    UNPACK: tl.constexpr,
-):
-    row, b, split, q, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
-    q = q.to(tl.float32)
-    q_pos = tl.load(QPOS)
+def _folded_rows(q_in, row, row_ok, d, q_pos, split, split_len, length, KW, VW, KS, KZ, VS, VZ, KPOS,
+                 stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr, stride_vst,
+                 stride_pr, scale, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
+                 UNPACK: tl.constexpr):
+    """One split of row ``row``'s packed entries: its softmax partial (max, sum, weighted values)."""
+    q = q_in.to(tl.float32)
     kw = tl.arange(0, HEAD_DIM * K_BITS // 32)
     vw = tl.arange(0, HEAD_DIM * V_BITS // 32)
 
@@ -139,7 +134,32 @@ def _folded_partial_kernel(
             extra -= OFFSET * tl.sum(p_scaled.to(tl.float32), axis=1)
         m_i = m_new
     acc += extra[:, None]
+    return m_i, l_i, acc
 
+
+@triton.jit
+def _folded_partial_kernel(
+    Q, KW, VW, KS, KZ, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
+    stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr,
+    stride_vst, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
+    num_kv, length, split_len, first_split, scale,
+    RK, RV, RSTART, RCOUNT, STEP, RPOS, stride_rkn, stride_rvn, ragged_splits, ragged_split_len,
+    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_GROUP: tl.constexpr,
+    UNPACK: tl.constexpr,
+):
+    """The first ``ragged_splits`` splits of the launch take the serving cache's full-precision rows (0 when
+    there are none: the branch is compiled, over placeholders, and never taken), the rest the packed ones."""
+    row, b, split, q_in, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
+    q_pos = tl.load(QPOS)
+    if split < ragged_splits:
+        m_i, l_i, acc = _ragged_rows(q_in, row, row_ok, d, split, ragged_split_len, RK, RV, RSTART, RCOUNT, STEP,
+                                     RPOS, q_pos, stride_rkn, stride_rvn, scale, WINDOW, HEAD_DIM, BLOCK_M, 64, False)
+    else:
+        m_i, l_i, acc = _folded_rows(q_in, row, row_ok, d, q_pos, split - ragged_splits, split_len, length, KW, VW,
+                                     KS, KZ, VS, VZ, KPOS, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr,
+                                     stride_vt, stride_vsr, stride_vst, stride_pr, scale, WINDOW, HEAD_DIM, BLOCK_M,
+                                     BLOCK_N, K_BITS, V_BITS, K_GROUP, UNPACK)
     _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, stride_ah, stride_as, b, head, row_ok, d,
                    first_split + split, m_i, l_i, acc)
 
@@ -155,10 +175,13 @@ def supported(query: torch.Tensor, packed: PackedKV) -> bool:
 def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor,
                             scaling: float, sliding_window: int | None = None, splits: int | None = None,
                             block_n: int = 64, unpack: int = 1, num_warps: int = 4, num_stages: int = 2,
-                            partials: Partials | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+                            partials: Partials | None = None, ragged: dict | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """query [B, H_q, 1, D] (16-bit) over ``packed`` (B * H_kv rows, row b * H_kv + h) with positions key_pos
     [B, H_kv, L] (-1 = empty) and query_pos [1]: (out [B, H_q, 1, D], lse [B, H_q, 1] fp32), as
-    ``decode_attention_packed``; with ``partials``, fills its next splits instead and returns None."""
+    ``decode_attention_packed``; with ``partials``, fills its next splits instead and returns None. ``ragged``
+    (``ragged_decode_attention``'s keys, values, start, count, step, capacity and pos) adds the serving
+    cache's full-precision rows to the same launch: attention over both, one launch and one merge."""
     batch, num_q, _, dim = query.shape
     _, num_kv, length = key_pos.shape
     if not supported(query, packed) or packed.rows != batch * num_kv or packed.length != length:
@@ -166,6 +189,8 @@ def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torc
     block_n = min(block_n, packed.group)
     rows = batch * num_kv
     splits, split_len = plan_splits(length, rows, block_n, query.device, splits)
+    extra, extra_len = plan_splits(ragged["capacity"], rows, 64, query.device) if ragged else (0, 0)
+    splits += extra
     query = query.contiguous()
     if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
         key_pos = key_pos.to(torch.int32).contiguous()
@@ -182,11 +207,23 @@ def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torc
         v.stride(0), v.stride(1), vs.stride(0), vs.stride(1), length,
         m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(2),
         num_kv, length, split_len, first, scaling,
+        *_ragged_args(ragged, query, key_pos, extra, extra_len),
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, K_BITS=packed.k_bits, V_BITS=packed.v_bits, K_GROUP=packed.group, UNPACK=unpack,
         num_warps=num_warps, num_stages=num_stages,
     )
     return parts.merge() if own else None
+
+
+def _ragged_args(ragged: dict | None, query: torch.Tensor, key_pos: torch.Tensor, splits: int, split_len: int
+                 ) -> list:
+    """The ragged rows' kernel arguments, or placeholders of the right types (16-bit entries, int32 indices)."""
+    if ragged is None:
+        return [query, query] + [key_pos] * 4 + [0, 0, 0, 0]
+    keys, values = ragged["keys"], ragged["values"]
+    pos = ragged.get("pos")
+    return [keys, values, ragged["start"], ragged["count"], ragged["step"], pos if pos is not None else ragged["start"],
+            keys.stride(0), values.stride(0), splits, split_len]
 
 
 def splits_for(packed: PackedKV, rows: int, device, block_n: int = 64) -> int:

@@ -45,19 +45,12 @@ def _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, strid
 
 
 @triton.jit
-def _ragged_partial_kernel(
-    Q, K, V, START, COUNT, STEP, POS, QPOS, M_OUT, L_OUT, ACC_OUT,
-    stride_qb, stride_qh, stride_kn, stride_vn,
-    stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
-    num_kv, split_len, first_split, scale,
-    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-):
-    row, b, split, q, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
+def _ragged_rows(q, row, row_ok, d, split, split_len, K, V, START, COUNT, STEP, POS, q_pos, stride_kn, stride_vn,
+                 scale, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 IEEE: tl.constexpr):
+    """One split of row ``row``'s ragged entries: its softmax partial (max, sum, weighted values)."""
     first = tl.load(START + row).to(tl.int64)
     length = tl.load(COUNT + row) + tl.load(STEP) + 1  # the kept entries, the decoded ones, this token's
-    q_pos = tl.load(QPOS)
-
     m_i, l_i, acc, begin, end = _split_start(split, split_len, length, BLOCK_M, HEAD_DIM)
     for s in range(begin, end, BLOCK_N):
         offs = s + tl.arange(0, BLOCK_N)
@@ -70,7 +63,21 @@ def _ragged_partial_kernel(
             pos = tl.load(POS + slot, mask=inside, other=-1)
             visible = visible & (pos[None, :] > q_pos - WINDOW) & (pos[None, :] >= 0)
         m_i, l_i, acc = _online_block(q, k, v, visible, m_i, l_i, acc, scale, IEEE)
+    return m_i, l_i, acc
 
+
+@triton.jit
+def _ragged_partial_kernel(
+    Q, K, V, START, COUNT, STEP, POS, QPOS, M_OUT, L_OUT, ACC_OUT,
+    stride_qb, stride_qh, stride_kn, stride_vn,
+    stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
+    num_kv, split_len, first_split, scale,
+    GROUP: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    row, b, split, q, head, row_ok, d = _decode_query(Q, stride_qb, stride_qh, num_kv, GROUP, HEAD_DIM, BLOCK_M)
+    m_i, l_i, acc = _ragged_rows(q, row, row_ok, d, split, split_len, K, V, START, COUNT, STEP, POS, tl.load(QPOS),
+                                 stride_kn, stride_vn, scale, WINDOW, HEAD_DIM, BLOCK_M, BLOCK_N, IEEE)
     _store_partial(M_OUT, L_OUT, ACC_OUT, stride_mb, stride_mh, stride_ab, stride_ah, stride_as, b, head, row_ok, d,
                    first_split + split, m_i, l_i, acc)
 

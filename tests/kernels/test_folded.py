@@ -74,3 +74,8 @@ def test_one_merge_over_a_ragged_part_and_a_packed_tier():
     ref, ref_lse = attend(query.float(), all_k, all_v, pos, query_pos.long(), 0.1)
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
     torch.testing.assert_close(lse, ref_lse, atol=3e-2, rtol=3e-2)
+    # the same in one launch: the ragged rows as the folded kernel's first splits
+    ragged = dict(keys=keys, values=values, start=start, count=count, step=step, capacity=fresh, pos=None)
+    fused, fused_lse = decode_attention_folded(query, packed, packed_pos, query_pos, 0.1, ragged=ragged)
+    torch.testing.assert_close(fused, out, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(fused_lse, lse, atol=1e-4, rtol=1e-4)
