@@ -84,23 +84,23 @@ class ServingLayer(CompressedLayer):
         if self._tiers and softcap is None and self._one_merge(query):
             from evolkv.kernels import folded, ragged
 
-            rows, device = self.start.shape[0], query.device
-            if len(self._tiers) == 1:  # the full-precision rows and the packed tier in one launch
+            unpack = int(kernels.packed_decode_mode() == "asm")
+            own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
+                       capacity=self.capacity, pos=self.slot_pos)
+            if len(self._tiers) == 1:  # the full-precision rows as the first splits of the packed tier's launch
                 packed, packed_pos = self._tiers[0]
-                own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
-                           capacity=self.capacity, pos=self.slot_pos)
                 return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
-                                                      sliding_window, unpack=int(kernels.packed_decode_mode() == "asm"),
-                                                      ragged=own)[0]
+                                                      sliding_window, unpack=unpack, ragged=own)[0]
+            rows, device = self.start.shape[0], query.device  # MiKV: two packed tiers, three launches, one merge
             splits = ragged.plan_splits(self.capacity, rows, 64, device)[0]
             splits += sum(folded.splits_for(packed, rows, device) for packed, _ in self._tiers)
-            parts = ragged.Partials(query, splits)  # every part's splits side by side, merged once
-            ragged.ragged_decode_attention(query, self.keys, self.values, self.start, self.count, cache.step,
+            parts = ragged.Partials(query, splits)
+            ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                            partials=parts)
             for packed, packed_pos in self._tiers:
                 folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling, sliding_window,
-                                               unpack=int(kernels.packed_decode_mode() == "asm"), partials=parts)
+                                               unpack=unpack, partials=parts)
             return parts.merge()[0]
         out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
                                          self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
@@ -134,8 +134,9 @@ class ServingLayer(CompressedLayer):
 
 class ServingCache(CompressedCache):
     """Every layer of a prefilled ``CompressedCache`` in static form with room for ``room`` new tokens per
-    sequence; ``source``'s layers are emptied as they move (the peak is one layer above the cache). ``step`` (tokens decoded so far) and ``query_pos`` (the next token's position, in the prefill's
-    padded coordinates) are device counters; ``advance`` moves both after a decode step."""
+    sequence; ``source``'s layers are emptied as they move (the peak is one layer above the cache).
+    ``step`` (tokens decoded so far) and ``query_pos`` (the next token's position, in the prefill's padded
+    coordinates) are device counters; ``advance`` moves both after a decode step."""
 
     def __init__(self, source: CompressedCache, room: int, sliding: list[bool]) -> None:
         super().__init__(0, None)
