@@ -164,3 +164,39 @@ def test_compiled_blocks_generate_the_same(loaded):
     finally:
         restore_blocks(swapped)
     assert not any(type(m).__name__ == "OptimizedModule" for m in tiny.model.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the folded packed kernel runs on CUDA only")
+@pytest.mark.parametrize("precision", ["K4V4 all", "30% K4V2 r16 + MiKV e2"])
+def test_serving_quantized_layers_through_the_folded_kernel(precision):
+    """head_dim 64 in bfloat16, as the packed kernel serves (the tiny models' head_dim 16 is not): one packed
+    tier (one launch with the full-precision rows) and two (MiKV: three launches, one merge) against
+    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evolkv.models import model_spec
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096)
+    model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    spec = model_spec(config, "tiny-64")
+    if precision == "K4V4 all":
+        cfg = uniform_config(spec, Budget.parse("100%"), k_bits=4, v_bits=4, group_size=64)
+    else:
+        cfg = uniform_config(spec, Budget.parse("30%"), k_bits=4, v_bits=2, group_size=64, residual=16,
+                             evicted_bits=2)
+    ids = torch.randint(4, 512, (2, 700), device="cuda")
+    gen = Generator(model, cfg)
+    first = gen.prefill(ids, max_new_tokens=6)
+    assert all(len(layer.tiers()) == (1 if precision == "K4V4 all" else 2) for layer in gen.cache.layers)
+    rest, logits = gen.decode(5, logits=True)
+    with torch.no_grad(), runtime.apply(model, cfg):
+        expected = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True, pad_token_id=0)
+    ours = torch.cat([first[:, None], rest], 1)
+    logits = torch.cat([gen.prefill_logits.float()[:, None], logits], 1)
+    for step, ref in enumerate(expected.logits):
+        torch.testing.assert_close(logits[:, step], ref.float(), atol=5e-2, rtol=5e-2)
+        if not torch.equal(ours[:, step], expected.sequences[:, ids.shape[1] + step]):
+            break
