@@ -16,8 +16,8 @@ Printed per row: ms per decode step, tokens/s, KV bytes measured after prefill b
 accounting (``allocation.kv_bytes``), decode GiB (the peak while the batch decodes, above what was
 allocated before its cache was built: the cache, its room, the graph's pool), the step's floor (weights
 plus the KV bytes a step reads, over the measured copy bandwidth) and the speed-up over the fastest full-cache
-row of the same context and batch. ``--replicate`` (default) prefills one sequence and repeats its cache
-rows to the batch: decode reads each row's own copy, so its time and bytes are a batch's, at 1/B of the
+row of the same context and batch. Each row prefills one sequence and repeats its cache rows to the batch
+(always; no option): decode reads each row's own copy, so its time and bytes are a batch's, at 1/B of the
 prefill cost.
 
     PYTHONPATH=. python benchmarks/bench_serving.py                      # on a CUDA machine
