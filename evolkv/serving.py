@@ -83,6 +83,7 @@ class ServingLayer(CompressedLayer):
         cache = self.cache
         if self._tiers and softcap is None and self._one_merge(query):
             from evolkv.kernels import folded, ragged
+            from evolkv.kernels.decode_attention import Partials, plan_splits
 
             unpack = int(kernels.packed_decode_mode() == "asm")
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
@@ -92,9 +93,9 @@ class ServingLayer(CompressedLayer):
                 return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
                                                       sliding_window, unpack=unpack, ragged=own)[0]
             rows, device = self.start.shape[0], query.device  # MiKV: two packed tiers, three launches, one merge
-            splits = ragged.plan_splits(self.capacity, rows, 64, device)[0]
+            splits = plan_splits(self.capacity, rows, 64, device)[0]
             splits += sum(folded.splits_for(packed, rows, device) for packed, _ in self._tiers)
-            parts = ragged.Partials(query, splits)
+            parts = Partials(query, splits)
             ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                            partials=parts)

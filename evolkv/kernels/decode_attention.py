@@ -136,6 +136,45 @@ def default_splits(length: int, rows: int, block_n: int, device) -> int:
     return max(1, min(triton.cdiv(length, 2 * block_n), triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, rows)))
 
 
+class Partials:
+    """Per-split softmax partials (max, sum, weighted values) [B, H_q, T_q, S(, D)] of split-K decode launches,
+    merged into (out, lse) by one launch. Several launches over disjoint sets of entries can fill one set side
+    by side (``take`` hands each its splits): attention over a serving cache's full-precision part and its
+    packed tiers without a merge per tier."""
+
+    def __init__(self, query: torch.Tensor, splits: int) -> None:
+        batch, num_q, t_q, dim = query.shape
+        self.query, self.used = query, 0
+        self.m = torch.empty(batch, num_q, t_q, splits, dtype=torch.float32, device=query.device)
+        self.lsum = torch.empty_like(self.m)
+        self.acc = torch.empty(batch, num_q, t_q, splits, dim, dtype=torch.float32, device=query.device)
+
+    def take(self, splits: int) -> int:
+        first, self.used = self.used, self.used + splits
+        if self.used > self.m.shape[3]:
+            raise ValueError("more splits taken than the partials hold")
+        return first
+
+    def merge(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out [B, H_q, T_q, D] in the query's dtype, lse [B, H_q, T_q] fp32) over every split taken; a row
+        with nothing visible gets output 0 (as the reference) and lse -inf."""
+        batch, num_q, t_q, dim = self.query.shape
+        out = torch.empty_like(self.query)
+        lse = torch.empty(batch, num_q, t_q, dtype=torch.float32, device=self.query.device)
+        _merge_splits_kernel[(batch * num_q * t_q,)](
+            self.m, self.lsum, self.acc, out, lse, self.used, self.m.stride(2), self.acc.stride(2),
+            self.acc.stride(3), HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(self.used)))
+        return out, lse
+
+
+def plan_splits(length: int, rows: int, block_n: int, device, splits: int | None = None) -> tuple[int, int]:
+    """(splits, entries per split) for ``rows`` rows of at most ``length`` entries (splits of whole blocks)."""
+    if splits is None:
+        splits = default_splits(length, rows, block_n, device)
+    split_len = triton.cdiv(triton.cdiv(max(length, 1), splits), block_n) * block_n
+    return triton.cdiv(max(length, 1), split_len), split_len
+
+
 def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, splits, block_m, block_n, bits,
             num_warps=4, num_stages=3):
     batch, num_q, t_q, dim = query.shape
@@ -146,14 +185,11 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
     if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
         key_pos = key_pos.to(torch.int32).contiguous()
     query_pos = query_pos.to(device=query.device, dtype=torch.int32)
-    if splits is None:
-        splits = default_splits(length, batch * num_kv, block_n, query.device)
-    split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
-    splits = triton.cdiv(length, split_len) if length else 1
+    splits, split_len = plan_splits(length, batch * num_kv, block_n, query.device, splits)
     group = num_q // num_kv
-    m = torch.empty(batch, num_q, t_q, splits, dtype=torch.float32, device=query.device)
-    lsum = torch.empty_like(m)
-    acc = torch.empty(batch, num_q, t_q, splits, dim, dtype=torch.float32, device=query.device)
+    partials = Partials(query, splits)
+    partials.take(splits)
+    m, lsum, acc = partials.m, partials.lsum, partials.acc
     block_m = max(16, min(block_m, triton.next_power_of_2(group * t_q)))
     grid = (batch * num_kv, splits, triton.cdiv(group * t_q, block_m))
     _decode_partial_kernel[grid](
@@ -167,10 +203,4 @@ def _launch(query, parts, strides, key_pos, query_pos, scaling, sliding_window, 
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, **bits, num_warps=num_warps, num_stages=num_stages,
     )
-    # one launch merges the chunks; a row with nothing visible gets output 0 (as the reference) and lse -inf
-    out = torch.empty_like(query)
-    lse = torch.empty(batch, num_q, t_q, dtype=torch.float32, device=query.device)
-    _merge_splits_kernel[(batch * num_q * t_q,)](
-        m, lsum, acc, out, lse, splits, m.stride(2), acc.stride(2), acc.stride(3),
-        HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(splits)))
-    return out, lse
+    return partials.merge()

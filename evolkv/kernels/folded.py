@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from evolkv.kernels.gathered_attention import _softmax_step, _split_start
-from evolkv.kernels.ragged import Partials, _decode_query, _ragged_rows, _store_partial, plan_splits
+from evolkv.kernels.decode_attention import Partials, plan_splits
+from evolkv.kernels.ragged import _decode_query, _ragged_rows, _store_partial
 from evolkv.kernels.packed import PackedKV, value_group
 
 # (s & mask) | 0x4300 on two codes at once, minus 128.0 on both halves (exact): the pair of codes as bfloat16
@@ -205,7 +206,7 @@ def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torc
         query, k, v, ks, kz, vs, vz, key_pos.view(rows, length), query_pos, m, lsum, acc,
         query.stride(0), query.stride(1), k.stride(0), k.stride(1), ks.stride(0), ks.stride(1),
         v.stride(0), v.stride(1), vs.stride(0), vs.stride(1), length,
-        m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(2),
+        m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(3),
         num_kv, length, split_len, first, scaling,
         *_ragged_args(ragged, query, key_pos, extra, extra_len),
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=max(16, triton.next_power_of_2(group)),

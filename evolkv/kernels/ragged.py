@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evolkv.kernels.decode_attention import _merge_splits_kernel, default_splits
+from evolkv.kernels.decode_attention import Partials, plan_splits
 from evolkv.kernels.gathered_attention import _online_block, _split_start
 
 
@@ -82,43 +82,6 @@ def _ragged_partial_kernel(
                    first_split + split, m_i, l_i, acc)
 
 
-class Partials:
-    """Per-split softmax partials (max, sum, weighted values) [B, H_q, S(, D)] that several decode launches
-    over disjoint sets of entries fill side by side (``take`` hands each its splits), merged by one launch:
-    attention over a full-precision part and packed tiers without a merge per tier."""
-
-    def __init__(self, query: torch.Tensor, splits: int) -> None:
-        batch, num_q, _, dim = query.shape
-        self.query, self.used = query, 0
-        self.m = torch.empty(batch, num_q, splits, dtype=torch.float32, device=query.device)
-        self.lsum = torch.empty_like(self.m)
-        self.acc = torch.empty(batch, num_q, splits, dim, dtype=torch.float32, device=query.device)
-
-    def take(self, splits: int) -> int:
-        first, self.used = self.used, self.used + splits
-        if self.used > self.m.shape[2]:
-            raise ValueError("more splits taken than the partials hold")
-        return first
-
-    def merge(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(out [B, H_q, 1, D] in the query's dtype, lse [B, H_q, 1] fp32) over every split taken."""
-        batch, num_q, _, dim = self.query.shape
-        out = torch.empty_like(self.query)
-        lse = torch.empty(batch, num_q, 1, dtype=torch.float32, device=self.query.device)
-        _merge_splits_kernel[(batch * num_q,)](
-            self.m, self.lsum, self.acc, out, lse, self.used, self.m.stride(1), self.acc.stride(1),
-            self.acc.stride(2), HEAD_DIM=dim, BLOCK_S=max(2, triton.next_power_of_2(self.used)))
-        return out, lse
-
-
-def plan_splits(length: int, rows: int, block_n: int, device, splits: int | None = None) -> tuple[int, int]:
-    """(splits, entries per split) for ``rows`` rows of at most ``length`` entries (splits of whole blocks)."""
-    if splits is None:
-        splits = default_splits(length, rows, block_n, device)
-    split_len = triton.cdiv(triton.cdiv(max(length, 1), splits), block_n) * block_n
-    return triton.cdiv(max(length, 1), split_len), split_len
-
-
 def ragged_decode_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
     step: torch.Tensor, capacity: int, scaling: float, pos: torch.Tensor | None = None,
@@ -149,7 +112,7 @@ def ragged_decode_attention(
         query, keys, values, start, count, step, pos if pos is not None else start,
         query_pos if query_pos is not None else step, m, lsum, acc,
         query.stride(0), query.stride(1), keys.stride(0), values.stride(0),
-        m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(2),
+        m.stride(0), m.stride(1), acc.stride(0), acc.stride(1), acc.stride(3),
         num_kv, split_len, first, scaling,
         GROUP=group, WINDOW=sliding_window or 0, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=query.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,

@@ -47,7 +47,8 @@ def test_one_merge_over_a_ragged_part_and_a_packed_tier():
     ``Partials`` and merged once equal attention over the union of their entries."""
     from evolkv.kernels.reference import attend
     from evolkv.kernels.packed import unpack
-    from evolkv.kernels.ragged import Partials, plan_splits, ragged_decode_attention
+    from evolkv.kernels.decode_attention import Partials, plan_splits
+    from evolkv.kernels.ragged import ragged_decode_attention
     from evolkv.kernels.folded import splits_for
 
     gen = torch.Generator().manual_seed(7)
