@@ -81,7 +81,7 @@ class ServingLayer(CompressedLayer):
                ) -> torch.Tensor:
         """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
         cache = self.cache
-        if self._tiers and softcap is None and self._one_merge(query):
+        if self._tiers and softcap is None and kernels.folded_serves(query, [packed for packed, _ in self._tiers]):
             from evolkv.kernels import folded, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
@@ -110,13 +110,6 @@ class ServingLayer(CompressedLayer):
             out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, cache.query_pos,
                                                                       scaling, sliding_window, softcap))
         return out
-
-    def _one_merge(self, query: torch.Tensor) -> bool:
-        """Whether the GPU kernels serve every part (then one merge replaces a torch merge per tier)."""
-        from evolkv.kernels import folded
-
-        return (query.is_cuda and kernels._use_triton(query) and kernels.packed_decode_mode() != "plain"
-                and all(folded.supported(query, packed) for packed, _ in self._tiers))
 
     def nbytes(self, room: bool = True) -> int:
         """Bytes this layer stores: full-precision entries (with the room for new tokens, or only the kept

@@ -49,10 +49,9 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
         from evolkv.kernels import folded
         from evolkv.kernels.decode_attention import decode_attention_packed
 
-        mode = packed_decode_mode()
-        if mode != "plain" and query.is_cuda and folded.supported(query, packed):
+        if folded_serves(query, [packed]):
             return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window,
-                                                  unpack=int(mode == "asm"))
+                                                  unpack=int(packed_decode_mode() == "asm"))
 
         return decode_attention_packed(query, packed, key_pos, query_pos, scaling, sliding_window)
     return attend_packed_ref(query, packed, key_pos, query_pos, scaling, sliding_window, softcap)
@@ -83,6 +82,15 @@ def packed_decode_mode() -> str:
     if mode not in ("asm", "triton", "plain"):
         raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton or plain")
     return mode
+
+
+def folded_serves(query: torch.Tensor, packs) -> bool:
+    """Whether ``kernels.folded`` attends ``query`` over every one of ``packs`` (``PackedKV``): on CUDA, not
+    switched off (``EVOLKV_PACKED_DECODE=plain``), and each cache of a layout it reads (``folded.supported``)."""
+    from evolkv.kernels import folded
+
+    return (query.is_cuda and _use_triton(query) and packed_decode_mode() != "plain"
+            and all(folded.supported(query, packed) for packed in packs))
 
 
 def _use_triton(query: torch.Tensor) -> bool:
