@@ -118,6 +118,12 @@ def _materialise_package(name: str, package: str, gguf_name: str | None = None) 
     return target
 
 
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a transformers config's positions cover (None where it does not say)."""
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
+
+
 def model_spec(config: Any, name: str) -> ModelSpec:
     """The attention geometry of a transformers config."""
     config = getattr(config, "text_config", None) or config

@@ -550,14 +550,22 @@ def attach(model, make_cache: Callable[[], CompressedCache] | None = None) -> It
         model.set_attn_implementation(previous)
 
 
-@contextmanager
-def apply(model, cfg: KVConfig, tokenizer=None) -> Iterator[None]:
-    """Compress ``model``'s KV cache with ``cfg`` inside the block (checks that ``cfg`` fits the model).
-    A config with a replaying scorer (kvzip) also needs the model's ``tokenizer``."""
+def check(model, cfg: KVConfig, tokenizer=None):
+    """Refuse, before any generation, a config made for another architecture or one that cannot be served
+    (a replaying scorer without the ``tokenizer``); returns the model's ``ModelSpec``."""
     from evolkv.models import model_spec
 
-    cfg.check_fits(model_spec(model.config, cfg.model.name))
-    Compressor(cfg, tokenizer)  # a config that cannot be served says so here, before any generation
+    spec = model_spec(model.config, cfg.model.name)
+    cfg.check_fits(spec)
+    Compressor(cfg, tokenizer)
+    return spec
+
+
+@contextmanager
+def apply(model, cfg: KVConfig, tokenizer=None) -> Iterator[None]:
+    """Compress ``model``'s KV cache with ``cfg`` inside the block (``check``s that ``cfg`` fits the model).
+    A config with a replaying scorer (kvzip) also needs the model's ``tokenizer``."""
+    check(model, cfg, tokenizer)
     with attach(model, lambda: CompressedCache(cfg.model.num_layers, Compressor(cfg, tokenizer))):
         yield
 

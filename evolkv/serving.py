@@ -21,6 +21,7 @@ import torch
 from evolkv import kernels, runtime
 from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
+from evolkv.models import max_positions
 from evolkv.runtime import CompressedCache, CompressedLayer, Compressor, merge_softmax
 
 
@@ -181,10 +182,7 @@ class Generator:
         from evolkv.models import model_spec
 
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
-        self.spec = model_spec(model.config, getattr(cfg.model, "name", "model") if cfg else "model")
-        if cfg is not None:
-            cfg.check_fits(self.spec)
-            Compressor(cfg, tokenizer)  # a config that cannot be served says so before any work
+        self.spec = runtime.check(model, cfg, tokenizer) if cfg is not None else model_spec(model.config, "model")
         device = next(model.parameters()).device
         self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and device.type != "cuda":
@@ -199,8 +197,7 @@ class Generator:
         ``max_new_tokens``; returns the first new token [B]."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
-        config = getattr(self.model.config, "text_config", None) or self.model.config
-        limit = getattr(config, "max_position_embeddings", None)
+        limit = max_positions(self.model.config)
         if limit and input_ids.shape[1] + max_new_tokens > limit:
             raise ConfigError(f"{input_ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the "
                               f"model's {limit} positions")

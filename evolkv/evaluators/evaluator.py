@@ -26,6 +26,7 @@ import torch
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 from evolkv.errors import ConfigError, EvolKVError, TaskError
 from evolkv.evaluators.tasks import KINDS, Sample
+from evolkv.models import max_positions
 from evolkv.kernels.packed import PackedKV
 from evolkv.press import LayerPlan, Plan, Press, Ranking, pack_evicted, pack_kept
 from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
@@ -184,7 +185,7 @@ class Evaluator:
         context = self._encode(sample.context, special=True)
         question = self._encode("\n" + sample.question, special=False)
         answer = self._encode(" " + sample.answer.strip(), special=False)
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = max_positions(self.model.config)
         total = context.numel() + question.numel() + answer.numel()
         if limit and total > limit:
             raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
