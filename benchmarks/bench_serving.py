@@ -41,7 +41,7 @@ import torch
 from bench_gpu import build_model
 
 from evolkv import runtime
-from evolkv.allocation import kv_bytes
+from evolkv.allocation import dense_kv_bytes, kv_bytes
 from evolkv.config import Budget, KVConfig, LayerSpec, ScorerSpec, uniform_config
 from evolkv.models import model_spec
 from evolkv.search.baselines import adakv
@@ -71,24 +71,21 @@ def configs(spec) -> dict[str, KVConfig]:
     }
 
 
-class Events:
+def per_call_ms(fn, n: int, device) -> float:
     """Milliseconds of GPU time per call of ``fn`` over ``n`` calls (one event pair around them)."""
-
-    @staticmethod
-    def per_call(fn, n: int, device) -> float:
-        if device.type != "cuda":
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            return (time.perf_counter() - start) * 1000 / n
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        begin.record()
+    if device.type != "cuda":
+        start = time.perf_counter()
         for _ in range(n):
             fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / n
+        return (time.perf_counter() - start) * 1000 / n
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    begin.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / n
 
 
 def repeat_rows(cache, batch: int):
@@ -117,17 +114,13 @@ def repeat_rows(cache, batch: int):
     return cache
 
 
-def full_bytes(spec, context: int, batch: int, dtype_bytes: int = 2) -> int:
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * context * batch * dtype_bytes
-
-
 def copy_bandwidth(device) -> float:
     """Bytes per second of a large device-to-device copy (read + write)."""
     if device.type != "cuda":
         return 20e9
     x = torch.empty(2 * GIB, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    ms = Events.per_call(lambda: y.copy_(x), 20, device)
+    ms = per_call_ms(lambda: y.copy_(x), 20, device)
     del x, y
     return 2 * 2 * GIB / (ms / 1000)
 
@@ -186,7 +179,7 @@ def hf_rows(model, ids, batches, new, device):
                         run = step
                     for _ in range(2):
                         run()
-                    ms = Events.per_call(run, new, device)
+                    ms = per_call_ms(run, new, device)
                 results[label][batch] = dict(ms=ms, kv=kv, peak=_peak(device) - before)
             except Exception as error:  # noqa: BLE001  (a row that cannot run says why, the others go on)
                 results[label][batch] = _error(error)
@@ -237,14 +230,14 @@ def evolkv_rows(model, cfg, ids, batches, new, device, eager=False):
 
                     for _ in range(2):
                         run()
-                    ms = Events.per_call(run, new, device)
+                    ms = per_call_ms(run, new, device)
                 else:
                     gen.serve(cache, first.repeat(batch), context, new + 8)
                     kv = gen.cache.nbytes(room=False)
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     gen.decode(4)  # captures the graph
-                    ms = Events.per_call(lambda: gen.decode(1), new, device)
+                    ms = per_call_ms(lambda: gen.decode(1), new, device)
                 results[batch] = dict(ms=ms, kv=kv, peak=_peak(device) - before)
             except Exception as error:  # noqa: BLE001  (a row that cannot run says why, the others go on)
                 results[batch] = _error(error)
@@ -305,12 +298,12 @@ def main() -> None:
                     result["accounted"] = accounted * batch
                 results[batch][label] = result
 
-        fits = [b for b in batches if weights + full_bytes(spec, context + args.new + 8, b) <= 0.92 * total]
+        fits = [b for b in batches if weights + dense_kv_bytes(spec, (context + args.new + 8) * b) <= 0.92 * total]
         for batch in set(batches) - set(fits):
-            need = full_bytes(spec, context + args.new + 8, batch)
+            need = dense_kv_bytes(spec, (context + args.new + 8) * batch)
             results[batch]["full cache"] = dict(error=f"does not fit: the full cache needs {need / GIB:.1f} GiB "
                                                       f"beside {weights / GIB:.1f} GiB of weights")
-        full_acct = full_bytes(spec, context, 1, model.dtype.itemsize)
+        full_acct = dense_kv_bytes(spec, context, model.dtype.itemsize)
         if fits and (not only or "hf" in only):
             add_hf = hf_rows(model, ids, fits, args.new, device)
             for label, by_batch in add_hf.items():
@@ -353,7 +346,7 @@ def report(results, context, batch, spec, weights, bandwidth) -> list[dict]:
     print(f"\ncontext {context}, batch {batch}")
     print(f"{'row':44} {'ms/step':>8} {'tok/s':>8} {'KV GiB':>8} {'vs acct':>8} {'decode GiB':>10} "
           f"{'floor ms':>8} {'speed-up':>8} {'bound':>6}")
-    full_floor = (weights + full_bytes(spec, context, batch)) / bandwidth * 1000
+    full_floor = (weights + dense_kv_bytes(spec, context * batch)) / bandwidth * 1000
     for label, r in results.items():
         if "error" in r:
             print(f"{label:44} {r['error']}")

@@ -134,6 +134,11 @@ def kv_bytes(cfg: KVConfig, context_len: int, dtype_bytes: int = 2) -> int:
                for layer, counts, cap in zip(cfg.layers, plan, capacity) for n in counts)
 
 
+def dense_kv_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int = 2) -> int:
+    """Bytes of an uncompressed cache holding ``tokens`` tokens in every layer (keys and values)."""
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * dtype_bytes
+
+
 def avg_bits(cfg: KVConfig, context_len: int) -> float:
     """Memory as bits per element of the uncompressed 16-bit cache (16.0 = full cache, 4.0 = a quarter):
     what ``--target-bits`` and the fronts' memory axis measure."""

@@ -660,6 +660,7 @@ def generate(
     prefill time, decode speed and the cache's bytes beside the full cache's."""
     import torch
 
+    from evolkv.allocation import dense_kv_bytes
     from evolkv.config import Budget, KVConfig, ScorerSpec
     from evolkv.devices import resolve_device, resolve_dtype
     from evolkv.models import load
@@ -713,9 +714,7 @@ def generate(
     tokens = torch.cat([first[:, None], warm, rest], 1)[0].tolist()
     eos = loaded.tokenizer.eos_token_id
     shown = tokens[:tokens.index(eos)] if eos in tokens else tokens
-    spec = loaded.spec
-    itemsize = next(loaded.model.parameters()).element_size()
-    full_bytes = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * ids.shape[1] * itemsize
+    full_bytes = dense_kv_bytes(loaded.spec, ids.shape[1], next(loaded.model.parameters()).element_size())
     result = {"model": loaded.name, "config": "full cache" if cfg is None else cfg.label,
               "budget": None if cfg is None else str(cfg.budget), "device": device,
               "prompt_tokens": ids.shape[1], "new_tokens": len(tokens), "prefill_s": prefill_s,

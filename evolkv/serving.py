@@ -34,7 +34,6 @@ class ServingLayer(CompressedLayer):
     def __init__(self, source: CompressedLayer, room: int, cache: ServingCache, sliding: bool) -> None:
         super().__init__()
         pos = source.pos  # [B, H_kv, L], -1 = empty
-        batch, heads, _ = pos.shape
         dim = source.keys.shape[-1]
         valid = (pos >= 0).flatten(0, 1)  # [R, L]
         count = valid.sum(-1)
@@ -54,7 +53,6 @@ class ServingLayer(CompressedLayer):
         self.start, self.count = start.to(torch.int32), count.to(torch.int32)
         self.base = (start + count).long()  # where decoded token i of row r goes: base[r] + i
         self.capacity = int(slots.max()) if slots.numel() else 1
-        self.shape = (batch, heads)
         self.kept = int(count.sum())
         self.cache = cache
         self._tiers = []
@@ -70,7 +68,7 @@ class ServingLayer(CompressedLayer):
         """Write one decoded token per row at its row's next slot (no host value: graph-safe)."""
         if key_states.shape[2] != 1:
             raise ConfigError("a serving cache decodes one token per step")
-        rows = self.shape[0] * self.shape[1]
+        rows = self.start.shape[0]  # b * H_kv + h
         index = self.base + self.cache.step
         self.keys.index_copy_(0, index, key_states.reshape(rows, -1))
         self.values.index_copy_(0, index, value_states.reshape(rows, -1))
@@ -232,8 +230,9 @@ class Generator:
         self._positions = (torch.zeros_like(first) + lengths)[:, None].clone()  # the next token's position
         self._graph, self._decoded = None, 0
 
-    def _step(self) -> torch.Tensor:
-        """One decode step over the serving cache: feed ``_ids``, leave the next token there and return it."""
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step over the serving cache: feed ``_ids``, leave the next token there; returns it [B]
+        and its logits [B, V]."""
         with runtime.attach(self.model):
             logits = self.model(input_ids=self._ids, position_ids=self._positions, use_cache=True,
                                 **{runtime.cache_kwarg(self.model): self.cache}).logits
@@ -245,15 +244,15 @@ class Generator:
 
     def _capture(self) -> None:
         """Warm up (compiles the kernels) on a side stream, undo the warm-up's steps, capture one step."""
-        cache = self.cache
-        saved = [t.clone() for t in (self._ids, self._positions, cache.step, cache.query_pos)]
+        state = (self._ids, self._positions, self.cache.step, self.cache.query_pos)  # what a step moves on
+        saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
-        for tensor, value in zip((self._ids, self._positions, cache.step, cache.query_pos), saved):
+        for tensor, value in zip(state, saved):
             tensor.copy_(value)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
