@@ -161,6 +161,10 @@ def search(
     population: int = typer.Option(8, min=2, help="Candidates per generation."),
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
+    step: float = typer.Option(0.05, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
+                               "each gene's range (0.05 moves a layer's budget by about a third)."),
+    restarts: int = typer.Option(0, min=0, help="tokens, cmaes: when 3 generations in a row find nothing better, "
+                                 "start again from the best candidate with twice the step, up to this many times."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks the search is scored on. Synthetic (generated "
                               "from --seed, offline): passkey, multikey, kvretrieval, niah_number, niah_word, "
                               "niah_uuid, multivalue, multiquery, vartrack, cwe, fwe, prose, code. Presets: mix "
@@ -230,6 +234,7 @@ def search(
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
+                              step=step, restarts=restarts,
                               evicted_bits=evicted_bits,
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,

@@ -136,3 +136,22 @@ def test_every_seed_is_scored_first_and_cma_es_starts_from_the_best(name):
         assert np.allclose(opt.x0, seeds[1])
         nxt = opt.ask()
         assert np.abs(nxt.mean(axis=0) - 1.0).max() < 1.0  # CMA-ES samples around the best seed
+
+
+def test_cmaes_restarts_from_the_incumbent_with_a_larger_step_when_it_stalls():
+    """Nothing beats the start (a bowl around it): after ``patience`` generations CMA-ES starts again from the
+    incumbent with twice the step, as many times as ``restarts`` allows, then keeps going."""
+    bowl = lambda X: 1.0 + (X ** 2).sum(axis=1)  # noqa: E731
+    opt = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0, step=0.05, restarts=2)
+    steps = []
+    for _ in range(12):
+        X = opt.ask()
+        opt.tell(X, bowl(X))
+        steps.append(opt.step)
+    assert steps[0] == 0.05 and max(steps) == 0.2 and opt.restarts == 0
+    assert np.array_equal(opt.x0, opt.best_x)
+    still = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0)
+    for _ in range(6):
+        X = still.ask()
+        still.tell(X, bowl(X))
+    assert still.step == 0.05  # no restarts unless asked

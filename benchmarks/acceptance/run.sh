@@ -6,6 +6,10 @@
 # 2. transfer: leave one task kind out of the search (10%, three seeds), score the winner and uniform on it;
 # 3. jsonl: the 10% winners and the baselines on a JSONL task kept out of every tuning decision;
 # 4. quant / joint: precision fronts (target 4 bits; joint at 20%) against the uniform precisions, three seeds.
+# 5. accept (issue 11, point 8): one search per suite in $SUITES (ruler, code) and budget, seed 0;
+# 6. explore (issue 11, point 5): the 10% search on a JSONL task of look-ups in prose, as is and with each
+#    exploration fix ($EXPLORE: --step 0.15, --restarts 2, --samples 8), seeds $SEEDS;
+# 7. precision (issue 11, point 7): quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS.
 # The seeds of one setting run side by side (PAR processes; each its own SQLite file, so no writer waits on
 # another). Every command's JSON lands in $OUT; benchmarks/acceptance/summarize.py makes the tables.
 set -uo pipefail
@@ -14,6 +18,7 @@ LENGTH=${LENGTH:-2000}; SAMPLES=${SAMPLES:-4}; POOL=${POOL:-12}; VAL=${VAL:-4}
 POP=${POP:-16}; GENS=${GENS:-10}; BUDGETS=${BUDGETS:-5% 10% 20%}; SEEDS=${SEEDS:-0 1 2}; AGG=${AGG:-guarded}
 TAG=${TAG:-search}  # file prefix of the search step (another for a side-by-side variant)
 TARGET=${TARGET:-4}; FRONT_GENS=${FRONT_GENS:-8}; LEFT=${LEFT:-needle tracking prose code}
+SUITES=${SUITES:-ruler code}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 EVOLKV="python3 -m evolkv"
 ALL="passkey,multikey,vartrack,prose,code"
@@ -68,6 +73,26 @@ for step in $steps; do
       for base in uniform pyramid adakv streaming; do
         $EVOLKV eval "${COMMON[@]}" --baseline $base --budget 10% --tasks "$OUT/orders.jsonl" --samples 16 \
           --json > "$OUT/jsonl-$base.json" 2>/dev/null &
+      done; wait ;;
+    accept)
+      for suite in $SUITES; do for budget in $BUDGETS; do
+        search "accept-$suite-${budget%\%}" "${SEARCH[@]}" --pool "$POOL" $PER_HEAD --budget "$budget" --seed 0 \
+          --tasks "$suite" &
+      done; done; wait ;;
+    explore)
+      python3 benchmarks/acceptance/make_orders_jsonl.py "$OUT/orders.jsonl"
+      for seed in $SEEDS; do
+        search "explore-base-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" &
+        search "explore-step-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --step 0.15 &
+        search "explore-restarts-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --restarts 2 &
+        search "explore-samples-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --samples 8 &
+      done; wait ;;
+    precision)
+      for seed in $SEEDS; do
+        search "precision-layer-$seed" "${SEARCH[@]}" --mode quant --budget 100% --target-bits "$TARGET" \
+          --generations "$FRONT_GENS" --seed "$seed" --tasks "$ALL" &
+        search "precision-head-$seed" "${SEARCH[@]}" --mode quant --budget 100% --target-bits "$TARGET" --per-head \
+          --generations "$FRONT_GENS" --seed "$seed" --tasks "$ALL" &
       done; wait ;;
     quant|joint)
       for seed in $SEEDS; do

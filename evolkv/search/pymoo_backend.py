@@ -14,9 +14,16 @@ from evolkv.search.base import PENALTY, Optimizer
 
 
 class PymooOptimizer(Optimizer):
-    def __init__(self, algorithm: str, *args, **kwargs) -> None:
+    """``step``: CMA-ES's initial step, relative to the bounds; ``restarts``: times CMA-ES starts again from
+    the incumbent with twice the step when ``patience`` generations in a row find nothing better than the
+    best so far (a search stuck at its start explores further instead of shrinking around it)."""
+
+    def __init__(self, algorithm: str, *args, step: float = 0.05, restarts: int = 0, patience: int = 3,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.name = algorithm
+        self.step, self.restarts, self.patience = step, restarts, patience
+        self._stalled, self._best_seen = 0, np.inf
         self._rng_state = np.random.RandomState(self.seed).get_state()
         self._pending: Population | None = None
         # CMA-ES starts from one point: with several seeds, the first generation is the seeds themselves, and
@@ -47,9 +54,10 @@ class PymooOptimizer(Optimizer):
         if algorithm == "cmaes":
             from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
 
-            # sigma is relative to the bounds (normalize=True): 0.05 of the 6-wide log-weight range moves a
-            # layer by ~35%; 0.25 (e^±1.5, 4.5x) scattered a 90-gene SmolLM2 search far from every baseline
-            return CMAES(x0=self.x0, sigma=0.05, popsize=self.population, restarts=0)
+            # sigma is relative to the bounds (normalize=True): 0.05 (the default step) of the 6-wide log-weight
+            # range moves a layer by ~35%; 0.25 (e^±1.5, 4.5x) scattered a 90-gene SmolLM2 search far from every
+            # baseline
+            return CMAES(x0=self.x0, sigma=self.step, popsize=self.population, restarts=0)
         if algorithm == "ga":
             from pymoo.algorithms.soo.nonconvex.ga import GA
 
@@ -90,9 +98,11 @@ class PymooOptimizer(Optimizer):
         return self._pending.get("X")
 
     def _tell(self, X: np.ndarray, F: np.ndarray, failed: np.ndarray) -> None:
+        first = np.where(failed, np.inf, F if F.ndim == 1 else F[:, 0])
+        improved = first.size and first.min() < self._best_seen
+        self._best_seen = min(self._best_seen, float(first.min()) if first.size else np.inf)
         if self._seeding:  # the seeds' generation: CMA-ES starts from the best of them
             self._seeding = False
-            first = np.where(failed, np.inf, F if F.ndim == 1 else F[:, 0])
             self.x0 = self.seeds[int(np.argmin(first))]
             self._setup()
             return
@@ -101,3 +111,9 @@ class PymooOptimizer(Optimizer):
         pop.set("F", np.where(failed[:, None], PENALTY, F))
         with self._own_rng():
             self._algorithm.tell(infills=pop)
+        self._stalled = 0 if improved else self._stalled + 1
+        if self.name == "cmaes" and self.restarts > 0 and self._stalled >= self.patience and self.best_x is not None:
+            self.restarts -= 1  # start again from the incumbent, exploring twice as far
+            self.step, self._stalled, self.x0 = min(2 * self.step, 0.5), 0, np.array(self.best_x)
+            self.seed += 1000
+            self._setup()

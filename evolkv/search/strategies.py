@@ -201,7 +201,8 @@ class TokenSearch(Strategy):
             starts = [self.space.decode(self.incumbent)] + (self.seeds[1:] if index == 0 else [])
             x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
             optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
-                                       self.settings.seed + gen_start, x0=x0)
+                                       self.settings.seed + gen_start, x0=x0, step=self.settings.step,
+                                       restarts=self.settings.restarts)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
     def told(self, scores):
