@@ -37,7 +37,8 @@ case ${1:-} in
     printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml
     rm -rf /tmp/repo && cp -r . /tmp/repo && cd /tmp/repo
     export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:/tmp/repo PYTHONUNBUFFERED=1 \
-           TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
+           TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2 \
+           PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee /tmp/acc/device.txt
     python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'triton', triton.__version__)" | tee -a /tmp/acc/device.txt

@@ -81,12 +81,12 @@ for step in $steps; do
       done; done; wait ;;
     explore)
       python3 benchmarks/acceptance/make_orders_jsonl.py "$OUT/orders.jsonl"
-      for seed in $SEEDS; do
-        search "explore-base-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" &
-        search "explore-step-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --step 0.15 &
-        search "explore-restarts-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --restarts 2 &
-        search "explore-samples-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" --tasks "$OUT/orders.jsonl" --samples 8 &
-      done; wait ;;
+      for seed in $SEEDS; do for variant in ${EXPLORE:-base step restarts samples}; do
+        case $variant in base) fix=() ;; step) fix=(--step 0.15) ;; restarts) fix=(--restarts 2) ;;
+          samples) fix=(--samples 8) ;; both) fix=(--step 0.15 --restarts 2) ;; esac
+        search "explore-$variant-$seed" "${SEARCH[@]}" $PER_HEAD --budget 10% --seed "$seed" \
+          --tasks "$OUT/orders.jsonl" "${fix[@]}" &
+      done; done; wait ;;
     precision)
       for seed in $SEEDS; do
         search "precision-layer-$seed" "${SEARCH[@]}" --mode quant --budget 100% --target-bits "$TARGET" \
