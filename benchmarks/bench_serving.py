@@ -250,7 +250,7 @@ def evolkv_rows(model, cfg, ids, batches, new, device, eager=False):
 
 def _layer_bytes(layer) -> int:
     full = layer.keys.nbytes + layer.values.nbytes
-    return full + sum(p.nbytes() for p, _ in layer.tiers())
+    return full + sum(tier.packed.nbytes() for tier in layer.tiers())
 
 
 def main() -> None:

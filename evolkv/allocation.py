@@ -101,10 +101,12 @@ def layer_capacity(spec: ModelSpec, layer: int, context_len: int) -> int:
 
 
 def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> int:
-    """Bytes one KV head of a layer stores for ``kept`` entries (keys and values): ranks below the residual
+    """Bytes one KV head of a layer (``layer.head_spec(h)`` for a layer with per-head precisions) stores for ``kept`` entries (keys and values): ranks below the residual
     window at full precision, the rest as the layer's quantizer stores them (codes, scales, zero points)."""
     from evolkv.quantizers import QUANTIZERS
 
+    if layer.head_bits is not None:
+        raise ValueError("a layer with per-head precisions stores each head as layer.head_spec(h) says")
     if not layer.quantized:
         return 2 * kept * dim * dtype_bytes
     full = min(kept, layer.residual)
@@ -129,9 +131,9 @@ def kv_bytes(cfg: KVConfig, context_len: int, dtype_bytes: int = 2) -> int:
     spec = cfg.model
     capacity = [layer_capacity(spec, i, context_len) for i in range(spec.num_layers)]
     plan = plan_tokens(cfg, context_len, capacity)
-    return sum(head_bytes(int(n), layer, spec.head_dim, dtype_bytes)
+    return sum(head_bytes(int(n), layer.head_spec(h), spec.head_dim, dtype_bytes)
                + evicted_bytes(cap - int(n), layer, spec.head_dim)
-               for layer, counts, cap in zip(cfg.layers, plan, capacity) for n in counts)
+               for layer, counts, cap in zip(cfg.layers, plan, capacity) for h, n in enumerate(counts))
 
 
 def dense_kv_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int = 2) -> int:

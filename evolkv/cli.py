@@ -161,8 +161,9 @@ def search(
     population: int = typer.Option(8, min=2, help="Candidates per generation."),
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
-    step: float = typer.Option(0.05, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
-                               "each gene's range (0.05 moves a layer's budget by about a third)."),
+    step: float = typer.Option(0.15, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
+                               "each gene's range (0.15 moves a layer's budget by about 2.5x; 0.05, the default before "
+                               "2026-11-26, by about a third and often never left its uniform start)."),
     restarts: int = typer.Option(0, min=0, help="tokens, cmaes: when 3 generations in a row find nothing better, "
                                  "start again from the best candidate with twice the step, up to this many times."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks the search is scored on. Synthetic (generated "
@@ -193,8 +194,9 @@ def search(
                                     "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
     length: int = typer.Option(1000, min=16, help="Context length of synthetic samples, in tokens."),
-    per_head: bool = typer.Option(False, "--per-head", help="Also search each layer's split over KV heads "
-                                  "(tokens and joint modes)."),
+    per_head: bool = typer.Option(False, "--per-head", help="Per KV head: tokens and joint modes search each "
+                                  "layer's split of its tokens over its KV heads; quant and joint modes give each "
+                                  "KV head of a layer group its own key/value bits."),
     groups: int = typer.Option(0, min=0, help="EvolKV schedule: optimise this many layer groups in turn "
                                "(tokens mode; quant/joint use --clusters)."),
     scorer: str = typer.Option("snapkv", help="Token scorer: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention | kvzip (evolkv.scorers; README: adding a scorer)."),
@@ -315,7 +317,7 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     if run.status == "finished":
         raise EvolKVError(f"run {run.id} is already finished")
     known = {f.name for f in fields(SearchSettings)}
-    settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
+    settings = SearchSettings(**{"step": 0.05, **{k: v for k, v in run.settings.items() if k in known}})  # older runs: their step
     warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
     found = _store(db).winner(warm) if warm else None
     _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)
@@ -834,8 +836,6 @@ def _validate(settings) -> None:
         if settings.mode == "quant" and budget.value != 1.0:
             raise EvolKVError("--mode quant keeps every token (--budget 100%); to search token budgets and "
                               "precisions together use --mode joint --budget B")
-        if settings.mode == "quant" and settings.per_head:
-            raise EvolKVError("--per-head splits token budgets over KV heads: use it with --mode tokens or joint")
         if settings.groups > 1:
             raise EvolKVError("--groups is the token search's layer schedule; --mode quant and joint group "
                               "layers with --clusters")

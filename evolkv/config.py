@@ -199,8 +199,30 @@ class LayerSpec:
     evicted_bits: int = 0  # MiKV: tokens past the budget kept at K{b}V{b} (8, 4 or 2) instead of dropped (0)
     quantizer: str = "kivi"  # evolkv.quantizers: how entries below 16 bits are stored and read
     scorer: ScorerSpec | None = None  # this layer's own token scorer (``--scorers``); None: the config's
+    # per KV head (k_bits, v_bits) (``--mode quant|joint --per-head``); None: every head at (k_bits, v_bits).
+    # When set, k_bits/v_bits are the widest of them; heads at one pair are written as that pair, not here
+    head_bits: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.head_bits is not None:
+            try:
+                pairs = tuple((int(k), int(v)) for k, v in self.head_bits)
+            except (TypeError, ValueError):
+                raise ConfigError(f"head_bits must list one [k_bits, v_bits] pair per KV head, got "
+                                  f"{self.head_bits!r}") from None
+            for k, v in pairs:
+                if k not in ALLOWED_BITS or v not in ALLOWED_BITS:
+                    raise ConfigError(f"head_bits pair [{k}, {v}] is not two of {ALLOWED_BITS}")
+            if not pairs:
+                raise ConfigError("head_bits must list one [k_bits, v_bits] pair per KV head")
+            if len(set(pairs)) == 1:  # one pair for every head: the layer's own precision
+                pairs = None
+                object.__setattr__(self, "k_bits", self.head_bits[0][0])
+                object.__setattr__(self, "v_bits", self.head_bits[0][1])
+            else:
+                object.__setattr__(self, "k_bits", max(k for k, _ in pairs))
+                object.__setattr__(self, "v_bits", max(v for _, v in pairs))
+            object.__setattr__(self, "head_bits", pairs)
         if not math.isfinite(self.budget) or self.budget < 0:
             raise ConfigError(f"layer budget must be a finite number >= 0, got {self.budget!r}")
         if self.heads is not None:
@@ -224,13 +246,40 @@ class LayerSpec:
 
     @property
     def quantized(self) -> bool:
+        """Some entries of the layer are stored below 16 bits (in some head, with ``head_bits``)."""
+        if self.head_bits is not None:
+            return any(k < 16 or v < 16 for k, v in self.head_bits)
         return self.k_bits < 16 or self.v_bits < 16
+
+    def head_pairs(self, heads: int) -> tuple[tuple[int, int], ...]:
+        """(k_bits, v_bits) of each of the layer's ``heads`` KV heads."""
+        return self.head_bits if self.head_bits is not None else ((self.k_bits, self.v_bits),) * heads
+
+    def head_spec(self, head: int) -> LayerSpec:
+        """This layer as KV head ``head`` stores it: its own (k_bits, v_bits), one pair for the whole spec."""
+        if self.head_bits is None:
+            return self
+        k, v = self.head_bits[head]
+        return replace(self, k_bits=k, v_bits=v, head_bits=None)
+
+    def packed_groups(self, heads: int) -> list[tuple[tuple[int, ...] | None, LayerSpec]]:
+        """The layer's packed parts: (KV heads, or None for all of them, the spec they are packed by), one per
+        precision below 16 bits; heads at 16 bits are in none."""
+        if self.head_bits is None:
+            return [(None, self)] if self.quantized else []
+        groups: dict[tuple[int, int], list[int]] = {}
+        for h, pair in enumerate(self.head_bits):
+            if pair != (16, 16):
+                groups.setdefault(pair, []).append(h)
+        return [(tuple(members), self.head_spec(members[0])) for members in groups.values()]
 
     @property
     def precision(self) -> str:
         """``K4V2``-style name of the layer's key/value precision (``K16V16`` is full precision), ``K4V2+r16``
-        when its 16 top-ranked entries stay at full precision."""
+        when its 16 top-ranked entries stay at full precision; per head ``K4V4/K2V2/K16V16``."""
         name = f"K{self.k_bits}V{self.v_bits}"
+        if self.head_bits is not None:
+            name = "/".join(f"K{k}V{v}" for k, v in self.head_bits)
         name = f"{name}+r{self.residual}" if self.quantized and self.residual else name
         return f"{name}+e{self.evicted_bits}" if self.evicted_bits else name
 
@@ -249,6 +298,10 @@ def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
         del data["scorer"]
     else:
         data["scorer"] = layer.scorer.to_dict()
+    if layer.head_bits is None:  # and per-head precisions: absent unless the heads differ
+        del data["head_bits"]
+    else:
+        data["head_bits"] = [list(pair) for pair in layer.head_bits]
     return data
 
 
@@ -274,6 +327,9 @@ class KVConfig:
         for i, layer in enumerate(self.layers):
             if layer.heads is not None and len(layer.heads) != self.model.num_kv_heads:
                 raise ConfigError(f"layer {i} splits over {len(layer.heads)} heads, the model has "
+                                  f"{self.model.num_kv_heads} KV heads")
+            if layer.head_bits is not None and len(layer.head_bits) != self.model.num_kv_heads:
+                raise ConfigError(f"layer {i} gives precisions to {len(layer.head_bits)} heads, the model has "
                                   f"{self.model.num_kv_heads} KV heads")
             if self.budget.kind == "fraction" and layer.budget > 1.0 + 1e-9:
                 raise ConfigError(f"layer {i} keeps {layer.budget:.3g} of the context (more than all of it)")
@@ -454,6 +510,15 @@ def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
                                                   for h in heads):
             raise ConfigError(f"layer {index} field 'heads' must be a list of numbers or null")
         values["heads"] = tuple(heads)
+    head_bits = values.get("head_bits")
+    if head_bits is not None:
+        ok = isinstance(head_bits, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and all(
+                not isinstance(b, bool) and (isinstance(b, int) or isinstance(b, float) and b.is_integer())
+                for b in pair) for pair in head_bits)
+        if not ok:
+            raise ConfigError(f"layer {index} field 'head_bits' must be a list of [k_bits, v_bits] pairs or null")
+        values["head_bits"] = tuple((int(k), int(v)) for k, v in head_bits)
     scorer = values.get("scorer")
     if scorer is not None:
         if not isinstance(scorer, dict):

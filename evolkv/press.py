@@ -47,18 +47,33 @@ class LayerPlan:
 
     @property
     def residual(self) -> int:
-        """Ranks below this stay at full precision in a quantized layer (all of them in a 16-bit one)."""
+        """Ranks below this stay at full precision in a quantized layer (all of them in a 16-bit one); with
+        per-head precisions, in its quantized heads (``head_residual``)."""
         return min(self.spec.residual, self.length) if self.spec.quantized else self.length
+
+    @property
+    def head_residual(self) -> torch.Tensor | int:
+        """Ranks kept at full precision at most, per KV head [H_kv] (an int when every head agrees)."""
+        if self.spec.head_bits is None:
+            return self.residual
+        return torch.tensor([self.residual if pair != (16, 16) else self.length for pair in self.spec.head_bits],
+                            device=self.counts.device)
 
     @property
     def full_counts(self) -> torch.Tensor:
         """[B, H_kv] ranks kept at full precision."""
-        return self.counts.clamp(max=self.residual)
+        return self.counts.clamp(max=self.head_residual)
 
     @property
     def packed_counts(self) -> torch.Tensor:
         """[B, H_kv] ranks kept packed (from ``residual`` on)."""
-        return (self.counts - self.residual).clamp(min=0)
+        return (self.counts - self.head_residual).clamp(min=0)
+
+    def packed_groups(self) -> list[tuple[torch.Tensor | None, LayerSpec]]:
+        """The packed parts (``LayerSpec.packed_groups``): (KV head indices, or None for all, their spec)."""
+        heads = self.counts.shape[-1]
+        return [(None if members is None else torch.tensor(members, device=self.counts.device), spec)
+                for members, spec in self.spec.packed_groups(heads)]
 
     @property
     def evicted(self) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from transformers import AttentionInterface
@@ -31,6 +32,35 @@ ATTN_IMPLEMENTATION = "evolkv"
 _ACTIVE: ContextVar[CompressedCache | None] = ContextVar("evolkv_active_cache", default=None)
 
 
+class Tier(NamedTuple):
+    """A packed part of a layer's cache: entries of B * len(heads) rows and their positions [B, len(heads), L]
+    (-1 = empty); ``heads`` [n] the KV heads it holds (None: all of them, in order)."""
+
+    packed: PackedKV
+    pos: torch.Tensor
+    heads: torch.Tensor | None = None
+
+
+def query_heads(heads: torch.Tensor, group: int) -> torch.Tensor:
+    """The query heads that read KV heads ``heads`` (transformers' GQA: KV head h serves queries h*G..h*G+G-1)."""
+    return (heads[:, None] * group + torch.arange(group, device=heads.device)).flatten()
+
+
+def merge_tier(out, lse, query, tier: Tier, group: int, query_pos, scaling, sliding, softcap):
+    """(out [B, H_q, T_q, D], lse [B, H_q, T_q]) with the packed ``tier`` merged in: over its heads' queries only
+    (``group`` query heads per KV head) when it holds some of the KV heads."""
+    if tier.heads is None:
+        return merge_softmax(out, lse, *kernels.attend_packed(query, tier.packed, tier.pos, query_pos, scaling,
+                                                              sliding, softcap))
+    rows = query_heads(tier.heads, group)
+    part, part_lse = kernels.attend_packed(query[:, rows].contiguous(), tier.packed, tier.pos, query_pos, scaling,
+                                           sliding, softcap)
+    merged, merged_lse = merge_softmax(out[:, rows], lse[:, rows], part, part_lse)
+    out, lse = out.clone(), lse.clone()
+    out[:, rows], lse[:, rows] = merged, merged_lse
+    return out, lse
+
+
 class CompressedLayer(CacheLayerMixin):
     """One layer's cache: keys/values [B, H_kv, L, D] and each entry's token position [B, H_kv, L] (-1 = empty)."""
 
@@ -42,8 +72,7 @@ class CompressedLayer(CacheLayerMixin):
         self.pos: torch.Tensor | None = None
         self.seen = 0
         self.compressed = False
-        self.packed: PackedKV | None = None  # quantized entries (B * H_kv rows), beside the full-precision ones
-        self.packed_pos: torch.Tensor | None = None  # [B, H_kv, L'] their positions (-1 = empty)
+        self.packs: list[Tier] = []  # quantized entries beside the full-precision ones, one tier per precision
         self.evicted: PackedKV | None = None  # MiKV: entries past the budget, kept at low precision
         self.evicted_pos: torch.Tensor | None = None  # [B, H_kv, L''] their positions (-1 = empty)
 
@@ -87,21 +116,23 @@ class CompressedLayer(CacheLayerMixin):
     def get_max_cache_shape(self) -> int:  # the same, as transformers 5.0 names it
         return -1
 
-    def set_packed(self, packed: PackedKV, pos: torch.Tensor) -> None:
-        """Add quantized entries (read by attention beside the full-precision ones)."""
-        self.packed, self.packed_pos = packed, pos
+    def add_packed(self, packed: PackedKV, pos: torch.Tensor, heads: torch.Tensor | None = None) -> None:
+        """Add quantized entries of all KV heads, or of ``heads`` (read by attention beside the full-precision
+        ones)."""
+        self.packs.append(Tier(packed, pos, heads))
 
     def set_evicted(self, packed: PackedKV, pos: torch.Tensor) -> None:
         """Add the MiKV tier: the entries the budget evicts, kept at low precision."""
         self.evicted, self.evicted_pos = packed, pos
 
-    def tiers(self) -> list[tuple[PackedKV, torch.Tensor]]:
+    def tiers(self) -> list[Tier]:
         """The packed parts attention reads beside the full-precision entries."""
-        return [(p, pos) for p, pos in ((self.packed, self.packed_pos), (self.evicted, self.evicted_pos))
-                if p is not None]
+        evicted = [Tier(self.evicted, self.evicted_pos)] if self.evicted is not None else []
+        return [*self.packs, *evicted]
 
     def reset(self) -> None:
-        self.keys = self.values = self.pos = self.packed = self.packed_pos = None
+        self.keys = self.values = self.pos = None
+        self.packs = []
         self.evicted = self.evicted_pos = None
         self.seen, self.compressed, self.is_initialized = 0, False, False
 
@@ -117,7 +148,7 @@ class CompressedLayer(CacheLayerMixin):
         """Number of occupied (key, value) slots over the batch and heads."""
         if not self.is_initialized:
             return 0
-        packed = sum(int((pos >= 0).sum()) for _, pos in self.tiers())
+        packed = sum(int((tier.pos >= 0).sum()) for tier in self.tiers())
         return int((self.pos >= 0).sum()) + packed
 
 
@@ -127,19 +158,20 @@ class GatheredLayer(CompressedLayer):
     Holds the sample's prefill keys/values [H_kv, T, D], each candidate's ranking ``order`` [C or 1, H_kv, T]
     (int32) and ``counts`` [C, H_kv] (candidate c keeps the first counts[c, h] entries of order[c, h]), and the
     tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D]. Candidates of a quantized layer
-    read their ranks from ``residual`` on from ``packs`` (one packed prefill per precision, shared).
+    read their ranks from ``residual`` on from ``packs`` (one packed prefill per precision, shared; with
+    per-head precisions, of the KV heads stored at it).
     MiKV candidates also read the entries their budget evicts from ``evicted``: (rows, the ranking with its
     valid part reversed [1, H_kv, T], evicted counts [rows, H_kv], that ranking's prefill packed at low
     precision), merged into the softmax by log-sum-exp.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
-                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int]] | None = None,
+                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int, torch.Tensor | None]] | None = None,
                  evicted: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedKV]] | None = None) -> None:
         super().__init__()
         self.shared = (keys, values)
         self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
-        self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual)
+        self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual, KV heads)
         self.tails = [(rows, tail.to(torch.int32), n.to(torch.int32), packed) for rows, tail, n, packed in evicted or []]
         self.merged: dict = {}  # torch path: dequantized prefills
         cands, heads = counts.shape
@@ -310,14 +342,22 @@ class Compressor(PrefillPolicy):
         if not plan.spec.quantized:
             return
         # ranks < residual stay at full precision; the rest is stored packed in ranking order, quantized in
-        # groups that start at the residual (as the evaluator's shared packed prefill is)
-        residual, keep = plan.residual, plan.packed_counts
-        kept = int(keep.max()) if keep.numel() else 0
-        if kept:
-            packed = pack_kept(flat(keys), flat(values), flat(order), plan.spec, residual)
-            slot = torch.arange(kept, device=order.device)
-            layer.set_packed(packed.narrow(0, kept),
-                             torch.where(slot < keep[..., None], order[..., residual:residual + kept].long(), -1))
+        # groups that start at the residual (as the evaluator's shared packed prefill is); one tier per
+        # precision (per-head precisions: each holds the heads stored at it)
+        residual = plan.residual
+        for heads, spec in plan.packed_groups():
+            keep, ordered = plan.packed_counts, order
+            if heads is not None:
+                keep, ordered, keys_h, values_h = keep[:, heads], order[:, heads], keys[:, heads], values[:, heads]
+            else:
+                keys_h, values_h = keys, values
+            kept = int(keep.max()) if keep.numel() else 0
+            if kept:
+                packed = pack_kept(flat(keys_h), flat(values_h), flat(ordered), spec, residual)
+                slot = torch.arange(kept, device=order.device)
+                layer.add_packed(packed.narrow(0, kept),
+                                 torch.where(slot < keep[..., None], ordered[..., residual:residual + kept].long(), -1),
+                                 heads)
 
 
 def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -353,9 +393,9 @@ def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dr
         out = _prefill_attention(query, key, value, scaling, sliding, pads, kwargs.get("softcap"))
     else:
         out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
-        for packed, packed_pos in layer.tiers() if cache is not None else ():  # quantized parts: merge softmaxes
-            out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, query_pos, scaling,
-                                                                      sliding, kwargs.get("softcap")))
+        group = query.shape[1] // key.shape[1]
+        for tier in layer.tiers() if cache is not None else ():  # quantized parts: merge softmaxes
+            out, lse = merge_tier(out, lse, query, tier, group, query_pos, scaling, sliding, kwargs.get("softcap"))
     if cache is not None and not layer.compressed and cache.policy is not None:
         rotary = None if cache.rotary is None else partial(cache.rotary, module.layer_idx)
         cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding, output_projection(module), rotary)
@@ -392,35 +432,53 @@ def merge_softmax(out, lse, other_out, other_lse):
 
 
 def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
-    """Candidates grouped by the packed prefill they read (the rest read the full-precision one), then the
-    MiKV candidates' evicted tiers merged in."""
+    """Candidates grouped by the packed prefill they read, over the KV heads stored at it (the rest read the
+    full-precision one), then the MiKV candidates' evicted tiers merged in."""
     out = torch.empty_like(query)
     lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
-    plain = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
-    groups = list(layer.packs)
-    for rows, _, _ in groups:
-        plain[rows] = False
-    if plain.any():
-        groups.append((plain.nonzero().squeeze(1), None, 0))
+    cands, kv_heads = layer.counts.shape
+    group = query.shape[1] // kv_heads
+    covered = torch.zeros(cands, kv_heads, dtype=torch.bool, device=query.device)
+    groups = []
+    for rows, packed, residual, heads in layer.packs:
+        groups.append((rows, heads, packed, residual))
+        covered[rows[:, None], slice(None) if heads is None else heads[None, :]] = True
+    plain: dict[tuple[bool, ...], list[int]] = {}  # the cells no pack covers, grouped by their heads
+    for c, row in enumerate((~covered).tolist()):
+        if any(row):
+            plain.setdefault(tuple(row), []).append(c)
+    for pattern, rows in plain.items():
+        heads = None if all(pattern) else torch.tensor([h for h, on in enumerate(pattern) if on], device=query.device)
+        groups.append((torch.tensor(rows, device=query.device), heads, None, 0))
     dense = not kernels._use_triton(query)
 
-    def read(key, order, packed, residual):
+    def read(key, shared, order, packed, residual):
         """(shared keys/values, packed) as the kernel reads them; the torch path dequantizes each packed
         prefill into a dense copy once per cache (greedy decoding comes back once per token)."""
         if not dense or packed is None:
-            return layer.shared, packed
+            return shared, packed
         if key not in layer.merged:
-            layer.merged[key] = with_packed_entries(*layer.shared, order[0], packed, residual)
+            layer.merged[key] = with_packed_entries(*shared, order[0], packed, residual)
         return layer.merged[key], None
 
-    for i, (rows, packed, residual) in enumerate(groups):
+    for i, (rows, heads, packed, residual) in enumerate(groups):
         order = layer.order if layer.order.shape[0] == 1 else layer.order[rows]
-        shared, packed = read(i, order, packed, residual)
-        out[rows], lse[rows] = kernels.attend_gathered(query[rows], *shared, order, layer.counts[rows],
-                                                       layer.keys[rows], layer.values[rows], scaling, sliding,
-                                                       packed=packed, residual=residual)
+        q, shared, counts = query[rows], layer.shared, layer.counts[rows]
+        new_keys, new_values = layer.keys[rows], layer.values[rows]
+        if heads is not None:  # some KV heads of these candidates: their queries, their rows of everything
+            q = q[:, query_heads(heads, group)]
+            shared = (shared[0][heads], shared[1][heads])
+            order, counts, new_keys, new_values = order[:, heads], counts[:, heads], new_keys[:, heads], new_values[:, heads]
+        shared, packed = read(i, shared, order, packed, residual)
+        part, part_lse = kernels.attend_gathered(q, *shared, order, counts, new_keys, new_values, scaling, sliding,
+                                                 packed=packed, residual=residual)
+        if heads is None:
+            out[rows], lse[rows] = part, part_lse
+        else:
+            at = (rows[:, None], query_heads(heads, group)[None, :])
+            out[at], lse[at] = part, part_lse
     for i, (rows, tail, evicted, packed) in enumerate(layer.tails):
-        shared, packed = read(("tail", i), tail, packed, 0)
+        shared, packed = read(("tail", i), layer.shared, tail, packed, 0)
         tail_out, tail_lse = kernels.attend_gathered(query[rows], *shared, tail, evicted, layer.keys[rows],
                                                      layer.values[rows], scaling, sliding, packed=packed,
                                                      include_new=False)

@@ -22,7 +22,7 @@ from evolkv import kernels, runtime
 from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv.models import max_positions
-from evolkv.runtime import CompressedCache, CompressedLayer, Compressor, merge_softmax
+from evolkv.runtime import CompressedCache, CompressedLayer, Compressor, merge_tier
 
 
 class ServingLayer(CompressedLayer):
@@ -56,8 +56,8 @@ class ServingLayer(CompressedLayer):
         self.kept = int(count.sum())
         self.cache = cache
         self._tiers = []
-        for packed, packed_pos in source.tiers():  # read-only from now on: positions as the kernel wants them
-            self._tiers.append((packed, packed_pos.to(torch.int32).contiguous()))
+        for tier in source.tiers():  # read-only from now on: positions as the kernel wants them
+            self._tiers.append(tier._replace(pos=tier.pos.to(torch.int32).contiguous()))
         self.dtype, self.device = source.keys.dtype, source.keys.device
         self.seen, self.compressed, self.is_initialized = source.seen, True, True
 
@@ -80,7 +80,8 @@ class ServingLayer(CompressedLayer):
                ) -> torch.Tensor:
         """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
         cache = self.cache
-        if self._tiers and softcap is None and kernels.folded_serves(query, [packed for packed, _ in self._tiers]):
+        whole = all(tier.heads is None for tier in self._tiers)  # per-head precisions: the general path
+        if self._tiers and whole and softcap is None and kernels.folded_serves(query, [t.packed for t in self._tiers]):
             from evolkv.kernels import folded, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
@@ -88,26 +89,26 @@ class ServingLayer(CompressedLayer):
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
                        capacity=self.capacity, pos=self.slot_pos)
             if len(self._tiers) == 1:  # the full-precision rows as the first splits of the packed tier's launch
-                packed, packed_pos = self._tiers[0]
+                packed, packed_pos, _ = self._tiers[0]
                 return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
                                                       sliding_window, unpack=unpack, ragged=own)[0]
             rows, device = self.start.shape[0], query.device  # MiKV: two packed tiers, three launches, one merge
             splits = plan_splits(self.capacity, rows, 64, device)[0]
-            splits += sum(folded.splits_for(packed, rows, device) for packed, _ in self._tiers)
+            splits += sum(folded.splits_for(tier.packed, rows, device) for tier in self._tiers)
             parts = Partials(query, splits)
             ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                            partials=parts)
-            for packed, packed_pos in self._tiers:
+            for packed, packed_pos, _ in self._tiers:
                 folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling, sliding_window,
                                                unpack=unpack, partials=parts)
             return parts.merge()[0]
         out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
                                          self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                          softcap)
-        for packed, packed_pos in self._tiers:
-            out, lse = merge_softmax(out, lse, *kernels.attend_packed(query, packed, packed_pos, cache.query_pos,
-                                                                      scaling, sliding_window, softcap))
+        group = query.shape[1] * query.shape[0] // self.start.shape[0]  # query heads per KV head
+        for tier in self._tiers:
+            out, lse = merge_tier(out, lse, query, tier, group, cache.query_pos, scaling, sliding_window, softcap)
         return out
 
     def nbytes(self, room: bool = True) -> int:
@@ -116,10 +117,10 @@ class ServingLayer(CompressedLayer):
         entries = self.keys.shape[0] if room else self.kept
         full = entries * (self.keys.shape[1] * self.keys.element_size() * 2)
         pos = 0 if self.slot_pos is None else entries * self.slot_pos.element_size()
-        return full + pos + sum(p.nbytes() for p, _ in self._tiers)
+        return full + pos + sum(tier.packed.nbytes() for tier in self._tiers)
 
     def entries(self) -> int:
-        return self.kept + sum(int((pos >= 0).sum()) for _, pos in self._tiers)
+        return self.kept + sum(int((tier.pos >= 0).sum()) for tier in self._tiers)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("a serving cache cannot be reordered for beam search")

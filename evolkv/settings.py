@@ -29,7 +29,7 @@ class SearchSettings:
     tolerance: float = 0.1  # guarded: how much worse than uniform any one task may get before it is penalised
     finalists: int = 4  # best search candidates re-scored on validation beside the baselines
     length: int = 1000
-    step: float = 0.05  # tokens, cmaes: the initial step, relative to the genes' range
+    step: float = 0.15  # tokens, cmaes: the initial step, relative to the genes' range (runs stored without one: 0.05)
     restarts: int = 0  # tokens, cmaes: restarts from the incumbent at twice the step when the search stalls
     per_head: bool = False
     groups: int = 0

@@ -51,19 +51,24 @@ def test_avg_bits_of_uniform_precisions():
     assert avg_bits(cfg, 96) == pytest.approx(3 + (1 + 2) / 2)
 
 
-@pytest.mark.parametrize("budget", ["100%", "50%"])
+@pytest.mark.parametrize("budget", ["100%", "50%", "100%-per-head", "50%-per-head"])
 def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
-    """The analytic memory objective against the runtime's cache after a real prefill of a tiny model."""
+    """The analytic memory objective against the runtime's cache after a real prefill of a tiny model (with
+    per-head precisions: each KV head of a layer at another pair, some at 16 bits)."""
     import dataclasses
 
     from evolkv import runtime
 
+    budget, per_head = budget.split("-")[0], budget.endswith("head")
     base = uniform_config(tiny.spec, Budget.parse(budget))
     precisions = [(2, 2, 0), (4, 2, 13), (16, 4, 32), (8, 16, 0), (4, 4, 70)]  # residuals inside groups too
     evicted = [2, 0, 4, 8, 2]  # MiKV tiers (nothing is evicted at 100%)
+    heads = tiny.spec.num_kv_heads
     cfg = dataclasses.replace(base, layers=tuple(
-        dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, group_size=32, evicted_bits=e)
-        for layer, (k, v, r), e in zip(base.layers, precisions, evicted)))
+        dataclasses.replace(layer, k_bits=k, v_bits=v, residual=r, group_size=32, evicted_bits=e,
+                            head_bits=tuple(precisions[(i + h) % 5][:2] for h in range(heads)) if per_head else None)
+        for i, (layer, (k, v, r), e) in enumerate(zip(base.layers, precisions, evicted))))
+    assert not per_head or any(layer.head_bits for layer in cfg.layers)
     length = 200
     prompt = torch.randint(3, 50, (1, length), generator=torch.Generator().manual_seed(0)).to(tiny.model.device)
     cache = runtime.CompressedCache(cfg.model.num_layers, runtime.Compressor(cfg))
@@ -73,7 +78,7 @@ def test_kv_bytes_equal_the_bytes_of_a_real_packed_cache(tiny, budget):
     actual = 0
     for layer in cache.layers:
         actual += int((layer.pos >= 0).sum()) * tiny.spec.head_dim * dtype_bytes * 2  # full-precision entries
-        for packed, pos in layer.tiers():
+        for packed, pos, _ in layer.tiers():
             assert (pos >= 0).all()  # heads keep equal counts here: no padding to discount
             actual += packed.nbytes()
     if budget == "50%" and not tiny.spec.sliding_window:  # (Gemma's sliding layers hold under half anyway)

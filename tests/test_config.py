@@ -42,6 +42,9 @@ def test_json_round_trip_and_hash():
     (lambda d: d["model"].update(model_type="mistral"), "fingerprint"),
     (lambda d: d["model"].update(num_layers=5), "layer types"),
     (lambda d: d["scorer"].update(name="nope"), "scorer"),
+    (lambda d: d["layers"][0].update(head_bits=[[4, 4], [2, 2], [4, 4]]), "precisions to 3 heads"),
+    (lambda d: d["layers"][0].update(head_bits=[[4, 4], [3, 4]]), r"\[3, 4\]"),
+    (lambda d: d["layers"][0].update(head_bits=[4, 4]), "head_bits"),
 ])
 def test_malformed_configs_raise_config_error(mutate, message):
     data = uniform_config(SPEC, Budget.parse("10%")).to_dict()
@@ -107,3 +110,24 @@ def test_an_allocation_round_trips_and_an_unknown_one_is_one_error():
     data["allocation"] = "oracle"
     with pytest.raises(ConfigError, match="unknown allocation 'oracle'; known: globaltopk, prefixkv, cake, dynamickv"):
         KVConfig.from_dict(data)
+
+
+def test_per_head_precisions_round_trip_and_name_each_head():
+    import dataclasses
+
+    from evolkv.config import LayerSpec
+
+    layer = LayerSpec(budget=1.0, head_bits=((4, 4), (2, 2), (16, 16)), residual=4)
+    assert layer.quantized and (layer.k_bits, layer.v_bits) == (16, 16)  # the widest of its heads
+    assert layer.precision == "K4V4/K2V2/K16V16+r4"
+    assert [heads for heads, _ in layer.packed_groups(3)] == [(0,), (1,)]  # the 16-bit head is packed nowhere
+    assert layer.head_spec(1).k_bits == 2 and layer.head_spec(1).head_bits is None
+    same = LayerSpec(budget=1.0, head_bits=((4, 2), (4, 2)))
+    assert same.head_bits is None and (same.k_bits, same.v_bits) == (4, 2)  # one pair: the layer's own
+    base = uniform_config(SPEC, Budget.parse("10%"))
+    cfg = dataclasses.replace(base, layers=(dataclasses.replace(base.layers[0], head_bits=((4, 4), (2, 4))),
+                                            *base.layers[1:]))
+    data = cfg.to_dict()
+    assert data["layers"][0]["head_bits"] == [[4, 4], [2, 4]] and "head_bits" not in data["layers"][1]
+    again = KVConfig.from_json(cfg.to_json())
+    assert again == cfg and again.hash() == cfg.hash() != base.hash()

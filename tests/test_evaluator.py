@@ -39,6 +39,16 @@ def _mixed(cfg, shift=0, mikv=False):
     return dataclasses.replace(cfg, layers=tuple(layers))
 
 
+def _per_head(cfg, shift=0):
+    """Every layer's KV heads each at another precision (some at 16 bits), residual windows per layer."""
+    rot = PRECISIONS[shift:] + PRECISIONS[:shift]
+    heads = cfg.model.num_kv_heads
+    layers = [dataclasses.replace(layer, residual=rot[i][2],
+                                  head_bits=tuple(rot[(i + h) % len(rot)][:2] for h in range(heads)))
+              for i, layer in enumerate(cfg.layers)]
+    return dataclasses.replace(cfg, layers=tuple(layers))
+
+
 def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_tokens=4):
     """``cfg`` scored on the shared prefill of ``prep`` (second in a batch after ``others[0]``, the rest
     after it) gives the log-probabilities ``runtime.apply`` + ``generate`` gives, token for token."""
@@ -56,17 +66,20 @@ def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_token
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv"])
+@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv", "30%-perhead",
+                                    "100%-perhead"])
 def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
     if kernels == "triton":
         pytest.importorskip("triton")
     monkeypatch.setenv("EVOLKV_KERNELS", kernels)  # the Triton kernel runs under TRITON_INTERPRET=1 on CPU
     prep = evaluator.prepare(_samples(tiny, 1))[0]
-    budget, quantized, mikv = budget.split("-")[0], "-" in budget, budget.endswith("mikv")
+    budget, quantized, mikv, heads = budget.split("-")[0], "-" in budget, budget.endswith("mikv"), budget.endswith("head")
     space = BudgetSpace(tiny.spec, Budget.parse(budget), per_head=True)
     cfg = space.decode(np.random.default_rng(0).uniform(-2, 2, space.n_var))
     others = [uniform_config(tiny.spec, Budget.parse("100%"))]
-    if quantized:  # scored beside candidates reading other packed prefills of the same layers
+    if heads:  # per-head precisions, beside per-layer ones reading the same packed prefills and other mixes
+        cfg, others = _per_head(cfg, 0), others + [_mixed(cfg, 1), _per_head(cfg, 1), _per_head(cfg, 3)]
+    elif quantized:  # scored beside candidates reading other packed prefills of the same layers
         cfg, others = _mixed(cfg, 0, mikv), others + [_mixed(cfg, 1, mikv), _mixed(cfg, 2, mikv), _mixed(cfg, 2)]
     _assert_scores_as_generated(tiny, evaluator, prep, cfg, others, new_tokens=6)
 

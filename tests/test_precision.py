@@ -52,6 +52,24 @@ def test_space_decodes_every_gene_to_an_allowed_pair_and_encodes_back():
     assert before == pytest.approx(4 * np.log10(16)) and after == pytest.approx(np.log10(2 * 3 * 1))
 
 
+def test_per_head_genes_give_each_kv_head_of_a_group_its_own_pair():
+    """``--per-head``: a pair gene per group and KV head; the layers of a group share the per-head pairs."""
+    groups, choices = [[0, 3], [1], [2]], [[(8, 8), (4, 4)], [(4, 2), (2, 2), (16, 16)], [(2, 4)]]
+    space = PrecisionSpace(BASE, groups, choices, group_size=32, residuals=(0, 4), heads=SPEC.num_kv_heads)
+    assert space.n_var == 3 * SPEC.num_kv_heads + 3
+    mixed = 0
+    for x in np.random.default_rng(0).uniform(*space.bounds, (30, space.n_var)):
+        cfg = space.decode(x)
+        for g, layers in enumerate(groups):
+            pairs = {cfg.layers[i].head_pairs(SPEC.num_kv_heads) for i in layers}
+            assert len(pairs) == 1 and set(next(iter(pairs))) <= set(choices[g])
+        mixed += any(layer.head_bits is not None for layer in cfg.layers)
+        assert space.decode(space.encode(cfg)) == cfg
+    assert mixed  # heads of one layer do differ
+    before, after = space.size()
+    assert after == pytest.approx(2 * np.log10(2 * 3 * 1) + 3 * np.log10(2))
+
+
 def test_residual_genes_pick_a_window_per_group():
     groups, choices = [[0, 3], [1], [2]], [[(8, 8), (4, 4)], [(4, 2), (16, 16)], [(2, 4)]]
     space = PrecisionSpace(BASE, groups, choices, group_size=32, residuals=(0, 4, 16))

@@ -187,8 +187,6 @@ def _refusal(mode, optimizer, per_head, groups, scorer, query, budget):
         return "needs a multi-objective optimizer"
     if mode == "quant" and budget != "100%":
         return "--mode quant keeps every token"
-    if mode == "quant" and per_head:
-        return "--per-head splits token budgets"
     if mode != "tokens" and groups:
         return "--groups is the token search's layer schedule"
     if mode == "tokens" and optimizer in ("nsga2", "optuna-nsga2"):
@@ -201,7 +199,6 @@ def _refusal(mode, optimizer, per_head, groups, scorer, query, budget):
 # each refusal, and where ``evolkv search --help`` states that incompatibility
 HELP_SAYS = {"needs a multi-objective optimizer": "quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe",
              "--mode quant keeps every token": "Quant mode keeps every token (100% only)",
-             "--per-head splits token budgets": "split over KV heads (tokens and joint modes)",
              "--groups is the token search's layer schedule": "(tokens mode; quant/joint use --clusters)",
              "needs two objectives": "tokens: cmaes (default) | ga | de | optuna-tpe | optuna-cmaes",
              "give a --budget below 100%": "below 100% in tokens mode"}

@@ -1,6 +1,8 @@
 """The serving path (``evolkv.serving``): static ragged caches, one decode token per step, CUDA graphs on GPU.
 Its greedy tokens must equal ``model.generate`` under ``runtime.apply`` with the same config."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,7 +26,18 @@ CONFIGS = {
     "30% K4V2 r16": lambda spec: uniform_config(spec, Budget.parse("30%"), k_bits=4, v_bits=2, group_size=32,
                                                 residual=16),
     "20% MiKV e4": lambda spec: uniform_config(spec, Budget.parse("20%"), evicted_bits=4, group_size=32),
+    "30% per-head bits": lambda spec: _per_head_bits(uniform_config(spec, Budget.parse("30%"), group_size=32,
+                                                                    residual=4)),
 }
+
+
+def _per_head_bits(cfg):
+    """Each KV head of a layer at its own (k_bits, v_bits), one of them at 16 bits."""
+    pairs = [(4, 2), (16, 16), (2, 2), (4, 4)]
+    heads = cfg.model.num_kv_heads
+    return dataclasses.replace(cfg, layers=tuple(
+        dataclasses.replace(layer, head_bits=tuple(pairs[(i + h) % 4] for h in range(heads)))
+        for i, layer in enumerate(cfg.layers)))
 
 
 def _same_until_eos(ours, expected, eos=2):

@@ -53,14 +53,20 @@ class Prepared:
     # (scorer, layer, k, v, group, residual, quantizer) -> packed prefill; ("evicted", ...) -> (order, packed)
     packed: dict[tuple, PackedKV | tuple[torch.Tensor, PackedKV]] = field(default_factory=dict)
 
-    def packed_layer(self, scorer: str, layer: int, spec: LayerSpec, residual: int) -> PackedKV:
+    def packed_layer(self, scorer: str, layer: int, spec: LayerSpec, residual: int,
+                     heads: tuple[int, ...] | None = None) -> PackedKV:
         """This layer's prefill from rank ``residual`` on, packed as ``spec`` says (precision, group,
-        quantizer) in the scorer's ranking order (made once, then shared)."""
+        quantizer) in the scorer's ranking order, of every KV head or of ``heads`` (made once, then shared)."""
         key = (scorer, layer, spec.k_bits, spec.v_bits, spec.group_size, residual, spec.quantizer)
         if key not in self.packed:
             self.packed[key] = pack_kept(self.keys[layer][0], self.values[layer][0], self.orders[scorer][layer][0],
                                          spec, min(residual, self.length))
-        return self.packed[key]
+        if heads is None:
+            return self.packed[key]
+        if (*key, heads) not in self.packed:
+            rows = torch.tensor(heads, device=self.keys[layer].device)
+            self.packed[(*key, heads)] = self.packed[key].select(rows)
+        return self.packed[(*key, heads)]
 
     def evicted_layer(self, scorer: str, layer: int, spec: LayerSpec, capacity: int
                       ) -> tuple[torch.Tensor, PackedKV]:
@@ -235,14 +241,16 @@ class Evaluator:
             tiers = defaultdict(list)  # MiKV candidates of one scorer and tier storage read one packed copy
             for c, (cfg, plan) in enumerate(zip(configs, plans)):
                 layer = plan.spec
-                if layer.quantized:
-                    packs[(layer_keys[c], layer.k_bits, layer.v_bits, layer.group_size, layer.quantizer,
-                           plan.residual)].append((c, layer))
+                for heads, spec in layer.packed_groups(self.spec.num_kv_heads):  # per-head precisions: several
+                    packs[(layer_keys[c], spec.k_bits, spec.v_bits, spec.group_size, spec.quantizer,
+                           plan.residual, heads)].append((c, spec))
                 if plan.evicted is not None:
                     tiers[(layer_keys[c], layer.evicted_bits, layer.group_size, layer.quantizer,
                            plan.capacity)].append((c, layer))
             groups = [(torch.tensor([c for c, _ in rows], device=self.device),
-                       prep.packed_layer(key[0], i, rows[0][1], key[-1]), key[-1]) for key, rows in packs.items()]
+                       prep.packed_layer(key[0], i, rows[0][1], key[5], key[6]), key[5],
+                       None if key[6] is None else torch.tensor(key[6], device=self.device))
+                      for key, rows in packs.items()]
             evicted = []
             for key, rows in tiers.items():
                 tail, packed = prep.evicted_layer(key[0], i, rows[0][1], key[-1])

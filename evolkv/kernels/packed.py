@@ -62,6 +62,13 @@ class PackedKV:
                         cut(self.v_scale, start, end), cut(self.v_zero, start, end), self.quantizer)
 
 
+    def select(self, rows: torch.Tensor) -> PackedKV:
+        """A copy of rows ``rows`` (indices) of every tensor: some KV heads of a one-sequence cache."""
+        take = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+        return PackedKV(self.k_bits, self.v_bits, self.group, self.length, self.dim, take(self.k), take(self.v),
+                        take(self.k_scale), take(self.k_zero), take(self.v_scale), take(self.v_zero), self.quantizer)
+
+
 def pack(keys: torch.Tensor, values: torch.Tensor, k_bits: int, v_bits: int, group: int,
          quantizer: str = "kivi") -> PackedKV:
     """Quantize ``keys``/``values`` [R, T, D] (entries in storage order) to (k_bits, v_bits) with ``quantizer``."""

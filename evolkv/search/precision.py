@@ -6,7 +6,8 @@
 3. ``cluster``: group layers with similar (log) error profiles; a group shares one pair, chosen among
    the union of its members' surviving pairs.
 
-``PrecisionSpace`` is what the optimiser sees: one gene in [0, 1) per group picks its pair; with more than
+``PrecisionSpace`` is what the optimiser sees: one gene in [0, 1) per group picks its pair (per group and KV
+head with ``heads`` > 1, ``--per-head``: GQA heads differ, retrieval heads need more bits); with more than
 one residual choice a second gene per group picks how many top-ranked entries stay at full precision (the
 attention sinks and heavy hitters: on Gemma 3 270M four of them halve K4V4's KL for 0.08 bits); in joint
 mode the token-budget genes of a ``BudgetSpace`` follow.
@@ -47,15 +48,18 @@ def parse_evicted(value) -> tuple[int, ...]:
     return choices
 
 
-def with_precisions(cfg: KVConfig, pairs: list[tuple[int, int]], group_size: int,
-                    residual: int | list[int]) -> KVConfig:
-    """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits), its ``residual`` (one for every layer, or
-    one per layer) top-ranked entries kept at full precision."""
+def with_precisions(cfg: KVConfig, pairs: list, group_size: int, residual: int | list[int]) -> KVConfig:
+    """``cfg`` with layer i stored at ``pairs[i]`` = (k_bits, v_bits), or at one such pair per KV head (a list
+    of them), its ``residual`` (one for every layer, or one per layer) top-ranked entries kept at full
+    precision."""
     residuals = residual if isinstance(residual, (list, tuple)) else [residual] * len(cfg.layers)
-    layers = tuple(replace(layer, k_bits=k, v_bits=v, group_size=group_size,
-                           residual=r if (k < 16 or v < 16) else 0)
-                   for layer, (k, v), r in zip(cfg.layers, pairs, residuals))
-    return replace(cfg, layers=layers)
+    layers = []
+    for layer, pair, r in zip(cfg.layers, pairs, residuals):
+        heads = tuple(pair) if isinstance(pair[0], (list, tuple)) else (tuple(pair),)
+        quantized = any(k < 16 or v < 16 for k, v in heads)
+        layers.append(replace(layer, k_bits=heads[0][0], v_bits=heads[0][1], group_size=group_size,
+                              residual=r if quantized else 0, head_bits=heads if len(heads) > 1 else None))
+    return replace(cfg, layers=tuple(layers))
 
 
 def sensitivity_configs(base: KVConfig, group_size: int, residual: int,
@@ -122,6 +126,7 @@ class PrecisionSpace:
     tokens: object | None = None  # a BudgetSpace in joint mode
     stats: dict = field(default_factory=dict)
     evicted: tuple[int, ...] = (0,)  # joint mode, MiKV: tier precisions for the evicted tokens (0 = drop)
+    heads: int = 1  # > 1 (the model's KV heads, ``--per-head``): a pair gene per group and KV head
 
     def __post_init__(self) -> None:
         self.residuals = parse_residuals(self.residuals)
@@ -129,11 +134,11 @@ class PrecisionSpace:
 
     @property
     def n_pair_genes(self) -> int:
-        return len(self.groups)
+        return len(self.groups) * self.heads
 
     @property
     def n_precision(self) -> int:
-        return len(self.groups) * (1 + (len(self.residuals) > 1) + (len(self.evicted) > 1))
+        return self.n_pair_genes + len(self.groups) * ((len(self.residuals) > 1) + (len(self.evicted) > 1))
 
     def _extra_genes(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(residual genes, evicted-tier genes) of ``x``, each [groups] or None when that choice is fixed."""
@@ -161,12 +166,14 @@ class PrecisionSpace:
     def _pick(gene: float, options: list):
         return options[min(int(np.clip(gene, 0, 1) * len(options)), len(options) - 1)]
 
-    def pairs(self, x: np.ndarray) -> list[tuple[int, int]]:
-        chosen = [(16, 16)] * len(self.base.layers)
-        for gene, layers, options in zip(x[: self.n_pair_genes], self.groups, self.choices):
-            pair = self._pick(gene, options)
+    def pairs(self, x: np.ndarray) -> list:
+        """Each layer's (k_bits, v_bits), or with ``heads`` > 1 its list of one pair per KV head."""
+        chosen: list = [(16, 16)] * len(self.base.layers)
+        genes = np.asarray(x[: self.n_pair_genes]).reshape(len(self.groups), self.heads)
+        for row, layers, options in zip(genes, self.groups, self.choices):
+            picked = [self._pick(gene, options) for gene in row]
             for layer in layers:
-                chosen[layer] = pair
+                chosen[layer] = picked if self.heads > 1 else picked[0]
         return chosen
 
     def _per_layer(self, genes: np.ndarray | None, options: tuple[int, ...]) -> list[int]:
@@ -195,8 +202,9 @@ class PrecisionSpace:
         genes = []
         for layers, options in zip(self.groups, self.choices):
             layer = cfg.layers[layers[0]]
-            distance = [abs(k - layer.k_bits) + abs(v - layer.v_bits) for k, v in options]
-            genes.append((int(np.argmin(distance)) + 0.5) / len(options))
+            for k_bits, v_bits in layer.head_pairs(self.heads)[:self.heads]:
+                distance = [abs(k - k_bits) + abs(v - v_bits) for k, v in options]
+                genes.append((int(np.argmin(distance)) + 0.5) / len(options))
         for options, field_name in ((self.residuals, "residual"), (self.evicted, "evicted_bits")):
             if len(options) > 1:
                 for layers in self.groups:
@@ -209,6 +217,6 @@ class PrecisionSpace:
     def size(self) -> tuple[float, float]:
         """log10 of the number of precision assignments: every pair per layer, and after pruning/clustering."""
         residual = math.log10(len(self.residuals)) + math.log10(len(self.evicted))
-        before = len(self.base.layers) * (math.log10(len(PAIRS)) + residual)
-        after = sum(math.log10(len(options)) + residual for options in self.choices)
+        before = len(self.base.layers) * (self.heads * math.log10(len(PAIRS)) + residual)
+        after = sum(self.heads * math.log10(len(options)) + residual for options in self.choices)
         return before, after
