@@ -66,8 +66,7 @@ def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_token
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv", "30%-perhead",
-                                    "100%-perhead"])
+@pytest.mark.parametrize("budget", ["10%", "30%", "30%-quantized", "100%-quantized", "30%-mikv", "30%-perhead"])
 def test_fast_path_logits_equal_generate_with_config_applied(tiny, evaluator, budget, kernels, monkeypatch):
     if kernels == "triton":
         pytest.importorskip("triton")
