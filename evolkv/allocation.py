@@ -101,8 +101,9 @@ def layer_capacity(spec: ModelSpec, layer: int, context_len: int) -> int:
 
 
 def head_bytes(kept: int, layer: LayerSpec, dim: int, dtype_bytes: int = 2) -> int:
-    """Bytes one KV head of a layer (``layer.head_spec(h)`` for a layer with per-head precisions) stores for ``kept`` entries (keys and values): ranks below the residual
-    window at full precision, the rest as the layer's quantizer stores them (codes, scales, zero points)."""
+    """Bytes one KV head of a layer (``layer.head_spec(h)`` for a layer with per-head precisions) stores for
+    ``kept`` entries (keys and values): ranks below the residual window at full precision, the rest as the
+    layer's quantizer stores them (codes, scales, zero points)."""
     from evolkv.quantizers import QUANTIZERS
 
     if layer.head_bits is not None:

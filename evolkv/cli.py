@@ -317,7 +317,8 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     if run.status == "finished":
         raise EvolKVError(f"run {run.id} is already finished")
     known = {f.name for f in fields(SearchSettings)}
-    settings = SearchSettings(**{"step": 0.05, **{k: v for k, v in run.settings.items() if k in known}})  # older runs: their step
+    stored = {k: v for k, v in run.settings.items() if k in known}
+    settings = SearchSettings(**{"step": 0.05, **stored})  # runs stored before --step searched at 0.05
     warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
     found = _store(db).winner(warm) if warm else None
     _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)

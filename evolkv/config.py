@@ -216,9 +216,9 @@ class LayerSpec:
             if not pairs:
                 raise ConfigError("head_bits must list one [k_bits, v_bits] pair per KV head")
             if len(set(pairs)) == 1:  # one pair for every head: the layer's own precision
+                object.__setattr__(self, "k_bits", pairs[0][0])
+                object.__setattr__(self, "v_bits", pairs[0][1])
                 pairs = None
-                object.__setattr__(self, "k_bits", self.head_bits[0][0])
-                object.__setattr__(self, "v_bits", self.head_bits[0][1])
             else:
                 object.__setattr__(self, "k_bits", max(k for k, _ in pairs))
                 object.__setattr__(self, "v_bits", max(v for _, v in pairs))
@@ -491,13 +491,17 @@ def _known(data: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where} has an unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
 
 
+def _whole(value: Any) -> bool:
+    """A JSON whole number: an int, or a float with no fraction (4.0); never a bool."""
+    return not isinstance(value, bool) and (isinstance(value, int) or isinstance(value, float) and value.is_integer())
+
+
 def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
     _known(layer, {f.name for f in fields(LayerSpec)}, f"layer {index}")
     values = dict(layer)
     for name in _INT_FIELDS:  # 4.0 is 4 (many JSON writers emit floats); 4.5 is an error
         value = values.get(name)
-        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        if value is not None and (isinstance(value, bool) or not whole):
+        if value is not None and not _whole(value):
             raise ConfigError(f"layer {index} field {name!r} must be a whole number, not {value!r}")
         if isinstance(value, float):
             values[name] = int(value)
@@ -513,9 +517,7 @@ def _layer_from_dict(layer: dict[str, Any], index: int) -> LayerSpec:
     head_bits = values.get("head_bits")
     if head_bits is not None:
         ok = isinstance(head_bits, list) and all(
-            isinstance(pair, list) and len(pair) == 2 and all(
-                not isinstance(b, bool) and (isinstance(b, int) or isinstance(b, float) and b.is_integer())
-                for b in pair) for pair in head_bits)
+            isinstance(pair, list) and len(pair) == 2 and all(map(_whole, pair)) for pair in head_bits)
         if not ok:
             raise ConfigError(f"layer {index} field 'head_bits' must be a list of [k_bits, v_bits] pairs or null")
         values["head_bits"] = tuple((int(k), int(v)) for k, v in head_bits)

@@ -55,9 +55,7 @@ def merge_tier(out, lse, query, tier: Tier, group: int, query_pos, scaling, slid
     rows = query_heads(tier.heads, group)
     part, part_lse = kernels.attend_packed(query[:, rows].contiguous(), tier.packed, tier.pos, query_pos, scaling,
                                            sliding, softcap)
-    merged, merged_lse = merge_softmax(out[:, rows], lse[:, rows], part, part_lse)
-    out, lse = out.clone(), lse.clone()
-    out[:, rows], lse[:, rows] = merged, merged_lse
+    out[:, rows], lse[:, rows] = merge_softmax(out[:, rows], lse[:, rows], part, part_lse)  # fresh tensors: in place
     return out, lse
 
 
@@ -466,16 +464,18 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
         q, shared, counts = query[rows], layer.shared, layer.counts[rows]
         new_keys, new_values = layer.keys[rows], layer.values[rows]
         if heads is not None:  # some KV heads of these candidates: their queries, their rows of everything
-            q = q[:, query_heads(heads, group)]
+            q_heads = query_heads(heads, group)
+            q = q[:, q_heads]
             shared = (shared[0][heads], shared[1][heads])
-            order, counts, new_keys, new_values = order[:, heads], counts[:, heads], new_keys[:, heads], new_values[:, heads]
+            order, counts = order[:, heads], counts[:, heads]
+            new_keys, new_values = new_keys[:, heads], new_values[:, heads]
         shared, packed = read(i, shared, order, packed, residual)
         part, part_lse = kernels.attend_gathered(q, *shared, order, counts, new_keys, new_values, scaling, sliding,
                                                  packed=packed, residual=residual)
         if heads is None:
             out[rows], lse[rows] = part, part_lse
         else:
-            at = (rows[:, None], query_heads(heads, group)[None, :])
+            at = (rows[:, None], q_heads[None, :])
             out[at], lse[at] = part, part_lse
     for i, (rows, tail, evicted, packed) in enumerate(layer.tails):
         shared, packed = read(("tail", i), layer.shared, tail, packed, 0)

@@ -309,7 +309,6 @@ class FrontSearch(Strategy):
         space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
                       "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(self.residuals),
                       "evicted_bits": list(self.space.evicted),
-                      "per_head_precisions": settings.per_head,
                       "pruned": [[f"K{k}V{v}" for k, v in c] for c in kept]}
         job.store.update_run(job.run_id, derived={"space": space_info})
         job.reporter.stage(f"precision space 10^{before:.1f} -> 10^{after:.1f} ({len(groups)} layer groups)")
