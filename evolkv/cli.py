@@ -177,6 +177,9 @@ def search(
     validation_samples: int = typer.Option(0, min=0, help="Samples per task of the validation split the winner "
                                            "is chosen on, among the best search candidates (or front points) and "
                                            "the baselines [default: --samples]."),
+    heldout_samples: int = typer.Option(0, min=0, help="Samples per task of the held-out split the winner and "
+                                        "every baseline are reported on; more gives steadier tables (one task "
+                                        "such as code has few answer tokens per sample) [default: --samples]."),
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
@@ -241,7 +244,8 @@ def search(
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
-                              validation_samples=validation_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
+                              validation_samples=validation_samples,
+                              heldout_samples=heldout_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
                               objective=objective,
                               finalists=finalists, length=length, per_head=per_head, groups=groups,
                               scorer=_split(scorers)[0] if scorers else scorer, scorers=_split(scorers or ""),

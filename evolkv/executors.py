@@ -98,7 +98,8 @@ def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
     from evolkv.evaluators.tasks import SPLITS, load_tasks
 
     counts = {"search": max(settings.pool, settings.samples),
-              "validation": settings.validation_samples or settings.samples, "heldout": settings.samples}
+              "validation": settings.validation_samples or settings.samples,
+              "heldout": settings.heldout_samples or settings.samples}
     samples = {split: load_tasks(settings.tasks, counts[split], settings.length, settings.seed, split, tokenizer)
                for split in SPLITS}
     search = samples["search"]

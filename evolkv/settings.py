@@ -23,6 +23,7 @@ class SearchSettings:
     tasks: list[str] = field(default_factory=lambda: ["passkey", "vartrack", "prose", "code"])  # tasks.PRESETS["mix"]
     samples: int = 4  # per task and generation on the search split, and on the held-out split
     validation_samples: int = 0  # per task on the validation split the winner is chosen on (0 = samples)
+    heldout_samples: int = 0  # per task on the held-out split every table reports (0 = samples)
     pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them
     objective: str = "kl"  # kl (to the full cache) | nll (gold answer) | task (1 - the task's metric, greedy)
     aggregate: str = "guarded"  # guarded | worst | mean: what the token search is told (strategies.TokenSearch)

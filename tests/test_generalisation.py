@@ -68,8 +68,8 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
     reference), the pool is prefilled once, the winner is the best on validation among the finalists and the
     baselines, and runs show / lookup / export mark a baseline that won."""
     settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=3, population=4, samples=1,
-                              pool=3, validation_samples=2, length=200, tasks=["passkey", "multikey"],
-                              finalists=2)
+                              pool=3, validation_samples=2, heldout_samples=3, length=200,
+                              tasks=["passkey", "multikey"], finalists=2)
     loaded, executor = make_executor(settings)
     prepared = []
     original = executor.evaluator.prepare
@@ -78,7 +78,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
     store = Store(str(tmp_path / "r.db"))
     detail = run_search(settings, loaded.spec, executor, store)
     assert detail["status"] == "finished"
-    assert prepared == [6, 4, 2]  # the pool (3 per task), validation (2 per task), held-out: once each
+    assert prepared == [6, 4, 6]  # the pool (3 per task), validation (2), held-out (3 per task): once each
     rows = [row for row, _ in store.evaluations(detail["id"])]
     draws = {row.split for row in rows if row.stage == Stage.SEARCH}
     assert draws == {"search@0", "search@1", "search@2"}

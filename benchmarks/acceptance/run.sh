@@ -14,7 +14,7 @@
 # another). Every command's JSON lands in $OUT; benchmarks/acceptance/summarize.py makes the tables.
 set -uo pipefail
 MODEL=${MODEL:-smollm2-135m}; DEVICE=${DEVICE:-cuda}; OUT=${OUT:-acc-out}; PER_HEAD=${PER_HEAD:-}
-LENGTH=${LENGTH:-2000}; SAMPLES=${SAMPLES:-4}; POOL=${POOL:-12}; VAL=${VAL:-4}
+LENGTH=${LENGTH:-2000}; SAMPLES=${SAMPLES:-4}; POOL=${POOL:-12}; VAL=${VAL:-4}; HELD=${HELD:-0}
 POP=${POP:-16}; GENS=${GENS:-10}; BUDGETS=${BUDGETS:-5% 10% 20%}; SEEDS=${SEEDS:-0 1 2}; AGG=${AGG:-guarded}
 TAG=${TAG:-search}  # file prefix of the search step (another for a side-by-side variant)
 TARGET=${TARGET:-4}; FRONT_GENS=${FRONT_GENS:-8}; LEFT=${LEFT:-needle tracking prose code}
@@ -23,8 +23,8 @@ mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 EVOLKV="python3 -m evolkv"
 ALL="passkey,multikey,vartrack,prose,code"
 COMMON=(--model "$MODEL" --device "$DEVICE" --length "$LENGTH")
-SEARCH=(--samples "$SAMPLES" --validation-samples "$VAL" --population "$POP" --generations "$GENS")
-echo "$MODEL $DEVICE length $LENGTH samples $SAMPLES pool $POOL validation $VAL population $POP generations $GENS aggregate $AGG $PER_HEAD ($*)" \
+SEARCH=(--samples "$SAMPLES" --validation-samples "$VAL" --heldout-samples "$HELD" --population "$POP" --generations "$GENS")
+echo "$MODEL $DEVICE length $LENGTH samples $SAMPLES pool $POOL validation $VAL held-out $HELD population $POP generations $GENS aggregate $AGG $PER_HEAD ($*)" \
   | tee -a "$OUT/settings.txt"
 
 search() {  # search TAG ARGS...: one search, its JSON and exported winner in $OUT
