@@ -312,8 +312,11 @@ def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool)
 
 
 @app.command()
-def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
-           as_json: bool = JSON) -> None:
+def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+           batch_size: Optional[int] = typer.Option(None, min=1, help="Candidates scored in one batched forward "
+                                                    "(fewer after running out of GPU memory; the scores do not "
+                                                    "change) [default: the run's]."),
+           db: Optional[str] = DB, as_json: bool = JSON) -> None:
     """Finish an interrupted search: finished generations are read back from the store, not re-evaluated."""
     from evolkv.settings import SearchSettings
 
@@ -323,6 +326,8 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     known = {f.name for f in fields(SearchSettings)}
     stored = {k: v for k, v in run.settings.items() if k in known}
     settings = SearchSettings(**{"step": 0.05, **stored})  # runs stored before --step searched at 0.05
+    if batch_size is not None:
+        settings.batch_size = batch_size
     warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
     found = _store(db).winner(warm) if warm else None
     _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)

@@ -161,6 +161,33 @@ def test_a_sample_longer_than_the_model_is_refused_and_the_run_fails(model_dirs,
     assert Store(str(db)).runs()[0]["status"] == "failed"
 
 
+def test_out_of_memory_while_scoring_is_one_line_and_resume_finishes_with_fewer_per_forward(model_dirs, tmp_path,
+                                                                                          monkeypatch):
+    """Out of GPU memory in the middle of a search (other processes took it): one line naming `evolkv resume ID
+    --batch-size N`; the generations already scored stay stored and the resumed run finishes."""
+    from evolkv.evaluators.evaluator import Evaluator
+
+    real, calls = Evaluator.score, []
+
+    def crowded(self, configs, prepared, progress=None):
+        calls.append(len(configs))
+        if len(calls) == 3:  # the baselines and the first generation were scored
+            raise RuntimeError("CUDA out of memory. Tried to allocate 416.00 MiB")
+        return real(self, configs, prepared, progress)
+
+    monkeypatch.setattr(Evaluator, "score", crowded)
+    db = tmp_path / "x.db"
+    line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--tasks", "passkey",
+                                 "--length", 200, "--samples", 1, "--generations", 2, "--population", 4,
+                                 "--batch-size", 4, "--db", db))
+    run = Store(str(db)).runs()[0]
+    assert f"evolkv resume {run['id']} --batch-size 2" in line and run["status"] == "failed"
+    monkeypatch.setattr(Evaluator, "score", real)
+    result = invoke("resume", run["id"], "--batch-size", 2, "--db", db, "--json")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert Store(str(db)).runs()[0]["status"] == "finished"
+
+
 def test_no_cache_deprecation_warning_on_a_forward(loaded):
     import torch
 

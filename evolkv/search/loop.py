@@ -130,11 +130,28 @@ class _Job:
                 raise
             self.store.update_run(self.run_id, status="failed")
             wide = self.settings.dtype == "float32"
-            raise EvolKVError(f"out of {'GPU ' if self.settings.device.startswith('cuda') else ''}memory "
-                              f"prefilling the {split} samples ({self.settings.length} tokens each, "
-                              f"dtype {self.settings.dtype}): start again with a lower --length or --samples"
-                              f"{' or --dtype bfloat16' if wide else ''}, or free GPU memory and "
+            raise EvolKVError(f"out of {self._memory()} prefilling the {split} samples ({self.settings.length} "
+                              f"tokens each, dtype {self.settings.dtype}): start again with a lower --length or "
+                              f"--samples{' or --dtype bfloat16' if wide else ''}, or free GPU memory and "
                               f"`evolkv resume {self.run_id}`") from None
+
+    def _memory(self) -> str:
+        return f"{'GPU ' if self.settings.device.startswith('cuda') else ''}memory"
+
+    @contextmanager
+    def _scoring(self, count: int, split: str):
+        """Running out of memory while scoring is one error naming the fixes; what is stored stays (the run
+        is marked failed and resumes from it, with fewer candidates per forward if need be)."""
+        try:
+            yield
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            self.store.update_run(self.run_id, status="failed")
+            size = self.settings.batch_size
+            raise EvolKVError(f"out of {self._memory()} scoring {count} configs on the {split} split "
+                              f"({size} per forward): free GPU memory or give fewer per forward, then "
+                              f"`evolkv resume {self.run_id} --batch-size {max(1, size // 2)}`") from None
 
     def evaluate(self, configs: list[KVConfig], stage: Stage, labels: list[str], split: str = "search",
                  generation: int | None = None, progress=None) -> list[Score]:
@@ -164,7 +181,8 @@ class _Job:
                     bits[digest] = avg_bits(cfg, self.settings.length)
                     cfg.stored_dict()  # what the store will write
 
-            scores = self.executor.evaluate(list(todo.values()), split, progress=progress, meanwhile=meanwhile)
+            with self._scoring(len(todo), split):
+                scores = self.executor.evaluate(list(todo.values()), split, progress=progress, meanwhile=meanwhile)
             for digest, score in zip(todo, scores):  # memory beside quality, for every evaluation
                 score.metrics["bits"] = bits[digest]
             computed = dict(zip(todo, scores))
@@ -207,7 +225,8 @@ class _Job:
             if not todo:
                 continue
             self.reporter.stage(f"exact-match accuracy on the {split} split", total=self.executor.split_size(split))
-            accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
+            with self._scoring(len(todo), split):
+                accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
             self.store.add_evaluations(self.run_id, [(cfg, None, label, f"{split}/em", Score(acc["em"], acc),
                                                       self.executor.worker, Stage.FINAL)
                                                      for (cfg, label), acc in zip(todo, accuracy)])
