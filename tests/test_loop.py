@@ -145,3 +145,41 @@ def test_the_winner_is_never_worse_than_the_best_baseline_on_validation(model_di
     assert valid["winner"] <= min(valid.values()) + 1e-12
     if detail["winner"]["source"] != "search":
         assert valid["winner"] == valid[detail["winner"]["source"]]
+
+
+class Recording(Interrupting):
+    """Records, per config scored, whether it stores the KV heads of a layer at different precisions."""
+
+    def __init__(self, inner, stop_at=0):
+        super().__init__(inner, stop_at)
+        self.per_head: dict[str, bool] = {}
+
+    def evaluate(self, configs, split, progress=None, meanwhile=None):
+        self.per_head.update({cfg.hash(): any(layer.head_bits for layer in cfg.layers) for cfg in configs})
+        return super().evaluate(configs, split, progress, meanwhile)
+
+
+def test_per_head_precisions_search_coarse_to_fine_and_resume(model_dirs, tmp_path):
+    """quant --per-head: the first half of the generations searches one pair per layer group, the second one
+    pair per KV head starting from the first half's front; an interruption in the second half resumes to the
+    same winner."""
+    settings = SearchSettings(model=model_dirs["llama"], budget="100%", mode="quant", optimizer="nsga2", generations=4,
+                              population=4, samples=1, length=200, tasks=["passkey"], target_bits=6.0, group_size=32,
+                              clusters=2, baselines=["uniform"], per_head=True)
+    loaded, executor = make_executor(settings)
+    recording, store = Recording(executor), Store(str(tmp_path / "a.db"))
+    straight = run_search(settings, loaded.spec, recording, store)
+    assert straight["status"] == "finished"
+    by_generation: dict[int, set[bool]] = {}
+    for row, digest in store.evaluations(straight["id"]):
+        if row.stage == "search":
+            by_generation.setdefault(row.generation, set()).add(recording.per_head[digest])
+    assert by_generation[0] == by_generation[1] == {False}  # per layer group: every head alike
+    assert True in by_generation[2] | by_generation[3]  # per KV head
+    store = Store(str(tmp_path / "b.db"))
+    with pytest.raises(SearchInterrupted) as stopped:  # calls: baselines, sensitivity, then 3 generations' scoring
+        run_search(settings, loaded.spec, Interrupting(executor, stop_at=5), store)
+    assert store.run(stopped.value.run_id).generations_done >= 2  # in the fine half
+    resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
+    assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
+    assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in straight["front"]]

@@ -44,9 +44,9 @@ def search_best(detail: dict) -> float:
 
 def accept(specs: list[str]) -> None:
     print("| model | suite | budget | winner source | winner KL / metric | search split: best KL / uniform's | "
-          "best candidate, validation KL | uniform, validation KL | "
+          "best candidate, validation KL | uniform, validation KL | full cache: metric | "
           + " | ".join(SHOWN) + " | beats uniform, pyramid, AdaKV on KL? | metric not worse? |")
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|")
     for spec in specs:
         name, folders = spec.split("=", 1)
         runs = {}
@@ -69,9 +69,10 @@ def accept(specs: list[str]) -> None:
             rivals = [base[b] for b in ("uniform", "pyramid", "adakv") if b in base]
             beats = all(win_kl < kl for kl, _ in rivals)
             fine = all(win_m >= m - 1e-9 for _, m in rivals)
+            full = res.get("baseline:full", {}).get("heldout/em", {}).get(metric, float("nan"))
             cells = " | ".join(f"{base[b][0]:.4f} / {base[b][1]:.3f}" if b in base else "-" for b in SHOWN)
             print(f"| {name} | {suite} | {budget}% | {detail['winner']['source']} | {win_kl:.4f} / {win_m:.3f} | "
-                  f"{told:.3f} / {uni_search:.3f} | {cand:.4f} | {uni_val:.4f} | {cells} | {'yes' if beats else 'no'} | {'yes' if fine else 'no'} |")
+                  f"{told:.3f} / {uni_search:.3f} | {cand:.4f} | {uni_val:.4f} | {full:.3f} | {cells} | {'yes' if beats else 'no'} | {'yes' if fine else 'no'} |")
 
 
 def explore(folder: str) -> None:
