@@ -85,7 +85,7 @@ class ServingLayer(CompressedLayer):
             from evolkv.kernels import folded, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
-            unpack = int(kernels.packed_decode_mode() == "asm")
+            unpack = kernels.folded_unpack()
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
                        capacity=self.capacity, pos=self.slot_pos)
             if len(self._tiers) == 1:  # the full-precision rows as the first splits of the packed tier's launch

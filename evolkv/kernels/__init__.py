@@ -51,7 +51,7 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
 
         if folded_serves(query, [packed]):
             return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window,
-                                                  unpack=int(packed_decode_mode() == "asm"))
+                                                  unpack=folded_unpack())
 
         return decode_attention_packed(query, packed, key_pos, query_pos, scaling, sliding_window)
     return attend_packed_ref(query, packed, key_pos, query_pos, scaling, sliding_window, softcap)
@@ -77,11 +77,21 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 def packed_decode_mode() -> str:
     """``EVOLKV_PACKED_DECODE``: ``asm`` (default: ``kernels.folded`` with inline-PTX unpacking), ``triton``
-    (the same kernel, Triton integer unpacking) or ``plain`` (``decode_attention_packed``, dequantize as read)."""
+    (the same kernel, Triton integer unpacking), ``planes`` (the same sums transposed: the codes are the tensor
+    cores' register operand, unpacked plane by plane; not yet timed on a GPU) or ``plain``
+    (``decode_attention_packed``, dequantize as read)."""
     mode = os.environ.get("EVOLKV_PACKED_DECODE", "asm")
-    if mode not in ("asm", "triton", "plain"):
-        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton or plain")
+    if mode not in UNPACK_MODES and mode != "plain":
+        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton, planes or plain")
     return mode
+
+
+UNPACK_MODES = {"triton": 0, "asm": 1, "planes": 2}  # EVOLKV_PACKED_DECODE -> folded's ``unpack``
+
+
+def folded_unpack() -> int:
+    """The ``unpack`` argument of ``kernels.folded`` that ``EVOLKV_PACKED_DECODE`` picks."""
+    return UNPACK_MODES.get(packed_decode_mode(), 1)
 
 
 def folded_serves(query: torch.Tensor, packs) -> bool:
