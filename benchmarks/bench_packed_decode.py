@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bits", default="4,2")
     parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--only", default="", help="comma-separated parts of kernel names: run just those rows")
     args = parser.parse_args()
+    only = [part for part in args.only.split(",") if part]
     heads, group_q, dim = 8, 4, 128
     bandwidth = copy_bandwidth()
     print(f"# {time.strftime('%Y-%m-%d')}, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
@@ -107,6 +109,8 @@ def main() -> None:
                     lambda k=splits: decode_attention_folded(query, packed, pos, query_pos, scale, unpack=1,
                                                              splits=k * _splits(context, rows)))
             for name, fn in variants.items():
+                if only and not any(part in name for part in only):
+                    continue
                 try:
                     out, _ = fn()
                     err = float((out.float() - ref).norm() / ref.norm())
