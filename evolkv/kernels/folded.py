@@ -147,6 +147,20 @@ def _plane(codes, J: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _block_bytes(KB, VB, KPOS, VS, VZ, row, offs, end, ik, iv, stride_kr, stride_kt, stride_vr, stride_vt,
+                 stride_pr, stride_vsr, stride_vst):
+    """One block's key bytes [entries, KC], value bytes transposed [VC, entries], positions and value scales
+    and zero points (entries at or past ``end`` empty)."""
+    inside = offs < end
+    kb = tl.load(KB + row * stride_kr + offs[:, None] * stride_kt + ik[None, :], mask=inside[:, None], other=0)
+    vb = tl.load(VB + row * stride_vr + offs[None, :] * stride_vt + iv[:, None], mask=inside[None, :], other=0)
+    pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
+    v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+    v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+    return kb, vb, pos, v_scale, v_zero
+
+
+@triton.jit
 def _planes_rows(q_in, Q, b, head, row, row_ok, q_pos, split, split_len, length, KB, VB, KS, KZ, VS, VZ, KPOS,
                  stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt,
                  stride_vsr, stride_vst, stride_pr, scale, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -188,22 +202,13 @@ def _planes_rows(q_in, Q, b, head, row, row_ok, q_pos, split, split_len, length,
     acc3 = tl.zeros([VC, BLOCK_M], tl.float32)
     # the next block's codes, positions and value scales are loaded before this block's math (Triton's pipeliner
     # leaves loads that feed register operands synchronous)
-    offs = begin + t
-    inside = offs < end
-    kb = tl.load(KB + row * stride_kr + offs[:, None] * stride_kt + ik[None, :], mask=inside[:, None], other=0)
-    vb = tl.load(VB + row * stride_vr + offs[None, :] * stride_vt + iv[:, None], mask=inside[None, :], other=0)
-    pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
-    v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
-    v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+    kb, vb, pos, v_scale, v_zero = _block_bytes(KB, VB, KPOS, VS, VZ, row, begin + t, end, ik, iv, stride_kr,
+                                                stride_kt, stride_vr, stride_vt, stride_pr, stride_vsr, stride_vst)
     for start in range(begin, end, BLOCK_N):
         cur_kb, cur_vb, cur_pos, cur_vs, cur_vz = kb, vb, pos, v_scale.to(tl.float32), v_zero.to(tl.float32)
-        offs = start + BLOCK_N + t
-        inside = offs < end
-        kb = tl.load(KB + row * stride_kr + offs[:, None] * stride_kt + ik[None, :], mask=inside[:, None], other=0)
-        vb = tl.load(VB + row * stride_vr + offs[None, :] * stride_vt + iv[:, None], mask=inside[None, :], other=0)
-        pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
-        v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
-        v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
+        kb, vb, pos, v_scale, v_zero = _block_bytes(KB, VB, KPOS, VS, VZ, row, start + BLOCK_N + t, end, ik, iv,
+                                                    stride_kr, stride_kt, stride_vr, stride_vt, stride_pr,
+                                                    stride_vsr, stride_vst)
         at = row * stride_ksr + (start // K_GROUP) * stride_kst  # this block's key group
         bias = tl.sum(q * tl.load(KZ + at + d).to(tl.float32)[None, :], axis=1)
         s = tl.dot(_plane(cur_kb, 0, K_BITS),

@@ -7,3 +7,30 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/kernels/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.gpu)
+
+
+# decode over a packed cache: batch, H_kv, group, L, D, (k_bits, v_bits), key group, window
+PACKED_DECODE_CASES = [
+    (2, 2, 4, 300, 64, (4, 4), 64, None),
+    (1, 3, 3, 200, 64, (2, 2), 64, None),
+    (2, 1, 4, 256, 128, (4, 2), 128, 90),
+]
+
+
+def packed_decode_case(case, device):
+    """(query, packed cache, positions with a row of empty slots, query position, window) of a case."""
+    import torch
+
+    from evolkv.kernels.packed import pack
+
+    batch, num_kv, group, length, dim, (k_bits, v_bits), key_group, window = case
+    gen = torch.Generator().manual_seed(length)
+    rows = batch * num_kv
+    keys = torch.randn(rows, length, dim, generator=gen) + torch.randn(1, 1, dim, generator=gen) * 3
+    values = torch.randn(rows, length, dim, generator=gen)
+    packed = pack(keys.to(device, torch.bfloat16), values.to(device, torch.bfloat16), k_bits, v_bits, key_group)
+    pos = torch.stack([torch.randperm(400, generator=gen)[:length] for _ in range(rows)])
+    pos[0, length // 2:] = -1  # a row with empty slots
+    pos = pos.view(batch, num_kv, length).to(device)
+    query = torch.randn(batch, num_kv * group, 1, dim, generator=gen).to(device, torch.bfloat16)
+    return query, packed, pos, torch.tensor([380], device=device), window

@@ -7,39 +7,24 @@ triton = pytest.importorskip("triton")
 
 from evolkv.kernels.folded import decode_attention_folded, supported  # noqa: E402
 from evolkv.kernels.packed import attend_packed_ref, pack  # noqa: E402
+from tests.kernels.conftest import PACKED_DECODE_CASES, packed_decode_case  # noqa: E402
 
 if not torch.cuda.is_available():  # inline PTX needs the GPU, and the interpreter's dot misreads bfloat16
     pytest.skip("the folded packed-decode kernel runs on CUDA only", allow_module_level=True)  # bitcasts
 DEVICE = "cuda"
-UNPACKS = [0, 1]
-CASES = [  # batch, H_kv, group, L, D, (k_bits, v_bits), key group, window
-    (2, 2, 4, 300, 64, (4, 4), 64, None),
-    (1, 3, 3, 200, 64, (2, 2), 64, None),
-    (2, 1, 4, 256, 128, (4, 2), 128, 90),
-]
+UNPACKS = [0, 1, 2]
 
 
 @pytest.mark.parametrize("unpack", UNPACKS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", PACKED_DECODE_CASES)
 def test_matches_dequantize_then_attend(case, unpack):
-    batch, num_kv, group, length, dim, (k_bits, v_bits), key_group, window = case
-    gen = torch.Generator().manual_seed(length)
-    rows = batch * num_kv
-    keys = (torch.randn(rows, length, dim, generator=gen) + torch.randn(1, 1, dim, generator=gen) * 3)
-    values = torch.randn(rows, length, dim, generator=gen)
-    packed = pack(keys.to(DEVICE, torch.bfloat16), values.to(DEVICE, torch.bfloat16), k_bits, v_bits, key_group)
-    pos = torch.stack([torch.randperm(400, generator=gen)[:length] for _ in range(rows)])
-    pos[0, length // 2:] = -1  # a row with empty slots
-    pos = pos.view(batch, num_kv, length).to(DEVICE)
-    query = torch.randn(batch, num_kv * group, 1, dim, generator=gen).to(DEVICE, torch.bfloat16)
-    query_pos = torch.tensor([380], device=DEVICE)
+    query, packed, pos, query_pos, window = packed_decode_case(case, DEVICE)
     assert supported(query, packed)
     out, lse = decode_attention_folded(query, packed, pos, query_pos, 0.2, window, unpack=unpack, splits=3)
     ref_out, ref_lse = attend_packed_ref(query.float(), packed, pos, query_pos, 0.2, window)
     err = (out.float() - ref_out).norm() / ref_out.norm()
     assert err < 1e-2, err
     torch.testing.assert_close(lse, ref_lse, atol=3e-2, rtol=3e-2)
-
 
 
 def test_one_merge_over_a_ragged_part_and_a_packed_tier():

@@ -8,30 +8,15 @@ import torch
 triton = pytest.importorskip("triton")
 
 from evolkv.kernels.folded import decode_attention_folded, supported  # noqa: E402
-from evolkv.kernels.packed import attend_packed_ref, pack  # noqa: E402
+from evolkv.kernels.packed import attend_packed_ref  # noqa: E402
+from tests.kernels.conftest import PACKED_DECODE_CASES, packed_decode_case  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-CASES = [  # batch, H_kv, group, L, D, (k_bits, v_bits), key group, window
-    (2, 2, 4, 300, 64, (4, 4), 64, None),
-    (1, 3, 3, 200, 64, (2, 2), 64, None),
-    (2, 1, 4, 256, 128, (4, 2), 128, 90),
-    (1, 2, 4, 128, 64, (2, 4), 64, None),
-]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", PACKED_DECODE_CASES + [(1, 2, 4, 128, 64, (2, 4), 64, None)])
 def test_planes_match_dequantize_then_attend(case):
-    batch, num_kv, group, length, dim, (k_bits, v_bits), key_group, window = case
-    gen = torch.Generator().manual_seed(length)
-    rows = batch * num_kv
-    keys = torch.randn(rows, length, dim, generator=gen) + torch.randn(1, 1, dim, generator=gen) * 3
-    values = torch.randn(rows, length, dim, generator=gen)
-    packed = pack(keys.to(DEVICE, torch.bfloat16), values.to(DEVICE, torch.bfloat16), k_bits, v_bits, key_group)
-    pos = torch.stack([torch.randperm(400, generator=gen)[:length] for _ in range(rows)])
-    pos[0, length // 2:] = -1  # a row with empty slots
-    pos = pos.view(batch, num_kv, length).to(DEVICE)
-    query = torch.randn(batch, num_kv * group, 1, dim, generator=gen).to(DEVICE, torch.bfloat16)
-    query_pos = torch.tensor([380], device=DEVICE)
+    query, packed, pos, query_pos, window = packed_decode_case(case, DEVICE)
     assert supported(query, packed)
     out, lse = decode_attention_folded(query, packed, pos, query_pos, 0.2, window, unpack=2, splits=3)
     ref_out, ref_lse = attend_packed_ref(query.float(), packed, pos, query_pos, 0.2, window)
