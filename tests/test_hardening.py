@@ -167,13 +167,14 @@ def test_out_of_memory_while_scoring_is_one_line_and_resume_finishes_with_fewer_
     --batch-size N`; the generations already scored stay stored and the resumed run finishes."""
     from evolkv.evaluators.evaluator import Evaluator
 
-    real, calls = Evaluator.score, []
+    real, scored = Evaluator.score, []
 
     def crowded(self, configs, prepared, progress=None):
-        calls.append(len(configs))
-        if len(calls) == 3:  # the baselines and the first generation were scored
-            raise RuntimeError("CUDA out of memory. Tried to allocate 416.00 MiB")
-        return real(self, configs, prepared, progress)
+        scored.append(len(configs))
+        if len(scored) == 3:  # the baselines and the first generation were scored: now every forward fails
+            self._logprobs = lambda batch, prep: (_ for _ in ()).throw(
+                RuntimeError("CUDA out of memory. Tried to allocate 416.00 MiB"))
+        return real(self, configs, prepared, progress)  # the batch is retried one by one, and fails alone too
 
     monkeypatch.setattr(Evaluator, "score", crowded)
     db = tmp_path / "x.db"

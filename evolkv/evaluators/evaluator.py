@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
+from evolkv.devices import is_out_of_memory
 from evolkv.errors import ConfigError, EvolKVError, TaskError
 from evolkv.evaluators.tasks import KINDS, Sample
 from evolkv.models import max_positions
@@ -309,6 +310,8 @@ class Evaluator:
             kl = torch.stack([(probs * (ref - one)).sum(-1).clamp(min=0).mean(-1) for one in logprobs])  # [C]
         except (RuntimeError, ValueError, EvolKVError) as e:  # OOM, a shape a kernel refuses, a config error
             if len(live) == 1:
+                if is_out_of_memory(e):  # the card's state, not the config's: the run stops, resumable
+                    raise
                 failures[live[0][1]] = _reason(e)
                 return []
             return [r for cfg, i in live for r in self._score_chunk([cfg], [i], prep, failures)]
@@ -329,6 +332,8 @@ class Evaluator:
         try:
             texts = self._greedy([configs[i] for i in indices], prep)
         except (RuntimeError, ValueError, EvolKVError) as e:
+            if is_out_of_memory(e):
+                raise
             for i in indices:
                 failures[i] = _reason(e)
             return []
