@@ -16,6 +16,7 @@ precision, which are packed, and which the MiKV tier keeps (``LayerPlan``), and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,9 +52,10 @@ class LayerPlan:
         per-head precisions, in its quantized heads (``head_residual``)."""
         return min(self.spec.residual, self.length) if self.spec.quantized else self.length
 
-    @property
+    @functools.cached_property
     def head_residual(self) -> torch.Tensor | int:
-        """Ranks kept at full precision at most, per KV head [H_kv] (an int when every head agrees)."""
+        """Ranks kept at full precision at most, per KV head [H_kv] (an int when every head agrees); made once
+        (``full_counts`` and ``packed_counts`` both read it)."""
         if self.spec.head_bits is None:
             return self.residual
         return torch.tensor([self.residual if pair != (16, 16) else self.length for pair in self.spec.head_bits],

@@ -342,9 +342,9 @@ class Compressor(PrefillPolicy):
         # ranks < residual stay at full precision; the rest is stored packed in ranking order, quantized in
         # groups that start at the residual (as the evaluator's shared packed prefill is); one tier per
         # precision (per-head precisions: each holds the heads stored at it)
-        residual = plan.residual
+        residual, packed_counts = plan.residual, plan.packed_counts
         for heads, spec in plan.packed_groups():
-            keep, ordered = plan.packed_counts, order
+            keep, ordered = packed_counts, order
             if heads is not None:
                 keep, ordered, keys_h, values_h = keep[:, heads], order[:, heads], keys[:, heads], values[:, heads]
             else:
