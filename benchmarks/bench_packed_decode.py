@@ -1,7 +1,5 @@
 """Quantized decode attention, side by side: today's dequantize-as-read kernel against the folded-scale kernel
-(``evolkv.kernels.folded``) with Triton integer unpacking, with inline-PTX lop3 unpacking and transposed
-(``unpack=2``, "planes": the packed codes as the tensor cores' register operand, unpacked plane by plane),
-and the bf16 ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
+(``evolkv.kernels.folded``) with Triton integer unpacking and with inline-PTX lop3 unpacking, and the bf16 ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
 head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
 value groups of the whole head), batch 8.
 
@@ -93,13 +91,7 @@ def main() -> None:
                                                                          unpack=0),
                 "folded, PTX lop3 unpack": lambda: decode_attention_folded(query, packed, pos, query_pos, scale,
                                                                            unpack=1),
-                "planes (codes as register operand)": lambda: decode_attention_folded(query, packed, pos, query_pos,
-                                                                                      scale, unpack=2),
             }
-            for block_n, stages, warps in ((128, 2, 4), (64, 2, 8), (128, 2, 8)):
-                variants[f"planes, {block_n}/{stages}s/{warps}w"] = (
-                    lambda b=block_n, st=stages, w=warps: decode_attention_folded(
-                        query, packed, pos, query_pos, scale, unpack=2, block_n=b, num_stages=st, num_warps=w))
             for block_n, stages, warps in ((128, 2, 4), (64, 1, 4), (128, 1, 8), (64, 2, 8)):
                 variants[f"folded, PTX, {block_n}/{stages}s/{warps}w"] = (
                     lambda b=block_n, st=stages, w=warps: decode_attention_folded(

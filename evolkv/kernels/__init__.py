@@ -77,16 +77,15 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 def packed_decode_mode() -> str:
     """``EVOLKV_PACKED_DECODE``: ``asm`` (default: ``kernels.folded`` with inline-PTX unpacking), ``triton``
-    (the same kernel, Triton integer unpacking), ``planes`` (the same sums transposed: the codes are the tensor
-    cores' register operand, unpacked plane by plane; not yet timed on a GPU) or ``plain``
-    (``decode_attention_packed``, dequantize as read)."""
+    (the same kernel, Triton integer unpacking) or ``plain`` (``decode_attention_packed``, dequantize as
+    read)."""
     mode = os.environ.get("EVOLKV_PACKED_DECODE", "asm")
     if mode not in UNPACK_MODES and mode != "plain":
-        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton, planes or plain")
+        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, triton or plain")
     return mode
 
 
-UNPACK_MODES = {"triton": 0, "asm": 1, "planes": 2}  # EVOLKV_PACKED_DECODE -> folded's ``unpack``
+UNPACK_MODES = {"triton": 0, "asm": 1}  # EVOLKV_PACKED_DECODE -> folded's ``unpack``
 
 
 def folded_unpack() -> int:

@@ -139,114 +139,6 @@ def _folded_rows(q_in, row, row_ok, d, q_pos, split, split_len, length, KW, VW, 
 
 
 @triton.jit
-def _plane(codes, J: tl.constexpr, BITS: tl.constexpr):
-    """Plane ``J`` of a tensor of packed bytes (code ``J`` of every byte: channel 8 / BITS * i + J of byte i), as
-    float16 (codes, scaled queries and scaled probabilities are all small: float16's 10-bit mantissa keeps
-    more of them than bfloat16's 7), element by element: in the dot's operand layout, with no reshape."""
-    return ((codes >> (J * BITS)) & (2**BITS - 1)).to(tl.float16)
-
-
-@triton.jit
-def _block_bytes(KB, VB, KPOS, VS, VZ, row, offs, end, ik, iv, stride_kr, stride_kt, stride_vr, stride_vt,
-                 stride_pr, stride_vsr, stride_vst):
-    """One block's key bytes [entries, KC], value bytes transposed [VC, entries], positions and value scales
-    and zero points (entries at or past ``end`` empty)."""
-    inside = offs < end
-    kb = tl.load(KB + row * stride_kr + offs[:, None] * stride_kt + ik[None, :], mask=inside[:, None], other=0)
-    vb = tl.load(VB + row * stride_vr + offs[None, :] * stride_vt + iv[:, None], mask=inside[None, :], other=0)
-    pos = tl.load(KPOS + row * stride_pr + offs, mask=inside, other=-1)
-    v_scale = tl.load(VS + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
-    v_zero = tl.load(VZ + row * stride_vsr + offs * stride_vst, mask=inside, other=0.0)
-    return kb, vb, pos, v_scale, v_zero
-
-
-@triton.jit
-def _planes_rows(q_in, Q, b, head, row, row_ok, q_pos, split, split_len, length, KB, VB, KS, KZ, VS, VZ, KPOS,
-                 stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt,
-                 stride_vsr, stride_vst, stride_pr, scale, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
-                 K_GROUP: tl.constexpr):
-    """``_folded_rows`` transposed, for the tensor cores' register operand: scores^T [entries, heads] = codes
-    [entries, channels] @ (q * s)^T, and out^T [channels, heads] = codes^T @ (p * s)^T, so the packed codes are
-    the dots' first operand. They go through shared memory as packed bytes (2 or 4 codes each) and are unpacked
-    in registers, plane by plane: plane j of a byte holds channels CPB * i + j, so the channel sum splits into
-    CPB dots over channels j, j + CPB, ... (the query's channels taken alike), and the output into CPB
-    accumulators interleaved at the end. The heads (GQA group, padded to 16) are the dots' narrow side, where
-    the 16-row padding of ``_folded_rows`` wasted 3/4 of each MMA."""
-    CPB_K: tl.constexpr = 8 // K_BITS  # codes per byte
-    CPB_V: tl.constexpr = 8 // V_BITS
-    KC: tl.constexpr = HEAD_DIM // CPB_K  # bytes of one entry's key
-    VC: tl.constexpr = HEAD_DIM // CPB_V
-    ik = tl.arange(0, KC)
-    iv = tl.arange(0, VC)
-    t = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_DIM)
-    q = q_in.to(tl.float32)
-    q_at = Q + b * stride_qb + head[None, :] * stride_qh
-    # the query's channels of each key plane, transposed: [KC, BLOCK_M]
-    q0 = tl.load(q_at + (ik * CPB_K)[:, None], mask=row_ok[None, :], other=0.0).to(tl.float32)
-    q1 = tl.load(q_at + (ik * CPB_K + 1)[:, None], mask=row_ok[None, :], other=0.0).to(tl.float32)
-    q2 = q0
-    q3 = q0
-    if CPB_K == 4:
-        q2 = tl.load(q_at + (ik * CPB_K + 2)[:, None], mask=row_ok[None, :], other=0.0).to(tl.float32)
-        q3 = tl.load(q_at + (ik * CPB_K + 3)[:, None], mask=row_ok[None, :], other=0.0).to(tl.float32)
-    begin = split * split_len
-    end = tl.minimum(begin + split_len, length)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    extra = tl.zeros([BLOCK_M], tl.float32)  # sum_n p[n] z[n]: the values' zero points
-    acc0 = tl.zeros([VC, BLOCK_M], tl.float32)
-    acc1 = tl.zeros([VC, BLOCK_M], tl.float32)
-    acc2 = tl.zeros([VC, BLOCK_M], tl.float32)
-    acc3 = tl.zeros([VC, BLOCK_M], tl.float32)
-    # the next block's codes, positions and value scales are loaded before this block's math (Triton's pipeliner
-    # leaves loads that feed register operands synchronous)
-    kb, vb, pos, v_scale, v_zero = _block_bytes(KB, VB, KPOS, VS, VZ, row, begin + t, end, ik, iv, stride_kr,
-                                                stride_kt, stride_vr, stride_vt, stride_pr, stride_vsr, stride_vst)
-    for start in range(begin, end, BLOCK_N):
-        cur_kb, cur_vb, cur_pos, cur_vs, cur_vz = kb, vb, pos, v_scale.to(tl.float32), v_zero.to(tl.float32)
-        kb, vb, pos, v_scale, v_zero = _block_bytes(KB, VB, KPOS, VS, VZ, row, start + BLOCK_N + t, end, ik, iv,
-                                                    stride_kr, stride_kt, stride_vr, stride_vt, stride_pr,
-                                                    stride_vsr, stride_vst)
-        at = row * stride_ksr + (start // K_GROUP) * stride_kst  # this block's key group
-        bias = tl.sum(q * tl.load(KZ + at + d).to(tl.float32)[None, :], axis=1)
-        s = tl.dot(_plane(cur_kb, 0, K_BITS),
-                   (q0 * tl.load(KS + at + ik * CPB_K).to(tl.float32)[:, None]).to(tl.float16))
-        s = tl.dot(_plane(cur_kb, 1, K_BITS),
-                   (q1 * tl.load(KS + at + ik * CPB_K + 1).to(tl.float32)[:, None]).to(tl.float16), s)
-        if CPB_K == 4:
-            s = tl.dot(_plane(cur_kb, 2, K_BITS),
-                       (q2 * tl.load(KS + at + ik * CPB_K + 2).to(tl.float32)[:, None]).to(tl.float16), s)
-            s = tl.dot(_plane(cur_kb, 3, K_BITS),
-                       (q3 * tl.load(KS + at + ik * CPB_K + 3).to(tl.float32)[:, None]).to(tl.float16), s)
-        s = (s + bias[None, :]) * scale  # [BLOCK_N, BLOCK_M]
-        visible = (cur_pos[:, None] >= 0) & (cur_pos[:, None] <= q_pos) & row_ok[None, :]
-        if WINDOW > 0:
-            visible = visible & (cur_pos[:, None] > q_pos - WINDOW)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[None, :])
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        p_scaled = (p * cur_vs[:, None]).to(tl.float16)
-        acc0 = acc0 * alpha[None, :] + tl.dot(_plane(cur_vb, 0, V_BITS), p_scaled)
-        acc1 = acc1 * alpha[None, :] + tl.dot(_plane(cur_vb, 1, V_BITS), p_scaled)
-        if CPB_V == 4:
-            acc2 = acc2 * alpha[None, :] + tl.dot(_plane(cur_vb, 2, V_BITS), p_scaled)
-            acc3 = acc3 * alpha[None, :] + tl.dot(_plane(cur_vb, 3, V_BITS), p_scaled)
-        extra = extra * alpha + tl.sum(p * cur_vz[:, None], axis=0)
-        m_i = m_new
-    if CPB_V == 2:  # channel 2i + j is acc_j[i]
-        acc = tl.reshape(tl.permute(tl.join(acc0, acc1), (1, 0, 2)), (BLOCK_M, HEAD_DIM))
-    else:  # channel 4i + 2u + v is acc_{2u+v}[i]
-        acc = tl.reshape(tl.permute(tl.join(tl.join(acc0, acc2), tl.join(acc1, acc3)), (1, 0, 2, 3)),
-                         (BLOCK_M, HEAD_DIM))
-    return m_i, l_i, acc + extra[:, None]
-
-
-@triton.jit
 def _folded_partial_kernel(
     Q, KW, VW, KS, KZ, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT,
     stride_qb, stride_qh, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr,
@@ -264,11 +156,6 @@ def _folded_partial_kernel(
     if split < ragged_splits:
         m_i, l_i, acc = _ragged_rows(q_in, row, row_ok, d, split, ragged_split_len, RK, RV, RSTART, RCOUNT, STEP,
                                      RPOS, q_pos, stride_rkn, stride_rvn, scale, WINDOW, HEAD_DIM, BLOCK_M, 64, False)
-    elif UNPACK == 2:
-        m_i, l_i, acc = _planes_rows(q_in, Q, b, head, row, row_ok, q_pos, split - ragged_splits, split_len, length,
-                                     KW, VW, KS, KZ, VS, VZ, KPOS, stride_qb, stride_qh, stride_kr, stride_kt,
-                                     stride_ksr, stride_kst, stride_vr, stride_vt, stride_vsr, stride_vst, stride_pr,
-                                     scale, WINDOW, HEAD_DIM, BLOCK_M, BLOCK_N, K_BITS, V_BITS, K_GROUP)
     else:
         m_i, l_i, acc = _folded_rows(q_in, row, row_ok, d, q_pos, split - ragged_splits, split_len, length, KW, VW,
                                      KS, KZ, VS, VZ, KPOS, stride_kr, stride_kt, stride_ksr, stride_kst, stride_vr,
@@ -315,8 +202,6 @@ def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torc
     first = parts.take(splits)
     m, lsum, acc = parts.m, parts.lsum, parts.acc
     k, v, ks, kz, vs, vz = packed.k, packed.v, packed.k_scale, packed.k_zero, packed.v_scale, packed.v_zero
-    if unpack == 2:  # the codes as bytes (strides in bytes): _planes_rows unpacks them plane by plane
-        k, v = k.view(torch.uint8), v.view(torch.uint8)
     _folded_partial_kernel[(rows, splits)](
         query, k, v, ks, kz, vs, vz, key_pos.view(rows, length), query_pos, m, lsum, acc,
         query.stride(0), query.stride(1), k.stride(0), k.stride(1), ks.stride(0), ks.stride(1),

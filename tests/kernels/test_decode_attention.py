@@ -75,3 +75,14 @@ def test_nothing_visible_gives_zero_output(splits):
     ref, ref_lse = attend(query, keys, values, pos, torch.tensor([60]), 0.25)
     torch.testing.assert_close(out, ref)
     assert torch.isneginf(lse).all() and torch.isneginf(ref_lse).all()
+
+
+def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
+    from evolkv import kernels
+
+    for mode, unpack in (("asm", 1), ("triton", 0)):
+        monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
+        assert kernels.folded_unpack() == unpack
+    monkeypatch.setenv("EVOLKV_PACKED_DECODE", "planes")
+    with pytest.raises(ValueError, match="asm, triton or plain"):
+        kernels.packed_decode_mode()

@@ -12,10 +12,9 @@ from tests.kernels.conftest import PACKED_DECODE_CASES, packed_decode_case  # no
 if not torch.cuda.is_available():  # inline PTX needs the GPU, and the interpreter's dot misreads bfloat16
     pytest.skip("the folded packed-decode kernel runs on CUDA only", allow_module_level=True)  # bitcasts
 DEVICE = "cuda"
-UNPACKS = [0, 1]  # 2 (planes): test_planes.py, on CUDA and under the interpreter
 
 
-@pytest.mark.parametrize("unpack", UNPACKS)
+@pytest.mark.parametrize("unpack", [0, 1])
 @pytest.mark.parametrize("case", PACKED_DECODE_CASES)
 def test_matches_dequantize_then_attend(case, unpack):
     query, packed, pos, query_pos, window = packed_decode_case(case, DEVICE)
