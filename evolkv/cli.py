@@ -401,6 +401,11 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if source != "search" and detail.get("winner"):
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
                       f"split: the winner is that baseline[/bold]")
+    passed = ((detail.get("winner") or {}).get("selection") or {}).get("passed_over") or {}
+    if passed:  # better on the mean KL, not on the typical sample: a few samples' large KL made the mean
+        console.print("passed over (lower mean KL than the winner on validation, but not below uniform on the "
+                      "typical sample; geometric mean of per-sample KL ratios to uniform): "
+                      + ", ".join(f"{label} {ratio:.2f}" for label, ratio in passed.items()))
     tasks = sorted({key.removesuffix("/kl") for _, splits in ordered for key in (splits.get("heldout") or {})
                     if key.endswith("/kl")})
     if len(tasks) > 1:  # one task's gain must not hide another's loss

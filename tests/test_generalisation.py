@@ -2,6 +2,7 @@
 and a winner chosen on validation that is never worse there than the best baseline."""
 
 import json
+import math
 
 import pytest
 
@@ -63,6 +64,26 @@ def test_aggregates_relative_to_uniform():
     assert strategy.relative(Score(float("inf"), status="failed"), ref) == float("inf")
 
 
+def test_only_a_config_better_on_the_typical_sample_displaces_uniform():
+    """The validation choice's guard: a lower mean KL made by a few samples does not ship."""
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR, aggregate as mean_scores, SampleScores
+    from evolkv.search.strategies import typical_ratio
+
+    def scored(*per_sample):  # per-sample KLs of one config -> its Score, as the evaluator aggregates them
+        values = {"kl": list(per_sample), "logkl": [math.log(k + LOG_KL_FLOOR) for k in per_sample]}
+        return mean_scores(SampleScores([values], {}))[0]
+
+    uniform = scored(0.2, 0.2, 0.2, 0.2, 1.0)
+    lucky = scored(0.3, 0.3, 0.3, 0.3, 0.5)  # lower mean (0.34 vs 0.36), worse on 4 samples of 5
+    steady = scored(0.15, 0.15, 0.15, 0.15, 0.9)
+    table = {"baseline:uniform": uniform, "finalist:0": lucky, "finalist:1": steady}
+    assert lucky.objective < uniform.objective and typical_ratio(lucky, uniform) > 1
+    assert typical_ratio(steady, uniform) < 1 and typical_ratio(uniform, uniform) == pytest.approx(1)
+    assert [TokenSearch.admits(label, table) for label in table] == [True, False, True]
+    legacy = {"baseline:uniform": Score(0.36, {"kl": 0.36}), "finalist:0": Score(0.26, {"kl": 0.26})}
+    assert TokenSearch.admits("finalist:0", legacy)  # runs stored before per-sample logs: the mean alone
+
+
 def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tmp_path):
     """A search on draws from a pool: every generation is scored on a fresh draw beside uniform (its
     reference), the pool is prefilled once, the winner is the best on validation among the finalists and the
@@ -87,7 +108,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
     contenders = [label for label in results if label.startswith(("baseline:", "finalist:")) and label != "baseline:full"]
     assert any(label.startswith("finalist:") for label in contenders)
     from evolkv.evaluators.evaluator import Score
-    from evolkv.search.strategies import aggregate
+    from evolkv.search.strategies import aggregate, typical_ratio
 
     def score(label):
         got = results[label]["validation"]
@@ -95,8 +116,18 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
 
     def relative(label):  # the rule TokenSearch.relative applies (the run's --aggregate, guarded by default)
         return aggregate(score(label), score("baseline:uniform"), settings.aggregate, settings.tolerance)
+
+    def typical(label):  # the geometric mean of the per-sample KL ratios to uniform
+        return typical_ratio(score(label), score("baseline:uniform"))
+    # only a contender better than uniform on the typical validation sample may displace it
+    admitted = [label for label in contenders if label == "baseline:uniform" or typical(label) < 1]
     winner = relative("winner")
-    assert all(winner <= relative(label) + 1e-12 for label in contenders)
+    assert all(winner <= relative(label) + 1e-12 for label in admitted)
+    selection = detail["winner"]["selection"]
+    assert selection["validation_typical_ratio"] == pytest.approx(typical("winner"))
+    assert set(selection.get("passed_over", {})) == {label for label in contenders
+                                                      if relative(label) < winner and label not in admitted}
+    assert all("heldout" in results[label] for label in selection.get("passed_over", {}))
     assert set(results["winner"]) >= {"search", "validation", "heldout"}
     source = detail["winner"]["source"]
     if source != "search":  # the winner is that baseline's config

@@ -322,7 +322,9 @@ class Evaluator:
             if not torch.isfinite(kl[j]):
                 failures[i] = "non-finite objective (NaN/inf logits)"
                 continue
-            results.append((i, {"kl": float(kl[j]), "nll": float(nll[j]), "top1": float(agree[j])}))
+            value = float(kl[j])
+            results.append((i, {"kl": value, "logkl": math.log(value + LOG_KL_FLOOR), "nll": float(nll[j]),
+                                "top1": float(agree[j])}))
         return results
 
     def _task_losses(self, configs, scored, prep, failures):
@@ -424,6 +426,10 @@ def _task_metrics(text: str, answer: str) -> dict[str, float]:
             "sim": difflib.SequenceMatcher(None, lines[0].strip() if lines else "", gold).ratio()}
 
 
+# "logkl", a sample's log(KL + LOG_KL_FLOOR): its mean over samples is the log of a geometric mean, so the
+# difference of two configs' means on the same samples is the mean of their per-sample log ratios (each sample
+# counts once, however large its KL). Samples that both configs keep far below the floor count as ties.
+LOG_KL_FLOOR = 0.01
 OBJECTIVES = ("kl", "nll", "task")  # what a Score's objective is: KL to the full cache, gold NLL, 1 - task metric
 
 

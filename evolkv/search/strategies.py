@@ -52,6 +52,20 @@ def aggregate(score: Score, ref: Score, rule: str, tolerance: float = 0.1, objec
     return mean + PENALTY * max(0.0, worst - 1.0 - tolerance)
 
 
+def typical_ratio(score: Score, ref: Score) -> float:
+    """How ``score`` compares with ``ref`` sample by sample (both on the same samples): the geometric mean of
+    the per-sample KL ratios (``logkl``: KL floored at ``LOG_KL_FLOOR``), where the mean KL's ratio follows the
+    few samples with the largest KL. Below 1: better on the typical sample. NaN when either was not scored so
+    (runs stored before ``logkl``)."""
+    if not (score.ok and ref.ok and "logkl" in score.metrics and "logkl" in ref.metrics):
+        return math.nan
+    return math.exp(score.metrics["logkl"] - ref.metrics["logkl"])
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 QUANT_BASELINES = {"KV8": (8, 8), "KV4": (4, 4), "K4V2": (4, 2), "K2V4": (2, 4), "KIVI-2": (2, 2)}
 
 
@@ -99,14 +113,17 @@ class Strategy:
         raise NotImplementedError
 
     @staticmethod
-    def choose_on_validation(job, contenders: dict[str, KVConfig], value) -> tuple[str, dict[str, Score]]:
+    def choose_on_validation(job, contenders: dict[str, KVConfig], value, eligible=None
+                             ) -> tuple[str, dict[str, Score]]:
         """Score ``contenders`` (label -> config) on the validation split; the label with the lowest
-        ``value(score, scores)`` wins, a tie going to a baseline. Returns (label, every label's score)."""
+        ``value(score, scores)`` wins among those ``eligible(label, scores)`` admits (all by default), a tie
+        going to a baseline. Returns (label, every label's score)."""
         job.reporter.stage(f"choose the winner on validation data among {len(contenders)} configs")
         with job.stage("validation", len(contenders)):
             scored = dict(zip(contenders, job.evaluate(list(contenders.values()), Stage.FINAL, list(contenders),
                                                        split="validation")))
-        best = min(contenders, key=lambda label: (value(scored[label], scored), not label.startswith("baseline:")))
+        admitted = [label for label in contenders if eligible is None or eligible(label, scored)]
+        best = min(admitted, key=lambda label: (value(scored[label], scored), not label.startswith("baseline:")))
         return best, scored
 
     def provenance(self, job, cfg: KVConfig, objective: float, **extra: Any) -> KVConfig:
@@ -226,6 +243,14 @@ class TokenSearch(Strategy):
                         if digest not in known)
         return [self.history[digest][0] for _, digest in ranked[:self.settings.finalists]]
 
+    @staticmethod
+    def admits(label: str, scored: dict[str, Score]) -> bool:
+        """Whether a contender may displace uniform on validation: only if it is also better on the typical
+        sample (``typical_ratio`` below 1). Per-sample KL is heavy-tailed (one code sample moved a mean of 16 by
+        0.07), so a lower mean alone is often a few samples' luck, and such winners lost to uniform on held-out
+        data by up to 2.8x."""
+        return label == "baseline:uniform" or not typical_ratio(scored[label], scored["baseline:uniform"]) >= 1.0
+
     def finish(self, job):
         store, run_id = job.store, job.run_id
         if self.best_cfg is None:
@@ -235,8 +260,11 @@ class TokenSearch(Strategy):
         contenders = {f"baseline:{n}": cfg for n, cfg in self.baselines.items() if n != "full"}
         contenders.update({f"finalist:{i}": cfg for i, cfg in enumerate(self.finalists())})
         chosen, scored = self.choose_on_validation(
-            job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]))
+            job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
+            self.admits)
         ref = scored["baseline:uniform"]
+        passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
+                       if score.ok and self.relative(score, ref) < self.relative(scored[chosen], ref)}
         if not scored[chosen].ok:
             store.update_run(run_id, status="failed")
             return store.detail(run_id)
@@ -248,9 +276,14 @@ class TokenSearch(Strategy):
             search = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels)
             job.evaluate([contenders[chosen]], Stage.FINAL, ["winner"], split="validation")
             heldout = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels, split="heldout")
+            passed = [label for label in passed_over if label not in finals_by_label]
+            if passed:  # what the mean alone would have shipped, on held-out data too (runs show)
+                job.evaluate([contenders[label] for label in passed], Stage.FINAL, passed, split="heldout")
         winner = self.provenance(job, contenders[chosen], search[0].objective, source=source,
                                  selected_on="validation", validation_objective=scored[chosen].objective,
                                  validation_relative=self.relative(scored[chosen], ref),
+                                 validation_typical_ratio=_finite(typical_ratio(scored[chosen], ref)),
+                                 **({"passed_over": passed_over} if passed_over else {}),
                                  heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
         finals = [winner, *self.baselines.values()]
         with job.stage("exact match", 2 * len(finals)):

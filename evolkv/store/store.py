@@ -40,6 +40,11 @@ def _as_url(target: str) -> str:
     return target if "://" in target else f"sqlite:///{Path(target).expanduser()}"
 
 
+# how the winner was chosen (its provenance): on which split, its value and typical per-sample ratio against
+# uniform there, and the contenders better on the mean that the typical-sample rule passed over
+SELECTION = ("selected_on", "validation_relative", "validation_typical_ratio", "passed_over")
+
+
 class Store:
     """Typed access to the evolkv database at ``url`` (a SQLAlchemy URL or a SQLite file path)."""
 
@@ -291,7 +296,9 @@ class Store:
                                                        "heldout_objective": winner[0].heldout_objective,
                                                        "heldout_metrics": winner[0].heldout_metrics,
                                                        "config_hash": winner[1].hash(),
-                                                       "source": winner[1].provenance.get("source", "search")}}
+                                                       "source": winner[1].provenance.get("source", "search"),
+                                                       "selection": {key: winner[1].provenance[key] for key in SELECTION
+                                                                     if key in winner[1].provenance}}}
 
     def lookup(self, model: str, budget: Budget) -> tuple[KVConfig, dict[str, Any]] | None:
         """The stored winner for ``model`` with the largest budget at or under ``budget`` (best held-out first)."""
