@@ -109,16 +109,19 @@ class BudgetSpace:
 
 @dataclass
 class SubSpace:
-    """A group of layers of ``space`` searched while the others stay at ``incumbent`` (EvolKV's schedule)."""
+    """A group of layers of ``space`` searched while the others stay at ``incumbent`` (EvolKV's schedule);
+    with ``heads=False``, only the group's layer genes (and scorer genes), each layer's split over its KV heads
+    held at the incumbent's (the per-layer first stage of a per-head search)."""
 
     space: BudgetSpace
     layers: list[int]
     incumbent: np.ndarray
+    heads: bool = True
 
     def _indices(self) -> np.ndarray:
         space, heads = self.space, self.space.model.num_kv_heads
         idx = list(self.layers)
-        if space.per_head:
+        if space.per_head and self.heads:
             for layer in self.layers:
                 start = space.model.num_layers + layer * heads
                 idx += list(range(start, start + heads))

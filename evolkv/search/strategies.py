@@ -469,8 +469,18 @@ def _pareto(points: list[tuple[KVConfig, float, float]]) -> list[tuple[KVConfig,
 
 
 def _schedule(settings: SearchSettings, space: BudgetSpace):
-    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn."""
+    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn. Per
+    head (more than one KV head, no groups): coarse to fine, ``--generations`` over the layers' budgets with
+    each layer's split over its heads held at the best start's, then half as many over every gene, started
+    from the best found (searched per head from the start, the 3x larger space lost to per-layer search at 5%
+    on SmolLM2: benchmarks/results/2026-11-26-h100-acceptance-issue11.md)."""
     if settings.groups <= 1:
+        if space.per_head and space.model.num_kv_heads > 1:
+            everything = list(range(space.model.num_layers))
+            yield 0, settings.generations, SubSpace(space, everything, np.zeros(space.n_var), heads=False)
+            if settings.generations // 2:
+                yield settings.generations, settings.generations // 2, space
+            return
         yield 0, settings.generations, space
         return
     layers = space.model.num_layers
