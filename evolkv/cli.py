@@ -193,6 +193,10 @@ def search(
                                   "penalised when any one task gets more than --tolerance worse than uniform's. "
                                   "worst: the largest per-task ratio (no task's gain pays for another's loss). "
                                   "mean: the plain mean KL."),
+    choose: str = typer.Option("mean", help="tokens: how validation picks the winner among the finalists and "
+                               "the baselines. mean: the lowest --aggregate value. typical: the same, but a config "
+                               "displaces uniform only if it is also better on the typical sample (geometric mean "
+                               "of per-sample KL ratios below 1), against wins made by a few samples."),
     tolerance: float = typer.Option(0.1, min=0.0, help="tokens, --aggregate guarded: how much worse than uniform "
                                     "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
@@ -245,7 +249,8 @@ def search(
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
                               validation_samples=validation_samples,
-                              heldout_samples=heldout_samples, pool=pool, aggregate=aggregate, tolerance=tolerance,
+                              heldout_samples=heldout_samples, pool=pool, aggregate=aggregate, choose=choose,
+                              tolerance=tolerance,
                               objective=objective,
                               finalists=finalists, length=length, per_head=per_head, groups=groups,
                               scorer=_split(scorers)[0] if scorers else scorer, scorers=_split(scorers or ""),
@@ -812,7 +817,7 @@ def _validate(settings) -> None:
     from evolkv.evaluators.tasks import check as check_task
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
-    from evolkv.search.strategies import AGGREGATES
+    from evolkv.search.strategies import AGGREGATES, CHOICES
     from evolkv.evaluators.evaluator import OBJECTIVES
 
     from evolkv.devices import resolve_device, resolve_dtype
@@ -860,6 +865,8 @@ def _validate(settings) -> None:
         raise EvolKVError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {settings.objective!r}")
     if settings.aggregate not in AGGREGATES:
         raise EvolKVError(f"--aggregate must be one of {', '.join(AGGREGATES)}, not {settings.aggregate!r}")
+    if settings.choose not in CHOICES:
+        raise EvolKVError(f"--choose must be one of {', '.join(CHOICES)}, not {settings.choose!r}")
     if settings.mode != "tokens" and settings.pool:
         raise EvolKVError("--pool (a fresh draw of the search samples each generation) belongs to the token "
                           "search (--mode tokens)")

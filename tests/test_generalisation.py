@@ -84,13 +84,14 @@ def test_only_a_config_better_on_the_typical_sample_displaces_uniform():
     assert TokenSearch.admits("finalist:0", legacy)  # runs stored before per-sample logs: the mean alone
 
 
-def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tmp_path):
+@pytest.mark.parametrize("choose", ["mean", "typical"])
+def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tmp_path, choose):
     """A search on draws from a pool: every generation is scored on a fresh draw beside uniform (its
     reference), the pool is prefilled once, the winner is the best on validation among the finalists and the
     baselines, and runs show / lookup / export mark a baseline that won."""
     settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=3, population=4, samples=1,
                               pool=3, validation_samples=2, heldout_samples=3, length=200,
-                              tasks=["passkey", "multikey"], finalists=2)
+                              tasks=["passkey", "multikey"], finalists=2, choose=choose)
     loaded, executor = make_executor(settings)
     prepared = []
     original = executor.evaluator.prepare
@@ -119,8 +120,9 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
 
     def typical(label):  # the geometric mean of the per-sample KL ratios to uniform
         return typical_ratio(score(label), score("baseline:uniform"))
-    # only a contender better than uniform on the typical validation sample may displace it
-    admitted = [label for label in contenders if label == "baseline:uniform" or typical(label) < 1]
+    # --choose typical: only a contender better than uniform on the typical validation sample may displace it
+    admitted = [label for label in contenders
+                if choose == "mean" or label == "baseline:uniform" or typical(label) < 1]
     winner = relative("winner")
     assert all(winner <= relative(label) + 1e-12 for label in admitted)
     selection = detail["winner"]["selection"]
