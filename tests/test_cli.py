@@ -52,6 +52,30 @@ def test_a_baseline_that_wins_is_shipped_and_marked(model_dirs, tmp_path):
     assert found.exit_code == 0 and f"(= {source.removeprefix('baseline:')}" in found.stdout
 
 
+def test_runs_show_names_what_the_typical_sample_rule_passed_over(model_dirs, tmp_path):
+    """--choose typical records how the winner was chosen; runs show prints the contenders it passed over."""
+    from evolkv.config import KVConfig
+    from evolkv.store.store import Store
+
+    db = tmp_path / "t.db"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
+                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey", "--choose", "typical",
+                    "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    selection = detail["winner"]["selection"]
+    assert selection["selected_on"] == "validation" and "validation_typical_ratio" in selection
+    store = Store(str(db))  # as if a finalist with a lower mean had been passed over
+    cfg = KVConfig.from_dict(json.loads(invoke("export", detail["id"], "--db", db).stdout))
+    passed = cfg.with_provenance(passed_over={"finalist:0": 1.25})
+    store.set_winner(detail["id"], passed, detail["winner"]["search_objective"], detail["winner"]["heldout_objective"],
+                     detail["winner"]["heldout_metrics"])
+    shown = " ".join(invoke("runs", "show", detail["id"], "--db", db).stdout.split())
+    assert "passed over" in shown and "finalist:0 1.25" in shown
+    again = json.loads(invoke("runs", "show", detail["id"], "--db", db, "--json").stdout)
+    assert again["winner"]["selection"]["passed_over"] == {"finalist:0": 1.25}
+
+
 def test_runs_list_and_show(searched):
     db, detail, _ = searched
     listed = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
