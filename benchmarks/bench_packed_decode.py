@@ -1,5 +1,6 @@
 """Quantized decode attention, side by side: today's dequantize-as-read kernel against the folded-scale kernel
-(``evolkv.kernels.folded``) with Triton integer unpacking and with inline-PTX lop3 unpacking, and the bf16 ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
+(``evolkv.kernels.folded``) with Triton integer unpacking and with inline-PTX lop3 unpacking, and the bf16
+ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
 head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
 value groups of the whole head), batch 8.
 
@@ -54,7 +55,7 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d')}, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; copy {bandwidth / 1e12:.2f} TB/s (read + write)")
     print(f"# command: {' '.join(sys.argv)}")
-    print(f"{'context':>8} {'bits':>5} {'kernel':36} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
+    print(f"{'context':>8} {'bits':>5} {'kernel':32} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
     for context in [int(c) for c in args.contexts.split(",")]:
         rows = args.batch * heads
         gen = torch.Generator(device="cuda").manual_seed(context)
@@ -78,7 +79,7 @@ def main() -> None:
                                                                      context + 1, scale),
                                      warmup=25, rep=200, return_mode="median")
         nbytes = 2 * rows * context * dim * 2
-        print(f"{context:8} {'16':>5} {'bf16 ragged (serving)':36} {ms:8.3f} {nbytes / 1e9:8.3f} "
+        print(f"{context:8} {'16':>5} {'bf16 ragged (serving)':32} {ms:8.3f} {nbytes / 1e9:8.3f} "
               f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {'-':>8}")
         del flat_k, flat_v
         for bits in [int(b) for b in args.bits.split(",")]:
@@ -107,10 +108,10 @@ def main() -> None:
                     out, _ = fn()
                     err = float((out.float() - ref).norm() / ref.norm())
                     ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-                    print(f"{context:8} {f'K{bits}V{bits}':>5} {name:36} {ms:8.3f} {nbytes / 1e9:8.3f} "
+                    print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} {ms:8.3f} {nbytes / 1e9:8.3f} "
                           f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {err:8.1e}")
                 except Exception as error:  # noqa: BLE001
-                    print(f"{context:8} {f'K{bits}V{bits}':>5} {name:36} failed: {type(error).__name__}: "
+                    print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} failed: {type(error).__name__}: "
                           f"{str(error).splitlines()[0][:150]}")
             del packed
 

@@ -110,18 +110,18 @@ class BudgetSpace:
 @dataclass
 class SubSpace:
     """A group of layers of ``space`` searched while the others stay at ``incumbent`` (EvolKV's schedule);
-    with ``heads=False``, only the group's layer genes (and scorer genes), each layer's split over its KV heads
+    with ``head_shares=False``, only the group's layer genes (and scorer genes), each layer's split over its KV heads
     held at the incumbent's (the per-layer first stage of a per-head search)."""
 
     space: BudgetSpace
     layers: list[int]
     incumbent: np.ndarray
-    heads: bool = True
+    head_shares: bool = True  # whether the group's per-head share genes are searched too
 
     def _indices(self) -> np.ndarray:
         space, heads = self.space, self.space.model.num_kv_heads
         idx = list(self.layers)
-        if space.per_head and self.heads:
+        if space.per_head and self.head_shares:
             for layer in self.layers:
                 start = space.model.num_layers + layer * heads
                 idx += list(range(start, start + heads))

@@ -266,8 +266,9 @@ class TokenSearch(Strategy):
             job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
             self.admits if self.settings.choose == "typical" else None)
         ref = scored["baseline:uniform"]
+        chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
-                       if score.ok and self.relative(score, ref) < self.relative(scored[chosen], ref)}
+                       if score.ok and self.relative(score, ref) < chosen_value}
         if not scored[chosen].ok:
             store.update_run(run_id, status="failed")
             return store.detail(run_id)
@@ -284,7 +285,7 @@ class TokenSearch(Strategy):
                 job.evaluate([contenders[label] for label in passed], Stage.FINAL, passed, split="heldout")
         winner = self.provenance(job, contenders[chosen], search[0].objective, source=source,
                                  selected_on="validation", validation_objective=scored[chosen].objective,
-                                 validation_relative=self.relative(scored[chosen], ref),
+                                 validation_relative=chosen_value,
                                  validation_typical_ratio=_finite(typical_ratio(scored[chosen], ref)),
                                  **({"passed_over": passed_over} if passed_over else {}),
                                  heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
@@ -479,8 +480,9 @@ def _schedule(settings: SearchSettings, space: BudgetSpace):
     on SmolLM2: benchmarks/results/2026-11-26-h100-acceptance-issue11.md)."""
     if settings.groups <= 1:
         if space.per_head and space.model.num_kv_heads > 1:
-            everything = list(range(space.model.num_layers))
-            yield 0, settings.generations, SubSpace(space, everything, np.zeros(space.n_var), heads=False)
+            every_layer = list(range(space.model.num_layers))
+            layers_only = SubSpace(space, every_layer, np.zeros(space.n_var), head_shares=False)
+            yield 0, settings.generations, layers_only
             if settings.generations // 2:
                 yield settings.generations, settings.generations // 2, space
             return
