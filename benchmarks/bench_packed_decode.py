@@ -1,5 +1,6 @@
 """Quantized decode attention, side by side: today's dequantize-as-read kernel against the folded-scale kernel
-(``evolkv.kernels.folded``) with Triton integer unpacking and with inline-PTX lop3 unpacking, and the bf16
+(``evolkv.kernels.folded``) with Triton integer unpacking, with inline-PTX lop3 unpacking and with the keys
+dequantized a channel pair per instruction (``unpack=2``, ``EVOLKV_PACKED_DECODE=pairs``), and the bf16
 ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
 head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
 value groups of the whole head), batch 8.
@@ -93,6 +94,10 @@ def main() -> None:
                 "folded, PTX lop3 unpack": lambda: decode_attention_folded(query, packed, pos, query_pos, scale,
                                                                            unpack=1),
             }
+            for block_n, stages in ((128, 2), (128, 1), (64, 2)):
+                variants[f"folded, pairs, {block_n}/{stages}s/4w"] = (
+                    lambda b=block_n, st=stages: decode_attention_folded(query, packed, pos, query_pos, scale, unpack=2,
+                                                                         block_n=b, num_stages=st))
             for block_n, stages, warps in ((128, 2, 4), (64, 1, 4), (128, 1, 8), (64, 2, 8)):
                 variants[f"folded, PTX, {block_n}/{stages}s/{warps}w"] = (
                     lambda b=block_n, st=stages, w=warps: decode_attention_folded(

@@ -96,15 +96,11 @@ def repeat_rows(cache, batch: int):
         if hasattr(layer, "pos") and layer.pos is not None:  # evolkv's CompressedLayer
             layer.keys, layer.values = layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1)
             layer.pos = layer.pos.repeat(batch, 1, 1)
-            for name in ("packed", "evicted"):
-                packed = getattr(layer, name)
-                if packed is not None:
-                    rep = {f: getattr(packed, f).repeat(batch, 1, 1) for f in ("k", "v", "k_scale", "k_zero",
-                                                                                "v_scale", "v_zero")
-                           if getattr(packed, f) is not None}
-                    setattr(layer, name, dataclasses.replace(packed, **rep))
-                    pos = getattr(layer, name + "_pos")
-                    setattr(layer, name + "_pos", pos.repeat(batch, 1, 1))
+            layer.packs = [tier._replace(packed=_repeat_packed(tier.packed, batch), pos=tier.pos.repeat(batch, 1, 1))
+                           for tier in layer.packs]
+            if layer.evicted is not None:
+                layer.evicted = _repeat_packed(layer.evicted, batch)
+                layer.evicted_pos = layer.evicted_pos.repeat(batch, 1, 1)
         else:  # transformers' Dynamic / Static layers
             layer.keys, layer.values = layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1)
             if hasattr(layer, "batch_size"):
@@ -112,6 +108,13 @@ def repeat_rows(cache, batch: int):
             if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):  # a static layer's counter
                 layer.cumulative_length = layer.cumulative_length.clone()
     return cache
+
+
+def _repeat_packed(packed, batch: int):
+    """A packed tier's rows repeated to ``batch`` sequences (rows b * H + h)."""
+    rep = {f: getattr(packed, f).repeat(batch, 1, 1) for f in ("k", "v", "k_scale", "k_zero", "v_scale", "v_zero")
+           if getattr(packed, f) is not None}
+    return dataclasses.replace(packed, **rep, k_pairs=None)
 
 
 def copy_bandwidth(device) -> float:
@@ -233,10 +236,10 @@ def evolkv_rows(model, cfg, ids, batches, new, device, eager=False):
                     ms = per_call_ms(run, new, device)
                 else:
                     gen.serve(cache, first.repeat(batch), context, new + 8)
-                    kv = gen.cache.nbytes(room=False)
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     gen.decode(4)  # captures the graph
+                    kv = gen.cache.nbytes(room=False)  # after a step: with what decoding keeps (pairs' scales)
                     ms = per_call_ms(lambda: gen.decode(1), new, device)
                 results[batch] = dict(ms=ms, kv=kv, peak=_peak(device) - before)
             except Exception as error:  # noqa: BLE001  (a row that cannot run says why, the others go on)

@@ -94,7 +94,7 @@ class ServingLayer(CompressedLayer):
                                                       sliding_window, unpack=unpack, ragged=own)[0]
             rows, device = self.start.shape[0], query.device  # MiKV: two packed tiers, three launches, one merge
             splits = plan_splits(self.capacity, rows, 64, device)[0]
-            splits += sum(folded.splits_for(tier.packed, rows, device) for tier in self._tiers)
+            splits += sum(folded.splits_for(tier.packed, rows, device, unpack) for tier in self._tiers)
             parts = Partials(query, splits)
             ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,

@@ -181,11 +181,13 @@ def test_compiled_blocks_generate_the_same(loaded):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the folded packed kernel runs on CUDA only")
+@pytest.mark.parametrize("mode", ["asm", "pairs"])
 @pytest.mark.parametrize("precision", ["K4V4 all", "30% K4V2 r16 + MiKV e2"])
-def test_serving_quantized_layers_through_the_folded_kernel(precision):
+def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, monkeypatch):
     """head_dim 64 in bfloat16, as the packed kernel serves (the tiny models' head_dim 16 is not): one packed
     tier (one launch with the full-precision rows) and two (MiKV: three launches, one merge) against
-    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier)."""
+    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier), with either key path."""
+    monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from evolkv.models import model_spec

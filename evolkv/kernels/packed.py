@@ -37,6 +37,7 @@ class PackedKV:
     v_scale: torch.Tensor | None = None  # [R, T', D / group']
     v_zero: torch.Tensor | None = None
     quantizer: str = "kivi"  # evolkv.quantizers name: the layout of the codes and the kernels' load path
+    k_pairs: torch.Tensor | None = None  # kernels.folded.key_pairs, made by its first UNPACK=2 call and kept
 
     @property
     def rows(self) -> int:
@@ -44,7 +45,7 @@ class PackedKV:
 
     def nbytes(self) -> int:
         """Storage of every tensor (codes, full-precision entries, scales and zero points)."""
-        parts = (self.k, self.v, self.k_scale, self.k_zero, self.v_scale, self.v_zero)
+        parts = (self.k, self.v, self.k_scale, self.k_zero, self.v_scale, self.v_zero, self.k_pairs)
         return sum(p.numel() * p.element_size() for p in parts if p is not None)
 
     def narrow(self, start: int, length: int) -> PackedKV:

@@ -14,6 +14,7 @@ PACKED_DECODE_CASES = [
     (2, 2, 4, 300, 64, (4, 4), 64, None),
     (1, 3, 3, 200, 64, (2, 2), 64, None),
     (2, 1, 4, 256, 128, (4, 2), 128, 90),
+    (1, 2, 4, 160, 128, (4, 4), 128, None),  # 4-bit values at head_dim 128 (a layout that once miscompiled)
 ]
 
 

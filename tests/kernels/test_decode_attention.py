@@ -80,9 +80,9 @@ def test_nothing_visible_gives_zero_output(splits):
 def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
     from evolkv import kernels
 
-    for mode, unpack in (("asm", 1), ("triton", 0)):
+    for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0)):
         monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
         assert kernels.folded_unpack() == unpack
     monkeypatch.setenv("EVOLKV_PACKED_DECODE", "planes")
-    with pytest.raises(ValueError, match="asm, triton or plain"):
+    with pytest.raises(ValueError, match="asm, pairs, triton or plain"):
         kernels.packed_decode_mode()

@@ -51,3 +51,26 @@ def test_rejects_bad_arguments(bad):
     x = torch.randn(1, args.pop("length"), 64, device=DEVICE)
     with pytest.raises(ValueError):
         quantize(x, **args)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_key_pairs_hold_each_groups_scales_and_zero_points_as_fp16_pairs(bits):
+    """``folded.key_pairs`` (``EVOLKV_PACKED_DECODE=pairs``): [r, g, k, w] packs channel 32 / bits * w + k (low half)
+    and that + half (high half) of group g's scale (k < half) or zero point, bit for bit."""
+    from evolkv.kernels.folded import key_pairs
+    from evolkv.kernels.packed import pack
+
+    gen = torch.Generator().manual_seed(bits)
+    packed = pack(torch.randn(3, 200, 64, generator=gen), torch.randn(3, 200, 64, generator=gen), bits, bits, 64)
+    pairs = key_pairs(packed)
+    per_word, half = 32 // bits, 16 // bits
+    words = 64 // per_word
+    assert pairs.shape == (3, packed.k_scale.shape[1], 2 * half, words) and pairs.dtype == torch.int32
+    lo = (pairs & 0xFFFF).to(torch.int16).view(torch.float16)
+    hi = (pairs >> 16).to(torch.int16).view(torch.float16)
+    for k in range(half):
+        channels = torch.arange(words) * per_word + k
+        for part, source in ((k, packed.k_scale), (half + k, packed.k_zero)):
+            assert torch.equal(lo[:, :, part], source[..., channels].to(torch.float16))
+            assert torch.equal(hi[:, :, part], source[..., channels + half].to(torch.float16))
+    assert pairs.numel() * 4 == packed.k_scale.nbytes + packed.k_zero.nbytes  # the same bytes, rearranged
