@@ -155,3 +155,24 @@ def test_cmaes_restarts_from_the_incumbent_with_a_larger_step_when_it_stalls():
         X = still.ask()
         still.tell(X, bowl(X))
     assert still.step == 0.05 and still.restarts == 0  # no restarts unless asked
+
+
+def test_cmaes_spends_no_generation_on_a_start_it_was_told():
+    """CMA-ES's first generation is its start alone: after a generation of seeds (the best of them is the start,
+    already scored), after a restart, or given ``x0_value``, the next population asked is a sampled one."""
+    seeds = np.stack([np.zeros(N), np.ones(N)])
+    opt = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0, x0=seeds)
+    X = opt.ask()
+    assert np.array_equal(X, seeds)
+    opt.tell(X, ((X - 1.0) ** 2).sum(axis=1))
+    assert opt.ask().shape == (6, N)  # sampled around the better seed, not that seed again
+    told = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0, x0=np.ones(N), x0_value=0.0)
+    assert told.ask().shape == (6, N)
+    asked = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0, x0=np.ones(N))
+    assert np.array_equal(asked.ask(), np.ones((1, N)))  # a start nobody scored is scored first
+    restarting = make_optimizer("cmaes", N, LOWER, UPPER, population=6, seed=0, x0=np.zeros(N), restarts=1)
+    restarting.tell(restarting.ask(), np.zeros(1))  # the start is the best there will be: restarts after patience
+    for _ in range(3):
+        X = restarting.ask()
+        restarting.tell(X, 1.0 + (X ** 2).sum(axis=1))
+    assert restarting.restarts == 0 and restarting.ask().shape == (6, N)

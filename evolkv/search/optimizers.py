@@ -41,11 +41,12 @@ def check_objectives(name: str, n_obj: int) -> None:
 
 def make_optimizer(name: str, n_var, lower, upper, population: int, seed: int, x0=None, n_obj: int = 1,
                    storage: str | None = None, study_name: str | None = None, step: float | None = None,
-                   restarts: int = 0) -> Optimizer:
-    """``step`` and ``restarts`` tune CMA-ES (``cmaes``; see ``PymooOptimizer``); the others ignore them."""
+                   restarts: int = 0, x0_value: float | None = None) -> Optimizer:
+    """``step``, ``restarts`` and ``x0_value`` (the start's objective when known: not asked again) tune CMA-ES
+    (``cmaes``; see ``PymooOptimizer``); the others ignore them."""
     check_objectives(name, n_obj)
     tuning = {}
     if name == "cmaes":
-        tuning = dict(restarts=restarts, **({} if step is None else {"step": step}))
+        tuning = dict(restarts=restarts, x0_value=x0_value, **({} if step is None else {"step": step}))
     return OPTIMIZERS[name](n_var, lower, upper, population=population, seed=seed, x0=x0, n_obj=n_obj,
                             storage=storage if name in STORES_STUDY else None, study_name=study_name, **tuning)

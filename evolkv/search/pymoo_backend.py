@@ -19,7 +19,7 @@ class PymooOptimizer(Optimizer):
     best so far (a search stuck at its start explores further instead of shrinking around it)."""
 
     def __init__(self, algorithm: str, *args, step: float = 0.15, restarts: int = 0, patience: int = 3,
-                 **kwargs) -> None:
+                 x0_value: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.name = algorithm
         self.step, self.restarts, self.patience = step, restarts, patience
@@ -30,14 +30,22 @@ class PymooOptimizer(Optimizer):
         # CMA-ES then starts from the best of them (GA, DE and NSGA-II put every seed in their first population)
         self._seeding = algorithm == "cmaes" and len(self.seeds) > 1
         if not self._seeding:
-            self._setup()
+            self._setup(x0_value)
 
-    def _setup(self) -> None:
+    def _setup(self, x0_value: float | None = None) -> None:
+        """``x0_value``: x0's objective, when already known (the best seed, the incumbent a restart or a later
+        block starts from): CMA-ES's first generation is x0 alone, so it is told at once instead of asked,
+        and the first population asked is the first sampled one (a whole generation otherwise spent on x0)."""
         problem = Problem(n_var=self.n_var, n_obj=self.n_obj, xl=self.lower, xu=self.upper)
         with self._own_rng():
             self._algorithm = self._make(self.name)
             # cma reads seed 0 as "seed from the clock": shift seeds so that every seed is reproducible
             self._algorithm.setup(problem, termination=NoTermination(), seed=self.seed + 1, verbose=False)
+            if self.name == "cmaes" and x0_value is not None:
+                start = self._algorithm.ask()
+                value = x0_value if np.isfinite(x0_value) else PENALTY
+                start.set("F", np.full((len(start), self.n_obj), value))
+                self._algorithm.tell(infills=start)
 
     @contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -105,7 +113,7 @@ class PymooOptimizer(Optimizer):
         if self._seeding:  # the seeds' generation: CMA-ES starts from the best of them
             self._seeding = False
             self.x0 = self.seeds[int(np.argmin(first))]
-            self._setup()
+            self._setup(float(first.min()))
             return
         pop = self._pending
         F = F if F.ndim == 2 else F[:, None]
@@ -117,4 +125,4 @@ class PymooOptimizer(Optimizer):
             self.restarts -= 1  # start again from the incumbent, exploring twice as far
             self.step, self._stalled, self.x0 = min(2 * self.step, 0.5), 0, np.array(self.best_x)
             self.seed += 1000
-            self._setup()
+            self._setup(self.best_f)

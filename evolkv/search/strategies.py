@@ -220,7 +220,8 @@ class TokenSearch(Strategy):
             x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
             optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
                                        self.settings.seed + gen_start, x0=x0, step=self.settings.step,
-                                       restarts=self.settings.restarts)
+                                       restarts=self.settings.restarts,
+                                       x0_value=self.best_f if index and self.best_cfg is not None else None)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
     def told(self, scores):
