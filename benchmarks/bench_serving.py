@@ -112,9 +112,9 @@ def repeat_rows(cache, batch: int):
 
 def _repeat_packed(packed, batch: int):
     """A packed tier's rows repeated to ``batch`` sequences (rows b * H + h)."""
-    rep = {f: getattr(packed, f).repeat(batch, 1, 1) for f in ("k", "v", "k_scale", "k_zero", "v_scale", "v_zero")
-           if getattr(packed, f) is not None}
-    return dataclasses.replace(packed, **rep, k_pairs=None)
+    rep = {f: getattr(packed, f).repeat(batch, *[1] * (getattr(packed, f).dim() - 1))
+           for f in ("k", "v", "k_scale", "k_zero", "v_scale", "v_zero", "k_pairs") if getattr(packed, f) is not None}
+    return dataclasses.replace(packed, **rep)
 
 
 def copy_bandwidth(device) -> float:

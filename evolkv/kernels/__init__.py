@@ -76,11 +76,11 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 
 def packed_decode_mode() -> str:
-    """``EVOLKV_PACKED_DECODE``: ``asm`` (default: ``kernels.folded`` with inline-PTX unpacking), ``pairs``
-    (the same kernel dequantizing the keys a channel pair per instruction: faster, and each cache keeps its key
-    scales a second time as bfloat16 pairs, +3% of a K4V4 cache's bytes, +5% of K2V2's), ``triton`` (Triton
-    integer unpacking) or ``plain`` (``decode_attention_packed``, dequantize as read)."""
-    mode = os.environ.get("EVOLKV_PACKED_DECODE", "asm")
+    """``EVOLKV_PACKED_DECODE``: ``pairs`` (default: ``kernels.folded`` dequantizing the keys a channel pair per
+    ``fma.f16x2``, the cache's key scales kept as those pairs, in the same bytes), ``asm`` (the same kernel with
+    the key scales folded into the query), ``triton`` (that with Triton integer unpacking) or ``plain``
+    (``decode_attention_packed``, dequantize as read)."""
+    mode = os.environ.get("EVOLKV_PACKED_DECODE", "pairs")
     if mode not in UNPACK_MODES and mode != "plain":
         raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, pairs, triton or plain")
     return mode
@@ -91,7 +91,7 @@ UNPACK_MODES = {"triton": 0, "asm": 1, "pairs": 2}  # EVOLKV_PACKED_DECODE -> fo
 
 def folded_unpack() -> int:
     """The ``unpack`` argument of ``kernels.folded`` that ``EVOLKV_PACKED_DECODE`` picks."""
-    return UNPACK_MODES.get(packed_decode_mode(), 1)
+    return UNPACK_MODES.get(packed_decode_mode(), 2)
 
 
 def folded_serves(query: torch.Tensor, packs) -> bool:

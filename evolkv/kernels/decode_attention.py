@@ -93,7 +93,7 @@ def decode_attention_packed(
     batch, num_kv, length = key_pos.shape
     if packed.rows != batch * num_kv or packed.length != length or packed.dim != query.shape[-1]:
         raise ValueError("packed cache rows/length disagree with key_pos and the query")
-    parts = [packed.k, packed.v, packed.k_scale, packed.k_zero, packed.v_scale, packed.v_zero]
+    parts = [packed.k, packed.v, *packed.key_scales(), packed.v_scale, packed.v_zero]
     parts = [p if p is not None else packed.k for p in parts]  # 16-bit halves have no scales: never read
     strides = []
     for tensor in (parts[0], parts[1], parts[2], parts[4]):  # rows split into (sequence, head)

@@ -17,15 +17,14 @@ FasterTransformer convert int4 pairs), subtracts 128 from both halves in one ``s
 mask-and-OR with Triton's integer ops, one code at a time, and the dots subtract 128 * sum(q * s) and
 128 * sum(p * s) afterwards (cheaper, but the offset costs the tensor cores' accumulation some precision).
 
-``UNPACK=2`` dequantizes the keys instead, a channel pair per instruction, in float16 (codes OR-ed into 1024.0,
-then ``fma.rn.f16x2`` with the pair's (scale, zero point), read from ``key_pairs(packed)``: the key groups' fp16
-scales and zero points rearranged into pairs, made once per cache and kept on it). The query then needs no
+``UNPACK=2`` (the default, ``EVOLKV_PACKED_DECODE=pairs``) dequantizes the keys instead, a channel pair per
+instruction, in float16 (codes OR-ed into 1024.0, then ``fma.rn.f16x2`` with the pair's (scale, zero point): from
+the first call on the cache keeps its key scales as those pairs, ``PackedKV.keep_key_pairs``, in the same bytes). The query then needs no
 per-group scaling and no bias, and the values stay codes as above. The PTX leaves each pair as it comes out of
 the lop3 (channels k and k + 32 / bits / 2 of a word side by side), so the tiles' channels are permuted
 (``_paired``): the query is loaded, and the output stored, through the same permutation, and no register is
-reordered. Same bytes read (the pairs replace the fp16 scales the kernel reads), fewer instructions, fewer
-registers, float16 keys: on the H100 at batch 8, 32k, 1.20x faster than ``UNPACK=1`` at K4V4, 1.06-1.09x at K2V2,
-relative error 4.8e-3 vs 6.9e-3 (``EVOLKV_PACKED_DECODE=pairs``; the cache keeps the pairs: +3-6% bytes).
+reordered. The same bytes read, fewer instructions, fewer registers, float16 keys: on the H100 at batch 8, 32k,
+1.20x faster than ``UNPACK=1`` at K4V4, 1.06-1.09x at K2V2, relative error 4.8e-3 vs 6.9e-3.
 
 Covers 2- and 4-bit keys and values, value groups of the whole head, key groups a multiple of the block,
 16-bit queries, one query token; ``supported`` says whether a cache qualifies (else ``decode_attention``'s
@@ -106,7 +105,7 @@ def _in_order(o, BITS: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr
 
 @triton.jit
 def _pairs_ahead(KP, at, ok, BITS: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """A key group's (scale, zero point) float16 pairs from ``key_pairs`` at ``at``: [W] int32 each, the scales
+    """A key group's (scale, zero point) float16 pairs from ``PackedKV.k_pairs`` at ``at``: [W] int32 each, the scales
     of pairs 0.. then their zero points (``ok`` False: zeros, past the split)."""
     W: tl.constexpr = HEAD_DIM * BITS // 32
     w = at + tl.arange(0, W)
@@ -181,7 +180,7 @@ def _folded_rows(q_in, row, row_ok, d, q_pos, split, split_len, length, KW, VW, 
                  UNPACK: tl.constexpr):
     """One split of row ``row``'s packed entries: its softmax partial (max, sum, weighted values); with
     ``UNPACK=2``, ``q_in`` is in ``_paired(d, K_BITS)`` order, ``acc`` in ``_paired(d, V_BITS)`` order and
-    ``KS`` the ``key_pairs`` tensor (strides ``stride_ksr``, ``stride_kst``)."""
+    ``KS`` the ``k_pairs`` tensor (strides ``stride_ksr``, ``stride_kst``)."""
     q = q_in.to(tl.float32)
     q_keys = q_in.to(tl.float16)
     kw = tl.arange(0, HEAD_DIM * K_BITS // 32)
@@ -286,7 +285,7 @@ def supported(query: torch.Tensor, packed: PackedKV) -> bool:
 
 def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor,
                             scaling: float, sliding_window: int | None = None, splits: int | None = None,
-                            block_n: int | None = None, unpack: int = 1, num_warps: int = 4, num_stages: int = 2,
+                            block_n: int | None = None, unpack: int = 2, num_warps: int = 4, num_stages: int = 2,
                             partials: Partials | None = None, ragged: dict | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """query [B, H_q, 1, D] (16-bit) over ``packed`` (B * H_kv rows, row b * H_kv + h) with positions key_pos
@@ -312,11 +311,9 @@ def decode_attention_folded(query: torch.Tensor, packed: PackedKV, key_pos: torc
     parts = Partials(query, splits) if own else partials
     first = parts.take(splits)
     m, lsum, acc = parts.m, parts.lsum, parts.acc
-    k, v, ks, kz, vs, vz = packed.k, packed.v, packed.k_scale, packed.k_zero, packed.v_scale, packed.v_zero
-    if unpack == 2:
-        if packed.k_pairs is None:  # made once, kept with the cache (a serving tier's first step, before capture)
-            packed.k_pairs = key_pairs(packed)
-        ks = kz = packed.k_pairs
+    k, v, vs, vz = packed.k, packed.v, packed.v_scale, packed.v_zero
+    # the pairs replace the cache's fp16 key scales on the first call (a serving tier's: before graph capture)
+    ks, kz = (packed.keep_key_pairs(),) * 2 if unpack == 2 else packed.key_scales()
     _folded_partial_kernel[(rows, splits)](
         query, k, v, ks, kz, vs, vz, key_pos.view(rows, length), query_pos, m, lsum, acc,
         query.stride(0), query.stride(1), k.stride(0), k.stride(1), ks.stride(0), ks.stride(1),
@@ -342,21 +339,6 @@ def _ragged_args(ragged: dict | None, query: torch.Tensor, key_pos: torch.Tensor
             keys.stride(0), values.stride(0), splits, split_len]
 
 
-def splits_for(packed: PackedKV, rows: int, device, unpack: int = 1) -> int:
+def splits_for(packed: PackedKV, rows: int, device, unpack: int = 2) -> int:
     """How many splits ``decode_attention_folded`` gives ``packed`` (for a shared ``Partials``)."""
     return plan_splits(packed.length, rows, min(BLOCK_N[unpack], packed.group), device)[0]
-
-
-def key_pairs(packed: PackedKV) -> torch.Tensor:
-    """``UNPACK=2``'s key scales and zero points: int32 [R, groups, 2 * half, W] (half = 16 / k_bits, W words a
-    row), [r, g, k, w] the float16 pair (channel PER_WORD * w + k, that + half) of group g's scales for k < half,
-    of its zero points for the rest: one 32-bit operand per ``fma.rn.f16x2``, as many bytes as the scales."""
-    per_word, half = 32 // packed.k_bits, 16 // packed.k_bits
-    words = packed.dim // per_word
-    lo = (torch.arange(words)[None, :] * per_word + torch.arange(half)[:, None]).flatten().to(packed.k.device)
-
-    def pairs(t: torch.Tensor) -> torch.Tensor:
-        bits = t.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
-        return (bits[..., lo] | (bits[..., lo + half] << 16)).unflatten(-1, (half, words))
-
-    return torch.cat([pairs(packed.k_scale), pairs(packed.k_zero)], 2).contiguous()

@@ -203,7 +203,7 @@ def gathered_attention(
                 or not shared_ranking):
             raise ValueError("packed cache must hold ranks [residual, T) of this cache's KV heads in the one "
                              "shared ranking")
-        parts = [packed.k, packed.k_scale, packed.k_zero, packed.v, packed.v_scale, packed.v_zero]
+        parts = [packed.k, *packed.key_scales(), packed.v, packed.v_scale, packed.v_zero]
         parts = [p if p is not None else keys for p in parts]  # 16-bit halves have no scales: never read
         strides = [parts[0].stride(0), parts[0].stride(1), parts[1].stride(0), parts[1].stride(1),
                    parts[3].stride(0), parts[3].stride(1), parts[4].stride(0), parts[4].stride(1)]

@@ -69,7 +69,7 @@ class KIVI(Quantizer):
             full = dequantize_ref(data, scale.float(), zero.float(), bits, group, per_channel, dtype)
             return full[:, :packed.length]
 
-        keys = restore(packed.k, packed.k_scale, packed.k_zero, packed.k_bits, packed.group, True)
+        keys = restore(packed.k, *packed.key_scales(), packed.k_bits, packed.group, True)
         values = restore(packed.v, packed.v_scale, packed.v_zero, packed.v_bits,
                          value_group(packed.group, packed.dim), False)
         return keys, values

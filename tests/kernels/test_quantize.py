@@ -54,23 +54,30 @@ def test_rejects_bad_arguments(bad):
 
 
 @pytest.mark.parametrize("bits", [4, 2])
-def test_key_pairs_hold_each_groups_scales_and_zero_points_as_fp16_pairs(bits):
-    """``folded.key_pairs`` (``EVOLKV_PACKED_DECODE=pairs``): [r, g, k, w] packs channel 32 / bits * w + k (low half)
-    and that + half (high half) of group g's scale (k < half) or zero point, bit for bit."""
-    from evolkv.kernels.folded import key_pairs
-    from evolkv.kernels.packed import pack
+def test_a_cache_keeps_its_key_scales_as_fp16_pairs_in_the_same_bytes(bits):
+    """``PackedKV.keep_key_pairs`` (``EVOLKV_PACKED_DECODE=pairs``): [r, g, k, w] packs channel 32 / bits * w + k
+    (low half) and that + half (high half) of group g's scale (k < half) or zero point, bit for bit; the fp16
+    tensors go, the bytes stay, and ``key_scales``, ``unpack``, ``narrow`` and ``select`` read the pairs."""
+    from evolkv.kernels.packed import pack, unpack
 
     gen = torch.Generator().manual_seed(bits)
     packed = pack(torch.randn(3, 200, 64, generator=gen), torch.randn(3, 200, 64, generator=gen), bits, bits, 64)
-    pairs = key_pairs(packed)
+    scale, zero, size = packed.k_scale.clone(), packed.k_zero.clone(), packed.nbytes()
+    keys, values = unpack(packed, torch.float32)
+    part, rows = packed.narrow(64, 100), packed.select(torch.tensor([2, 0]))
+    pairs = packed.keep_key_pairs()
     per_word, half = 32 // bits, 16 // bits
     words = 64 // per_word
-    assert pairs.shape == (3, packed.k_scale.shape[1], 2 * half, words) and pairs.dtype == torch.int32
+    assert pairs.shape == (3, scale.shape[1], 2 * half, words) and pairs.dtype == torch.int32
     lo = (pairs & 0xFFFF).to(torch.int16).view(torch.float16)
     hi = (pairs >> 16).to(torch.int16).view(torch.float16)
     for k in range(half):
         channels = torch.arange(words) * per_word + k
-        for part, source in ((k, packed.k_scale), (half + k, packed.k_zero)):
-            assert torch.equal(lo[:, :, part], source[..., channels].to(torch.float16))
-            assert torch.equal(hi[:, :, part], source[..., channels + half].to(torch.float16))
-    assert pairs.numel() * 4 == packed.k_scale.nbytes + packed.k_zero.nbytes  # the same bytes, rearranged
+        for at, source in ((k, scale), (half + k, zero)):
+            assert torch.equal(lo[:, :, at], source[..., channels])
+            assert torch.equal(hi[:, :, at], source[..., channels + half])
+    assert packed.k_scale is None and packed.nbytes() == size and packed.keep_key_pairs() is pairs
+    assert all(torch.equal(a, b) for a, b in zip(packed.key_scales(), (scale, zero)))
+    assert all(torch.equal(a, b) for a, b in zip(unpack(packed, torch.float32), (keys, values)))
+    for before, after in ((part, packed.narrow(64, 100)), (rows, packed.select(torch.tensor([2, 0])))):
+        assert all(torch.equal(a, b) for a, b in zip(unpack(after, torch.float32), unpack(before, torch.float32)))
