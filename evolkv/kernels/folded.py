@@ -19,8 +19,9 @@ mask-and-OR with Triton's integer ops, one code at a time, and the dots subtract
 
 ``UNPACK=2`` (the default, ``EVOLKV_PACKED_DECODE=pairs``) dequantizes the keys instead, a channel pair per
 instruction, in float16 (codes OR-ed into 1024.0, then ``fma.rn.f16x2`` with the pair's (scale, zero point): from
-the first call on the cache keeps its key scales as those pairs, ``PackedKV.keep_key_pairs``, in the same bytes). The query then needs no
-per-group scaling and no bias, and the values stay codes as above. The PTX leaves each pair as it comes out of
+the first call on, the cache keeps its key scales as those pairs, ``PackedKV.keep_key_pairs``, in the same
+bytes). The query (taken to float16: its range, not bfloat16's) then needs no per-group scaling and no bias, and
+the values stay codes as above. The PTX leaves each pair as it comes out of
 the lop3 (channels k and k + 32 / bits / 2 of a word side by side), so the tiles' channels are permuted
 (``_paired``): the query is loaded, and the output stored, through the same permutation, and no register is
 reordered. The same bytes read, fewer instructions, fewer registers, float16 keys: on the H100 at batch 8, 32k,
@@ -228,7 +229,8 @@ def _folded_rows(q_in, row, row_ok, d, q_pos, split, split_len, length, KW, VW, 
             bias = tl.sum(q * tl.load(KZ + at).to(tl.float32)[None, :], axis=1)
             if UNPACK == 0:
                 bias -= OFFSET * tl.sum(q_scaled.to(tl.float32), axis=1)
-            s = (tl.dot(q_scaled, tl.trans(_unpack(cur_k, K_BITS, UNPACK, BLOCK_N, HEAD_DIM))) + bias[:, None]) * scale
+            keys = _unpack(cur_k, K_BITS, UNPACK, BLOCK_N, HEAD_DIM)
+            s = (tl.dot(q_scaled, tl.trans(keys)) + bias[:, None]) * scale
         s = tl.where(visible, s, float("-inf"))
         m_new, alpha, p, l_i = _softmax_step(s, m_i, l_i)
         p_scaled = (p * cur_vs[None, :]).to(tl.bfloat16)
