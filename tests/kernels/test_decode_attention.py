@@ -80,6 +80,8 @@ def test_nothing_visible_gives_zero_output(splits):
 def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
     from evolkv import kernels
 
+    monkeypatch.delenv("EVOLKV_PACKED_DECODE", raising=False)
+    assert kernels.packed_decode_mode() == "pairs" and kernels.folded_unpack() == 2  # the default
     for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0)):
         monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
         assert kernels.folded_unpack() == unpack
