@@ -1,7 +1,8 @@
 """Quantized decode attention, side by side: today's dequantize-as-read kernel against the folded-scale kernel
 (``evolkv.kernels.folded``) with Triton integer unpacking, with inline-PTX lop3 unpacking and with the keys
-dequantized a channel pair per instruction (``unpack=2``, ``EVOLKV_PACKED_DECODE=pairs``), and the bf16
-ragged kernel over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
+dequantized a channel pair per instruction (``unpack=2``, ``EVOLKV_PACKED_DECODE=pairs``), the Gluon kernel
+with the MMA operands built in registers (``evolkv.kernels.gluon_decode``, K4V4), and the bf16 ragged kernel
+over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
 head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
 value groups of the whole head), batch 8.
 
@@ -26,6 +27,7 @@ import triton.testing
 
 from evolkv.kernels.decode_attention import decode_attention_packed
 from evolkv.kernels.folded import decode_attention_folded
+from evolkv.kernels.gluon_decode import decode_attention_gluon, supported as gluon_serves
 from evolkv.kernels.packed import attend_packed_ref, pack
 from evolkv.kernels.ragged import ragged_decode_attention
 
@@ -100,6 +102,10 @@ def main() -> None:
                 variants[f"folded, pairs, {block_n}/{stages}s/4w"] = (
                     lambda b=block_n, st=stages: decode_attention_folded(query, paired, pos, query_pos, scale, unpack=2,
                                                                          block_n=b, num_stages=st))
+            if gluon_serves(query, packed):
+                gluon_cache = dataclasses.replace(packed)
+                variants["gluon, operands in registers"] = (
+                    lambda: decode_attention_gluon(query, gluon_cache, pos, query_pos, scale))
             for block_n, stages, warps in ((128, 2, 4), (64, 1, 4), (128, 1, 8), (64, 2, 8)):
                 variants[f"folded, PTX, {block_n}/{stages}s/{warps}w"] = (
                     lambda b=block_n, st=stages, w=warps: decode_attention_folded(
