@@ -15,10 +15,13 @@ explicitly, so here every operand is made where the MMA reads it:
   after ``folded``'s value PTX, the output channels permuted back when stored. Heads are the MMA's narrow side,
   8 of them (the query's 16-row tile keeps only its first 8: GQA groups up to 8);
 - each of the 4 warps is an independent split of a block's 128 entries (the layouts' first dimension), with its
-  own running max and sum, merged once at the end: no shared memory and no barrier inside the loop.
+  own running max and sum, merged once at the end: no shared memory and no barrier inside the loop;
+- the next block's codes, scales, positions and value scales are loaded before this block's math (236 registers,
+  2 programs an SM: the loads' latency hides behind a block of work instead of behind other warps).
 
-On the H100 (K4V4, batch 8, 32k, key groups of 128) it takes 0.183 ms, 53% of copy bandwidth, against 0.275 ms
-for ``folded``'s ``pairs`` and 0.334 ms for ``asm`` (``benchmarks/bench_packed_decode.py``). It covers 4-bit keys
+On the H100 (K4V4, batch 8, 32k, key groups of 128) it takes 0.160 ms, 61% of copy bandwidth (0.199 ms without
+the loads ahead), against 0.275 ms for ``folded``'s ``pairs`` and 0.334 ms for ``asm``
+(``benchmarks/bench_packed_decode.py``). It covers 4-bit keys
 and values, head_dim 128, key groups a multiple of 128, value groups of the whole head, up to 8 query heads per
 KV head, one query token and no sliding window (``supported``); it is not wired into ``runtime.apply`` or the
 serving path yet (2-bit codes and the serving cache's full-precision rows are the next steps).
@@ -60,6 +63,27 @@ if gluon is not None:
         """[NW, 16] -> its first 8 columns [NW, 8] in layout L (the 8 heads of the output's narrow side)."""
         y = gl.permute(gl.reshape(x, (NW, 2, 8)), (0, 2, 1))
         return gl.convert_layout(gl.split(y)[0], L)
+
+    @gluon.jit
+    def _loads(KW, VW, KP, VS, VZ, KPOS, row, start, end, stride_kr, stride_vr, stride_kpr, stride_kpg, stride_vsr,
+               stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP: gl.constexpr):
+        """A block's loads: key words, its key group's (scale, zero point) pairs, value words, positions and the
+        values' scales and zero points (past ``end``: masked)."""
+        ke = start + kw_w[:, None, None] * WE + kw_n[None, :, None]
+        kwords = gl.load(KW + row * stride_kr + ke * 16 + kw_i[None, None, :], mask=ke < end, other=0)
+        pb = KP + row * stride_kpr + (start // K_GROUP) * stride_kpg + kw_i
+        ok = start < end
+        pr = (gl.load(pb, mask=ok, other=0), gl.load(pb + 16, mask=ok, other=0),
+              gl.load(pb + 32, mask=ok, other=0), gl.load(pb + 48, mask=ok, other=0),
+              gl.load(pb + 64, mask=ok, other=0), gl.load(pb + 80, mask=ok, other=0),
+              gl.load(pb + 96, mask=ok, other=0), gl.load(pb + 112, mask=ok, other=0))
+        ve = start + vw_w[:, None, None] * WE + vw_n[None, :, None]
+        vwords = gl.load(VW + row * stride_vr + ve * 16 + vw_i[None, None, :], mask=ve < end, other=0)
+        se = start + sw[:, None] * WE + sn[None, :]
+        pos = gl.load(KPOS + row * stride_pr + se, mask=se < end, other=-1)
+        vs = gl.load(VS + row * stride_vsr + se, mask=se < end, other=0.0)
+        vz = gl.load(VZ + row * stride_vsr + se, mask=se < end, other=0.0)
+        return kwords, pr, vwords, pos, vs, vz
 
     @gluon.jit
     def _gluon_decode_kernel(Q, KW, VW, KP, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT, num_kv, length, split_len,
@@ -115,30 +139,26 @@ if gluon is not None:
         l_i = gl.zeros([NW, 16], gl.float32, layout=r_l)
         extra = gl.zeros([NW, 16], gl.float32, layout=r_l)  # sum_n p[n] z[n] (the values' zero points)
         acc = gl.zeros([NW, 128, 8], gl.float32, layout=mma)  # out^T: [warp, channel (permuted), head]
+        nxt = _loads(KW, VW, KP, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_kpr, stride_kpg,
+                     stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP)
         for start in range(begin, end, NW * WE):
-            ke = start + kw_w[:, None, None] * WE + kw_n[None, :, None]
-            kwords = gl.load(KW + row * stride_kr + ke * 16 + kw_i[None, None, :], mask=ke < end, other=0)
-            pb = KP + row * stride_kpr + (start // K_GROUP) * stride_kpg + kw_i
+            kwords, pr, vwords, pos, vs, vz = nxt
+            nxt = _loads(KW, VW, KP, VS, VZ, KPOS, row, start + NW * WE, end, stride_kr, stride_vr, stride_kpr,
+                         stride_kpg, stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP)
             ko = gl.inline_asm_elementwise(
                 KEYS4, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r,r,r,r,r",
-                [kwords, gl.broadcast(gl.load(pb)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 16)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 32)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 48)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 64)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 80)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 96)[None, None, :], kwords)[0],
-                 gl.broadcast(gl.load(pb + 112)[None, None, :], kwords)[0]],
+                [kwords, gl.broadcast(pr[0][None, None, :], kwords)[0], gl.broadcast(pr[1][None, None, :], kwords)[0],
+                 gl.broadcast(pr[2][None, None, :], kwords)[0], gl.broadcast(pr[3][None, None, :], kwords)[0],
+                 gl.broadcast(pr[4][None, None, :], kwords)[0], gl.broadcast(pr[5][None, None, :], kwords)[0],
+                 gl.broadcast(pr[6][None, None, :], kwords)[0], gl.broadcast(pr[7][None, None, :], kwords)[0]],
                 dtype=(gl.float16,) * 8, is_pure=True, pack=1)
             kx = gl.reshape(_in_registers(ko), (NW, WE, 4, 4, 2, 2, 2))  # [w, n, t, wl, jhi, jlo, e]
             kx = gl.permute(kx, (0, 3, 4, 5, 2, 6, 1))                   # [w, wl, jhi, jlo, t, e, n]
             kt = gl.convert_layout(gl.reshape(kx, (NW, 128, WE)), b_l)
             s = mma_v2(q, kt, gl.zeros([NW, 16, WE], gl.float32, layout=mma)) * scale
 
-            se = start + sw[:, None] * WE + sn[None, :]
-            pos = gl.load(KPOS + row * stride_pr + se, mask=se < end, other=-1)
-            vs = gl.load(VS + row * stride_vsr + se, mask=se < end, other=0.0).to(gl.float32)
-            vz = gl.load(VZ + row * stride_vsr + se, mask=se < end, other=0.0).to(gl.float32)
+            vs = vs.to(gl.float32)
+            vz = vz.to(gl.float32)
             s = gl.where(((pos >= 0) & (pos <= q_pos))[:, None, :], s, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=2))
             m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -149,8 +169,6 @@ if gluon is not None:
             ps = gl.permute(gl.reshape((p * vs[:, None, :]).to(gl.bfloat16), (NW, 2, 8, WE)), (0, 3, 2, 1))
             pt = gl.convert_layout(gl.split(ps)[0], b_l)                   # P^T [w, n, 8 heads]
 
-            ve = start + vw_w[:, None, None] * WE + vw_n[None, :, None]
-            vwords = gl.load(VW + row * stride_vr + ve * 16 + vw_i[None, None, :], mask=ve < end, other=0)
             vo = gl.inline_asm_elementwise(VALS4, "=h,=h,=h,=h,=h,=h,=h,=h,r", [vwords], dtype=(gl.bfloat16,) * 8,
                                            is_pure=True, pack=1)
             # logical channel m = c + 8 (e + 2 jlo + 4 jhi + 8 wl) is word 2c + wl, lop3 pair 2 jhi + jlo, half e
