@@ -104,10 +104,8 @@ if gluon is not None:
             reg_bases=[[0, 1, 0], [0, 8, 0], [0, 16, 0], [0, 0, 1]],
             lane_bases=[[0, 2, 0], [0, 4, 0], [0, 0, 2], [0, 0, 4], [0, 0, 8]],
             warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[NW, WE, 16])
-        va_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-        s_l: gl.constexpr = gl.SliceLayout(1, mma)  # [warp, entry]
+        s_l: gl.constexpr = gl.SliceLayout(1, mma)  # [warp, last dim]: the scores' entries, out^T's heads
         r_l: gl.constexpr = gl.SliceLayout(2, mma)  # [warp, head] of the scores
-        r8: gl.constexpr = gl.SliceLayout(1, mma)   # [warp, head] of out^T
 
         row = gl.program_id(0)
         split = gl.program_id(1)
@@ -174,15 +172,15 @@ if gluon is not None:
             # logical channel m = c + 8 (e + 2 jlo + 4 jhi + 8 wl) is word 2c + wl, lop3 pair 2 jhi + jlo, half e
             vx = gl.reshape(_in_registers(vo), (NW, WE, 8, 2, 2, 2, 2))   # [w, n, c, wl, jhi, jlo, e]
             vx = gl.permute(vx, (0, 3, 4, 5, 6, 2, 1))                     # [w, wl, jhi, jlo, e, c, n]
-            va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), va_l)
-            acc = acc * _first8(alpha, r8)[:, None, :] + mma_v2(va, pt, gl.zeros([NW, 128, 8], gl.float32,
+            va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), a_l)
+            acc = acc * _first8(alpha, s_l)[:, None, :] + mma_v2(va, pt, gl.zeros([NW, 128, 8], gl.float32,
                                                                                   layout=mma))
             m_i = m_new
-        acc = acc + _first8(extra, r8)[:, None, :]
-        m8 = _first8(m_i, r8)
+        acc = acc + _first8(extra, s_l)[:, None, :]
+        m8 = _first8(m_i, s_l)
         m = gl.max(m8, axis=0)
         wgt = gl.exp(m8 - gl.where(m == float("-inf"), 0.0, m)[None, :])  # the warps' partials merged
-        l_tot = gl.sum(_first8(l_i, r8) * wgt, axis=0)
+        l_tot = gl.sum(_first8(l_i, s_l) * wgt, axis=0)
         out = gl.sum(acc * wgt[:, None, :], axis=0)                        # [128 permuted channels, 8 heads]
         oc = gl.arange(0, 128, layout=gl.SliceLayout(1, gl.SliceLayout(0, mma)))
         oh = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(0, mma)))
@@ -190,7 +188,7 @@ if gluon is not None:
         ohead = (row % num_kv) * GROUP + oh
         gl.store(ACC_OUT + b * stride_ab + ohead[None, :] * stride_ah + split * stride_as + phys_v[:, None], out,
                  mask=(oh < GROUP)[None, :])
-        mh = gl.arange(0, 8, layout=gl.SliceLayout(0, r8))
+        mh = gl.arange(0, 8, layout=gl.SliceLayout(0, s_l))
         at = b * stride_mb + ((row % num_kv) * GROUP + mh) * stride_mh + split
         gl.store(M_OUT + at, m, mask=mh < GROUP)
         gl.store(L_OUT + at, l_tot, mask=mh < GROUP)
