@@ -82,26 +82,34 @@ class ServingLayer(CompressedLayer):
         cache = self.cache
         whole = all(tier.heads is None for tier in self._tiers)  # per-head precisions: the general path
         if self._tiers and whole and softcap is None and kernels.folded_serves(query, [t.packed for t in self._tiers]):
-            from evolkv.kernels import folded, ragged
+            from evolkv.kernels import folded, gluon_decode, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
             unpack = kernels.folded_unpack()
+            packs = [tier.packed for tier in self._tiers]
+            gluon = kernels.gluon_serves(query, packs, sliding_window)
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
                        capacity=self.capacity, pos=self.slot_pos)
-            if len(self._tiers) == 1:  # the full-precision rows as the first splits of the packed tier's launch
+            if len(self._tiers) == 1 and not gluon:  # the full-precision rows as the first splits of one launch
                 packed, packed_pos, _ = self._tiers[0]
                 return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
                                                       sliding_window, unpack=unpack, ragged=own)[0]
-            rows, device = self.start.shape[0], query.device  # MiKV: two packed tiers, three launches, one merge
+            # the Gluon kernel, or MiKV's two packed tiers: a launch each, and one merge
+            rows, device = self.start.shape[0], query.device
             splits = plan_splits(self.capacity, rows, 64, device)[0]
-            splits += sum(folded.splits_for(tier.packed, rows, device, unpack) for tier in self._tiers)
+            splits += sum(gluon_decode.splits_for(packed, rows, device) if gluon
+                          else folded.splits_for(packed, rows, device, unpack) for packed in packs)
             parts = Partials(query, splits)
             ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
                                            partials=parts)
             for packed, packed_pos, _ in self._tiers:
-                folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling, sliding_window,
-                                               unpack=unpack, partials=parts)
+                if gluon:
+                    gluon_decode.decode_attention_gluon(query, packed, packed_pos, cache.query_pos, scaling,
+                                                        partials=parts)
+                else:
+                    folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
+                                                   sliding_window, unpack=unpack, partials=parts)
             return parts.merge()[0]
         out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
                                          self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,

@@ -181,12 +181,13 @@ def test_compiled_blocks_generate_the_same(loaded):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the folded packed kernel runs on CUDA only")
-@pytest.mark.parametrize("mode", ["asm", "pairs"])
+@pytest.mark.parametrize("mode,dim", [("asm", 64), ("pairs", 64), ("gluon", 128)])
 @pytest.mark.parametrize("precision", ["K4V4 all", "30% K4V2 r16 + MiKV e2"])
-def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, monkeypatch):
+def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, dim, monkeypatch):
     """head_dim 64 in bfloat16, as the packed kernel serves (the tiny models' head_dim 16 is not): one packed
     tier (one launch with the full-precision rows) and two (MiKV: three launches, one merge) against
-    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier), with either key path."""
+    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier), with either key path; at head_dim
+    128 and key groups of 128 the Gluon kernel serves them (a launch per tier beside the full-precision rows')."""
     monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -194,15 +195,20 @@ def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, mon
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096)
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=dim, max_position_embeddings=4096)
     model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
     spec = model_spec(config, "tiny-64")
     if precision == "K4V4 all":
-        cfg = uniform_config(spec, Budget.parse("100%"), k_bits=4, v_bits=4, group_size=64)
+        cfg = uniform_config(spec, Budget.parse("100%"), k_bits=4, v_bits=4, group_size=dim)
     else:
-        cfg = uniform_config(spec, Budget.parse("30%"), k_bits=4, v_bits=2, group_size=64, residual=16,
+        cfg = uniform_config(spec, Budget.parse("30%"), k_bits=4, v_bits=2, group_size=dim, residual=16,
                              evicted_bits=2)
     ids = torch.randint(4, 512, (2, 700), device="cuda")
+    from evolkv.kernels import gluon_decode
+
+    launches = []
+    real = gluon_decode.decode_attention_gluon
+    monkeypatch.setattr(gluon_decode, "decode_attention_gluon", lambda *a, **k: launches.append(1) or real(*a, **k))
     gen = Generator(model, cfg)
     first = gen.prefill(ids, max_new_tokens=6)
     assert all(len(layer.tiers()) == (1 if precision == "K4V4 all" else 2) for layer in gen.cache.layers)
@@ -210,6 +216,7 @@ def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, mon
     with torch.no_grad(), runtime.apply(model, cfg):
         expected = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True, pad_token_id=0)
+    assert bool(launches) == (mode == "gluon")  # the Gluon kernel served the decode steps where it applies
     ours = torch.cat([first[:, None], rest], 1)
     logits = torch.cat([gen.prefill_logits.float()[:, None], logits], 1)
     for step, ref in enumerate(expected.logits):

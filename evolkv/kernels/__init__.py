@@ -49,6 +49,10 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
         from evolkv.kernels import folded
         from evolkv.kernels.decode_attention import decode_attention_packed
 
+        if gluon_serves(query, [packed], sliding_window):
+            from evolkv.kernels.gluon_decode import decode_attention_gluon
+
+            return decode_attention_gluon(query, packed, key_pos, query_pos, scaling)
         if folded_serves(query, [packed]):
             return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window,
                                                   unpack=folded_unpack())
@@ -76,13 +80,14 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 
 def packed_decode_mode() -> str:
-    """``EVOLKV_PACKED_DECODE``: ``pairs`` (default: ``kernels.folded`` dequantizing the keys a channel pair per
+    """``EVOLKV_PACKED_DECODE``: ``gluon`` (default: ``kernels.gluon_decode``, the MMA operands built in registers,
+    where it serves, else ``pairs``), ``pairs`` (``kernels.folded`` dequantizing the keys a channel pair per
     ``fma.f16x2``, the cache's key scales kept as those pairs, in the same bytes), ``asm`` (the same kernel with
     the key scales folded into the query), ``triton`` (that with Triton integer unpacking) or ``plain``
     (``decode_attention_packed``, dequantize as read)."""
-    mode = os.environ.get("EVOLKV_PACKED_DECODE", "pairs")
-    if mode not in UNPACK_MODES and mode != "plain":
-        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use asm, pairs, triton or plain")
+    mode = os.environ.get("EVOLKV_PACKED_DECODE", "gluon")
+    if mode not in UNPACK_MODES and mode not in ("gluon", "plain"):
+        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use gluon, pairs, asm, triton or plain")
     return mode
 
 
@@ -90,8 +95,20 @@ UNPACK_MODES = {"triton": 0, "asm": 1, "pairs": 2}  # EVOLKV_PACKED_DECODE -> fo
 
 
 def folded_unpack() -> int:
-    """The ``unpack`` argument of ``kernels.folded`` that ``EVOLKV_PACKED_DECODE`` picks."""
+    """The ``unpack`` argument of ``kernels.folded`` that ``EVOLKV_PACKED_DECODE`` picks (``gluon``: ``pairs``'
+    for the caches the Gluon kernel does not serve)."""
     return UNPACK_MODES.get(packed_decode_mode(), 2)
+
+
+def gluon_serves(query: torch.Tensor, packs, sliding_window: int | None = None) -> bool:
+    """Whether ``kernels.gluon_decode`` attends ``query`` over every one of ``packs``: ``EVOLKV_PACKED_DECODE=gluon``
+    (the default), on CUDA, and each cache of a layout it reads (``gluon_decode.supported``: 2- or 4-bit keys and
+    values, head_dim 128, key groups of 128, up to 8 query heads per KV head, no sliding window)."""
+    if not (query.is_cuda and _use_triton(query) and packed_decode_mode() == "gluon"):
+        return False
+    from evolkv.kernels import gluon_decode
+
+    return all(gluon_decode.supported(query, packed, sliding_window) for packed in packs)
 
 
 def folded_serves(query: torch.Tensor, packs) -> bool:

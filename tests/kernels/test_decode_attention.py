@@ -81,10 +81,10 @@ def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
     from evolkv import kernels
 
     monkeypatch.delenv("EVOLKV_PACKED_DECODE", raising=False)
-    assert kernels.packed_decode_mode() == "pairs" and kernels.folded_unpack() == 2  # the default
-    for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0)):
+    assert kernels.packed_decode_mode() == "gluon" and kernels.folded_unpack() == 2  # the default (pairs' behind)
+    for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0), ("gluon", 2)):
         monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
         assert kernels.folded_unpack() == unpack
     monkeypatch.setenv("EVOLKV_PACKED_DECODE", "planes")
-    with pytest.raises(ValueError, match="asm, pairs, triton or plain"):
+    with pytest.raises(ValueError, match="gluon, pairs, asm, triton or plain"):
         kernels.packed_decode_mode()
