@@ -6,7 +6,8 @@ over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 q
 head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
 value groups of the whole head), batch 8.
 
-Prints ms per call (median of ``do_bench``), bytes the call must read (codes, scales, zero points,
+Prints ms per call (median of ``do_bench`` over replays of a CUDA graph of the call, as the serving path
+decodes; ``--eager``: eager calls, Python launch cost included), bytes the call must read (codes, scales, zero points,
 positions), their rate as a share of the measured device-to-device copy bandwidth, and the error against
 dequantize-then-attend in float32.
 
@@ -45,12 +46,24 @@ def _splits(context: int, rows: int) -> int:
     return default_splits(context, rows, 64, "cuda")
 
 
+def _time(fn, eager: bool) -> float:
+    """Median ms of ``fn``: eager calls, or replays of a CUDA graph of one call (``fn`` warmed up already)."""
+    if eager:
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", default="8192,32768")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bits", default="4,2")
     parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--eager", action="store_true", help="time eager calls (default: replays of a CUDA graph "
+                        "of the call, as the serving path decodes: no Python launch cost in the figure)")
     parser.add_argument("--only", default="", help="comma-separated parts of kernel names: run just those rows")
     args = parser.parse_args()
     only = [part for part in args.only.split(",") if part]
@@ -79,9 +92,10 @@ def main() -> None:
             flat_v[r * (context + 1):r * (context + 1) + context] = values[r]
         count = torch.full((rows,), context - 1, dtype=torch.int32, device="cuda")
         step = torch.zeros(1, dtype=torch.int32, device="cuda")
-        ms = triton.testing.do_bench(lambda: ragged_decode_attention(query, flat_k, flat_v, start, count, step,
-                                                                     context + 1, scale),
-                                     warmup=25, rep=200, return_mode="median")
+        ragged = lambda: ragged_decode_attention(query, flat_k, flat_v, start, count, step,  # noqa: E731
+                                                 context + 1, scale)
+        ragged()
+        ms = _time(ragged, args.eager)
         nbytes = 2 * rows * context * dim * 2
         print(f"{context:8} {'16':>5} {'bf16 ragged (serving)':32} {ms:8.3f} {nbytes / 1e9:8.3f} "
               f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {'-':>8}")
@@ -120,7 +134,7 @@ def main() -> None:
                 try:
                     out, _ = fn()
                     err = float((out.float() - ref).norm() / ref.norm())
-                    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+                    ms = _time(fn, args.eager)
                     print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} {ms:8.3f} {nbytes / 1e9:8.3f} "
                           f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {err:8.1e}")
                 except Exception as error:  # noqa: BLE001

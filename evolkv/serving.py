@@ -257,15 +257,16 @@ class Generator:
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        for tensor, value in zip(state, saved):
-            tensor.copy_(value)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._token, self._logits = self._step()
+        with kernels.for_graph():  # the replays' kernels (``kernels.gluon_serves``), compiled before the capture
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._token, self._logits = self._step()
 
     @torch.no_grad()
     def decode(self, steps: int, logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -81,7 +82,7 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 def packed_decode_mode() -> str:
     """``EVOLKV_PACKED_DECODE``: ``gluon`` (default: ``kernels.gluon_decode``, the MMA operands built in registers,
-    where it serves, else ``pairs``), ``pairs`` (``kernels.folded`` dequantizing the keys a channel pair per
+    where it serves and a CUDA graph is being captured, else ``pairs``; see ``gluon_serves``), ``pairs`` (``kernels.folded`` dequantizing the keys a channel pair per
     ``fma.f16x2``, the cache's key scales kept as those pairs, in the same bytes), ``asm`` (the same kernel with
     the key scales folded into the query), ``triton`` (that with Triton integer unpacking) or ``plain``
     (``decode_attention_packed``, dequantize as read)."""
@@ -100,11 +101,30 @@ def folded_unpack() -> int:
     return UNPACK_MODES.get(packed_decode_mode(), 2)
 
 
+_FOR_GRAPH = False
+
+
+@contextlib.contextmanager
+def for_graph():
+    """Pick the kernels a CUDA graph will replay (no launch cost in a replay): the serving path's warm-up and
+    capture, so the kernels are compiled before the capture."""
+    global _FOR_GRAPH
+    old, _FOR_GRAPH = _FOR_GRAPH, True
+    try:
+        yield
+    finally:
+        _FOR_GRAPH = old
+
+
 def gluon_serves(query: torch.Tensor, packs, sliding_window: int | None = None) -> bool:
     """Whether ``kernels.gluon_decode`` attends ``query`` over every one of ``packs``: ``EVOLKV_PACKED_DECODE=gluon``
-    (the default), on CUDA, and each cache of a layout it reads (``gluon_decode.supported``: 2- or 4-bit keys and
-    values, head_dim 128, key groups of 128, up to 8 query heads per KV head, no sliding window)."""
-    if not (query.is_cuda and _use_triton(query) and packed_decode_mode() == "gluon"):
+    (the default), on CUDA, for a CUDA graph (``for_graph``, or while one is being captured), and each cache of
+    a layout it reads (``gluon_decode.supported``: 2- or 4-bit keys and values, head_dim 128, key groups of 128, up
+    to 8 query heads per KV head, no sliding window). Eager calls take ``kernels.folded``: Gluon's launcher costs
+    0.26 ms of host time a call against folded's 0.12 (H100 host, 2026-11-27), and an eager decode step is bound by
+    the host, so there the faster kernel would make the step slower."""
+    if not (query.is_cuda and _use_triton(query) and packed_decode_mode() == "gluon"
+            and (_FOR_GRAPH or torch.cuda.is_current_stream_capturing())):
         return False
     from evolkv.kernels import gluon_decode
 

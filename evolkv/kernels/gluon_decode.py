@@ -7,24 +7,30 @@ explicitly, so here every operand is made where the MMA reads it:
 
 - scores = q K^T with ``mma.m16n8k16``: lane l holds, for entry l / 4 (+8 i), the key channel pairs
   (2t, 2t + 1) and (2t + 8, 2t + 9) of each 16-channel chunk (t = l % 4). The channel order is free (the query is
-  loaded through the same permutation), so those 32 channels are the 4 words lane l loads (16 bytes), and each
-  ``lop3`` + ``sub.f16x2`` + ``fma.f16x2`` pair (``folded``'s key PTX, scales from ``PackedKV.keep_key_pairs``)
-  is one operand register as it comes out;
+  loaded through the same permutation), so those 32 channels are the words lane l loads (16 bytes at 4 bits, 8
+  at 2), and each ``lop3`` + ``sub.f16x2`` + ``fma.f16x2`` (scales from ``PackedKV.keep_key_pairs``) is one
+  operand register as it comes out;
+- no shift per pair (``_asm``): a word's pairs in the low byte of each 16-bit half are masked where they lie,
+  the others after one ``shr`` by 8, so a pair comes out times a power of two, taken out of the key scales once a
+  block (``_down``) and out of the value channels once at the end;
 - out^T = V^T P^T: the scores' accumulator is already P^T's operand layout (head = l / 4, entries 2t, 2t + 1), so
   the probabilities stay in registers; V^T's operand pairs two entries of a channel, one ``prmt`` a register
-  after ``folded``'s value PTX, the output channels permuted back when stored. Heads are the MMA's narrow side,
-  8 of them (the query's 16-row tile keeps only its first 8: GQA groups up to 8);
+  after the value PTX, the output channels permuted back when stored. Heads are the MMA's narrow side, 8 of them
+  (the query's 16-row tile keeps only its first 8: GQA groups up to 8);
 - each of the 4 warps is an independent split of a block's 128 entries (the layouts' first dimension), with its
   own running max and sum, merged once at the end: no shared memory and no barrier inside the loop;
-- the next block's codes, scales, positions and value scales are loaded before this block's math (236 registers,
-  2 programs an SM: the loads' latency hides behind a block of work instead of behind other warps).
+- the next block's codes, scales, positions and value scales are loaded before this block's math (2 programs
+  an SM: the loads' latency hides behind a block of work instead of behind other warps).
 
-On the H100 (K4V4, batch 8, 32k, key groups of 128) it takes 0.160 ms, 61% of copy bandwidth (0.199 ms without
-the loads ahead), against 0.275 ms for ``folded``'s ``pairs`` and 0.334 ms for ``asm``
-(``benchmarks/bench_packed_decode.py``). It covers 4-bit keys
-and values, head_dim 128, key groups a multiple of 128, value groups of the whole head, up to 8 query heads per
-KV head, one query token and no sliding window (``supported``); it is not wired into ``runtime.apply`` or the
-serving path yet (2-bit codes and the serving cache's full-precision rows are the next steps).
+On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``) K4V4 takes 0.159-0.163 ms,
+61% of copy bandwidth, and K2V2 0.133-0.143 ms, 37-38% (``folded``'s ``pairs``: 0.280 and 0.290 ms). The time
+hardly moves with the bit width: a block's work (about 940 instructions a warp for 32 entries, the same at 2 and 4
+bits) and its latency bound it, not the bytes (Nsight: issue slots 56% busy, 1.9 warps a scheduler).
+
+Covers 2- and 4-bit keys and values (any pair), head_dim 128, key groups a multiple of 128, value groups of the
+whole head, up to 8 query heads per KV head, one query token and no sliding window (``supported``). It is the
+default packed decode kernel where it serves (``EVOLKV_PACKED_DECODE=gluon``: ``kernels.attend_packed`` and the
+serving path, which gives it a ``Partials`` beside the full-precision rows' ragged launch).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def _asm(bits: int, keys: bool) -> str:
     16-bit half are masked where they lie, those of the high byte after one ``shr`` by 8, so pair k comes out
     as code * 2^(bits (k % (half / 2))) exactly (OR-ed into 1024.0, whose mantissa holds up to 1023, minus
     1024.0). ``keys``: then ``fma.rn.f16x2`` with the pair's scale (already divided by that power of two,
-    ``_scaled``) and zero point, operands ``per_word + 1 + k`` and ``per_word + 1 + half + k``; values keep the
+    ``_down``) and zero point, operands ``per_word + 1 + k`` and ``per_word + 1 + half + k``; values keep the
     power of two, taken out of the output channels at the end."""
     per_word = 32 // bits
     half, quarter = per_word // 2, per_word // 4
@@ -208,6 +214,38 @@ if gluon is not None:
         return kwords, pr, vwords, pos, vs, vz
 
     @gluon.jit
+    def _block(loaded, state, q, q_pos, scale, K_BITS: gl.constexpr, V_BITS: gl.constexpr, mma: gl.constexpr,
+               a_l: gl.constexpr, b_l: gl.constexpr, s_l: gl.constexpr):
+        """One block of a program's entries (``_loads``' tensors) into the running (max, sum, zero-point sum,
+        out^T)."""
+        kwords, pr, vwords, pos, vs, vz = loaded
+        m_i, l_i, extra, acc = state
+        # [w, n, t, (word, pair) bits high to low, e] -> [w, chunk bits, p0, t, e, n]: the B operand's order
+        kx = gl.permute(gl.reshape(_keys(kwords, pr, K_BITS), (NW, WE, 4, 2, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 7, 1))
+        kt = gl.convert_layout(gl.reshape(kx, (NW, 128, WE)), b_l)
+        s = mma_v2(q, kt, gl.zeros([NW, 16, WE], gl.float32, layout=mma)) * scale
+
+        vs = vs.to(gl.float32)
+        vz = vz.to(gl.float32)
+        s = gl.where(((pos >= 0) & (pos <= q_pos))[:, None, :], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=2))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp(m_i - m_safe)
+        p = gl.exp(s - m_safe[:, :, None])
+        l_i = l_i * alpha + gl.sum(p, axis=2)
+        extra = extra * alpha + gl.sum(p * vz[:, None, :], axis=2)
+        ps = gl.permute(gl.reshape((p * vs[:, None, :]).to(gl.float16), (NW, 2, 8, WE)), (0, 3, 2, 1))
+        pt = gl.convert_layout(gl.split(ps)[0], b_l)                   # P^T [w, n, 8 heads]
+
+        # [w, n, c, (word, pair) bits, e] -> [w, (word, pair) bits, e, c, n]: logical channel
+        # m = c + 8 (e + 2 p + VPW wl) is lane c's word wl, lop3 pair p, half e
+        vx = gl.permute(gl.reshape(_values(vwords, V_BITS), (NW, WE, 8, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 1))
+        va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), a_l)
+        acc = acc * _first8(alpha, s_l)[:, None, :] + mma_v2(va, pt, gl.zeros([NW, 128, 8], gl.float32,
+                                                                              layout=mma))
+        return m_new, l_i, extra, acc
+
+    @gluon.jit
     def _gluon_decode_kernel(Q, KW, VW, KP, VS, VZ, KPOS, QPOS, M_OUT, L_OUT, ACC_OUT, num_kv, length, split_len,
                              first, scale, stride_qb, stride_qh, stride_kr, stride_vr, stride_kpr, stride_kpg,
                              stride_vsr, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
@@ -258,37 +296,16 @@ if gluon is not None:
         l_i = gl.zeros([NW, 16], gl.float32, layout=r_l)
         extra = gl.zeros([NW, 16], gl.float32, layout=r_l)  # sum_n p[n] z[n] (the values' zero points)
         acc = gl.zeros([NW, 128, 8], gl.float32, layout=mma)  # out^T: [warp, channel (permuted), head]
-        nxt = _loads(KW, VW, KP, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_kpr, stride_kpg,
+        state = (m_i, l_i, extra, acc)
+        cur = _loads(KW, VW, KP, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_kpr, stride_kpg,
                      stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP, K_BITS, V_BITS)
         for start in range(begin, end, NW * WE):
-            kwords, pr, vwords, pos, vs, vz = nxt
             nxt = _loads(KW, VW, KP, VS, VZ, KPOS, row, start + NW * WE, end, stride_kr, stride_vr, stride_kpr,
                          stride_kpg, stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP,
                          K_BITS, V_BITS)
-            # [w, n, t, (word, pair) bits high to low, e] -> [w, chunk bits, p0, t, e, n]: the B operand's order
-            kx = gl.permute(gl.reshape(_keys(kwords, pr, K_BITS), (NW, WE, 4, 2, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 7, 1))
-            kt = gl.convert_layout(gl.reshape(kx, (NW, 128, WE)), b_l)
-            s = mma_v2(q, kt, gl.zeros([NW, 16, WE], gl.float32, layout=mma)) * scale
-
-            vs = vs.to(gl.float32)
-            vz = vz.to(gl.float32)
-            s = gl.where(((pos >= 0) & (pos <= q_pos))[:, None, :], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=2))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = gl.exp(m_i - m_safe)
-            p = gl.exp(s - m_safe[:, :, None])
-            l_i = l_i * alpha + gl.sum(p, axis=2)
-            extra = extra * alpha + gl.sum(p * vz[:, None, :], axis=2)
-            ps = gl.permute(gl.reshape((p * vs[:, None, :]).to(gl.float16), (NW, 2, 8, WE)), (0, 3, 2, 1))
-            pt = gl.convert_layout(gl.split(ps)[0], b_l)                   # P^T [w, n, 8 heads]
-
-            # [w, n, c, (word, pair) bits, e] -> [w, (word, pair) bits, e, c, n]: logical channel
-            # m = c + 8 (e + 2 p + VPW wl) is lane c's word wl, lop3 pair p, half e
-            vx = gl.permute(gl.reshape(_values(vwords, V_BITS), (NW, WE, 8, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 1))
-            va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), a_l)
-            acc = acc * _first8(alpha, s_l)[:, None, :] + mma_v2(va, pt, gl.zeros([NW, 128, 8], gl.float32,
-                                                                                  layout=mma))
-            m_i = m_new
+            state = _block(cur, state, q, q_pos, scale, K_BITS, V_BITS, mma, a_l, b_l, s_l)
+            cur = nxt
+        m_i, l_i, extra, acc = state
         # the values' powers of two out of each logical channel m = c + 8 (e + 2 p + VPW wl) (lop3 pair p)
         cm = gl.arange(0, 128, layout=gl.SliceLayout(0, gl.SliceLayout(2, mma)))
         down = gl.exp2(-(V_BITS * (((cm // 16) % (VPW // 2)) % (VPW // 4))).to(gl.float32))

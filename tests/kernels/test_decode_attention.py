@@ -85,6 +85,9 @@ def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
     for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0), ("gluon", 2)):
         monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
         assert kernels.folded_unpack() == unpack
+    with kernels.for_graph():  # the serving path's warm-up and capture: the kernels a graph replays
+        assert kernels._FOR_GRAPH
+    assert not kernels._FOR_GRAPH
     monkeypatch.setenv("EVOLKV_PACKED_DECODE", "planes")
     with pytest.raises(ValueError, match="gluon, pairs, asm, triton or plain"):
         kernels.packed_decode_mode()
