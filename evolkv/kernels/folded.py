@@ -17,7 +17,8 @@ FasterTransformer convert int4 pairs), subtracts 128 from both halves in one ``s
 mask-and-OR with Triton's integer ops, one code at a time, and the dots subtract 128 * sum(q * s) and
 128 * sum(p * s) afterwards (cheaper, but the offset costs the tensor cores' accumulation some precision).
 
-``UNPACK=2`` (the default, ``EVOLKV_PACKED_DECODE=pairs``) dequantizes the keys instead, a channel pair per
+``UNPACK=2`` (``EVOLKV_PACKED_DECODE=pairs``, and what the default ``gluon`` mode runs for eager calls and the
+layouts ``kernels.gluon_decode`` does not read) dequantizes the keys instead, a channel pair per
 instruction, in float16 (codes OR-ed into 1024.0, then ``fma.rn.f16x2`` with the pair's (scale, zero point): from
 the first call on, the cache keeps its key scales as those pairs, ``PackedKV.keep_key_pairs``, in the same
 bytes). The query (taken to float16: its range, not bfloat16's) then needs no per-group scaling and no bias, and

@@ -55,9 +55,9 @@ class PackedKV:
         return self.k_scale, self.k_zero
 
     def keep_key_pairs(self) -> torch.Tensor:
-        """The key scales and zero points as ``key_pairs`` (``EVOLKV_PACKED_DECODE=pairs``' operands), made once:
-        the fp16 tensors are dropped (the pairs hold the same bytes) and ``key_scales`` rebuilds them for the
-        paths that read them."""
+        """The key scales and zero points as ``key_pairs`` (the operands of ``folded``'s ``pairs`` and of
+        ``gluon_decode``), made once: the fp16 tensors are dropped (the pairs hold the same bytes) and ``key_scales``
+        rebuilds them for the paths that read them."""
         if self.k_pairs is None:
             self.k_pairs = key_pairs(self.k_scale, self.k_zero, self.k_bits)
             self.k_scale = self.k_zero = None
