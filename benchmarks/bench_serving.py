@@ -21,6 +21,7 @@ row of the same context and batch. Each row prefills one sequence and repeats it
 prefill cost.
 
     PYTHONPATH=. python benchmarks/bench_serving.py                      # on a CUDA machine
+    PYTHONPATH=. python benchmarks/bench_serving.py --packed-decode gluon,pairs  # quantized rows per kernel
     PYTHONPATH=. python benchmarks/bench_serving.py --small --device cpu  # tiny shape, smoke test
 """
 
@@ -31,6 +32,7 @@ import copy
 import dataclasses
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -266,9 +268,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated row labels to run (default: all)")
     parser.add_argument("--memory", type=float, default=0.0, help="GiB the device has (0: ask it)")
     parser.add_argument("--json", default="", help="also write the rows here")
+    parser.add_argument("--packed-decode", default=os.environ.get("EVOLKV_PACKED_DECODE", "gluon"),
+                        help="comma-separated EVOLKV_PACKED_DECODE modes: the quantized rows once per mode, side by "
+                        "side (gluon, pairs, asm, triton, plain)")
     parser.add_argument("--compile", default="", help="contexts (comma-separated) that also get rows with the "
                         "model's norms and MLPs torch.compile'd (evolkv.serving.compile_blocks)")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.packed_decode.split(",") if m.strip()]
 
     device = torch.device(args.device)
     model = build_model(args.small, args.device)
@@ -313,10 +319,17 @@ def main() -> None:
                 add(label, by_batch, full_acct)
         if fits and (not only or "full" in only):
             add("full: evolkv serving", _safe(evolkv_rows, model, None, ids, fits, args.new, device), full_acct)
-        for label, cfg in cfgs.items():
-            if not only or label in only:
-                add(label, _safe(evolkv_rows, model, cfg, ids, batches, args.new, device),
-                    kv_bytes(cfg, context, model.dtype.itemsize))
+        for mode in modes:  # EVOLKV_PACKED_DECODE: the packed layers' decode kernel, side by side
+            os.environ["EVOLKV_PACKED_DECODE"] = mode
+            for label, cfg in cfgs.items():
+                if not only or label in only:
+                    packed = any(layer.k_bits < 16 or layer.v_bits < 16 for layer in cfg.layers)
+                    if mode != modes[0] and not packed:
+                        continue
+                    name = f"{label} [{mode}]" if len(modes) > 1 and packed else label
+                    add(name, _safe(evolkv_rows, model, cfg, ids, batches, args.new, device),
+                        kv_bytes(cfg, context, model.dtype.itemsize))
+        os.environ["EVOLKV_PACKED_DECODE"] = modes[0]
         if context <= 32768 and (not only or "eager" in only):
             add("uniform 10%: runtime.apply, eager",
                 _safe(evolkv_rows, model, cfgs["uniform 10%"], ids, batches, args.new, device, eager=True))
