@@ -52,7 +52,6 @@ BITS = (2, 4)  # code widths of keys and of values (either, independently)
 LAUNCH: dict = {}  # extra launch options (benchmarks: ``maxnreg``)
 
 
-
 def _asm(bits: int, keys: bool) -> str:
     """PTX: one int32 word of ``32 / bits`` codes -> that many float16 halves, output 2k, 2k + 1 the channels k,
     k + half of lop3 pair k (half = 16 / bits). No shift per pair: the pairs of a word's low byte of each
@@ -80,6 +79,7 @@ def _scale_asm(shift: int) -> str:
 
 
 if gluon is not None:
+
     def _word_layouts(k_bits: int, v_bits: int):
         """[warp, entry, word] layouts of the key and value words: lane t = l % 4 of a key row takes the words of
         its B fragment's 32 channels (entries l / 4 + 8 i); lane c = l / 4 takes the value words of channels
@@ -125,6 +125,7 @@ if gluon is not None:
 
     @gluon.jit
     def _down(x, ASM: gl.constexpr):
+        """Key scale pairs (int32 holding float16x2) times the power of two ``ASM`` (``_scale_asm``) divides by."""
         return gl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=gl.int32, is_pure=True, pack=1)
 
     @gluon.jit
