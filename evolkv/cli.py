@@ -69,6 +69,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+class _Count(MofNCompleteColumn):
+    """"done/total" for a counted stage; nothing for one of unknown length (a spinner-like stage, not "0/?")."""
+
+    def render(self, task):
+        from rich.text import Text
+
+        return Text("") if task.total is None else super().render(task)
+
+
 class _RichReporter:
     """Draws a search's stages and generations as rich progress bars."""
 
@@ -98,7 +107,7 @@ OBJECTIVE_TITLES = {"kl": "KL to the full cache", "nll": "NLL of the gold answer
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TimeElapsedColumn(),
                     TextColumn("{task.fields[best]}"), console=err, transient=False)
 
 
