@@ -480,3 +480,19 @@ def test_generate_bad_input_is_one_line(searched, model_dirs, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 or result.stderr.count("error:") == 1
     wrong = invoke("generate", "--model", model_dirs["qwen3"], "--config", other, "-p", "x")
     assert wrong.exit_code == 2 and "config is for" in wrong.stderr
+
+
+def test_a_stage_of_unknown_length_shows_no_count():
+    """A counted stage shows done/total; one of unknown length (generate's prefill and decode) shows nothing, not
+    "0/?"."""
+    from rich.progress import Progress
+
+    from evolkv.cli import _Count
+
+    progress = Progress()
+    column = _Count()
+    progress.add_task("decode 4 tokens", total=None)
+    progress.add_task("exact-match", total=4, completed=1)
+    unknown, counted = progress.tasks
+    assert column.render(unknown).plain == ""
+    assert column.render(counted).plain == "1/4"
