@@ -323,7 +323,7 @@ def main() -> None:
             os.environ["EVOLKV_PACKED_DECODE"] = mode
             for label, cfg in cfgs.items():
                 if not only or label in only:
-                    packed = any(layer.k_bits < 16 or layer.v_bits < 16 for layer in cfg.layers)
+                    packed = any(layer.quantized or layer.evicted_bits for layer in cfg.layers)
                     if mode != modes[0] and not packed:
                         continue
                     name = f"{label} [{mode}]" if len(modes) > 1 and packed else label

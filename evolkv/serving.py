@@ -81,12 +81,12 @@ class ServingLayer(CompressedLayer):
         """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
         cache = self.cache
         whole = all(tier.heads is None for tier in self._tiers)  # per-head precisions: the general path
-        if self._tiers and whole and softcap is None and kernels.folded_serves(query, [t.packed for t in self._tiers]):
+        packs = [tier.packed for tier in self._tiers]
+        if packs and whole and softcap is None and kernels.folded_serves(query, packs):
             from evolkv.kernels import folded, gluon_decode, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
             unpack = kernels.folded_unpack()
-            packs = [tier.packed for tier in self._tiers]
             gluon = kernels.gluon_serves(query, packs, sliding_window)
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
                        capacity=self.capacity, pos=self.slot_pos)

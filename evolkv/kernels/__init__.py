@@ -82,8 +82,9 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
 
 def packed_decode_mode() -> str:
     """``EVOLKV_PACKED_DECODE``: ``gluon`` (default: ``kernels.gluon_decode``, the MMA operands built in registers,
-    where it serves and a CUDA graph is being captured, else ``pairs``; see ``gluon_serves``), ``pairs`` (``kernels.folded`` dequantizing the keys a channel pair per
-    ``fma.f16x2``, the cache's key scales kept as those pairs, in the same bytes), ``asm`` (the same kernel with
+    for CUDA graphs where it serves, else ``pairs``; see ``gluon_serves``), ``pairs`` (``kernels.folded``
+    dequantizing the keys a channel pair per ``fma.f16x2``, the cache's key scales kept as those pairs, in the same
+    bytes), ``asm`` (the same kernel with
     the key scales folded into the query), ``triton`` (that with Triton integer unpacking) or ``plain``
     (``decode_attention_packed``, dequantize as read)."""
     mode = os.environ.get("EVOLKV_PACKED_DECODE", "gluon")

@@ -22,15 +22,16 @@ explicitly, so here every operand is made where the MMA reads it:
 - the next block's codes, scales, positions and value scales are loaded before this block's math (2 programs
   an SM: the loads' latency hides behind a block of work instead of behind other warps).
 
-On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``) K4V4 takes 0.159-0.163 ms,
-61% of copy bandwidth, and K2V2 0.133-0.143 ms, 37-38% (``folded``'s ``pairs``: 0.280 and 0.290 ms). The time
-hardly moves with the bit width: a block's work (about 940 instructions a warp for 32 entries, the same at 2 and 4
-bits) and its latency bound it, not the bytes (Nsight: issue slots 56% busy, 1.9 warps a scheduler).
+On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``, CUDA-graph replays) K4V4
+takes 0.161 ms, 60% of copy bandwidth, and K2V2 0.132 ms, 40% (``folded``'s ``pairs``: 0.275 and 0.284 ms). The
+time hardly moves with the bit width: a block's work (about 940 instructions a warp for 32 entries, the same at 2
+and 4 bits) and its latency bound it, not the bytes (Nsight: issue slots 56% busy, 1.9 warps a scheduler).
 
 Covers 2- and 4-bit keys and values (any pair), head_dim 128, key groups a multiple of 128, value groups of the
 whole head, up to 8 query heads per KV head, one query token and no sliding window (``supported``). It is the
-default packed decode kernel where it serves (``EVOLKV_PACKED_DECODE=gluon``: ``kernels.attend_packed`` and the
-serving path, which gives it a ``Partials`` beside the full-precision rows' ragged launch).
+default packed decode kernel of CUDA graphs where it serves (``EVOLKV_PACKED_DECODE=gluon``,
+``kernels.gluon_serves``: the serving path's decode step, which gives it a ``Partials`` beside the full-precision
+rows' ragged launch); eager calls take ``folded``, whose launcher costs half the host time.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ except ImportError:  # pragma: no cover
 
 BLOCK = 128  # entries a program takes per iteration: 32 per warp
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
-LAUNCH: dict = {}  # extra launch options (benchmarks: ``maxnreg``)
 
 
 def _asm(bits: int, keys: bool) -> str:
@@ -144,7 +144,8 @@ if gluon is not None:
             return _in_registers(ko, 8)
         else:
             pr = (pr[0], _down(pr[1], DOWN2), _down(pr[2], DOWN4), _down(pr[3], DOWN6),
-                  pr[4], _down(pr[5], DOWN2), _down(pr[6], DOWN4), _down(pr[7], DOWN6), pr[8], pr[9], pr[10], pr[11], pr[12], pr[13], pr[14], pr[15])
+                  pr[4], _down(pr[5], DOWN2), _down(pr[6], DOWN4), _down(pr[7], DOWN6),
+                  pr[8], pr[9], pr[10], pr[11], pr[12], pr[13], pr[14], pr[15])
             ko = gl.inline_asm_elementwise(
                 KEYS2, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
                 [kwords, gl.broadcast(pr[0][None, None, :], kwords)[0], gl.broadcast(pr[1][None, None, :], kwords)[0],
@@ -374,5 +375,5 @@ def decode_attention_gluon(query: torch.Tensor, packed: PackedKV, key_pos: torch
         num_kv, length, split_len, first, scaling, query.stride(0), query.stride(1), k.stride(0), v.stride(0),
         pairs.stride(0), pairs.stride(1), vs.stride(0), length, parts.m.stride(0), parts.m.stride(1),
         parts.acc.stride(0), parts.acc.stride(1), parts.acc.stride(3), GROUP=num_q // num_kv, K_GROUP=packed.group,
-        K_BITS=packed.k_bits, V_BITS=packed.v_bits, num_warps=4, **LAUNCH)
+        K_BITS=packed.k_bits, V_BITS=packed.v_bits, num_warps=4)
     return parts.merge() if own else None

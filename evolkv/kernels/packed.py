@@ -97,8 +97,8 @@ def _pair_channels(k_bits: int, dim: int, device) -> tuple[torch.Tensor, int]:
 def key_pairs(k_scale: torch.Tensor, k_zero: torch.Tensor, k_bits: int) -> torch.Tensor:
     """KIVI key scales and zero points [R, G, D] (fp16) as int32 [R, G, 2 * half, W] (half = 16 / k_bits, W words
     a row): [r, g, k, w] holds channel 32 / k_bits * w + k in its low half and that + half in its high half, of
-    the scales for k < half, of the zero points for the rest. ``kernels.folded``'s ``UNPACK=2`` takes each as
-    one ``fma.rn.f16x2`` operand; the bytes are the fp16 tensors', rearranged."""
+    the scales for k < half, of the zero points for the rest. ``kernels.folded``'s ``UNPACK=2`` and
+    ``kernels.gluon_decode`` take each as one ``fma.rn.f16x2`` operand; the bytes are the fp16 tensors', rearranged."""
     low, half = _pair_channels(k_bits, k_scale.shape[-1], k_scale.device)
 
     def pairs(t: torch.Tensor) -> torch.Tensor:
