@@ -3,29 +3,29 @@
 The Triton kernels (``kernels.folded``) spend most of a decode step moving the unpacked 16-bit key and value
 tiles through shared memory to feed the MMAs (Nsight: the L1 data pipe 62-73% busy, 37% of it bank conflicts;
 ``benchmarks/results/NOTES-quantized-attention.md``). Gluon (``triton.experimental.gluon``) states layouts
-explicitly, so here every operand is made where the MMA reads it:
+explicitly, so here every operand is made where the MMA reads it, with heads (up to 8 query heads of a KV
+head) always on the MMA's narrow side, so no padding rows:
 
-- scores = q K^T with ``mma.m16n8k16``: lane l holds, for entry l / 4 (+8 i), the key channel pairs
+- scores^T = K q^T with ``mma.m16n8k16``: lane l holds, for entries l / 4 (+8 i), the key channel pairs
   (2t, 2t + 1) and (2t + 8, 2t + 9) of each 16-channel chunk (t = l % 4). The channel order is free (the query is
   loaded through the same permutation), so those 32 channels are the words lane l loads (16 bytes at 4 bits, 8
-  at 2), and each ``lop3`` + ``sub.f16x2`` + ``fma.f16x2`` (scales from ``PackedKV.keep_key_pairs``) is one
-  operand register as it comes out;
-- no shift per pair (``_asm``): a word's pairs in the low byte of each 16-bit half are masked where they lie,
-  the others after one ``shr`` by 8, so a pair comes out times a power of two, taken out of the key scales once a
-  block (``_down``) and out of the value channels once at the end;
-- out^T = V^T P^T: the scores' accumulator is already P^T's operand layout (head = l / 4, entries 2t, 2t + 1), so
-  the probabilities stay in registers; V^T's operand pairs two entries of a channel, one ``prmt`` a register
-  after the value PTX, the output channels permuted back when stored. Heads are the MMA's narrow side, 8 of them
-  (the query's 16-row tile keeps only its first 8: GQA groups up to 8);
-- each of the 4 warps is an independent split of a block's 128 entries (the layouts' first dimension), with its
-  own running max and sum, merged once at the end: no shared memory and no barrier inside the loop;
-- the next block's codes, scales, positions and value scales are loaded before this block's math (2 programs
-  an SM: the loads' latency hides behind a block of work instead of behind other warps).
+  at 2), and one ``lop3`` is one operand register: 1024.0 + code * 2^(bits i), the code OR-ed into the mantissa
+  where it lies (no shift, no subtraction, no scale);
+- the key scales, that power of two and the softmax scale (in log2 units) are in the query instead, once a block:
+  the B operand is q * scale (``_prep``), and the scores' accumulator starts at sum_k q zero - 1024 q * scale
+  (four MMAs with constant A operands), made for the next block while this one runs, from scales loaded a block
+  earlier still;
+- out^T = V^T P^T: the probabilities stay in registers; V^T's operand pairs two entries of a channel, so one
+  ``prmt`` a 16-bit half of two entries' words puts them side by side before the lop3 + ``sub`` (``_values_ptx``);
+  the values' powers of two come out of each output channel once, at the end;
+- each of the 4 warps is an independent split of a block's 128 entries, with its own running max and sum, merged
+  once at the end: no shared memory and no barrier inside the loop; the next block's codes, positions and value
+  scales are loaded before this block's math.
 
 On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``, CUDA-graph replays) K4V4
-takes 0.161 ms, 60% of copy bandwidth, and K2V2 0.132 ms, 40% (``folded``'s ``pairs``: 0.275 and 0.284 ms). The
-time hardly moves with the bit width: a block's work (about 940 instructions a warp for 32 entries, the same at 2
-and 4 bits) and its latency bound it, not the bytes (Nsight: issue slots 56% busy, 1.9 warps a scheduler).
+takes 0.145 ms, 69% of copy bandwidth, and K2V2 0.121 ms, 45% (session 14's layout, query on the MMA's wide side
+with 8 padding rows: 0.163 and 0.134 ms). The time hardly moves with the bit width: a block's work (about 720
+instructions a warp for 32 entries) and its latency bound it, not the bytes.
 
 Covers 2- and 4-bit keys and values (any pair), head_dim 128, key groups a multiple of 128, value groups of the
 whole head, up to 8 query heads per KV head, one query token and no sliding window (``supported``). It is the
@@ -52,37 +52,47 @@ BLOCK = 128  # entries a program takes per iteration: 32 per warp
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
 
 
-def _asm(bits: int, keys: bool) -> str:
-    """PTX: one int32 word of ``32 / bits`` codes -> that many float16 halves, output 2k, 2k + 1 the channels k,
-    k + half of lop3 pair k (half = 16 / bits). No shift per pair: the pairs of a word's low byte of each
-    16-bit half are masked where they lie, those of the high byte after one ``shr`` by 8, so pair k comes out
-    as code * 2^(bits (k % (half / 2))) exactly (OR-ed into 1024.0, whose mantissa holds up to 1023, minus
-    1024.0). ``keys``: then ``fma.rn.f16x2`` with the pair's scale (already divided by that power of two,
-    ``_down``) and zero point, operands ``per_word + 1 + k`` and ``per_word + 1 + half + k``; values keep the
-    power of two, taken out of the output channels at the end."""
+def _lop3_lines(src: str, out: str, bits: int, sub: bool) -> list[str]:
+    """PTX lines: the lop3 pairs of word ``src`` (``s`` holds it shifted right by 8) -> ``out(k)``, the register
+    operand pair of pair k. No shift per pair: the pairs of the low byte of each 16-bit half are masked where
+    they lie, those of the high byte after the one ``shr``, so pair k comes out as 1024.0 + code *
+    2^(bits (k % (half / 2))) exactly (OR-ed into 1024.0, whose mantissa holds up to 1023); ``sub`` takes the
+    1024.0 off (register ``m`` holds it)."""
     per_word = 32 // bits
     half, quarter = per_word // 2, per_word // 4
     base = 0x000F000F if bits == 4 else 0x00030003
-    lines = ["{ .reg .b32 t, s, m;", "mov.b32 m, 0x64006400;", f"shr.u32 s, ${per_word}, 8;"]
-    for k in range(half):
-        src = f"${per_word}" if k < quarter else "s"
-        fma = f"fma.rn.f16x2 t, t, ${per_word + 1 + k}, ${per_word + 1 + half + k}; " if keys else ""
-        lines.append(f"lop3.b32 t, {src}, {base << bits * (k % quarter):#010x}, m, 0xEA; sub.rn.f16x2 t, t, m; "
-                     f"{fma}mov.b32 {{${2 * k}, ${2 * k + 1}}}, t;")
-    lines.append("}")
-    return "\n".join(lines)
+    return [f"lop3.b32 t, {src if k < quarter else 's'}, {base << bits * (k % quarter):#010x}, 0x64006400, 0xEA; "
+            + ("sub.rn.f16x2 t, t, m; " if sub else "") + f"mov.b32 {out(k)}, t;" for k in range(half)]
 
 
-def _scale_asm(shift: int) -> str:
-    """PTX: a float16 pair times 2^-shift (exact but where it falls below float16's normal range)."""
-    return f"{{ .reg .b32 f; mov.b32 f, {((15 - shift) << 10) * 0x10001:#010x}; mul.rn.f16x2 $0, $1, f; }}"
+def _keys_ptx(bits: int) -> str:
+    """PTX: one key word of ``32 / bits`` codes -> that many float16 halves, outputs 2k, 2k + 1 the channels k,
+    k + half of lop3 pair k (half = 16 / bits), each 1024.0 + code * 2^(bits (k % (half / 2)))."""
+    per_word = 32 // bits
+    lines = ["{ .reg .b32 t, s;", f"shr.u32 s, ${per_word}, 8;"]
+    lines += _lop3_lines(f"${per_word}", lambda k: f"{{${2 * k}, ${2 * k + 1}}}", bits, sub=False)
+    return "\n".join(lines + ["}"])
+
+
+def _values_ptx(bits: int) -> str:
+    """PTX: the value words of entries 2j and 2j + 1 ($2 PW, $2 PW + 1, PW = 32 / bits) -> 2 PW float16 halves, code
+    * 2^(bits (k % (half / 2))): outputs [0, PW) entry 2j's in ``_keys_ptx``'s order, [PW, 2 PW) entry 2j + 1's.
+    One ``prmt`` a 16-bit half of both words puts the two entries' codes of a channel side by side, so each
+    lop3 + sub is an MMA operand register (2 entries, 1 channel) with no ``prmt`` of its own."""
+    per_word = 32 // bits
+    lines = ["{ .reg .b32 t, w, s, m;", "mov.b32 m, 0x64006400;"]
+    for e in (0, 1):
+        lines.append(f"prmt.b32 w, ${2 * per_word}, ${2 * per_word + 1}, {0x7632 if e else 0x5410:#06x}; "
+                     "shr.u32 s, w, 8;")
+        lines += _lop3_lines("w", lambda k: f"{{${2 * k + e}, ${per_word + 2 * k + e}}}", bits, sub=True)
+    return "\n".join(lines + ["}"])
 
 
 if gluon is not None:
 
     def _word_layouts(k_bits: int, v_bits: int):
         """[warp, entry, word] layouts of the key and value words: lane t = l % 4 of a key row takes the words of
-        its B fragment's 32 channels (entries l / 4 + 8 i); lane c = l / 4 takes the value words of channels
+        its A fragment's 32 channels (entries l / 4 + 8 i); lane c = l / 4 takes the value words of channels
         c + 8 j, entries 2t, 2t + 1 (+8, +16), A's order."""
         def bases(words_a_lane: int, lanes: int) -> tuple[list, list]:
             return ([[0, 0, 1 << i] for i in range(words_a_lane.bit_length() - 1)],
@@ -98,84 +108,92 @@ if gluon is not None:
                                           warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[4, 32, 4 * v_bits])
         return kw_l, vw_l
 
-    KEYS4 = gl.constexpr(_asm(4, keys=True))
-    KEYS2 = gl.constexpr(_asm(2, keys=True))
-    VALS4 = gl.constexpr(_asm(4, keys=False))
-    VALS2 = gl.constexpr(_asm(2, keys=False))
-    DOWN2 = gl.constexpr(_scale_asm(2))
-    DOWN4 = gl.constexpr(_scale_asm(4))
-    DOWN6 = gl.constexpr(_scale_asm(6))
+    KEYS4 = gl.constexpr(_keys_ptx(4))
+    KEYS2 = gl.constexpr(_keys_ptx(2))
+    VALS4 = gl.constexpr(_values_ptx(4))
+    VALS2 = gl.constexpr(_values_ptx(2))
     KW4_L, VW4_L = (gl.constexpr(layout) for layout in _word_layouts(4, 4))
     KW2_L, VW2_L = (gl.constexpr(layout) for layout in _word_layouts(2, 2))
     WE = gl.constexpr(BLOCK // 4)  # entries a warp, a block
     NW = gl.constexpr(4)  # warps
 
     @gluon.jit
-    def _in_registers(o, PW: gl.constexpr):
-        """The PTX's PW outputs (output 2j + e is channel j + e PW / 2 of a word) joined as [..., j bits high to
-        low, e]: the last join is the lowest register bit, as the MMA operands want."""
+    def _in_registers(o, at: gl.constexpr, PW: gl.constexpr):
+        """The PTX's outputs o[at:at + PW] (output at + 2j + e is channel j + e PW / 2 of a word) joined as
+        [..., j bits high to low, e]: the last join is the lowest register bit, as the MMA operands want."""
         if PW == 8:
-            return gl.join(gl.join(gl.join(o[0], o[4]), gl.join(o[2], o[6])),
-                           gl.join(gl.join(o[1], o[5]), gl.join(o[3], o[7])))
+            return gl.join(gl.join(gl.join(o[at + 0], o[at + 4]), gl.join(o[at + 2], o[at + 6])),
+                           gl.join(gl.join(o[at + 1], o[at + 5]), gl.join(o[at + 3], o[at + 7])))
         else:
-            return gl.join(gl.join(gl.join(gl.join(o[0], o[8]), gl.join(o[4], o[12])),
-                                   gl.join(gl.join(o[2], o[10]), gl.join(o[6], o[14]))),
-                           gl.join(gl.join(gl.join(o[1], o[9]), gl.join(o[5], o[13])),
-                                   gl.join(gl.join(o[3], o[11]), gl.join(o[7], o[15]))))
+            return gl.join(gl.join(gl.join(gl.join(o[at + 0], o[at + 8]), gl.join(o[at + 4], o[at + 12])),
+                                   gl.join(gl.join(o[at + 2], o[at + 10]), gl.join(o[at + 6], o[at + 14]))),
+                           gl.join(gl.join(gl.join(o[at + 1], o[at + 9]), gl.join(o[at + 5], o[at + 13])),
+                                   gl.join(gl.join(o[at + 3], o[at + 11]), gl.join(o[at + 7], o[at + 15]))))
 
     @gluon.jit
-    def _down(x, ASM: gl.constexpr):
-        """Key scale pairs (int32 holding float16x2) times the power of two ``ASM`` (``_scale_asm``) divides by."""
-        return gl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=gl.int32, is_pure=True, pack=1)
+    def _halves(x):
+        """int32 holding float16x2 -> (low, high) float16."""
+        return gl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [x], dtype=(gl.float16, gl.float16),
+                                         is_pure=True, pack=1)
 
     @gluon.jit
-    def _keys(kwords, pr, K_BITS: gl.constexpr):
-        """Key words [NW, WE, KW] and their group's pairs -> float16 keys [NW, WE, KW, pair bits, e] (the scales of
-        the pairs that come out times 2^(bits i) divided by that first: once a block, not once an entry)."""
+    def _channels(pr, first: gl.constexpr, K_BITS: gl.constexpr):
+        """Pairs ``pr[first:first + half]`` ([K_WORDS] each: word w's pair p holds channels KPW w + p and that +
+        half) -> float16 [128] in the query's logical channel order k = e + 2t + 8 p0 + 16 c."""
         if K_BITS == 4:
-            pr = (pr[0], _down(pr[1], DOWN4), pr[2], _down(pr[3], DOWN4), pr[4], pr[5], pr[6], pr[7])
-            ko = gl.inline_asm_elementwise(
-                KEYS4, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r,r,r,r,r",
-                [kwords, gl.broadcast(pr[0][None, None, :], kwords)[0], gl.broadcast(pr[1][None, None, :], kwords)[0],
-                 gl.broadcast(pr[2][None, None, :], kwords)[0], gl.broadcast(pr[3][None, None, :], kwords)[0],
-                 gl.broadcast(pr[4][None, None, :], kwords)[0], gl.broadcast(pr[5][None, None, :], kwords)[0],
-                 gl.broadcast(pr[6][None, None, :], kwords)[0], gl.broadcast(pr[7][None, None, :], kwords)[0]],
-                dtype=(gl.float16,) * 8, is_pure=True, pack=1)
-            return _in_registers(ko, 8)
+            a0, b0 = _halves(pr[first])
+            a1, b1 = _halves(pr[first + 1])
+            a2, b2 = _halves(pr[first + 2])
+            a3, b3 = _halves(pr[first + 3])
+            x = gl.join(gl.join(gl.join(a0, a1), gl.join(a2, a3)), gl.join(gl.join(b0, b1), gl.join(b2, b3)))
+            # joins make [w, p0, p1, e] -> [t, wl (2 bits), ph, p0, e]
+            x = gl.reshape(gl.permute(x, (0, 2, 1, 3)), (4, 4, 2, 2, 2))
+            x = gl.permute(x, (1, 2, 3, 0, 4))
+            return gl.reshape(x, (128,))
         else:
-            pr = (pr[0], _down(pr[1], DOWN2), _down(pr[2], DOWN4), _down(pr[3], DOWN6),
-                  pr[4], _down(pr[5], DOWN2), _down(pr[6], DOWN4), _down(pr[7], DOWN6),
-                  pr[8], pr[9], pr[10], pr[11], pr[12], pr[13], pr[14], pr[15])
-            ko = gl.inline_asm_elementwise(
-                KEYS2, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
-                [kwords, gl.broadcast(pr[0][None, None, :], kwords)[0], gl.broadcast(pr[1][None, None, :], kwords)[0],
-                 gl.broadcast(pr[2][None, None, :], kwords)[0], gl.broadcast(pr[3][None, None, :], kwords)[0],
-                 gl.broadcast(pr[4][None, None, :], kwords)[0], gl.broadcast(pr[5][None, None, :], kwords)[0],
-                 gl.broadcast(pr[6][None, None, :], kwords)[0], gl.broadcast(pr[7][None, None, :], kwords)[0],
-                 gl.broadcast(pr[8][None, None, :], kwords)[0], gl.broadcast(pr[9][None, None, :], kwords)[0],
-                 gl.broadcast(pr[10][None, None, :], kwords)[0], gl.broadcast(pr[11][None, None, :], kwords)[0],
-                 gl.broadcast(pr[12][None, None, :], kwords)[0], gl.broadcast(pr[13][None, None, :], kwords)[0],
-                 gl.broadcast(pr[14][None, None, :], kwords)[0], gl.broadcast(pr[15][None, None, :], kwords)[0]],
-                dtype=(gl.float16,) * 16, is_pure=True, pack=1)
-            return _in_registers(ko, 16)
+            a0, b0 = _halves(pr[first])
+            a1, b1 = _halves(pr[first + 1])
+            a2, b2 = _halves(pr[first + 2])
+            a3, b3 = _halves(pr[first + 3])
+            a4, b4 = _halves(pr[first + 4])
+            a5, b5 = _halves(pr[first + 5])
+            a6, b6 = _halves(pr[first + 6])
+            a7, b7 = _halves(pr[first + 7])
+            x = gl.join(gl.join(gl.join(gl.join(a0, a1), gl.join(a2, a3)), gl.join(gl.join(a4, a5), gl.join(a6, a7))),
+                        gl.join(gl.join(gl.join(b0, b1), gl.join(b2, b3)), gl.join(gl.join(b4, b5), gl.join(b6, b7))))
+            # joins make [w, p0, p1, p2, e] -> [t, wl, p2, p1, p0, e]
+            x = gl.reshape(gl.permute(x, (0, 3, 2, 1, 4)), (4, 2, 2, 2, 2, 2))
+            x = gl.permute(x, (1, 2, 3, 4, 0, 5))
+            return gl.reshape(x, (128,))
+
+    @gluon.jit
+    def _keys(kwords, K_BITS: gl.constexpr):
+        """Key words [NW, WE, KW] -> float16 1024 + code * 2^(bits (k % (half / 2))) [NW, WE, KW, pair bits, e]."""
+        if K_BITS == 4:
+            ko = gl.inline_asm_elementwise(KEYS4, "=h,=h,=h,=h,=h,=h,=h,=h,r", [kwords],
+                                           dtype=(gl.float16,) * 8, is_pure=True, pack=1)
+            return _in_registers(ko, 0, 8)
+        else:
+            ko = gl.inline_asm_elementwise(KEYS2, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r", [kwords],
+                                           dtype=(gl.float16,) * 16, is_pure=True, pack=1)
+            return _in_registers(ko, 0, 16)
 
     @gluon.jit
     def _values(vwords, V_BITS: gl.constexpr):
-        """Value words [NW, WE, VW] -> float16 codes times 2^(bits (k % (half / 2))) [NW, WE, VW, pair bits, e]."""
+        """Value words [NW, WE, VW] -> float16 codes times 2^(bits (k % (half / 2))) [NW, WE, VW * PW] (per entry:
+        word, pair bits, e), made two entries at a time (``_values_ptx``)."""
+        VW: gl.constexpr = 4 * V_BITS
+        PW: gl.constexpr = 32 // V_BITS
+        a, b = gl.split(gl.permute(gl.reshape(vwords, (NW, WE // 2, 2, VW)), (0, 1, 3, 2)))
         if V_BITS == 4:
-            vo = gl.inline_asm_elementwise(VALS4, "=h,=h,=h,=h,=h,=h,=h,=h,r", [vwords],
-                                           dtype=(gl.float16,) * 8, is_pure=True, pack=1)
-            return _in_registers(vo, 8)
+            vo = gl.inline_asm_elementwise(VALS4, "=h," * 16 + "r,r", [a, b], dtype=(gl.float16,) * 16, is_pure=True,
+                                           pack=1)
         else:
-            vo = gl.inline_asm_elementwise(VALS2, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r", [vwords],
-                                           dtype=(gl.float16,) * 16, is_pure=True, pack=1)
-            return _in_registers(vo, 16)
-
-    @gluon.jit
-    def _first8(x, L: gl.constexpr):
-        """[NW, 16] -> its first 8 columns [NW, 8] in layout L (the 8 heads of the output's narrow side)."""
-        y = gl.permute(gl.reshape(x, (NW, 2, 8)), (0, 2, 1))
-        return gl.convert_layout(gl.split(y)[0], L)
+            vo = gl.inline_asm_elementwise(VALS2, "=h," * 32 + "r,r", [a, b], dtype=(gl.float16,) * 32, is_pure=True,
+                                           pack=1)
+        x = gl.join(_in_registers(vo, 0, PW), _in_registers(vo, PW, PW))   # [..., f]: entry 2j + f
+        x = gl.permute(gl.reshape(x, (NW, WE // 2, VW * PW, 2)), (0, 1, 3, 2))
+        return gl.reshape(x, (NW, WE, VW * PW))
 
     @gluon.jit
     def _pair_loads(pb, ok, KW: gl.constexpr, K_BITS: gl.constexpr):
@@ -196,55 +214,81 @@ if gluon is not None:
                     gl.load(pb + 14 * KW, mask=ok, other=0), gl.load(pb + 15 * KW, mask=ok, other=0))
 
     @gluon.jit
-    def _loads(KW, VW, KP, VS, VZ, KPOS, row, start, end, stride_kr, stride_vr, stride_kpr, stride_kpg, stride_vsr,
-               stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP: gl.constexpr, K_BITS: gl.constexpr,
-               V_BITS: gl.constexpr):
-        """A block's loads: key words, its key group's (scale, zero point) pairs, value words, positions and the
-        values' scales and zero points (past ``end``: masked)."""
+    def _loads(KW, VW, VS, VZ, KPOS, row, start, end, stride_kr, stride_vr, stride_vsr, stride_pr, kw_w, kw_n, kw_i,
+               vw_w, vw_n, vw_i, sw, sn, K_BITS: gl.constexpr, V_BITS: gl.constexpr):
+        """A block's loads: key words, value words, positions and the values' scales and zero points (past
+        ``end``: masked)."""
         K_WORDS: gl.constexpr = 4 * K_BITS
         V_WORDS: gl.constexpr = 4 * V_BITS
         ke = start + kw_w[:, None, None] * WE + kw_n[None, :, None]
         kwords = gl.load(KW + row * stride_kr + ke * K_WORDS + kw_i[None, None, :], mask=ke < end, other=0)
-        pr = _pair_loads(KP + row * stride_kpr + (start // K_GROUP) * stride_kpg + kw_i, start < end,
-                         K_WORDS, K_BITS)
         ve = start + vw_w[:, None, None] * WE + vw_n[None, :, None]
         vwords = gl.load(VW + row * stride_vr + ve * V_WORDS + vw_i[None, None, :], mask=ve < end, other=0)
         se = start + sw[:, None] * WE + sn[None, :]
         pos = gl.load(KPOS + row * stride_pr + se, mask=se < end, other=-1)
         vs = gl.load(VS + row * stride_vsr + se, mask=se < end, other=0.0)
         vz = gl.load(VZ + row * stride_vsr + se, mask=se < end, other=0.0)
-        return kwords, pr, vwords, pos, vs, vz
+        return kwords, vwords, pos, vs, vz
 
     @gluon.jit
-    def _block(loaded, state, q, q_pos, scale, K_BITS: gl.constexpr, V_BITS: gl.constexpr, mma: gl.constexpr,
-               a_l: gl.constexpr, b_l: gl.constexpr, s_l: gl.constexpr):
-        """One block of a program's entries (``_loads``' tensors) into the running (max, sum, zero-point sum,
-        out^T)."""
-        kwords, pr, vwords, pos, vs, vz = loaded
+    def _a_halves(x, a_l: gl.constexpr):
+        """A operand [NW, M, 128] -> its channels [0, 64) and [64, 128) (independent MMA chains)."""
+        lo, hi = gl.split(gl.permute(gl.reshape(x, (NW, x.shape[1], 2, 64)), (0, 1, 3, 2)))
+        return gl.convert_layout(lo, a_l), gl.convert_layout(hi, a_l)
+
+    @gluon.jit
+    def _b_halves(x, b_l: gl.constexpr):
+        """B operand [NW, 128, N] -> its channels [0, 64) and [64, 128)."""
+        lo, hi = gl.split(gl.permute(gl.reshape(x, (NW, 2, 64, x.shape[2])), (0, 2, 3, 1)))
+        return gl.convert_layout(lo, b_l), gl.convert_layout(hi, b_l)
+
+    @gluon.jit
+    def _prep(pr, q2, qs, K_BITS: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
+        """A block's key scales into the query: (q * scale [w, channel, head] as two channel halves, the scores'
+        starting accumulator [w, entry, head] = sum_k q zero - 1024 q * scale)."""
+        HALF: gl.constexpr = 16 // K_BITS
+        c_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, b_l))
+        sc = gl.convert_layout(_channels(pr, 0, K_BITS), c_l)
+        zc = gl.convert_layout(_channels(pr, HALF, K_BITS), c_l)
+        qk0, qk1 = _b_halves(q2 * sc[None, :, None], b_l)
+        qz0, qz1 = _b_halves(qs * zc[None, :, None], b_l)
+        neg = gl.full([NW, 16, 64], -1024.0, gl.float16, layout=a_l)
+        one = gl.full([NW, 16, 64], 1.0, gl.float16, layout=a_l)
+        zero = gl.zeros([NW, 16, 8], gl.float32, layout=mma)
+        off = ((mma_v2(neg, qk0, zero) + mma_v2(neg, qk1, zero))
+               + (mma_v2(one, qz0, zero) + mma_v2(one, qz1, zero)))
+        c0 = gl.convert_layout(gl.reshape(gl.permute(gl.join(off, off), (0, 3, 1, 2)), (NW, WE, 8)), mma)
+        return qk0, qk1, c0
+
+    @gluon.jit
+    def _block(loaded, prepared, state, q_pos, K_BITS: gl.constexpr, V_BITS: gl.constexpr, mma: gl.constexpr,
+               a_l: gl.constexpr, b_l: gl.constexpr):
+        """One block of a program's entries into the running (max, sum, zero-point sum, out^T); scores in log2
+        units (the query carries scale * log2 e)."""
+        kwords, vwords, pos, vs, vz = loaded
+        qk0, qk1, c0 = prepared
         m_i, l_i, extra, acc = state
-        # [w, n, t, (word, pair) bits high to low, e] -> [w, chunk bits, p0, t, e, n]: the B operand's order
-        kx = gl.permute(gl.reshape(_keys(kwords, pr, K_BITS), (NW, WE, 4, 2, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 7, 1))
-        kt = gl.convert_layout(gl.reshape(kx, (NW, 128, WE)), b_l)
-        s = mma_v2(q, kt, gl.zeros([NW, 16, WE], gl.float32, layout=mma)) * scale
+        # [w, n, t, (word, pair) bits high to low, e] -> [w, n, chunk bits, p0, t, e]: the A operand's order
+        kx = gl.permute(gl.reshape(_keys(kwords, K_BITS), (NW, WE, 4, 2, 2, 2, 2, 2)), (0, 1, 3, 4, 5, 6, 2, 7))
+        ka0, ka1 = _a_halves(gl.reshape(kx, (NW, WE, 128)), a_l)
+        s = mma_v2(ka0, qk0, c0) + mma_v2(ka1, qk1, gl.zeros([NW, WE, 8], gl.float32, layout=mma))
 
         vs = vs.to(gl.float32)
         vz = vz.to(gl.float32)
-        s = gl.where(((pos >= 0) & (pos <= q_pos))[:, None, :], s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=2))
+        s = gl.where(((pos >= 0) & (pos <= q_pos))[:, :, None], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
         m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp(m_i - m_safe)
-        p = gl.exp(s - m_safe[:, :, None])
-        l_i = l_i * alpha + gl.sum(p, axis=2)
-        extra = extra * alpha + gl.sum(p * vz[:, None, :], axis=2)
-        ps = gl.permute(gl.reshape((p * vs[:, None, :]).to(gl.float16), (NW, 2, 8, WE)), (0, 3, 2, 1))
-        pt = gl.convert_layout(gl.split(ps)[0], b_l)                   # P^T [w, n, 8 heads]
+        alpha = gl.exp2(m_i - m_safe)
+        p = gl.exp2(s - m_safe[:, None, :])
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        extra = extra * alpha + gl.sum(p * vz[:, :, None], axis=1)
+        pt = gl.convert_layout((p * vs[:, :, None]).to(gl.float16), b_l)   # P^T [w, n, head]
 
         # [w, n, c, (word, pair) bits, e] -> [w, (word, pair) bits, e, c, n]: logical channel
         # m = c + 8 (e + 2 p + VPW wl) is lane c's word wl, lop3 pair p, half e
         vx = gl.permute(gl.reshape(_values(vwords, V_BITS), (NW, WE, 8, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 1))
         va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), a_l)
-        acc = acc * _first8(alpha, s_l)[:, None, :] + mma_v2(va, pt, gl.zeros([NW, 128, 8], gl.float32,
-                                                                              layout=mma))
+        acc = mma_v2(va, pt, acc * alpha[:, None, :])
         return m_new, l_i, extra, acc
 
     @gluon.jit
@@ -257,8 +301,8 @@ if gluon is not None:
                                                       instr_shape=[1, 16, 8])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-        s_l: gl.constexpr = gl.SliceLayout(1, mma)  # [warp, last dim]: the scores' entries, out^T's heads
-        r_l: gl.constexpr = gl.SliceLayout(2, mma)  # [warp, head] of the scores
+        e_l: gl.constexpr = gl.SliceLayout(2, mma)  # [warp, entry] of the scores
+        h_l: gl.constexpr = gl.SliceLayout(1, mma)  # [warp, head] of the scores and of out^T
         kw_l: gl.constexpr = KW4_L if K_BITS == 4 else KW2_L
         vw_l: gl.constexpr = VW4_L if V_BITS == 4 else VW2_L
         K_WORDS: gl.constexpr = 4 * K_BITS  # words an entry's 128 codes take
@@ -273,17 +317,23 @@ if gluon is not None:
         end = gl.minimum(begin + split_len, length)
         q_pos = gl.load(QPOS)
 
-        # the query in the keys' channel order: logical k = e + 2t + 8 p0 + 16 c (MMA chunk c) is channel
-        # KPW (K_WORDS / 4 t + wl) + p + KPW / 2 e of lane t's word wl, lop3 pair p = p0 + 2 (c % (KPW / 4))
-        qk = gl.arange(0, 128, layout=gl.SliceLayout(0, gl.SliceLayout(1, a_l)))
+        # the query (B operand [w, channel, head]) in the keys' channel order: logical k = e + 2t + 8 p0 + 16 c
+        # (MMA chunk c) is channel KPW (K_WORDS / 4 t + wl) + p + KPW / 2 e of lane t's word wl, lop3 pair
+        # p = p0 + 2 (c % (KPW / 4))
+        qk = gl.arange(0, 128, layout=gl.SliceLayout(0, gl.SliceLayout(2, b_l)))
         chunk = qk // 16
         pair = (qk // 8) % 2 + 2 * (chunk % (KPW // 4))
         phys_k = KPW * ((K_WORDS // 4) * ((qk // 2) % 4) + chunk // (KPW // 4)) + pair + (KPW // 2) * (qk % 2)
-        qh = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, a_l)))
-        qw = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, a_l)))
+        qh = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, b_l)))
+        qw = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, b_l)))
         head = (row % num_kv) * GROUP + qh
-        q = gl.load(Q + b * stride_qb + head[None, :, None] * stride_qh + phys_k[None, None, :] + 0 * qw[:, None, None],
-                    mask=(qh < GROUP)[None, :, None] & (qw >= 0)[:, None, None], other=0.0).to(gl.float16)
+        q = gl.load(Q + b * stride_qb + head[None, None, :] * stride_qh + phys_k[None, :, None] + 0 * qw[:, None, None],
+                    mask=(qh < GROUP)[None, None, :] & (qw >= 0)[:, None, None], other=0.0).to(gl.float32)
+        q = q * (scale * 1.4426950408889634)  # scores in log2 units
+        qs = q.to(gl.float16)  # times the zero points
+        # times the scales: a lop3 pair's keys come out times 2^(bits (p % (KPW / 4)))
+        down_k = gl.exp2(-(K_BITS * (pair % (KPW // 4))).to(gl.float32))
+        q2 = (q * down_k[None, :, None]).to(gl.float16)
 
         kw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, kw_l)))
         kw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, kw_l)))
@@ -291,31 +341,38 @@ if gluon is not None:
         vw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, vw_l)))
         vw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, vw_l)))
         vw_i = gl.arange(0, V_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, vw_l)))
-        sw = gl.arange(0, NW, layout=gl.SliceLayout(1, s_l))
-        sn = gl.arange(0, WE, layout=gl.SliceLayout(0, s_l))
+        sw = gl.arange(0, NW, layout=gl.SliceLayout(1, e_l))
+        sn = gl.arange(0, WE, layout=gl.SliceLayout(0, e_l))
 
-        m_i = gl.full([NW, 16], float("-inf"), gl.float32, layout=r_l)
-        l_i = gl.zeros([NW, 16], gl.float32, layout=r_l)
-        extra = gl.zeros([NW, 16], gl.float32, layout=r_l)  # sum_n p[n] z[n] (the values' zero points)
+        m_i = gl.full([NW, 8], float("-inf"), gl.float32, layout=h_l)
+        l_i = gl.zeros([NW, 8], gl.float32, layout=h_l)
+        extra = gl.zeros([NW, 8], gl.float32, layout=h_l)  # sum_n p[n] z[n] (the values' zero points)
         acc = gl.zeros([NW, 128, 8], gl.float32, layout=mma)  # out^T: [warp, channel (permuted), head]
         state = (m_i, l_i, extra, acc)
-        cur = _loads(KW, VW, KP, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_kpr, stride_kpg,
-                     stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP, K_BITS, V_BITS)
+        cur = _loads(KW, VW, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_vsr, stride_pr, kw_w, kw_n,
+                     kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS)
+        # a block's key scales are loaded two blocks ahead and folded into the query one block ahead (``_prep``)
+        kp = KP + row * stride_kpr + kw_i
+        prepared = _prep(_pair_loads(kp + (begin // K_GROUP) * stride_kpg, begin < end, K_WORDS, K_BITS),
+                         q2, qs, K_BITS, mma, a_l, b_l)
+        pr_n = _pair_loads(kp + ((begin + NW * WE) // K_GROUP) * stride_kpg, begin + NW * WE < end, K_WORDS, K_BITS)
         for start in range(begin, end, NW * WE):
-            nxt = _loads(KW, VW, KP, VS, VZ, KPOS, row, start + NW * WE, end, stride_kr, stride_vr, stride_kpr,
-                         stride_kpg, stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_GROUP,
-                         K_BITS, V_BITS)
-            state = _block(cur, state, q, q_pos, scale, K_BITS, V_BITS, mma, a_l, b_l, s_l)
+            nxt = _loads(KW, VW, VS, VZ, KPOS, row, start + NW * WE, end, stride_kr, stride_vr, stride_vsr,
+                         stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS)
+            pr_nn = _pair_loads(kp + ((start + 2 * NW * WE) // K_GROUP) * stride_kpg, start + 2 * NW * WE < end,
+                                K_WORDS, K_BITS)
+            state = _block(cur, prepared, state, q_pos, K_BITS, V_BITS, mma, a_l, b_l)
+            prepared = _prep(pr_n, q2, qs, K_BITS, mma, a_l, b_l)
             cur = nxt
+            pr_n = pr_nn
         m_i, l_i, extra, acc = state
         # the values' powers of two out of each logical channel m = c + 8 (e + 2 p + VPW wl) (lop3 pair p)
         cm = gl.arange(0, 128, layout=gl.SliceLayout(0, gl.SliceLayout(2, mma)))
         down = gl.exp2(-(V_BITS * (((cm // 16) % (VPW // 2)) % (VPW // 4))).to(gl.float32))
-        acc = acc * down[None, :, None] + _first8(extra, s_l)[:, None, :]
-        m8 = _first8(m_i, s_l)
-        m = gl.max(m8, axis=0)
-        wgt = gl.exp(m8 - gl.where(m == float("-inf"), 0.0, m)[None, :])  # the warps' partials merged
-        l_tot = gl.sum(_first8(l_i, s_l) * wgt, axis=0)
+        acc = acc * down[None, :, None] + extra[:, None, :]
+        m = gl.max(m_i, axis=0)
+        wgt = gl.exp2(m_i - gl.where(m == float("-inf"), 0.0, m)[None, :])  # the warps' partials merged
+        l_tot = gl.sum(l_i * wgt, axis=0)
         out = gl.sum(acc * wgt[:, None, :], axis=0)                        # [128 permuted channels, 8 heads]
         oc = gl.arange(0, 128, layout=gl.SliceLayout(1, gl.SliceLayout(0, mma)))
         oh = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(0, mma)))
@@ -326,9 +383,9 @@ if gluon is not None:
         at_split = first + split
         gl.store(ACC_OUT + b * stride_ab + ohead[None, :] * stride_ah + at_split * stride_as + phys_v[:, None], out,
                  mask=(oh < GROUP)[None, :])
-        mh = gl.arange(0, 8, layout=gl.SliceLayout(0, s_l))
+        mh = gl.arange(0, 8, layout=gl.SliceLayout(0, h_l))
         at = b * stride_mb + ((row % num_kv) * GROUP + mh) * stride_mh + at_split
-        gl.store(M_OUT + at, m, mask=mh < GROUP)
+        gl.store(M_OUT + at, m * 0.6931471805599453, mask=mh < GROUP)
         gl.store(L_OUT + at, l_tot, mask=mh < GROUP)
 
 

@@ -1,0 +1,101 @@
+"""The Gluon decode kernel of this checkout against the same file at other git revisions, side by side in one run.
+
+For kernel work: every bit pair at batch 8, 8 KV heads x 4 query heads, 32k entries, key groups of 128 (the
+``bench_packed_decode`` shape), CUDA-graph replays, the share of the measured copy bandwidth and the error against
+dequantize-then-attend; first the same error check on small odd shapes (unequal groups, masked entries, a
+partial last block). Each revision's ``evolkv/kernels/gluon_decode.py`` is loaded as its own module.
+
+    PYTHONPATH=. python benchmarks/bench_gluon_revisions.py ce2d8a8      # on a CUDA machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+from evolkv.kernels import gluon_decode
+from evolkv.kernels.packed import attend_packed_ref, pack
+
+PAIRS = ((4, 4), (2, 2), (2, 4), (4, 2))
+
+
+def load_revision(rev: str, folder: Path):
+    """``evolkv/kernels/gluon_decode.py`` as it was at ``rev``, imported as a module of its own."""
+    source = subprocess.run(["git", "show", f"{rev}:evolkv/kernels/gluon_decode.py"], capture_output=True,
+                            text=True, check=True).stdout
+    path = folder / f"gluon_decode_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # Gluon reads the kernels' source through their module
+    spec.loader.exec_module(module)
+    return module
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revisions", nargs="*", help="git revisions to compare with this checkout's kernel")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    kernels = {rev: load_revision(rev, folder) for rev in args.revisions}
+    kernels["this checkout"] = gluon_decode
+    torch.manual_seed(0)
+    x = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
+    copy = 2 * x.numel() / ms / 1e9  # TB/s
+    del x, y
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+          f"copy {copy:.2f} TB/s (read + write)")
+    for k_bits, v_bits in PAIRS:  # odd shapes: errors only
+        for batch, heads, group, length in ((2, 3, 3, 1000), (1, 2, 8, 4352), (3, 1, 1, 300)):
+            keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16) * 2 + 0.5
+            packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
+            pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
+            pos[:, :, 5:40] = -1
+            query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16) * 1.5
+            query_pos = torch.tensor([length - 50], device="cuda")
+            ref, _ = attend_packed_ref(query.float(), packed, pos, query_pos, 0.09)
+            outs = {name: kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.09)[0]
+                    for name, kernel in kernels.items()}
+            errors = "  ".join(f"{name} {relative_error(out, ref):.1e}" for name, out in outs.items())
+            print(f"# check K{k_bits}V{v_bits} batch {batch} heads {heads}x{group} length {length}: {errors}")
+    batch, heads, group, length = 8, 8, 4, 32768
+    print(f"{'bits':>5} {'kernel':24} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
+    for k_bits, v_bits in PAIRS:
+        keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
+        packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
+        del keys
+        pairs = packed.keep_key_pairs()
+        read = sum(t.numel() * t.element_size() for t in (packed.k, packed.v, pairs, packed.v_scale, packed.v_zero))
+        read += batch * heads * length * 4  # positions
+        pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
+        query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
+        query_pos = torch.tensor([length], device="cuda")
+        ref = attend_packed_ref(query.float(), packed, pos, query_pos, 0.08)[0]
+        for name, kernel in kernels.items():
+            def call(kernel=kernel):
+                return kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
+            err = relative_error(call()[0], ref)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            ms = triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
+            print(f"K{k_bits}V{v_bits} {name:24} {ms:8.4f} {read / 1e9:8.3f} {read / ms / 1e9 / copy:7.1%} {err:8.1e}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
