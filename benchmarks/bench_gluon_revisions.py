@@ -6,6 +6,8 @@ dequantize-then-attend; first the same error check on small odd shapes (unequal 
 partial last block). Each revision's ``evolkv/kernels/gluon_decode.py`` is loaded as its own module.
 
     PYTHONPATH=. python benchmarks/bench_gluon_revisions.py ce2d8a8      # on a CUDA machine
+    git show ce2d8a8:evolkv/kernels/gluon_decode.py > /tmp/ce2d8a8.py    # where the copy has no git history
+    PYTHONPATH=. python benchmarks/bench_gluon_revisions.py /tmp/ce2d8a8.py
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ import triton.testing
 from evolkv.kernels import gluon_decode
 from evolkv.kernels.packed import attend_packed_ref, pack
 
-PAIRS = ((4, 4), (2, 2), (2, 4), (4, 2))
-
-
 def load_revision(rev: str, folder: Path):
-    """``evolkv/kernels/gluon_decode.py`` as it was at ``rev``, imported as a module of its own."""
-    source = subprocess.run(["git", "show", f"{rev}:evolkv/kernels/gluon_decode.py"], capture_output=True,
-                            text=True, check=True).stdout
-    path = folder / f"gluon_decode_{rev}.py"
+    """``evolkv/kernels/gluon_decode.py`` as it was at git revision ``rev`` (or the file ``rev``, for a machine with
+    a copy of the tree but no git history), imported as a module of its own."""
+    if Path(rev).is_file():
+        source = Path(rev).read_text()
+    else:
+        source = subprocess.run(["git", "show", f"{rev}:evolkv/kernels/gluon_decode.py"], capture_output=True,
+                                text=True, check=True).stdout
+    path = folder / f"gluon_decode_{Path(rev).stem}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
@@ -46,11 +49,18 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("revisions", nargs="*", help="git revisions to compare with this checkout's kernel")
+    parser.add_argument("revisions", nargs="*",
+                        help="git revisions (or copies of the file) to compare with this checkout's kernel")
+    parser.add_argument("--pairs", default="44,22,24,42", help="key/value bit pairs, e.g. 44,22")
+    parser.add_argument("--splits", default="",
+                        help="also time this checkout's kernel at these split counts (default: its own plan)")
     args = parser.parse_args()
+    pairs = [(int(p[0]), int(p[1])) for p in args.pairs.split(",")]
     folder = Path(tempfile.mkdtemp())
     kernels = {rev: load_revision(rev, folder) for rev in args.revisions}
     kernels["this checkout"] = gluon_decode
+    runs = {name: (kernel, None) for name, kernel in kernels.items()}
+    runs.update({f"this checkout, {n} splits": (gluon_decode, int(n)) for n in args.splits.split(",") if n})
     torch.manual_seed(0)
     x = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
@@ -59,7 +69,7 @@ def main() -> None:
     del x, y
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"copy {copy:.2f} TB/s (read + write)")
-    for k_bits, v_bits in PAIRS:  # odd shapes: errors only
+    for k_bits, v_bits in pairs:  # odd shapes: errors only
         for batch, heads, group, length in ((2, 3, 3, 1000), (1, 2, 8, 4352), (3, 1, 1, 300)):
             keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16) * 2 + 0.5
             packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
@@ -73,27 +83,27 @@ def main() -> None:
             errors = "  ".join(f"{name} {relative_error(out, ref):.1e}" for name, out in outs.items())
             print(f"# check K{k_bits}V{v_bits} batch {batch} heads {heads}x{group} length {length}: {errors}")
     batch, heads, group, length = 8, 8, 4, 32768
-    print(f"{'bits':>5} {'kernel':24} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
-    for k_bits, v_bits in PAIRS:
+    print(f"{'bits':>5} {'kernel':30} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
+    for k_bits, v_bits in pairs:
         keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
         packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
         del keys
-        pairs = packed.keep_key_pairs()
-        read = sum(t.numel() * t.element_size() for t in (packed.k, packed.v, pairs, packed.v_scale, packed.v_zero))
+        scales = packed.keep_key_pairs()
+        read = sum(t.numel() * t.element_size() for t in (packed.k, packed.v, scales, packed.v_scale, packed.v_zero))
         read += batch * heads * length * 4  # positions
         pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
         query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
         query_pos = torch.tensor([length], device="cuda")
         ref = attend_packed_ref(query.float(), packed, pos, query_pos, 0.08)[0]
-        for name, kernel in kernels.items():
-            def call(kernel=kernel):
-                return kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
+        for name, (kernel, splits) in runs.items():
+            def call(kernel=kernel, splits=splits):
+                return kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08, splits=splits)
             err = relative_error(call()[0], ref)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 call()
             ms = triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
-            print(f"K{k_bits}V{v_bits} {name:24} {ms:8.4f} {read / 1e9:8.3f} {read / ms / 1e9 / copy:7.1%} {err:8.1e}",
+            print(f"K{k_bits}V{v_bits} {name:30} {ms:8.4f} {read / 1e9:8.3f} {read / ms / 1e9 / copy:7.1%} {err:8.1e}",
                   flush=True)
 
 

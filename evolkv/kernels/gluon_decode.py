@@ -22,10 +22,12 @@ head) always on the MMA's narrow side, so no padding rows:
   once at the end: no shared memory and no barrier inside the loop; the next block's codes, positions and value
   scales are loaded before this block's math.
 
-On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``, CUDA-graph replays) K4V4
-takes 0.145 ms, 69% of copy bandwidth, and K2V2 0.121 ms, 45% (session 14's layout, query on the MMA's wide side
-with 8 padding rows: 0.163 and 0.134 ms). The time hardly moves with the bit width: a block's work (about 720
-instructions a warp for 32 entries) and its latency bound it, not the bytes.
+A launch is one wave: two programs an SM (what the registers allow), so a long split each (``_plan``).
+
+On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, CUDA-graph replays) K4V4
+takes 0.129 ms, 77% of copy bandwidth, and K2V2 0.105 ms, 52%; session 14's layout (query on the MMA's wide side
+with 8 padding rows, 16 splits) 0.163 and 0.134 ms. The time moves little with the bit width: a block's work
+(about 720 instructions a warp for 32 entries at 2 bits, 780 at 4) and its latency bound it, not the bytes.
 
 Covers 2- and 4-bit keys and values (any pair), head_dim 128, key groups a multiple of 128, value groups of the
 whole head, up to 8 query heads per KV head, one query token and no sliding window (``supported``). It is the
@@ -50,6 +52,7 @@ except ImportError:  # pragma: no cover
 
 BLOCK = 128  # entries a program takes per iteration: 32 per warp
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
+PROGRAMS_PER_SM = 2  # what the kernel's registers (about 240 a thread, 4 warps) let an SM hold
 
 
 def _lop3_lines(src: str, out: str, bits: int, sub: bool) -> list[str]:
@@ -401,9 +404,19 @@ def supported(query: torch.Tensor, packed: PackedKV, sliding_window: int | None 
             and rows % batch == 0 and num_q % (rows // batch) == 0 and num_q // (rows // batch) <= 8)
 
 
+def _plan(length: int, rows: int, device, splits: int | None = None) -> tuple[int, int]:
+    """(splits, entries per split): by default one wave of programs, ``PROGRAMS_PER_SM`` an SM, as long as each
+    split keeps two blocks. A program is heavy (its registers allow two an SM), so more splits only add waves,
+    prologues and partials to merge (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
+    if splits is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        splits = max(1, min(-(-length // (2 * BLOCK)), PROGRAMS_PER_SM * sms // rows))
+    return plan_splits(length, rows, BLOCK, device, splits)
+
+
 def splits_for(packed: PackedKV, rows: int, device) -> int:
     """How many splits ``decode_attention_gluon`` gives ``packed`` (for a shared ``Partials``)."""
-    return plan_splits(packed.length, rows, BLOCK, device)[0]
+    return _plan(packed.length, rows, device)[0]
 
 
 def decode_attention_gluon(query: torch.Tensor, packed: PackedKV, key_pos: torch.Tensor, query_pos: torch.Tensor,
@@ -417,7 +430,7 @@ def decode_attention_gluon(query: torch.Tensor, packed: PackedKV, key_pos: torch
     if not supported(query, packed) or packed.rows != batch * num_kv or packed.length != length:
         raise ValueError("decode_attention_gluon does not serve this cache (see gluon_decode.supported)")
     rows = batch * num_kv
-    splits, split_len = plan_splits(length, rows, BLOCK, query.device, splits)
+    splits, split_len = _plan(length, rows, query.device, splits)
     query = query.contiguous()
     if key_pos.dtype != torch.int32 or not key_pos.is_contiguous():
         key_pos = key_pos.to(torch.int32).contiguous()
