@@ -404,14 +404,18 @@ def supported(query: torch.Tensor, packed: PackedKV, sliding_window: int | None 
             and rows % batch == 0 and num_q % (rows // batch) == 0 and num_q // (rows // batch) <= 8)
 
 
-def _plan(length: int, rows: int, device, splits: int | None = None) -> tuple[int, int]:
-    """(splits, entries per split): by default one wave of programs, ``PROGRAMS_PER_SM`` an SM, as long as each
-    split keeps two blocks. A program is heavy (its registers allow two an SM), so more splits only add waves,
-    prologues and partials to merge (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
+def plan(length: int, rows: int, sms: int, splits: int | None = None) -> tuple[int, int]:
+    """(splits, entries per split) for ``rows`` rows of ``length`` entries on ``sms`` SMs: by default one wave of
+    programs, ``PROGRAMS_PER_SM`` an SM, as long as each split keeps two blocks. A program is heavy (its registers
+    allow two an SM), so more splits only add waves, prologues and partials to merge
+    (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
     if splits is None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
         splits = max(1, min(-(-length // (2 * BLOCK)), PROGRAMS_PER_SM * sms // rows))
-    return plan_splits(length, rows, BLOCK, device, splits)
+    return plan_splits(length, rows, BLOCK, "cpu", splits)
+
+
+def _plan(length: int, rows: int, device, splits: int | None = None) -> tuple[int, int]:
+    return plan(length, rows, torch.cuda.get_device_properties(device).multi_processor_count, splits)
 
 
 def splits_for(packed: PackedKV, rows: int, device) -> int:
