@@ -22,7 +22,7 @@ head) always on the MMA's narrow side, so no padding rows:
   once at the end: no shared memory and no barrier inside the loop; the next block's codes, positions and value
   scales are loaded before this block's math.
 
-A launch is one wave: two programs an SM (what the registers allow), so a long split each (``_plan``).
+A launch is one wave: two programs an SM (what the registers allow), so a long split each (``plan``).
 
 On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, CUDA-graph replays) K4V4
 takes 0.129 ms, 77% of copy bandwidth, and K2V2 0.105 ms, 52%; session 14's layout (query on the MMA's wide side
@@ -37,6 +37,8 @@ rows' ragged launch); eager calls take ``folded``, whose launcher costs half the
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -55,7 +57,7 @@ BITS = (2, 4)  # code widths of keys and of values (either, independently)
 PROGRAMS_PER_SM = 2  # what the kernel's registers (about 240 a thread, 4 warps) let an SM hold
 
 
-def _lop3_lines(src: str, out: str, bits: int, sub: bool) -> list[str]:
+def _lop3_lines(src: str, out: Callable[[int], str], bits: int, sub: bool) -> list[str]:
     """PTX lines: the lop3 pairs of word ``src`` (``s`` holds it shifted right by 8) -> ``out(k)``, the register
     operand pair of pair k. No shift per pair: the pairs of the low byte of each 16-bit half are masked where
     they lie, those of the high byte after the one ``shr``, so pair k comes out as 1024.0 + code *
