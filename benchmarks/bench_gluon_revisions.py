@@ -32,8 +32,12 @@ def load_revision(rev: str, folder: Path):
     if Path(rev).is_file():
         source = Path(rev).read_text()
     else:
-        source = subprocess.run(["git", "show", f"{rev}:evolkv/kernels/gluon_decode.py"], capture_output=True,
-                                text=True, check=True).stdout
+        shown = subprocess.run(["git", "show", f"{rev}:evolkv/kernels/gluon_decode.py"], capture_output=True,
+                               text=True)
+        if shown.returncode:
+            raise SystemExit(f"error: {rev} is neither a file nor a git revision with evolkv/kernels/gluon_decode.py "
+                             f"({shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else 'git failed'})")
+        source = shown.stdout
     path = folder / f"gluon_decode_{Path(rev).stem}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -55,7 +59,9 @@ def main() -> None:
     parser.add_argument("--splits", default="",
                         help="also time this checkout's kernel at these split counts (default: its own plan)")
     args = parser.parse_args()
-    pairs = [(int(p[0]), int(p[1])) for p in args.pairs.split(",")]
+    pairs = [(int(p[0]), int(p[1])) for p in args.pairs.split(",") if p in ("44", "22", "24", "42")]
+    if len(pairs) != len(args.pairs.split(",")):
+        raise SystemExit(f"error: --pairs {args.pairs!r}: use key/value bit pairs among 44, 22, 24, 42")
     folder = Path(tempfile.mkdtemp())
     kernels = {rev: load_revision(rev, folder) for rev in args.revisions}
     kernels["this checkout"] = gluon_decode
