@@ -25,7 +25,7 @@ head) always on the MMA's narrow side, so no padding rows:
 A launch is one wave: two programs an SM (what the registers allow), so a long split each (``plan``).
 
 On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, CUDA-graph replays) K4V4
-takes 0.129 ms, 77% of copy bandwidth, and K2V2 0.105 ms, 52%; session 14's layout (query on the MMA's wide side
+takes 0.129 ms, 76% of copy bandwidth, and K2V2 0.105 ms, 50%; session 14's layout (query on the MMA's wide side
 with 8 padding rows, 16 splits) 0.163 and 0.134 ms. The time moves little with the bit width: a block's work
 (about 720 instructions a warp for 32 entries at 2 bits, 780 at 4) and its latency bound it, not the bytes.
 
