@@ -205,7 +205,10 @@ def search(
     choose: str = typer.Option("mean", help="tokens: how validation picks the winner among the finalists and "
                                "the baselines. mean: the lowest --aggregate value. typical: the same, but a config "
                                "displaces uniform only if it is also better on the typical sample (geometric mean "
-                               "of per-sample KL ratios below 1), against wins made by a few samples."),
+                               "of per-sample KL ratios below 1), against wins made by a few samples. metric: "
+                               "the same, but a config displaces uniform only if its task metric on validation "
+                               "(greedy answers: edit similarity for code, string match otherwise) is not below "
+                               "uniform's; costs a greedy decode of uniform and of each contender tried."),
     tolerance: float = typer.Option(0.1, min=0.0, help="tokens, --aggregate guarded: how much worse than uniform "
                                     "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
@@ -415,8 +418,15 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if source != "search" and detail.get("winner"):
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
                       f"split: the winner is that baseline[/bold]")
-    passed = ((detail.get("winner") or {}).get("selection") or {}).get("passed_over") or {}
-    if passed:  # better on the mean KL, not on the typical sample: a few samples' large KL made the mean
+    selection = (detail.get("winner") or {}).get("selection") or {}
+    passed = selection.get("passed_over") or {}
+    checked = selection.get("validation_task_metric") or {}
+    if checked:  # --choose metric: lower KL than the winner, but worse answers than uniform's
+        uniform = checked.get("baseline:uniform", float("nan"))
+        console.print(f"task metric on validation (uniform {uniform:.3f}; a config displaces uniform only if not "
+                      "below it): " + ", ".join(f"{label} {value:.3f}" for label, value in checked.items()
+                                                if label != "baseline:uniform"))
+    elif passed:  # better on the mean KL, not on the typical sample: a few samples' large KL made the mean
         console.print("passed over (lower mean KL than the winner on validation, but not below uniform on the "
                       "typical sample; geometric mean of per-sample KL ratios to uniform): "
                       + ", ".join(f"{label} {ratio:.2f}" for label, ratio in passed.items()))

@@ -345,7 +345,7 @@ def test_unknown_objective_is_one_line(tmp_path):
     line = _one_line_error(invoke("search", "--budget", "10%", "--objective", "bleu", "--db", tmp_path / "x.db"))
     assert "--objective must be one of kl, nll, task" in line and not (tmp_path / "x.db").exists()
     line = _one_line_error(invoke("search", "--budget", "10%", "--choose", "median", "--db", tmp_path / "x.db"))
-    assert "--choose must be one of mean, typical" in line and not (tmp_path / "x.db").exists()
+    assert "--choose must be one of mean, typical, metric" in line and not (tmp_path / "x.db").exists()
 
 
 def test_lookup_and_apply_in_python_without_the_search_stack(searched, loaded, monkeypatch):

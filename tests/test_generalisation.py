@@ -136,6 +136,63 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
         assert results["winner"]["validation"]["objective"] == results[source]["validation"]["objective"]
 
 
+def test_the_metric_rule_ships_the_best_kl_whose_answers_are_not_worse_than_uniforms():
+    """--choose metric: contenders better than uniform on validation KL are tried best first; one whose greedy
+    task metric on validation is below uniform's is passed over, the first not below it ships."""
+    from evolkv.search.strategies import task_metric
+
+    strategy = TokenSearch.__new__(TokenSearch)
+    strategy.settings = SearchSettings(aggregate="mean", choose="metric")
+    scored = {"baseline:uniform": Score(0.5, {"kl": 0.5}), "baseline:pyramid": Score(0.9, {"kl": 0.9}),
+              "finalist:0": Score(0.2, {"kl": 0.2}), "finalist:1": Score(0.3, {"kl": 0.3}),
+              "finalist:2": Score(0.4, {"kl": 0.4})}
+    answers = {"baseline:uniform": 0.50, "finalist:0": 0.40, "finalist:1": 0.55, "finalist:2": 0.9}
+
+    class Job:  # the loop's task_metrics, as code samples' edit similarity
+        decoded: list[str] = []
+
+        def task_metrics(self, configs, labels, split):
+            assert split == "validation"
+            self.decoded += labels
+            return [{"sim": answers[label], "code/sim": answers[label], "em": 0.0, "code/em": 0.0} for label in labels]
+
+    job = Job()
+    contenders = dict.fromkeys(scored)
+    assert strategy.metric_guard(job, contenders, scored) == ("finalist:1", {"baseline:uniform": 0.5,
+                                                                             "finalist:0": 0.4, "finalist:1": 0.55})
+    assert job.decoded == ["baseline:uniform", "finalist:0", "finalist:1"]  # finalist:2 and pyramid never decoded
+    answers["finalist:1"] = 0.45
+    assert strategy.metric_guard(Job(), contenders, scored)[0] == "finalist:2"
+    answers["finalist:2"] = 0.1
+    assert strategy.metric_guard(Job(), contenders, scored)[0] == "baseline:uniform"
+    # several tasks: each task's own metric, equal weights
+    assert task_metric({"em": 0.5, "sim": 0.1, "code/sim": 0.6, "code/em": 0.0, "passkey/em": 1.0,
+                        "passkey/sim": 0.2}) == pytest.approx(0.8)
+
+
+def test_a_search_that_chooses_by_the_task_metric_stores_what_it_decoded(model_dirs, tmp_path):
+    """--choose metric end to end: uniform's validation answers are decoded and stored, and a winner other than
+    uniform answers no worse than uniform on validation."""
+    from evolkv.search.strategies import task_metric
+
+    settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=2, population=4, samples=1,
+                              validation_samples=2, heldout_samples=1, length=200, tasks=["passkey", "code"],
+                              finalists=2, choose="metric")
+    loaded, executor = make_executor(settings)
+    store = Store(str(tmp_path / "m.db"))
+    detail = run_search(settings, loaded.spec, executor, store)
+    assert detail["status"] == "finished"
+    decoded = {row.label: row.metrics for row, _ in store.evaluations(detail["id"]) if row.split == "validation/em"}
+    assert "baseline:uniform" in decoded
+    check = detail["winner"]["selection"]["validation_task_metric"]
+    assert check == pytest.approx({label: task_metric(metrics) for label, metrics in decoded.items()})
+    source = detail["winner"]["source"]
+    if source != "baseline:uniform":
+        shipped = source if source.startswith("baseline:") else next(label for label in check
+                                                                      if label.startswith("finalist:"))
+        assert check[shipped] >= check["baseline:uniform"]
+
+
 def test_another_budgets_winner_joins_the_first_generation_with_its_shape(monkeypatch):
     """--budgets: the previous (larger) budget's winner, its per-layer shares kept and its total scaled to this
     budget, is the second start of the first generation (after the best baseline)."""

@@ -219,14 +219,20 @@ class _Job:
     def exact_match(self, configs: list[KVConfig], labels: list[str]) -> None:
         """Greedy exact-match accuracy of the final configs on both splits, stored as evaluations."""
         for split in ("search", "heldout"):
-            done = {row.label for row, _ in self.store.evaluations(self.run_id)
-                    if row.split == f"{split}/em"}
-            todo = [(cfg, label) for cfg, label in zip(configs, labels) if label not in done]
-            if not todo:
-                continue
+            self.task_metrics(configs, labels, split)
+
+    def task_metrics(self, configs: list[KVConfig], labels: list[str], split: str) -> list[dict[str, float]]:
+        """Greedy-decoded task metrics (``Evaluator.exact_match``) of ``configs`` on ``split``, stored as
+        ``<split>/em`` evaluations under ``labels``; those this run already has are read back."""
+        stored = {row.label: row.metrics for row, _ in self.store.evaluations(self.run_id)
+                  if row.split == f"{split}/em"}
+        todo = [(cfg, label) for cfg, label in zip(configs, labels) if label not in stored]
+        if todo:
             self.reporter.stage(f"exact-match accuracy on the {split} split", total=self.executor.split_size(split))
             with self._scoring(len(todo), split):
                 accuracy = self.executor.exact_match([cfg for cfg, _ in todo], split, progress=self.reporter.advance)
             self.store.add_evaluations(self.run_id, [(cfg, None, label, f"{split}/em", Score(acc["em"], acc),
                                                       self.executor.worker, Stage.FINAL)
                                                      for (cfg, label), acc in zip(todo, accuracy)])
+            stored.update({label: acc for (_, label), acc in zip(todo, accuracy)})
+        return [dict(stored[label]) for label in labels]

@@ -28,7 +28,7 @@ from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
 
 AGGREGATES = ("guarded", "worst", "mean")
-CHOICES = ("mean", "typical")  # --choose
+CHOICES = ("mean", "typical", "metric")  # --choose
 SMOOTHING = 0.05  # of the reference's mean KL, added to every KL before a ratio is taken
 PENALTY = 10.0  # guarded: per unit of one task's ratio past 1 + tolerance
 
@@ -61,6 +61,17 @@ def typical_ratio(score: Score, ref: Score) -> float:
     if not (score.ok and ref.ok and "logkl" in score.metrics and "logkl" in ref.metrics):
         return math.nan
     return math.exp(score.metrics["logkl"] - ref.metrics["logkl"])
+
+
+def task_metric(accuracy: dict[str, float]) -> float:
+    """One task-quality number from ``exact_match``'s figures: each task's own metric (edit similarity "sim" for
+    code, string match "em" otherwise), averaged over the tasks present with equal weight."""
+    from evolkv.evaluators.tasks import KINDS
+
+    tasks = sorted({key.split("/")[0] for key in accuracy if "/" in key})
+    values = [accuracy[f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}"] for task in tasks
+              if f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}" in accuracy]
+    return sum(values) / len(values) if values else accuracy.get("em", 0.0)
 
 
 def _finite(value: float) -> float | None:
@@ -255,6 +266,25 @@ class TokenSearch(Strategy):
         given up; benchmarks/results/2026-11-26-h100-acceptance-issue11.md, session 12)."""
         return label == "baseline:uniform" or not typical_ratio(scored[label], scored["baseline:uniform"]) >= 1.0
 
+    def metric_guard(self, job, contenders: dict[str, KVConfig], scored: dict[str, Score]
+                     ) -> tuple[str, dict[str, float]]:
+        """``--choose metric``: the contenders that beat uniform on validation KL, best first, are greedy-decoded
+        on the validation samples one at a time (uniform too, once), and the first whose task metric (``task_metric``:
+        edit similarity for code, string match otherwise) is not below uniform's ships; if none, uniform. A lower
+        KL that costs answers does not displace uniform. Returns (label, validation task metric of each label
+        decoded)."""
+        ref = scored["baseline:uniform"]
+        bar = self.relative(ref, ref)
+        ranked = sorted((label for label, score in scored.items()
+                         if score.ok and label != "baseline:uniform" and self.relative(score, ref) < bar),
+                        key=lambda label: (self.relative(scored[label], ref), not label.startswith("baseline:")))
+        checked: dict[str, float] = {}
+        for label in ["baseline:uniform", *ranked]:
+            checked[label] = task_metric(job.task_metrics([contenders[label]], [label], "validation")[0])
+            if label != "baseline:uniform" and checked[label] >= checked["baseline:uniform"]:
+                return label, checked
+        return "baseline:uniform", checked
+
     def finish(self, job):
         store, run_id = job.store, job.run_id
         if self.best_cfg is None:
@@ -267,6 +297,9 @@ class TokenSearch(Strategy):
             job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
             self.admits if self.settings.choose == "typical" else None)
         ref = scored["baseline:uniform"]
+        metric_check: dict[str, float] = {}
+        if self.settings.choose == "metric":
+            chosen, metric_check = self.metric_guard(job, contenders, scored)
         chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
                        if score.ok and self.relative(score, ref) < chosen_value}
@@ -288,6 +321,7 @@ class TokenSearch(Strategy):
                                  selected_on="validation", validation_objective=scored[chosen].objective,
                                  validation_relative=chosen_value,
                                  validation_typical_ratio=_finite(typical_ratio(scored[chosen], ref)),
+                                 **({"validation_task_metric": metric_check} if metric_check else {}),
                                  **({"passed_over": passed_over} if passed_over else {}),
                                  heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
         finals = [winner, *self.baselines.values()]
