@@ -92,6 +92,16 @@ class LocalExecutor:
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         return self.evaluator.exact_match(configs, self.prepared(split), progress)
 
+    def head_shares(self, configs: Sequence[KVConfig], split: str) -> list[list[list[float]]]:
+        """Per config, each layer's split of its kept tokens over its KV heads [L][H_kv] (shares summing to 1),
+        averaged over ``split``'s samples: a per-prompt allocation made static (``Evaluator.head_counts``)."""
+        return [head_shares(counts) for counts in self.evaluator.head_counts(configs, self.prepared(split))]
+
+
+def head_shares(counts: list[list[float]]) -> list[list[float]]:
+    """Each layer's token counts per KV head [L][H_kv] as shares of the layer's total (equal where it kept none)."""
+    return [[c / sum(layer) if sum(layer) else 1.0 / len(layer) for c in layer] for layer in counts]
+
 
 def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
     """The run's samples: both splits of every task, and the probe subset of the search split."""

@@ -64,6 +64,10 @@ class _Worker:
         configs = [KVConfig.from_json(text) for text in configs_json]
         return self.local.evaluator.exact_match_samples(configs, self.local.prepared(split))
 
+    def head_counts(self, configs_json: list[str], split: str) -> list[list[list[float]]]:
+        configs = [KVConfig.from_json(text) for text in configs_json]
+        return self.local.evaluator.head_counts(configs, self.local.prepared(split))
+
 
 class RayExecutor:
     """Scores populations on ``workers`` Ray actors (see the module docstring)."""
@@ -116,6 +120,14 @@ class RayExecutor:
                 for key, values in mine.items():
                     merged.setdefault(key, []).extend(values)
         return [{key: mean(v) for key, v in h.items()} for h in joined]
+
+    def head_shares(self, configs: Sequence[KVConfig], split: str) -> list[list[list[float]]]:
+        """``LocalExecutor.head_shares`` over every actor's shard: the shards' counts summed, then shared."""
+        from evolkv.executors import head_shares
+
+        parts = self._map("head_counts", [cfg.to_json(indent=None) for cfg in configs], split)
+        return [head_shares([[sum(part[c][i][h] for part in parts) for h in range(len(parts[0][c][i]))]
+                             for i in range(len(parts[0][c]))]) for c in range(len(configs))]
 
     def _map(self, method: str, payload: list[str], split: str,
              meanwhile: Callable[[], None] | None = None) -> list[Any]:

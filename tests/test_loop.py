@@ -27,6 +27,9 @@ class Interrupting:
     def exact_match(self, configs, split, progress=None):
         return self.inner.exact_match(configs, split, progress)
 
+    def head_shares(self, configs, split):
+        return self.inner.head_shares(configs, split)
+
     def split_size(self, split):
         return self.inner.split_size(split)
 
@@ -165,16 +168,20 @@ class HeadSplits(Interrupting):
     def __init__(self, inner, stop_at=0):
         super().__init__(inner, stop_at)
         self.splits: dict[str, tuple] = {}
+        self.budgets: dict[str, tuple] = {}
 
     def evaluate(self, configs, split, progress=None, meanwhile=None):
         self.splits.update({cfg.hash(): tuple(tuple(round(h, 6) for h in layer.heads or ()) for layer in cfg.layers)
                             for cfg in configs})
+        self.budgets.update({cfg.hash(): tuple(round(layer.budget, 9) for layer in cfg.layers) for cfg in configs})
         return super().evaluate(configs, split, progress, meanwhile)
 
 
 def test_per_head_token_search_refines_a_per_layer_search_and_resumes(model_dirs, tmp_path):
     """tokens --per-head: --generations over the layers' budgets with every layer's head split held at the best
-    start's, then half as many over every gene; an interruption in the second half resumes to the same winner."""
+    start's, then half as many over the splits alone, the layers' budgets held at the best found and AdaKV's
+    split (profiled on the search samples) among the starts; an interruption in the second half resumes to the
+    same winner."""
     settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
                               baselines=["uniform", "adakv"])
@@ -188,6 +195,18 @@ def test_per_head_token_search_refines_a_per_layer_search_and_resumes(model_dirs
             by_generation.setdefault(row.generation, set()).add(recording.splits[digest])
     assert len(set().union(*(by_generation[g] for g in range(4)))) == 1  # per layer: one split over the heads
     assert len(by_generation[4] - by_generation[0]) >= 1  # then per KV head, from the second half's first generation
+    second = {recording.budgets[digest] for row, digest in store.evaluations(straight["id"])
+              if row.stage == "search" and row.generation >= 4}
+    assert len(second) == 1  # the layers' budgets held
+    from evolkv.config import Budget, ScorerSpec
+    from evolkv.search.baselines import baseline
+
+    scorer = ScorerSpec(settings.scorer, window=settings.window)
+    adakv = executor.head_shares([baseline("adakv", loaded.spec, Budget.parse("20%"), scorer)], "search")[0]
+    assert max(abs(share - 0.5) for layer in adakv for share in layer) > 0.01  # the heads' importance differs
+    assert any(max(abs(a - b) for got, want in zip(split, adakv) for a, b in zip(got, want)) < 1e-5
+               for split in by_generation[4])  # transplanted
+    assert store.run(straight["id"]).derived["transplanted"] == ["baseline:adakv"]
     store = Store(str(tmp_path / "b.db"))
     with pytest.raises(SearchInterrupted) as stopped:  # calls: baselines, generations 1-5 (0: the scored starts)
         run_search(settings, loaded.spec, Interrupting(executor, stop_at=6), store)

@@ -46,6 +46,9 @@ def test_ray_and_local_executors_give_identical_objectives(executors):
         assert [s.objective for s in mine] == [s.objective for s in theirs]
         assert [s.metrics for s in mine] == [s.metrics for s in theirs]
     assert local.exact_match(configs[:2], "search") == remote.exact_match(configs[:2], "search")
+    profiled = [cfg for cfg in configs if cfg.allocation or any(layer.heads is None for layer in cfg.layers)]
+    mine, theirs = local.head_shares(profiled, "search"), remote.head_shares(profiled, "search")
+    assert all(a == pytest.approx(b, abs=1e-12) for m, t in zip(mine, theirs) for a, b in zip(m, t))
 
 
 def test_search_on_ray_reaches_the_local_winner(executors, model_dirs, tmp_path):

@@ -222,6 +222,17 @@ class Evaluator:
         return Plan(cfg, prep.length).layers([Ranking(prep.orders[key][i], prep.sorted_scores[key][i], stats[i])
                                               for i, key in enumerate(keys)])
 
+    def head_counts(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared]) -> list[list[list[float]]]:
+        """Per config, the tokens each KV head of each layer keeps [L][H_kv], summed over ``prepared``: what a
+        per-prompt allocation (AdaKV's split by score, ``globaltopk``) gives each head, from the rankings alone
+        (no forward)."""
+        sums = [torch.zeros(self.spec.num_layers, self.spec.num_kv_heads, dtype=torch.float64) for _ in configs]
+        for prep in prepared:
+            for total, cfg in zip(sums, configs):
+                for i, plan in enumerate(self._plans(cfg, prep)):
+                    total[i] += plan.counts.sum(0).double().cpu()
+        return [total.tolist() for total in sums]
+
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
         for cfg in configs:
             for spec in cfg.scorers():

@@ -111,23 +111,25 @@ class BudgetSpace:
 class SubSpace:
     """A group of layers of ``space`` searched while the others stay at ``incumbent`` (EvolKV's schedule);
     with ``head_shares=False``, only the group's layer genes (and scorer genes), each layer's split over its KV heads
-    held at the incumbent's (the per-layer first stage of a per-head search)."""
+    held at the incumbent's (the per-layer first stage of a per-head search); with ``layer_genes=False``, only
+    the split over the heads, each layer's budget (and scorer) held (the second stage)."""
 
     space: BudgetSpace
     layers: list[int]
     incumbent: np.ndarray
     head_shares: bool = True  # whether the group's per-head share genes are searched too
+    layer_genes: bool = True  # whether the group's layer budget (and scorer) genes are searched
 
     def _indices(self) -> np.ndarray:
         space, heads = self.space, self.space.model.num_kv_heads
-        idx = list(self.layers)
+        idx = list(self.layers) if self.layer_genes else []
         if space.per_head and self.head_shares:
             for layer in self.layers:
                 start = space.model.num_layers + layer * heads
                 idx += list(range(start, start + heads))
-        if space.n_var > space.budget_vars:  # the group's scorer genes
+        if space.n_var > space.budget_vars and self.layer_genes:  # the group's scorer genes
             idx += [space.budget_vars + layer for layer in self.layers]
-        return np.array(idx)
+        return np.array(idx, dtype=int)
 
     @property
     def n_var(self) -> int:

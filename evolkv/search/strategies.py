@@ -228,12 +228,35 @@ class TokenSearch(Strategy):
                 view.incumbent = self.incumbent
             lower, upper = view.bounds
             starts = [self.space.decode(self.incumbent)] + (self.seeds[1:] if index == 0 else [])
+            if isinstance(view, SubSpace) and not view.layer_genes:  # the heads' stage: transplanted splits too
+                starts += self.transplants(job, starts[0])
             x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
             optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
                                        self.settings.seed + gen_start, x0=x0, step=self.settings.step,
                                        restarts=self.settings.restarts,
                                        x0_value=self.best_f if index and self.best_cfg is not None else None)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
+
+    def transplants(self, job, incumbent: KVConfig) -> list[KVConfig]:
+        """Starts for the per-head stage: the incumbent's layer budgets with each per-prompt baseline's split over
+        the KV heads (AdaKV's by score, ``globaltopk``'s, KVzip's), averaged over the search samples and made
+        static (``head_shares``): where the heads' importance differs, the optimiser starts where the
+        per-prompt allocators put the tokens instead of at equal shares. Splits within 1% of equal are left out."""
+        profiled = [cfg for name, cfg in self.baselines.items() if name != "full" and
+                    (cfg.allocation is not None or any(layer.heads is None for layer in cfg.layers))]
+        if not profiled:
+            return []
+        heads = self.spec.num_kv_heads
+        found: list[KVConfig] = []
+        for cfg, shares in zip(profiled, job.executor.head_shares(profiled, "search")):
+            if max(abs(share - 1.0 / heads) for layer in shares for share in layer) < 0.01:
+                continue
+            layers = tuple(dataclasses.replace(layer, heads=tuple(split))
+                           for layer, split in zip(incumbent.layers, shares))
+            found.append(dataclasses.replace(incumbent, layers=layers, provenance={}))
+        job.store.update_run(job.run_id, derived={"transplanted": [cfg.provenance.get("label", "?")
+                                                                   for cfg in profiled]})
+        return found
 
     def told(self, scores):
         return np.array([self.relative(s, self.ref) for s in scores])
@@ -510,16 +533,19 @@ def _pareto(points: list[tuple[KVConfig, float, float]]) -> list[tuple[KVConfig,
 def _schedule(settings: SearchSettings, space: BudgetSpace):
     """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn. Per
     head (more than one KV head, no groups): coarse to fine, ``--generations`` over the layers' budgets with
-    each layer's split over its heads held at the best start's, then half as many over every gene, started
-    from the best found (searched per head from the start, the 3x larger space lost to per-layer search at 5%
-    on SmolLM2: benchmarks/results/2026-11-26-h100-acceptance-issue11.md)."""
+    each layer's split over its heads held at the best start's, then half as many over the splits alone, the
+    layers' budgets held at the best found, started there and at the per-prompt baselines' splits
+    (``TokenSearch.transplants``). Searched per head from the start, the 3x larger space lost to per-layer
+    search at 5% on SmolLM2; a second stage over every gene (session 12) never beat the first stage's config on
+    validation: benchmarks/results/2026-11-26-h100-acceptance-issue11.md."""
     if settings.groups <= 1:
         if space.per_head and space.model.num_kv_heads > 1:
             every_layer = list(range(space.model.num_layers))
             layers_only = SubSpace(space, every_layer, np.zeros(space.n_var), head_shares=False)
             yield 0, settings.generations, layers_only
             if settings.generations // 2:
-                yield settings.generations, settings.generations // 2, space
+                heads_only = SubSpace(space, every_layer, np.zeros(space.n_var), layer_genes=False)
+                yield settings.generations, settings.generations // 2, heads_only
             return
         yield 0, settings.generations, space
         return
