@@ -208,7 +208,8 @@ def search(
                                "of per-sample KL ratios below 1), against wins made by a few samples. metric: "
                                "the same, but a config displaces uniform only if its task metric on validation "
                                "(greedy answers: edit similarity for code, string match otherwise) is not below "
-                               "uniform's; costs a greedy decode of uniform and of each contender tried."),
+                               "uniform's; costs a greedy decode of uniform and of each contender tried (not the "
+                               "default: on SmolLM2 code it shipped higher held-out KL than mean in 6 of 12 runs)."),
     tolerance: float = typer.Option(0.1, min=0.0, help="tokens, --aggregate guarded: how much worse than uniform "
                                     "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),

@@ -295,7 +295,9 @@ class TokenSearch(Strategy):
         on the validation samples one at a time (uniform too, once), and the first whose task metric (``task_metric``:
         edit similarity for code, string match otherwise) is not below uniform's ships; if none, uniform. A lower
         KL that costs answers does not displace uniform. Returns (label, validation task metric of each label
-        decoded)."""
+        decoded). Not the default: on SmolLM2 code with 48 validation samples it shipped a config with higher held-out
+        KL than the mean's pick in 6 of 12 runs, and what it shipped was still below uniform on held-out edit
+        similarity at 10% and 20% (benchmarks/results/2026-11-26-h100-acceptance-issue11.md, session 16)."""
         ref = scored["baseline:uniform"]
         bar = self.relative(ref, ref)
         ranked = sorted((label for label, score in scored.items()
