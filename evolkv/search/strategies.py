@@ -68,9 +68,9 @@ def task_metric(accuracy: dict[str, float]) -> float:
     code, string match "em" otherwise), averaged over the tasks present with equal weight."""
     from evolkv.evaluators.tasks import KINDS
 
-    tasks = sorted({key.split("/")[0] for key in accuracy if "/" in key})
-    values = [accuracy[f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}"] for task in tasks
-              if f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}" in accuracy]
+    own = {task: f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}"
+           for task in sorted({key.split("/")[0] for key in accuracy if "/" in key})}
+    values = [accuracy[key] for key in own.values() if key in accuracy]
     return sum(values) / len(values) if values else accuracy.get("em", 0.0)
 
 
@@ -247,16 +247,15 @@ class TokenSearch(Strategy):
         if not profiled:
             return []
         heads = self.spec.num_kv_heads
-        found: list[KVConfig] = []
+        found: dict[str, KVConfig] = {}
         for cfg, shares in zip(profiled, job.executor.head_shares(profiled, "search")):
             if max(abs(share - 1.0 / heads) for layer in shares for share in layer) < 0.01:
                 continue
             layers = tuple(dataclasses.replace(layer, heads=tuple(split))
                            for layer, split in zip(incumbent.layers, shares))
-            found.append(dataclasses.replace(incumbent, layers=layers, provenance={}))
-        job.store.update_run(job.run_id, derived={"transplanted": [cfg.provenance.get("label", "?")
-                                                                   for cfg in profiled]})
-        return found
+            found[cfg.provenance.get("label", "?")] = dataclasses.replace(incumbent, layers=layers, provenance={})
+        job.store.update_run(job.run_id, derived={"transplanted": list(found)})
+        return list(found.values())
 
     def told(self, scores):
         return np.array([self.relative(s, self.ref) for s in scores])
