@@ -76,6 +76,27 @@ def test_runs_show_names_what_the_typical_sample_rule_passed_over(model_dirs, tm
     assert again["winner"]["selection"]["passed_over"] == {"finalist:0": 1.25}
 
 
+def test_runs_show_prints_the_task_metric_check(model_dirs, tmp_path):
+    """--choose metric: runs show prints uniform's validation task metric and each contender's that was decoded."""
+    from evolkv.config import KVConfig
+    from evolkv.store.store import Store
+
+    db = tmp_path / "m.db"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
+                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey", "--choose", "metric",
+                    "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert "baseline:uniform" in detail["winner"]["selection"]["validation_task_metric"]
+    store = Store(str(db))  # as if a finalist with a lower KL had answered worse than uniform
+    cfg = KVConfig.from_dict(json.loads(invoke("export", detail["id"], "--db", db).stdout))
+    checked = cfg.with_provenance(validation_task_metric={"baseline:uniform": 0.5, "finalist:0": 0.25})
+    store.set_winner(detail["id"], checked, detail["winner"]["search_objective"], detail["winner"]["heldout_objective"],
+                     detail["winner"]["heldout_metrics"])
+    shown = " ".join(invoke("runs", "show", detail["id"], "--db", db).stdout.split())
+    assert "task metric on validation (uniform 0.500" in shown and "finalist:0 0.250" in shown
+
+
 def test_runs_list_and_show(searched):
     db, detail, _ = searched
     listed = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
