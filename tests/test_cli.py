@@ -52,25 +52,29 @@ def test_a_baseline_that_wins_is_shipped_and_marked(model_dirs, tmp_path):
     assert found.exit_code == 0 and f"(= {source.removeprefix('baseline:')}" in found.stdout
 
 
-def test_runs_show_names_what_the_typical_sample_rule_passed_over(model_dirs, tmp_path):
-    """--choose typical records how the winner was chosen; runs show prints the contenders it passed over."""
+def _chosen_then_restored(model_dirs, db, choose: str, **selection):
+    """A tiny search with ``--choose choose``; its winner is stored again with ``selection`` in its provenance (as if
+    validation had decided so). Returns (the search's JSON, what runs show prints, on one line)."""
     from evolkv.config import KVConfig
     from evolkv.store.store import Store
 
-    db = tmp_path / "t.db"
     result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
-                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey", "--choose", "typical",
+                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey", "--choose", choose,
                     "--db", db, "--json")
     assert result.exit_code == 0, result.output
     detail = json.loads(result.stdout)
+    cfg = KVConfig.from_dict(json.loads(invoke("export", detail["id"], "--db", db).stdout))
+    Store(str(db)).set_winner(detail["id"], cfg.with_provenance(**selection), detail["winner"]["search_objective"],
+                              detail["winner"]["heldout_objective"], detail["winner"]["heldout_metrics"])
+    return detail, " ".join(invoke("runs", "show", detail["id"], "--db", db).stdout.split())
+
+
+def test_runs_show_names_what_the_typical_sample_rule_passed_over(model_dirs, tmp_path):
+    """--choose typical records how the winner was chosen; runs show prints the contenders it passed over."""
+    db = tmp_path / "t.db"  # as if a finalist with a lower mean had been passed over
+    detail, shown = _chosen_then_restored(model_dirs, db, "typical", passed_over={"finalist:0": 1.25})
     selection = detail["winner"]["selection"]
     assert selection["selected_on"] == "validation" and "validation_typical_ratio" in selection
-    store = Store(str(db))  # as if a finalist with a lower mean had been passed over
-    cfg = KVConfig.from_dict(json.loads(invoke("export", detail["id"], "--db", db).stdout))
-    passed = cfg.with_provenance(passed_over={"finalist:0": 1.25})
-    store.set_winner(detail["id"], passed, detail["winner"]["search_objective"], detail["winner"]["heldout_objective"],
-                     detail["winner"]["heldout_metrics"])
-    shown = " ".join(invoke("runs", "show", detail["id"], "--db", db).stdout.split())
     assert "passed over" in shown and "finalist:0 1.25" in shown
     again = json.loads(invoke("runs", "show", detail["id"], "--db", db, "--json").stdout)
     assert again["winner"]["selection"]["passed_over"] == {"finalist:0": 1.25}
@@ -78,22 +82,9 @@ def test_runs_show_names_what_the_typical_sample_rule_passed_over(model_dirs, tm
 
 def test_runs_show_prints_the_task_metric_check(model_dirs, tmp_path):
     """--choose metric: runs show prints uniform's validation task metric and each contender's that was decoded."""
-    from evolkv.config import KVConfig
-    from evolkv.store.store import Store
-
-    db = tmp_path / "m.db"
-    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--generations", 1,
-                    "--population", 2, "--samples", 1, "--length", 200, "--tasks", "passkey", "--choose", "metric",
-                    "--db", db, "--json")
-    assert result.exit_code == 0, result.output
-    detail = json.loads(result.stdout)
+    checked = {"baseline:uniform": 0.5, "finalist:0": 0.25}  # as if a finalist with a lower KL had answered worse
+    detail, shown = _chosen_then_restored(model_dirs, tmp_path / "m.db", "metric", validation_task_metric=checked)
     assert "baseline:uniform" in detail["winner"]["selection"]["validation_task_metric"]
-    store = Store(str(db))  # as if a finalist with a lower KL had answered worse than uniform
-    cfg = KVConfig.from_dict(json.loads(invoke("export", detail["id"], "--db", db).stdout))
-    checked = cfg.with_provenance(validation_task_metric={"baseline:uniform": 0.5, "finalist:0": 0.25})
-    store.set_winner(detail["id"], checked, detail["winner"]["search_objective"], detail["winner"]["heldout_objective"],
-                     detail["winner"]["heldout_metrics"])
-    shown = " ".join(invoke("runs", "show", detail["id"], "--db", db).stdout.split())
     assert "task metric on validation (uniform 0.500" in shown and "finalist:0 0.250" in shown
 
 
