@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
 
@@ -126,8 +127,7 @@ class RayExecutor:
         from evolkv.executors import head_shares
 
         parts = self._map("head_counts", [cfg.to_json(indent=None) for cfg in configs], split)
-        return [head_shares([[sum(part[c][i][h] for part in parts) for h in range(len(parts[0][c][i]))]
-                             for i in range(len(parts[0][c]))]) for c in range(len(configs))]
+        return [head_shares(np.sum([part[c] for part in parts], axis=0).tolist()) for c in range(len(configs))]
 
     def _map(self, method: str, payload: list[str], split: str,
              meanwhile: Callable[[], None] | None = None) -> list[Any]:

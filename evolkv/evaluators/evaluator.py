@@ -228,9 +228,8 @@ class Evaluator:
         (no forward)."""
         sums = [torch.zeros(self.spec.num_layers, self.spec.num_kv_heads, dtype=torch.float64) for _ in configs]
         for prep in prepared:
-            for total, cfg in zip(sums, configs):
-                for i, plan in enumerate(self._plans(cfg, prep)):
-                    total[i] += plan.counts.sum(0).double().cpu()
+            for total, cfg in zip(sums, configs):  # [L, H_kv], one copy to the host per sample and config
+                total += torch.stack([plan.counts.sum(0) for plan in self._plans(cfg, prep)]).double().cpu()
         return [total.tolist() for total in sums]
 
     def _cache(self, configs: Sequence[KVConfig], prep: Prepared) -> CompressedCache:
@@ -350,7 +349,7 @@ class Evaluator:
             for i in indices:
                 failures[i] = _reason(e)
             return []
-        metric = "sim" if KINDS.get(prep.sample.task) == "code" else "em"
+        metric = own_metric(prep.sample.task)
         return [(i, {**metrics, "task": 1.0 - _task_metrics(text, prep.sample.answer)[metric]})
                 for (i, metrics), text in zip(scored, texts)]
 
@@ -426,6 +425,12 @@ class SampleScores:
 def _reason(error: Exception) -> str:
     """Why a config failed to score, in one line."""
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
+def own_metric(task: str) -> str:
+    """A task's own metric among ``_task_metrics``' figures: edit similarity ("sim") for code, string match ("em")
+    otherwise."""
+    return "sim" if KINDS.get(task) == "code" else "em"
 
 
 def _task_metrics(text: str, answer: str) -> dict[str, float]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
-from evolkv.evaluators.evaluator import Score
+from evolkv.evaluators.evaluator import Score, own_metric
 from evolkv.executors import PROBE, draw_split
 from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.optimizers import make_optimizer
@@ -66,11 +66,8 @@ def typical_ratio(score: Score, ref: Score) -> float:
 def task_metric(accuracy: dict[str, float]) -> float:
     """One task-quality number from ``exact_match``'s figures: each task's own metric (edit similarity "sim" for
     code, string match "em" otherwise), averaged over the tasks present with equal weight."""
-    from evolkv.evaluators.tasks import KINDS
-
-    own = {task: f"{task}/{'sim' if KINDS.get(task) == 'code' else 'em'}"
-           for task in sorted({key.split("/")[0] for key in accuracy if "/" in key})}
-    values = [accuracy[key] for key in own.values() if key in accuracy]
+    keys = [f"{task}/{own_metric(task)}" for task in sorted({key.split("/")[0] for key in accuracy if "/" in key})]
+    values = [accuracy[key] for key in keys if key in accuracy]
     return sum(values) / len(values) if values else accuracy.get("em", 0.0)
 
 
