@@ -207,6 +207,11 @@ def test_per_head_token_search_refines_a_per_layer_search_and_resumes(model_dirs
     assert any(max(abs(a - b) for got, want in zip(split, adakv) for a, b in zip(got, want)) < 1e-5
                for split in by_generation[4])  # transplanted
     assert store.run(straight["id"]).derived["transplanted"] == ["baseline:adakv"]
+    on_uniform = [(row, digest) for row, digest in store.evaluations(straight["id"])
+                  if row.label == "uniform+split:adakv" and row.split == "validation"]
+    assert len(on_uniform) == 1  # uniform's layer budgets with AdaKV's split: a contender on validation
+    assert recording.budgets[on_uniform[0][1]] == recording.budgets[
+        next(d for row, d in store.evaluations(straight["id"]) if row.label == "baseline:uniform")]
     store = Store(str(tmp_path / "b.db"))
     with pytest.raises(SearchInterrupted) as stopped:  # calls: baselines, generations 1-5 (0: the scored starts)
         run_search(settings, loaded.spec, Interrupting(executor, stop_at=6), store)

@@ -21,13 +21,14 @@ TARGET=${TARGET:-4}; FRONT_GENS=${FRONT_GENS:-8}; LEFT=${LEFT:-needle tracking p
 SUITES=${SUITES:-ruler code}
 CHOOSE=${CHOOSE:-mean}  # --choose of every search (metric: the validation task-metric check)
 BASELINES=${BASELINES:-}  # --baselines, spaces or commas (the CLI's default list when empty)
+SCORERS=${SCORERS:-}  # --scorers, spaces or commas (each layer's scorer searched among them; none when empty)
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 EVOLKV="python3 -m evolkv"
 ALL="passkey,multikey,vartrack,prose,code"
 COMMON=(--model "$MODEL" --device "$DEVICE" --length "$LENGTH")
 SEARCH=(--samples "$SAMPLES" --validation-samples "$VAL" --heldout-samples "$HELD" --population "$POP" --generations "$GENS"
-        --choose "$CHOOSE" ${BASELINES:+--baselines "${BASELINES// /,}"})
-echo "$MODEL $DEVICE length $LENGTH samples $SAMPLES pool $POOL validation $VAL held-out $HELD population $POP generations $GENS aggregate $AGG choose $CHOOSE baselines ${BASELINES:-default} $PER_HEAD ($*)" \
+        --choose "$CHOOSE" ${BASELINES:+--baselines "${BASELINES// /,}"} ${SCORERS:+--scorers "${SCORERS// /,}"})
+echo "$MODEL $DEVICE length $LENGTH samples $SAMPLES pool $POOL validation $VAL held-out $HELD population $POP generations $GENS aggregate $AGG choose $CHOOSE baselines ${BASELINES:-default} scorers ${SCORERS:-none} $PER_HEAD ($*)" \
   | tee -a "$OUT/settings.txt"
 
 search() {  # search TAG ARGS...: one search, its JSON and exported winner in $OUT

@@ -173,6 +173,7 @@ class TokenSearch(Strategy):
         self.seeds: list[KVConfig] = []
         self.ref: Score | None = None  # uniform on the samples being scored
         self.history: dict[str, tuple[KVConfig, list[float]]] = {}  # config hash -> (config, told values)
+        self.on_uniform: dict[str, KVConfig] = {}  # uniform's layer budgets with a profiled split (``transplants``)
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
 
     def relative(self, score: Score, ref: Score | None) -> float:
@@ -238,7 +239,12 @@ class TokenSearch(Strategy):
         """Starts for the per-head stage: the incumbent's layer budgets with each per-prompt baseline's split over
         the KV heads (AdaKV's by score, ``globaltopk``'s, KVzip's), averaged over the search samples and made
         static (``head_shares``): where the heads' importance differs, the optimiser starts where the
-        per-prompt allocators put the tokens instead of at equal shares. Splits within 1% of equal are left out."""
+        per-prompt allocators put the tokens instead of at equal shares. Splits within 1% of equal are left out.
+
+        The same splits on uniform's layer budgets join the winner's choice on validation
+        (``uniform+split:NAME``, ``on_uniform``): where no searched layer budgets beat uniform's (SmolLM2 code at
+        2%), a per-head search can still ship uniform with the heads' split (held-out KL 0.878 with AdaKV's split
+        against 0.891 with equal shares on the CPU: benchmarks/results/2026-11-27-cpu-head-splits.txt)."""
         profiled = [cfg for name, cfg in self.baselines.items() if name != "full" and
                     (cfg.allocation is not None or any(layer.heads is None for layer in cfg.layers))]
         if not profiled:
@@ -250,7 +256,13 @@ class TokenSearch(Strategy):
                 continue
             layers = tuple(dataclasses.replace(layer, heads=tuple(split))
                            for layer, split in zip(incumbent.layers, shares))
-            found[cfg.provenance.get("label", "?")] = dataclasses.replace(incumbent, layers=layers, provenance={})
+            label = cfg.provenance.get("label", "?")
+            found[label] = dataclasses.replace(incumbent, layers=layers, provenance={})
+            uniform = self.baselines["uniform"]
+            on_uniform = dataclasses.replace(uniform, provenance={}, layers=tuple(
+                dataclasses.replace(layer, heads=tuple(split)) for layer, split in zip(uniform.layers, shares)))
+            if on_uniform.hash() != found[label].hash():
+                self.on_uniform[f"uniform+split:{label.removeprefix('baseline:')}"] = on_uniform
         job.store.update_run(job.run_id, derived={"transplanted": list(found)})
         return list(found.values())
 
@@ -314,6 +326,7 @@ class TokenSearch(Strategy):
         # choose on data the optimiser did not fit: the best search candidates and every baseline at the budget
         contenders = {f"baseline:{n}": cfg for n, cfg in self.baselines.items() if n != "full"}
         contenders.update({f"finalist:{i}": cfg for i, cfg in enumerate(self.finalists())})
+        contenders.update(self.on_uniform)
         chosen, scored = self.choose_on_validation(
             job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
             self.admits if self.settings.choose == "typical" else None)
