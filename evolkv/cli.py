@@ -402,19 +402,27 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                          _fmt(g["mean"]), _fmt(g["best_so_far"]))
     console.print(progress)
     _print_timings(detail.get("timings") or {})
+    from evolkv.evaluators.tasks import own_metric, task_metric
+
     name = OBJECTIVE_NAMES.get(settings.get("objective", "kl"), "KL")
-    results = Table(Column("config", no_wrap=True), f"search\n{name}", f"valid.\n{name}", f"held-out\n{name}",
-                    "search\nEM", "held-out\nEM", "gap",
-                    title=f"winner vs baselines ({OBJECTIVE_TITLES.get(settings.get('objective', 'kl'), '')}: lower "
-                          f"is better; gap = held-out / search {name})")
     source = (detail.get("winner") or {}).get("source", "search")
     ordered = sorted(detail["results"].items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:")))
+    # greedy answers: each task's own metric (edit similarity for code, string match otherwise)
+    answered = sorted({key.split("/")[0] for _, splits in ordered for key in (splits.get("heldout/em") or {})
+                       if "/" in key})
+    metrics = {own_metric(task) for task in answered} or {"em"}
+    metric = {"em": "EM", "sim": "edit sim."}[metrics.pop()] if len(metrics) == 1 else "task metric"
+    results = Table(Column("config", no_wrap=True), f"search\n{name}", f"valid.\n{name}", f"held-out\n{name}",
+                    f"search\n{metric}", f"held-out\n{metric}", "gap",
+                    title=f"winner vs baselines ({OBJECTIVE_TITLES.get(settings.get('objective', 'kl'), '')}: lower "
+                          f"is better; gap = held-out / search {name}; {metric} of greedy answers: higher is better)")
     for label, splits in ordered:
         get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
-        name = _config_name(label, source)
+        answers = lambda split: task_metric(splits[split]) if splits.get(split) else None  # noqa: E731
         gap = get("heldout") / get("search") if get("heldout") is not None and get("search") else None
-        results.add_row(name, _fmt(get("search")), _fmt(get("validation")), _fmt(get("heldout")),
-                        _fmt(get("search/em"), 3), _fmt(get("heldout/em"), 3), _fmt(gap, 2))
+        results.add_row(_config_name(label, source), _fmt(get("search")), _fmt(get("validation")),
+                        _fmt(get("heldout")), _fmt(answers("search/em"), 3), _fmt(answers("heldout/em"), 3),
+                        _fmt(gap, 2))
     console.print(results)
     if source != "search" and detail.get("winner"):
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
@@ -439,6 +447,15 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
             heldout = splits.get("heldout") or {}
             if heldout:
                 per_task.add_row(_config_name(label, source), *(_fmt(heldout.get(f"{t}/kl")) for t in tasks))
+        console.print(per_task)
+    if len(answered) > 1:
+        per_task = Table(Column("config", no_wrap=True), *(f"{t}\n{own_metric(t)}" for t in answered),
+                         title="held-out greedy answers per task (em: string match, sim: edit similarity)")
+        for label, splits in ordered:
+            heldout = splits.get("heldout/em") or {}
+            if heldout:
+                per_task.add_row(_config_name(label, source),
+                                 *(_fmt(heldout.get(f"{t}/{own_metric(t)}"), 3) for t in answered))
         console.print(per_task)
     space = (detail.get("derived") or {}).get("space")
     if space:

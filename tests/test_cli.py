@@ -351,6 +351,11 @@ def test_other_objectives_score_and_show_what_they_optimise(objective, header, m
         assert 0.0 <= full["task"] <= 1.0 and {"passkey/task", "code/task"} <= set(full)
     shown = invoke("runs", "show", detail["id"], "--db", db)
     assert f"search {header}" in " ".join(shown.stdout.split()) and "held-out KL per task" in shown.stdout
+    # greedy answers: each task's own metric (string match for passkey, edit similarity for code), per task too
+    assert "task metric of greedy answers" in " ".join(shown.stdout.split())
+    assert "held-out greedy answers per task" in " ".join(shown.stdout.split())
+    winner = detail["results"]["winner"]["heldout/em"]
+    assert f"{(winner['passkey/em'] + winner['code/sim']) / 2:.3f}" in shown.stdout
 
 
 def test_unknown_objective_is_one_line(tmp_path):

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from evolkv.config import Budget, KVConfig, ScorerSpec
-from evolkv.evaluators.evaluator import own_metric
+from evolkv.evaluators.tasks import own_metric
 from evolkv.pools import make_executor
 from evolkv.search.baselines import baseline
 from evolkv.settings import SearchSettings

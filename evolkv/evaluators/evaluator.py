@@ -26,7 +26,7 @@ import torch
 from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec, uniform_config
 from evolkv.devices import is_out_of_memory
 from evolkv.errors import ConfigError, EvolKVError, TaskError
-from evolkv.evaluators.tasks import KINDS, Sample
+from evolkv.evaluators.tasks import Sample, own_metric
 from evolkv.models import max_positions
 from evolkv.kernels.packed import PackedKV
 from evolkv.press import LayerPlan, Plan, Press, Ranking, pack_evicted, pack_kept
@@ -425,12 +425,6 @@ class SampleScores:
 def _reason(error: Exception) -> str:
     """Why a config failed to score, in one line."""
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-
-
-def own_metric(task: str) -> str:
-    """A task's own metric among ``_task_metrics``' figures: edit similarity ("sim") for code, string match ("em")
-    otherwise."""
-    return "sim" if KINDS.get(task) == "code" else "em"
 
 
 def _task_metrics(text: str, answer: str) -> dict[str, float]:

@@ -254,6 +254,20 @@ KINDS = {"niah_number": "needle", "niah_word": "needle", "niah_uuid": "needle", 
          "vartrack": "tracking", "cwe": "aggregation", "fwe": "aggregation", "prose": "prose", "code": "code"}  # task kinds: what leave-one-kind-out transfer holds out
 
 
+def own_metric(task: str) -> str:
+    """A task's own metric among the greedy answers' figures (``evaluator._task_metrics``): edit similarity ("sim")
+    for code, string match ("em") otherwise."""
+    return "sim" if KINDS.get(task) == "code" else "em"
+
+
+def task_metric(accuracy: dict[str, float]) -> float:
+    """One task-quality number from ``Evaluator.exact_match``'s figures: each task's own metric, averaged over the
+    tasks present with equal weight (the overall "em" where no task is named)."""
+    keys = [f"{task}/{own_metric(task)}" for task in sorted({key.split("/")[0] for key in accuracy if "/" in key})]
+    values = [accuracy[key] for key in keys if key in accuracy]
+    return sum(values) / len(values) if values else accuracy.get("em", 0.0)
+
+
 def synthetic(task: str, count: int, length: int, seed: int, split: str, tokenizer) -> list[Sample]:
     """``count`` samples of ``task`` whose prompt is about ``length`` tokens for ``tokenizer``."""
     if task not in TASKS:

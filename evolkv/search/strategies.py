@@ -17,7 +17,8 @@ import numpy as np
 
 from evolkv.allocation import avg_bits, within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
-from evolkv.evaluators.evaluator import Score, own_metric
+from evolkv.evaluators.evaluator import Score
+from evolkv.evaluators.tasks import task_metric
 from evolkv.executors import PROBE, draw_split
 from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.optimizers import make_optimizer
@@ -61,14 +62,6 @@ def typical_ratio(score: Score, ref: Score) -> float:
     if not (score.ok and ref.ok and "logkl" in score.metrics and "logkl" in ref.metrics):
         return math.nan
     return math.exp(score.metrics["logkl"] - ref.metrics["logkl"])
-
-
-def task_metric(accuracy: dict[str, float]) -> float:
-    """One task-quality number from ``exact_match``'s figures: each task's own metric (edit similarity "sim" for
-    code, string match "em" otherwise), averaged over the tasks present with equal weight."""
-    keys = [f"{task}/{own_metric(task)}" for task in sorted({key.split("/")[0] for key in accuracy if "/" in key})]
-    values = [accuracy[key] for key in keys if key in accuracy]
-    return sum(values) / len(values) if values else accuracy.get("em", 0.0)
 
 
 def _finite(value: float) -> float | None:
