@@ -424,6 +424,7 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
                         _fmt(get("heldout")), _fmt(answers("search/em"), 3), _fmt(answers("heldout/em"), 3),
                         _fmt(gap, 2))
     console.print(results)
+    _print_paired(ordered, source, metric)
     if source != "search" and detail.get("winner"):
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
                       f"split: the winner is that baseline[/bold]")
@@ -469,6 +470,26 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
             front.add_row(str(p["point"]), _fmt(p["bits"], 3), _fmt(p["objective"]), _fmt(p["heldout_objective"]),
                           _fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
         console.print(front)
+
+
+def _print_paired(ordered: list[tuple[str, dict[str, Any]]], source: str, metric: str) -> None:
+    """The winner's held-out greedy answers against every other config's, sample by sample (runs stored since
+    per-sample values were kept): whether a task-metric gap is more than the samples drawn."""
+    from evolkv.evaluators.paired import compare
+
+    mine = (dict(ordered).get("winner", {}).get("heldout/em") or {}).get("per_sample")
+    if not mine:
+        return
+    table = Table(Column("against", no_wrap=True), "winner\n- it", Column("95% interval", no_wrap=True),
+                  "samples\nbetter", "samples\nworse", "sign\ntest p", title=f"held-out {metric}, the winner against each config on the same {len(mine)} "
+                                       f"samples (paired bootstrap; an interval holding 0: within sample noise)")
+    for label, splits in ordered:
+        theirs = (splits.get("heldout/em") or {}).get("per_sample")
+        if label != "winner" and theirs and len(theirs) == len(mine):
+            c = compare(mine, theirs)
+            table.add_row(_config_name(label, source), f"{c['gap']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
+                          str(c["wins"]), str(c["losses"]), f"{c['p']:.2f}")
+    console.print(table)
 
 
 def _config_name(label: str, source: str) -> str:
@@ -691,8 +712,8 @@ def evaluate(
         return
     table = Table("metric", "value", title=f"{cfg.label} at {cfg.budget} on {result['samples']} {split} samples")
     for key, value in result.items():
-        if key not in ("config", "budget", "split", "samples", "reason") or value:
-            table.add_row(key, _fmt(value, 4))
+        if not isinstance(value, list) and (key not in ("config", "budget", "split", "samples", "reason") or value):
+            table.add_row(key, _fmt(value, 4))  # per_sample (each sample's own metric): in --json only
     console.print(table)
 
 

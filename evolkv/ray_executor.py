@@ -25,7 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
 
 from evolkv.config import KVConfig
 from evolkv.errors import EvolKVError
-from evolkv.evaluators.evaluator import SampleScores, Score, aggregate, mean
+from evolkv.evaluators.evaluator import SampleScores, Score, aggregate, summarise
 
 RESUBMITS = 2  # fresh actors started for one shard before the population fails
 
@@ -120,7 +120,10 @@ class RayExecutor:
             for merged, mine in zip(joined, part):
                 for key, values in mine.items():
                     merged.setdefault(key, []).extend(values)
-        return [{key: mean(v) for key, v in h.items()} for h in joined]
+        for c, merged in enumerate(joined):  # each sample's own metric back in the split's order (shards are strided)
+            own = [part[c].get("own", []) for part in parts]
+            merged["own"] = [own[i % len(own)][i // len(own)] for i in range(sum(map(len, own)))]
+        return [summarise(h) for h in joined]
 
     def head_shares(self, configs: Sequence[KVConfig], split: str) -> list[list[list[float]]]:
         """``LocalExecutor.head_shares`` over every actor's shard: the shards' counts summed, then shared."""

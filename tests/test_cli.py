@@ -356,6 +356,9 @@ def test_other_objectives_score_and_show_what_they_optimise(objective, header, m
     assert "held-out greedy answers per task" in " ".join(shown.stdout.split())
     winner = detail["results"]["winner"]["heldout/em"]
     assert f"{(winner['passkey/em'] + winner['code/sim']) / 2:.3f}" in shown.stdout
+    # and sample by sample against every baseline (a paired bootstrap interval, samples better and worse)
+    assert len(winner["per_sample"]) == 2 and "the winner against each config on the same 2" in \
+        " ".join(shown.stdout.split())
 
 
 def test_unknown_objective_is_one_line(tmp_path):

@@ -100,7 +100,9 @@ def test_scores_full_is_zero_and_every_baseline_is_finite(tiny, evaluator):
                for p in prepared for text in evaluator._greedy([baseline("full", tiny.spec, Budget.parse("10%"),
                                                                         ScorerSpec())], p)]
     assert full_em["em"] == pytest.approx(sum(by_hand) / len(by_hand))
-    assert set(accuracy[0]) == {"em", "passkey/em", "sim", "passkey/sim"}
+    assert set(accuracy[0]) == {"em", "passkey/em", "sim", "passkey/sim", "per_sample"}
+    assert accuracy[0]["per_sample"] and sum(accuracy[0]["per_sample"]) / len(accuracy[0]["per_sample"]) == \
+        pytest.approx(accuracy[0]["em"])  # passkey's own metric is string match, per sample in sample order
 
 
 def test_batch_composition_does_not_change_scores(tiny, evaluator):

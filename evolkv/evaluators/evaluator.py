@@ -358,25 +358,27 @@ class Evaluator:
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
         """Greedy-decode each sample under each config; a hit when the gold answer appears in the first
         ``answer + LEAD_IN`` tokens (RULER's string match). Accuracy overall and per task, and the edit
-        similarity of the first generated line ("sim")."""
-        return [{key: mean(v) for key, v in h.items()}
-                for h in self.exact_match_samples(configs, prepared, progress)]
+        similarity of the first generated line ("sim"); "per_sample": each sample's own metric (``summarise``)."""
+        return [summarise(h) for h in self.exact_match_samples(configs, prepared, progress)]
 
     @torch.no_grad()
     def exact_match_samples(self, configs: Sequence[KVConfig], prepared: Sequence[Prepared],
                             progress: Callable[[int], None] | None = None) -> list[dict[str, list[float]]]:
         """Per config: "em" (and "<task>/em") -> per-sample hits (1.0 / 0.0), and "sim" (and "<task>/sim"):
         the edit similarity of the first generated line to the answer (difflib's ratio, the LCC / RepoBench
-        metric), in sample order."""
+        metric), in sample order; "own": each sample's own metric (``tasks.own_metric``: "sim" for code, "em"
+        otherwise)."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
         for prep in prepared:
             prep = self._resident(prep)
             for chunk in _chunks(list(range(len(configs))), self.batch_size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
-                    for metric, value in _task_metrics(text, prep.sample.answer).items():
+                    values = _task_metrics(text, prep.sample.answer)
+                    for metric, value in values.items():
                         hits[i][metric].append(value)
                         hits[i][f"{prep.sample.task}/{metric}"].append(value)
+                    hits[i]["own"].append(values[own_metric(prep.sample.task)])
             if progress:
                 progress(1)
         return [dict(h) for h in hits]
@@ -441,6 +443,13 @@ def _task_metrics(text: str, answer: str) -> dict[str, float]:
 # counts once, however large its KL). Samples that both configs keep far below the floor count as ties.
 LOG_KL_FLOOR = 0.01
 OBJECTIVES = ("kl", "nll", "task")  # what a Score's objective is: KL to the full cache, gold NLL, 1 - task metric
+
+
+def summarise(hits: dict[str, list[float]]) -> dict[str, float | list[float]]:
+    """One config's per-sample greedy-answer figures (``Evaluator.exact_match_samples``) -> their means, and
+    "per_sample": each sample's own metric in sample order, so that configs scored on the same samples can be compared
+    sample by sample (``evaluators.paired``)."""
+    return {**{key: mean(v) for key, v in hits.items() if key != "own"}, "per_sample": list(hits.get("own", []))}
 
 
 def mean(values: Sequence[float]) -> float:
