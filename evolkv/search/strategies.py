@@ -237,7 +237,9 @@ class TokenSearch(Strategy):
         The same splits on uniform's layer budgets join the winner's choice on validation
         (``uniform+split:NAME``, ``on_uniform``): where no searched layer budgets beat uniform's (SmolLM2 code at
         2%), a per-head search can still ship uniform with the heads' split (held-out KL 0.878 with AdaKV's split
-        against 0.891 with equal shares on the CPU: benchmarks/results/2026-11-27-cpu-head-splits.txt)."""
+        against 0.891 with equal shares on the CPU: benchmarks/results/2026-11-27-cpu-head-splits.txt; on the H100's
+        validation samples the same splits came within 1% of uniform, not below it, so uniform shipped: session 17
+        in benchmarks/results/2026-11-26-h100-acceptance-issue11.md)."""
         profiled = [cfg for name, cfg in self.baselines.items() if name != "full" and
                     (cfg.allocation is not None or any(layer.heads is None for layer in cfg.layers))]
         if not profiled:
