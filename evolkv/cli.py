@@ -443,21 +443,11 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     tasks = sorted({key.removesuffix("/kl") for _, splits in ordered for key in (splits.get("heldout") or {})
                     if key.endswith("/kl")})
     if len(tasks) > 1:  # one task's gain must not hide another's loss
-        per_task = Table(Column("config", no_wrap=True), *tasks, title="held-out KL per task")
-        for label, splits in ordered:
-            heldout = splits.get("heldout") or {}
-            if heldout:
-                per_task.add_row(_config_name(label, source), *(_fmt(heldout.get(f"{t}/kl")) for t in tasks))
-        console.print(per_task)
+        _print_per_task(ordered, source, "heldout", {t: f"{t}/kl" for t in tasks}, 4, "held-out KL per task")
     if len(answered) > 1:
-        per_task = Table(Column("config", no_wrap=True), *(f"{t}\n{own_metric(t)}" for t in answered),
-                         title="held-out greedy answers per task (em: string match, sim: edit similarity)")
-        for label, splits in ordered:
-            heldout = splits.get("heldout/em") or {}
-            if heldout:
-                per_task.add_row(_config_name(label, source),
-                                 *(_fmt(heldout.get(f"{t}/{own_metric(t)}"), 3) for t in answered))
-        console.print(per_task)
+        _print_per_task(ordered, source, "heldout/em", {f"{t}\n{own_metric(t)}": f"{t}/{own_metric(t)}"
+                                                        for t in answered}, 3,
+                        "held-out greedy answers per task (em: string match, sim: edit similarity)")
     space = (detail.get("derived") or {}).get("space")
     if space:
         console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "
@@ -472,6 +462,17 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         console.print(front)
 
 
+def _print_per_task(ordered: list[tuple[str, dict[str, Any]]], source: str, split: str, columns: dict[str, str],
+                    digits: int, title: str) -> None:
+    """One row per config that has ``split``'s figures: column header -> the metric key shown under it."""
+    table = Table(Column("config", no_wrap=True), *columns, title=title)
+    for label, splits in ordered:
+        figures = splits.get(split) or {}
+        if figures:
+            table.add_row(_config_name(label, source), *(_fmt(figures.get(key), digits) for key in columns.values()))
+    console.print(table)
+
+
 def _print_paired(ordered: list[tuple[str, dict[str, Any]]], source: str, metric: str) -> None:
     """The winner's held-out greedy answers against every other config's, sample by sample (runs stored since
     per-sample values were kept): whether a task-metric gap is more than the samples drawn."""
@@ -480,9 +481,10 @@ def _print_paired(ordered: list[tuple[str, dict[str, Any]]], source: str, metric
     mine = (dict(ordered).get("winner", {}).get("heldout/em") or {}).get("per_sample")
     if not mine:
         return
+    title = (f"held-out {metric}, the winner against each config on the same {len(mine)} samples (paired bootstrap; "
+             "an interval holding 0: within sample noise)")
     table = Table(Column("against", no_wrap=True), "winner\n- it", Column("95% interval", no_wrap=True),
-                  "samples\nbetter", "samples\nworse", "sign\ntest p", title=f"held-out {metric}, the winner against each config on the same {len(mine)} "
-                                       f"samples (paired bootstrap; an interval holding 0: within sample noise)")
+                  "samples\nbetter", "samples\nworse", "sign\ntest p", title=title)
     for label, splits in ordered:
         theirs = (splits.get("heldout/em") or {}).get("per_sample")
         if label != "winner" and theirs and len(theirs) == len(mine):

@@ -119,7 +119,8 @@ class RayExecutor:
         for part in parts:
             for merged, mine in zip(joined, part):
                 for key, values in mine.items():
-                    merged.setdefault(key, []).extend(values)
+                    if key != "own":  # interleaved below
+                        merged.setdefault(key, []).extend(values)
         for c, merged in enumerate(joined):  # each sample's own metric back in the split's order (shards are strided)
             own = [part[c].get("own", []) for part in parts]
             merged["own"] = [own[i % len(own)][i // len(own)] for i in range(sum(map(len, own)))]

@@ -64,6 +64,12 @@ def typical_ratio(score: Score, ref: Score) -> float:
     return math.exp(score.metrics["logkl"] - ref.metrics["logkl"])
 
 
+def _with_splits(cfg: KVConfig, shares: list[list[float]]) -> KVConfig:
+    """``cfg``'s layer budgets with each layer's split over its KV heads set to ``shares`` [L][H_kv] (no provenance)."""
+    layers = tuple(dataclasses.replace(layer, heads=tuple(split)) for layer, split in zip(cfg.layers, shares))
+    return dataclasses.replace(cfg, layers=layers, provenance={})
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -249,13 +255,9 @@ class TokenSearch(Strategy):
         for cfg, shares in zip(profiled, job.executor.head_shares(profiled, "search")):
             if max(abs(share - 1.0 / heads) for layer in shares for share in layer) < 0.01:
                 continue
-            layers = tuple(dataclasses.replace(layer, heads=tuple(split))
-                           for layer, split in zip(incumbent.layers, shares))
             label = cfg.provenance.get("label", "?")
-            found[label] = dataclasses.replace(incumbent, layers=layers, provenance={})
-            uniform = self.baselines["uniform"]
-            on_uniform = dataclasses.replace(uniform, provenance={}, layers=tuple(
-                dataclasses.replace(layer, heads=tuple(split)) for layer, split in zip(uniform.layers, shares)))
+            found[label] = _with_splits(incumbent, shares)
+            on_uniform = _with_splits(self.baselines["uniform"], shares)
             if on_uniform.hash() != found[label].hash():
                 self.on_uniform[f"uniform+split:{label.removeprefix('baseline:')}"] = on_uniform
         job.store.update_run(job.run_id, derived={"transplanted": list(found)})
