@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.bench_packed_decode import _time, copy_bandwidth
+from benchmarks.bench_packed_decode import _time, copy_bandwidth, time_kernel_alone
 from evolkv.kernels import gluon_decode
 from evolkv.kernels.packed import attend_packed_ref, pack
 
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pairs", default="44,22,24,42", help="key/value bit pairs, e.g. 44,22")
     parser.add_argument("--splits", default="",
                         help="also time this checkout's kernel at these split counts (default: its own plan)")
+    parser.add_argument("--context", type=int, default=32768, help="entries a row (default 32768)")
+    parser.add_argument("--batch", type=int, default=8, help="batch (8 KV heads x 4 query heads a sequence)")
     args = parser.parse_args()
     pairs = [(int(p[0]), int(p[1])) for p in args.pairs.split(",") if p in ("44", "22", "24", "42")]
     if len(pairs) != len(args.pairs.split(",")):
@@ -84,8 +86,11 @@ def main() -> None:
                     for name, kernel in kernels.items()}
             errors = "  ".join(f"{name} {relative_error(out, ref):.1e}" for name, out in outs.items())
             print(f"# check K{k_bits}V{v_bits} batch {batch} heads {heads}x{group} length {length}: {errors}")
-    batch, heads, group, length = 8, 8, 4, 32768
-    print(f"{'bits':>5} {'kernel':30} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8}")
+    batch, heads, group, length = args.batch, 8, 4, args.context
+    print(f"# batch {batch}, {heads} KV heads x {group} query heads, {length} entries a row, key groups of 128")
+    print("# ms and % copy: one call (the decode kernel and the merge of its splits) as a CUDA graph replays it; "
+          "kernel ms: the decode kernel alone (bench_packed_decode.time_kernel_alone)")
+    print(f"{'bits':>5} {'kernel':30} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8} {'kernel ms':>9} {'% copy':>7}")
     for k_bits, v_bits in pairs:
         keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
         packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
@@ -101,8 +106,9 @@ def main() -> None:
                 return kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08, splits=splits)
             err = relative_error(call()[0], ref)
             ms = _time(call, eager=False)
+            kernel_ms = time_kernel_alone(kernel, query, packed, pos, query_pos, 0.08, splits)
             print(f"K{k_bits}V{v_bits} {name:30} {ms:8.4f} {read / 1e9:8.3f} {read / (ms / 1000) / bandwidth:7.1%} "
-                  f"{err:8.1e}", flush=True)
+                  f"{err:8.1e} {kernel_ms:9.4f} {read / (kernel_ms / 1000) / bandwidth:7.1%}", flush=True)
 
 
 if __name__ == "__main__":

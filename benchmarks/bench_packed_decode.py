@@ -56,6 +56,25 @@ def _time(fn, eager: bool) -> float:
     return triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
 
 
+KERNEL_REPEATS = 20
+
+
+def time_kernel_alone(kernel, query, packed, pos, query_pos, scale, splits=None) -> float:
+    """Median ms of ``kernel.decode_attention_gluon``'s decode kernel alone: a CUDA graph of ``KERNEL_REPEATS``
+    launches filling one set of partials (no merge; the serving path merges once over every tier), its replay time
+    divided by the launches."""
+    rows, length = pos.shape[0] * pos.shape[1], pos.shape[2]
+    parts = kernel.Partials(query, kernel._plan(length, rows, query.device, splits)[0])
+
+    def launches():
+        for _ in range(KERNEL_REPEATS):
+            parts.used = 0
+            kernel.decode_attention_gluon(query, packed, pos, query_pos, scale, splits=splits, partials=parts)
+    launches()
+    torch.cuda.synchronize()
+    return _time(launches, eager=False) / KERNEL_REPEATS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", default="8192,32768")
@@ -128,13 +147,20 @@ def main() -> None:
                 variants[f"folded, PTX, {splits}x splits"] = (
                     lambda k=splits: decode_attention_folded(query, packed, pos, query_pos, scale, unpack=1,
                                                              splits=k * _splits(context, rows)))
+            if gluon_serves(query, packed) and not args.eager:
+                from evolkv.kernels import gluon_decode
+                variants["gluon, the kernel alone"] = lambda: (
+                    time_kernel_alone(gluon_decode, query, gluon_cache, pos, query_pos, scale), None)
             for name, fn in variants.items():
                 if only and not any(part in name for part in only):
                     continue
                 try:
                     out, _ = fn()
-                    err = float((out.float() - ref).norm() / ref.norm())
-                    ms = _time(fn, args.eager)
+                    if isinstance(out, float):  # a timer of its own (the kernel alone): its error is the call's
+                        ms, err = out, float("nan")
+                    else:
+                        err = float((out.float() - ref).norm() / ref.norm())
+                        ms = _time(fn, args.eager)
                     print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} {ms:8.3f} {nbytes / 1e9:8.3f} "
                           f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {err:8.1e}")
                 except Exception as error:  # noqa: BLE001

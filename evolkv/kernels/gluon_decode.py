@@ -11,23 +11,26 @@ head) always on the MMA's narrow side, so no padding rows:
   loaded through the same permutation), so those 32 channels are the words lane l loads (16 bytes at 4 bits, 8
   at 2), and one ``lop3`` is one operand register: 1024.0 + code * 2^(bits i), the code OR-ed into the mantissa
   where it lies (no shift, no subtraction, no scale);
-- the key scales, that power of two and the softmax scale (in log2 units) are in the query instead, once a block:
-  the B operand is q * scale (``_prep``), and the scores' accumulator starts at sum_k q zero - 1024 q * scale
-  (four MMAs with constant A operands), made for the next block while this one runs, from scales loaded a block
-  earlier still;
+- the key scales, that power of two and the softmax scale (in log2 units) are in the query instead, once a key
+  group: the B operand is q * scale (``_prep``), and the scores' accumulator starts at sum_k q zero - 1024 q *
+  scale (four MMAs with constant A operands);
 - out^T = V^T P^T: the probabilities stay in registers; V^T's operand pairs two entries of a channel, so one
   ``prmt`` a 16-bit half of two entries' words puts them side by side before the lop3 + ``sub`` (``_values_ptx``);
   the values' powers of two come out of each output channel once, at the end;
-- each of the 4 warps is an independent split of a block's 128 entries, with its own running max and sum, merged
-  once at the end: no shared memory and no barrier inside the loop; the next block's codes, positions and value
-  scales are loaded before this block's math.
+- each of the 4 warps is an independent split with its own running max and sum, merged once at the end: no shared
+  memory and no barrier inside the loop. A warp takes a key group's 128 entries in a row (``CHUNK``; a program's
+  4 warps take 4 groups a round, ``BLOCK``), in blocks of 32 or 64 entries (``TILES``), so the group's scales are
+  folded into the query once a group (their loads a round ahead), not once a block; the next block's codes,
+  positions and value scales are loaded before this block's math. At 64 entries a block (2-bit values) the
+  softmax's per-block cross-lane work is halved, and with K2V2 its sums stay per lane until the end.
 
 A launch is one wave: two programs an SM (what the registers allow), so a long split each (``plan``).
 
-On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, CUDA-graph replays) K4V4
-takes 0.129 ms, 76% of copy bandwidth, and K2V2 0.105 ms, 50%; session 14's layout (query on the MMA's wide side
-with 8 padding rows, 16 splits) 0.163 and 0.134 ms. The time moves little with the bit width: a block's work
-(about 720 instructions a warp for 32 entries at 2 bits, 780 at 4) and its latency bound it, not the bytes.
+On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, the kernel alone in CUDA-graph
+replays) K2V2 takes 0.082 ms, 64% of copy bandwidth, and K4V4 0.118 ms, 82% (session 17's kernel, the 4 warps
+sharing every group: 0.092 and 0.117 ms); a call timed on its own adds the merge of its splits and the graph's
+launch, about 0.012 ms. The time moves little with the bit width: a block's work (about 590 instructions a warp per
+32 entries at K2V2, 720 at K4V4) and its latency bound it, not the bytes.
 
 Covers 2- and 4-bit keys and values (any pair), head_dim 128, key groups a multiple of 128, value groups of the
 whole head, up to 8 query heads per KV head, one query token and no sliding window (``supported``). It is the
@@ -52,7 +55,10 @@ try:  # Gluon is experimental: a Triton without it serves nothing here
 except ImportError:  # pragma: no cover
     gluon = None
 
-BLOCK = 128  # entries a program takes per iteration: 32 per warp
+CHUNK = 128  # entries a warp takes in a row: one key group (or part of one)
+BLOCK = 4 * CHUNK  # entries a program takes per round: a chunk each of its 4 warps
+TILES = {(2, 2): (64, True), (4, 2): (64, False)}  # (k, v bits) -> (entries a warp a block, softmax sums per lane)
+TILE = (32, False)  # the others (measured: benchmarks/results/2026-11-27-h100-gluon-session18.txt)
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
 PROGRAMS_PER_SM = 2  # what the kernel's registers (about 240 a thread, 4 warps) let an SM hold
 
@@ -95,7 +101,7 @@ def _values_ptx(bits: int) -> str:
 
 if gluon is not None:
 
-    def _word_layouts(k_bits: int, v_bits: int):
+    def _word_layouts(k_bits: int, v_bits: int, we: int):
         """[warp, entry, word] layouts of the key and value words: lane t = l % 4 of a key row takes the words of
         its A fragment's 32 channels (entries l / 4 + 8 i); lane c = l / 4 takes the value words of channels
         c + 8 j, entries 2t, 2t + 1 (+8, +16), A's order."""
@@ -104,23 +110,24 @@ if gluon is not None:
                     [[0, 0, words_a_lane << i] for i in range(lanes)])
 
         kr, kl = bases(k_bits, 2)  # 4 * bits words an entry, a quarter each lane of a row
-        kw_l = gl.DistributedLinearLayout(reg_bases=kr + [[0, 8, 0], [0, 16, 0]],
+        rows = [[0, 8 << i, 0] for i in range(we.bit_length() - 4)]  # entries 8, 16 (, 32) apart
+        kw_l = gl.DistributedLinearLayout(reg_bases=kr + rows,
                                           lane_bases=kl + [[0, 1, 0], [0, 2, 0], [0, 4, 0]],
-                                          warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[4, 32, 4 * k_bits])
+                                          warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[4, we, 4 * k_bits])
         vr, vl = bases(v_bits // 2, 3)  # an eighth each lane of an entry pair
-        vw_l = gl.DistributedLinearLayout(reg_bases=[[0, 1, 0], [0, 8, 0], [0, 16, 0]] + vr,
+        vw_l = gl.DistributedLinearLayout(reg_bases=[[0, 1, 0]] + rows + vr,
                                           lane_bases=[[0, 2, 0], [0, 4, 0]] + vl,
-                                          warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[4, 32, 4 * v_bits])
+                                          warp_bases=[[1, 0, 0], [2, 0, 0]], block_bases=[], shape=[4, we, 4 * v_bits])
         return kw_l, vw_l
 
     KEYS4 = gl.constexpr(_keys_ptx(4))
     KEYS2 = gl.constexpr(_keys_ptx(2))
     VALS4 = gl.constexpr(_values_ptx(4))
     VALS2 = gl.constexpr(_values_ptx(2))
-    KW4_L, VW4_L = (gl.constexpr(layout) for layout in _word_layouts(4, 4))
-    KW2_L, VW2_L = (gl.constexpr(layout) for layout in _word_layouts(2, 2))
-    WE = gl.constexpr(BLOCK // 4)  # entries a warp, a block
+    WORD_LAYOUTS = {(kb, vb, we): (_word_layouts(kb, vb, we)[0], _word_layouts(kb, vb, we)[1])
+                    for kb in BITS for vb in BITS for we in (32, 64)}  # the launch passes a pair (kw_l, vw_l)
     NW = gl.constexpr(4)  # warps
+    CH = gl.constexpr(CHUNK)
 
     @gluon.jit
     def _in_registers(o, at: gl.constexpr, PW: gl.constexpr):
@@ -151,10 +158,10 @@ if gluon is not None:
             a2, b2 = _halves(pr[first + 2])
             a3, b3 = _halves(pr[first + 3])
             x = gl.join(gl.join(gl.join(a0, a1), gl.join(a2, a3)), gl.join(gl.join(b0, b1), gl.join(b2, b3)))
-            # joins make [w, p0, p1, e] -> [t, wl (2 bits), ph, p0, e]
-            x = gl.reshape(gl.permute(x, (0, 2, 1, 3)), (4, 4, 2, 2, 2))
-            x = gl.permute(x, (1, 2, 3, 0, 4))
-            return gl.reshape(x, (128,))
+            # joins make [warp, w, p0, p1, e] -> [warp, t, wl (2 bits), ph, p0, e]
+            x = gl.reshape(gl.permute(x, (0, 1, 3, 2, 4)), (NW, 4, 4, 2, 2, 2))
+            x = gl.permute(x, (0, 2, 3, 4, 1, 5))
+            return gl.reshape(x, (NW, 128))
         else:
             a0, b0 = _halves(pr[first])
             a1, b1 = _halves(pr[first + 1])
@@ -166,10 +173,10 @@ if gluon is not None:
             a7, b7 = _halves(pr[first + 7])
             x = gl.join(gl.join(gl.join(gl.join(a0, a1), gl.join(a2, a3)), gl.join(gl.join(a4, a5), gl.join(a6, a7))),
                         gl.join(gl.join(gl.join(b0, b1), gl.join(b2, b3)), gl.join(gl.join(b4, b5), gl.join(b6, b7))))
-            # joins make [w, p0, p1, p2, e] -> [t, wl, p2, p1, p0, e]
-            x = gl.reshape(gl.permute(x, (0, 3, 2, 1, 4)), (4, 2, 2, 2, 2, 2))
-            x = gl.permute(x, (1, 2, 3, 4, 0, 5))
-            return gl.reshape(x, (128,))
+            # joins make [warp, w, p0, p1, p2, e] -> [warp, t, wl, p2, p1, p0, e]
+            x = gl.reshape(gl.permute(x, (0, 1, 4, 3, 2, 5)), (NW, 4, 2, 2, 2, 2, 2))
+            x = gl.permute(x, (0, 2, 3, 4, 5, 1, 6))
+            return gl.reshape(x, (NW, 128))
 
     @gluon.jit
     def _keys(kwords, K_BITS: gl.constexpr):
@@ -184,7 +191,7 @@ if gluon is not None:
             return _in_registers(ko, 0, 16)
 
     @gluon.jit
-    def _values(vwords, V_BITS: gl.constexpr):
+    def _values(vwords, V_BITS: gl.constexpr, WE: gl.constexpr):
         """Value words [NW, WE, VW] -> float16 codes times 2^(bits (k % (half / 2))) [NW, WE, VW * PW] (per entry:
         word, pair bits, e), made two entries at a time (``_values_ptx``)."""
         VW: gl.constexpr = 4 * V_BITS
@@ -220,16 +227,16 @@ if gluon is not None:
 
     @gluon.jit
     def _loads(KW, VW, VS, VZ, KPOS, row, start, end, stride_kr, stride_vr, stride_vsr, stride_pr, kw_w, kw_n, kw_i,
-               vw_w, vw_n, vw_i, sw, sn, K_BITS: gl.constexpr, V_BITS: gl.constexpr):
+               vw_w, vw_n, vw_i, sw, sn, K_BITS: gl.constexpr, V_BITS: gl.constexpr, WE: gl.constexpr):
         """A block's loads: key words, value words, positions and the values' scales and zero points (past
         ``end``: masked)."""
         K_WORDS: gl.constexpr = 4 * K_BITS
         V_WORDS: gl.constexpr = 4 * V_BITS
-        ke = start + kw_w[:, None, None] * WE + kw_n[None, :, None]
+        ke = start + kw_w[:, None, None] * CH + kw_n[None, :, None]
         kwords = gl.load(KW + row * stride_kr + ke * K_WORDS + kw_i[None, None, :], mask=ke < end, other=0)
-        ve = start + vw_w[:, None, None] * WE + vw_n[None, :, None]
+        ve = start + vw_w[:, None, None] * CH + vw_n[None, :, None]
         vwords = gl.load(VW + row * stride_vr + ve * V_WORDS + vw_i[None, None, :], mask=ve < end, other=0)
-        se = start + sw[:, None] * WE + sn[None, :]
+        se = start + sw[:, None] * CH + sn[None, :]
         pos = gl.load(KPOS + row * stride_pr + se, mask=se < end, other=-1)
         vs = gl.load(VS + row * stride_vsr + se, mask=se < end, other=0.0)
         vz = gl.load(VZ + row * stride_vsr + se, mask=se < end, other=0.0)
@@ -248,26 +255,31 @@ if gluon is not None:
         return gl.convert_layout(lo, b_l), gl.convert_layout(hi, b_l)
 
     @gluon.jit
-    def _prep(pr, q2, qs, K_BITS: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
+    def _prep(pr, q2, qs, K_BITS: gl.constexpr, WE: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr,
+              b_l: gl.constexpr):
         """A block's key scales into the query: (q * scale [w, channel, head] as two channel halves, the scores'
         starting accumulator [w, entry, head] = sum_k q zero - 1024 q * scale)."""
         HALF: gl.constexpr = 16 // K_BITS
-        c_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, b_l))
+        c_l: gl.constexpr = gl.SliceLayout(2, b_l)
         sc = gl.convert_layout(_channels(pr, 0, K_BITS), c_l)
         zc = gl.convert_layout(_channels(pr, HALF, K_BITS), c_l)
-        qk0, qk1 = _b_halves(q2 * sc[None, :, None], b_l)
-        qz0, qz1 = _b_halves(qs * zc[None, :, None], b_l)
+        qk0, qk1 = _b_halves(q2 * sc[:, :, None], b_l)
+        qz0, qz1 = _b_halves(qs * zc[:, :, None], b_l)
         neg = gl.full([NW, 16, 64], -1024.0, gl.float16, layout=a_l)
         one = gl.full([NW, 16, 64], 1.0, gl.float16, layout=a_l)
         zero = gl.zeros([NW, 16, 8], gl.float32, layout=mma)
         off = ((mma_v2(neg, qk0, zero) + mma_v2(neg, qk1, zero))
                + (mma_v2(one, qz0, zero) + mma_v2(one, qz1, zero)))
-        c0 = gl.convert_layout(gl.reshape(gl.permute(gl.join(off, off), (0, 3, 1, 2)), (NW, WE, 8)), mma)
+        if WE == 64:  # the 16 rows of the offset MMA are the same: copied to every entry of the block
+            off = gl.join(off, off)
+            c0 = gl.convert_layout(gl.reshape(gl.permute(gl.join(off, off), (0, 3, 4, 1, 2)), (NW, WE, 8)), mma)
+        else:
+            c0 = gl.convert_layout(gl.reshape(gl.permute(gl.join(off, off), (0, 3, 1, 2)), (NW, WE, 8)), mma)
         return qk0, qk1, c0
 
     @gluon.jit
-    def _block(loaded, prepared, state, q_pos, K_BITS: gl.constexpr, V_BITS: gl.constexpr, mma: gl.constexpr,
-               a_l: gl.constexpr, b_l: gl.constexpr):
+    def _block(loaded, prepared, state, q_pos, K_BITS: gl.constexpr, V_BITS: gl.constexpr, WE: gl.constexpr,
+               LANE_SUMS: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
         """One block of a program's entries into the running (max, sum, zero-point sum, out^T); scores in log2
         units (the query carries scale * log2 e)."""
         kwords, vwords, pos, vs, vz = loaded
@@ -285,13 +297,18 @@ if gluon is not None:
         m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_safe)
         p = gl.exp2(s - m_safe[:, None, :])
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        extra = extra * alpha + gl.sum(p * vz[:, :, None], axis=1)
+        if LANE_SUMS:  # each lane's own entries: summed over the lanes once, at the end
+            a3 = gl.convert_layout(alpha, gl.SliceLayout(1, l_i.type.layout))[:, None, :]
+            l_i = l_i * a3 + gl.sum(gl.reshape(p, (NW, WE // 8, 8, 8)), axis=1)
+            extra = extra * a3 + gl.sum(gl.reshape(p * vz[:, :, None], (NW, WE // 8, 8, 8)), axis=1)
+        else:
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            extra = extra * alpha + gl.sum(p * vz[:, :, None], axis=1)
         pt = gl.convert_layout((p * vs[:, :, None]).to(gl.float16), b_l)   # P^T [w, n, head]
 
         # [w, n, c, (word, pair) bits, e] -> [w, (word, pair) bits, e, c, n]: logical channel
         # m = c + 8 (e + 2 p + VPW wl) is lane c's word wl, lop3 pair p, half e
-        vx = gl.permute(gl.reshape(_values(vwords, V_BITS), (NW, WE, 8, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 1))
+        vx = gl.permute(gl.reshape(_values(vwords, V_BITS, WE), (NW, WE, 8, 2, 2, 2, 2)), (0, 3, 4, 5, 6, 2, 1))
         va = gl.convert_layout(gl.reshape(vx, (NW, 128, WE)), a_l)
         acc = mma_v2(va, pt, acc * alpha[:, None, :])
         return m_new, l_i, extra, acc
@@ -301,15 +318,14 @@ if gluon is not None:
                              first, scale, stride_qb, stride_qh, stride_kr, stride_vr, stride_kpr, stride_kpg,
                              stride_vsr, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
                              GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_BITS: gl.constexpr,
-                             V_BITS: gl.constexpr):
+                             V_BITS: gl.constexpr, WE: gl.constexpr, LANE_SUMS: gl.constexpr, kw_l: gl.constexpr,
+                             vw_l: gl.constexpr):
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1, 1],
                                                       instr_shape=[1, 16, 8])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         e_l: gl.constexpr = gl.SliceLayout(2, mma)  # [warp, entry] of the scores
         h_l: gl.constexpr = gl.SliceLayout(1, mma)  # [warp, head] of the scores and of out^T
-        kw_l: gl.constexpr = KW4_L if K_BITS == 4 else KW2_L
-        vw_l: gl.constexpr = VW4_L if V_BITS == 4 else VW2_L
         K_WORDS: gl.constexpr = 4 * K_BITS  # words an entry's 128 codes take
         V_WORDS: gl.constexpr = 4 * V_BITS
         KPW: gl.constexpr = 32 // K_BITS  # codes a word
@@ -350,27 +366,41 @@ if gluon is not None:
         sn = gl.arange(0, WE, layout=gl.SliceLayout(0, e_l))
 
         m_i = gl.full([NW, 8], float("-inf"), gl.float32, layout=h_l)
-        l_i = gl.zeros([NW, 8], gl.float32, layout=h_l)
-        extra = gl.zeros([NW, 8], gl.float32, layout=h_l)  # sum_n p[n] z[n] (the values' zero points)
+        if LANE_SUMS:
+            l_i = gl.sum(gl.reshape(gl.zeros([NW, WE, 8], gl.float32, layout=mma), (NW, WE // 8, 8, 8)), axis=1)
+        else:
+            l_i = gl.zeros([NW, 8], gl.float32, layout=h_l)
+        extra = l_i  # sum_n p[n] z[n] (the values' zero points)
         acc = gl.zeros([NW, 128, 8], gl.float32, layout=mma)  # out^T: [warp, channel (permuted), head]
         state = (m_i, l_i, extra, acc)
+        # warp w takes the CHUNK entries at begin + BLOCK r + CHUNK w in round r, GW blocks of WE, all of one key
+        # group: its scales are loaded a round ahead and folded into the query once a round, at its last block
+        GW: gl.constexpr = CH // WE
         cur = _loads(KW, VW, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_vsr, stride_pr, kw_w, kw_n,
-                     kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS)
-        # a block's key scales are loaded two blocks ahead and folded into the query one block ahead (``_prep``)
-        kp = KP + row * stride_kpr + kw_i
-        prepared = _prep(_pair_loads(kp + (begin // K_GROUP) * stride_kpg, begin < end, K_WORDS, K_BITS),
-                         q2, qs, K_BITS, mma, a_l, b_l)
-        pr_n = _pair_loads(kp + ((begin + NW * WE) // K_GROUP) * stride_kpg, begin + NW * WE < end, K_WORDS, K_BITS)
-        for start in range(begin, end, NW * WE):
-            nxt = _loads(KW, VW, VS, VZ, KPOS, row, start + NW * WE, end, stride_kr, stride_vr, stride_vsr,
-                         stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS)
-            pr_nn = _pair_loads(kp + ((start + 2 * NW * WE) // K_GROUP) * stride_kpg, start + 2 * NW * WE < end,
-                                K_WORDS, K_BITS)
-            state = _block(cur, prepared, state, q_pos, K_BITS, V_BITS, mma, a_l, b_l)
-            prepared = _prep(pr_n, q2, qs, K_BITS, mma, a_l, b_l)
+                     kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS, WE)
+        pw = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(1, kw_l)))
+        pi = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, kw_l)))
+        kp = KP + row * stride_kpr + pi[None, :]
+        g0 = begin + pw * CH
+        prepared = _prep(_pair_loads(kp + (g0 // K_GROUP)[:, None] * stride_kpg, (g0 < end)[:, None], K_WORDS, K_BITS),
+                         q2, qs, K_BITS, WE, mma, a_l, b_l)
+        pr_n = _pair_loads(kp + ((g0 + NW * CH) // K_GROUP)[:, None] * stride_kpg, (g0 + NW * CH < end)[:, None],
+                           K_WORDS, K_BITS)
+        for j in range(0, GW * gl.cdiv(end - begin, NW * CH)):
+            jn = j + 1
+            nxt = _loads(KW, VW, VS, VZ, KPOS, row, begin + (jn // GW) * (NW * CH) + (jn % GW) * WE, end, stride_kr,
+                         stride_vr, stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS,
+                         WE)
+            state = _block(cur, prepared, state, q_pos, K_BITS, V_BITS, WE, LANE_SUMS, mma, a_l, b_l)
+            if jn % GW == 0:  # the next round's scales into the query; the round after's loaded
+                prepared = _prep(pr_n, q2, qs, K_BITS, WE, mma, a_l, b_l)
+                gn = g0 + (jn // GW + 1) * (NW * CH)
+                pr_n = _pair_loads(kp + (gn // K_GROUP)[:, None] * stride_kpg, (gn < end)[:, None], K_WORDS, K_BITS)
             cur = nxt
-            pr_n = pr_nn
         m_i, l_i, extra, acc = state
+        if LANE_SUMS:
+            l_i = gl.convert_layout(gl.sum(l_i, axis=1), h_l)
+            extra = gl.convert_layout(gl.sum(extra, axis=1), h_l)
         # the values' powers of two out of each logical channel m = c + 8 (e + 2 p + VPW wl) (lop3 pair p)
         cm = gl.arange(0, 128, layout=gl.SliceLayout(0, gl.SliceLayout(2, mma)))
         down = gl.exp2(-(V_BITS * (((cm // 16) % (VPW // 2)) % (VPW // 4))).to(gl.float32))
@@ -401,18 +431,18 @@ def supported(query: torch.Tensor, packed: PackedKV, sliding_window: int | None 
     batch, num_q, t_q, dim = query.shape
     rows = packed.rows
     return (packed.quantizer == "kivi" and packed.k_bits in BITS and packed.v_bits in BITS and packed.dim == 128
-            and dim == 128 and t_q == 1 and packed.group % BLOCK == 0
+            and dim == 128 and t_q == 1 and packed.group % CHUNK == 0
             and value_group(packed.group, packed.dim) == packed.dim and query.dtype in (torch.bfloat16, torch.float16)
             and rows % batch == 0 and num_q % (rows // batch) == 0 and num_q // (rows // batch) <= 8)
 
 
 def plan(length: int, rows: int, sms: int, splits: int | None = None) -> tuple[int, int]:
     """(splits, entries per split) for ``rows`` rows of ``length`` entries on ``sms`` SMs: by default one wave of
-    programs, ``PROGRAMS_PER_SM`` an SM, as long as each split keeps two blocks. A program is heavy (its registers
-    allow two an SM), so more splits only add waves, prologues and partials to merge
-    (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
+    programs, ``PROGRAMS_PER_SM`` an SM, as long as each split keeps a round (``BLOCK`` entries: a key group for
+    each warp). A program is heavy (its registers allow two an SM), so more splits only add waves, prologues and
+    partials to merge (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
     if splits is None:
-        splits = max(1, min(-(-length // (2 * BLOCK)), PROGRAMS_PER_SM * sms // rows))
+        splits = max(1, min(-(-length // BLOCK), PROGRAMS_PER_SM * sms // rows))
     return plan_splits(length, rows, BLOCK, "cpu", splits)
 
 
@@ -446,10 +476,13 @@ def decode_attention_gluon(query: torch.Tensor, packed: PackedKV, key_pos: torch
     first = parts.take(splits)
     pairs = packed.keep_key_pairs()
     k, v, vs, vz = packed.k, packed.v, packed.v_scale, packed.v_zero
+    we, lane_sums = TILES.get((packed.k_bits, packed.v_bits), TILE)
+    kw_l, vw_l = WORD_LAYOUTS[packed.k_bits, packed.v_bits, we]
     _gluon_decode_kernel[(rows, splits)](
         query, k, v, pairs, vs, vz, key_pos.view(rows, length), query_pos, parts.m, parts.lsum, parts.acc,
         num_kv, length, split_len, first, scaling, query.stride(0), query.stride(1), k.stride(0), v.stride(0),
         pairs.stride(0), pairs.stride(1), vs.stride(0), length, parts.m.stride(0), parts.m.stride(1),
         parts.acc.stride(0), parts.acc.stride(1), parts.acc.stride(3), GROUP=num_q // num_kv, K_GROUP=packed.group,
-        K_BITS=packed.k_bits, V_BITS=packed.v_bits, num_warps=4)
+        K_BITS=packed.k_bits, V_BITS=packed.v_bits, WE=we, LANE_SUMS=lane_sums,
+        kw_l=kw_l, vw_l=vw_l, num_warps=4)
     return parts.merge() if own else None

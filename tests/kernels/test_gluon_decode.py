@@ -21,6 +21,7 @@ DEVICE = "cuda"
     (2, 2, 4, 300, 128),   # a partial last block and group
     (1, 3, 8, 1000, 256),  # 8 query heads per KV head, key groups of two blocks
     (3, 1, 1, 129, 128),   # one query head, one entry past a block
+    (1, 2, 4, 2600, 128),  # rounds of 4 key groups (a warp's each), a split of several, a partial last round
 ])
 def test_matches_dequantize_then_attend(batch, num_kv, group, length, key_group, bits):
     gen = torch.Generator().manual_seed(length)

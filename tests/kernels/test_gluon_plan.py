@@ -1,4 +1,5 @@
-"""The Gluon decode kernel's split plan (CPU: pure arithmetic): one wave of programs, two an SM, whole blocks."""
+"""The Gluon decode kernel's split plan (CPU: pure arithmetic): one wave of programs, two an SM, whole rounds (a key
+group for each of a program's warps)."""
 
 import pytest
 
@@ -16,11 +17,15 @@ def test_one_wave_of_whole_blocks(length, rows):
     assert splits * split_len >= length > (splits - 1) * split_len  # every entry in exactly one split, none empty
     assert rows * splits <= max(rows, PROGRAMS_PER_SM * sms)        # one wave unless the rows alone need more
     if splits > 1:
-        assert split_len >= 2 * BLOCK                                # a split keeps two blocks
+        assert split_len >= BLOCK >= 4 * 128                         # a split keeps a round: a key group a warp
 
 
 def test_batch_8_at_32k_on_an_h100_takes_4_splits():
     assert plan(32768, 64, 132) == (4, 8192)  # 256 programs: one wave at 2 an SM (was 16 splits, 3.9 waves)
+
+
+def test_batch_1_at_8k_keeps_the_sms_busy():
+    assert plan(8192, 8, 132) == (16, 512)  # 128 programs of one round each: an SM each
 
 
 def test_an_explicit_count_is_kept():
