@@ -60,7 +60,7 @@ BLOCK = 4 * CHUNK  # entries a program takes per round: a chunk each of its 4 wa
 TILES = {(2, 2): (64, True), (4, 2): (64, False)}  # (k, v bits) -> (entries a warp a block, softmax sums per lane)
 TILE = (32, False)  # the others (measured: benchmarks/results/2026-11-27-h100-gluon-session18.txt)
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
-PROGRAMS_PER_SM = 2  # what the kernel's registers (about 240 a thread, 4 warps) let an SM hold
+PROGRAMS_PER_SM = 2  # what the kernel's registers (216-254 a thread, 4 warps) let an SM hold
 
 
 def _lop3_lines(src: str, out: Callable[[int], str], bits: int, sub: bool) -> list[str]:
@@ -124,8 +124,8 @@ if gluon is not None:
     KEYS2 = gl.constexpr(_keys_ptx(2))
     VALS4 = gl.constexpr(_values_ptx(4))
     VALS2 = gl.constexpr(_values_ptx(2))
-    WORD_LAYOUTS = {(kb, vb, we): (_word_layouts(kb, vb, we)[0], _word_layouts(kb, vb, we)[1])
-                    for kb in BITS for vb in BITS for we in (32, 64)}  # the launch passes a pair (kw_l, vw_l)
+    WORD_LAYOUTS = {(kb, vb, we): _word_layouts(kb, vb, we)  # the launch passes the pair (KW_L, VW_L)
+                    for kb in BITS for vb in BITS for we in (32, 64)}
     NW = gl.constexpr(4)  # warps
     CH = gl.constexpr(CHUNK)
 
@@ -257,8 +257,8 @@ if gluon is not None:
     @gluon.jit
     def _prep(pr, q2, qs, K_BITS: gl.constexpr, WE: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr,
               b_l: gl.constexpr):
-        """A block's key scales into the query: (q * scale [w, channel, head] as two channel halves, the scores'
-        starting accumulator [w, entry, head] = sum_k q zero - 1024 q * scale)."""
+        """Each warp's key group's scales into the query: (q * scale [w, channel, head] as two channel halves, the
+        scores' starting accumulator [w, entry, head] = sum_k q zero - 1024 q * scale, the same for every entry)."""
         HALF: gl.constexpr = 16 // K_BITS
         c_l: gl.constexpr = gl.SliceLayout(2, b_l)
         sc = gl.convert_layout(_channels(pr, 0, K_BITS), c_l)
@@ -318,8 +318,8 @@ if gluon is not None:
                              first, scale, stride_qb, stride_qh, stride_kr, stride_vr, stride_kpr, stride_kpg,
                              stride_vsr, stride_pr, stride_mb, stride_mh, stride_ab, stride_ah, stride_as,
                              GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_BITS: gl.constexpr,
-                             V_BITS: gl.constexpr, WE: gl.constexpr, LANE_SUMS: gl.constexpr, kw_l: gl.constexpr,
-                             vw_l: gl.constexpr):
+                             V_BITS: gl.constexpr, WE: gl.constexpr, LANE_SUMS: gl.constexpr, KW_L: gl.constexpr,
+                             VW_L: gl.constexpr):
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1, 1],
                                                       instr_shape=[1, 16, 8])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -356,12 +356,12 @@ if gluon is not None:
         down_k = gl.exp2(-(K_BITS * (pair % (KPW // 4))).to(gl.float32))
         q2 = (q * down_k[None, :, None]).to(gl.float16)
 
-        kw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, kw_l)))
-        kw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, kw_l)))
-        kw_i = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, kw_l)))
-        vw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, vw_l)))
-        vw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, vw_l)))
-        vw_i = gl.arange(0, V_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, vw_l)))
+        kw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW_L)))
+        kw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW_L)))
+        kw_i = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, KW_L)))
+        vw_w = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(2, VW_L)))
+        vw_n = gl.arange(0, WE, layout=gl.SliceLayout(0, gl.SliceLayout(2, VW_L)))
+        vw_i = gl.arange(0, V_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, VW_L)))
         sw = gl.arange(0, NW, layout=gl.SliceLayout(1, e_l))
         sn = gl.arange(0, WE, layout=gl.SliceLayout(0, e_l))
 
@@ -378,8 +378,8 @@ if gluon is not None:
         GW: gl.constexpr = CH // WE
         cur = _loads(KW, VW, VS, VZ, KPOS, row, begin, end, stride_kr, stride_vr, stride_vsr, stride_pr, kw_w, kw_n,
                      kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS, WE)
-        pw = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(1, kw_l)))
-        pi = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, kw_l)))
+        pw = gl.arange(0, NW, layout=gl.SliceLayout(1, gl.SliceLayout(1, KW_L)))
+        pi = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, KW_L)))
         kp = KP + row * stride_kpr + pi[None, :]
         g0 = begin + pw * CH
         prepared = _prep(_pair_loads(kp + (g0 // K_GROUP)[:, None] * stride_kpg, (g0 < end)[:, None], K_WORDS, K_BITS),
@@ -484,5 +484,5 @@ def decode_attention_gluon(query: torch.Tensor, packed: PackedKV, key_pos: torch
         pairs.stride(0), pairs.stride(1), vs.stride(0), length, parts.m.stride(0), parts.m.stride(1),
         parts.acc.stride(0), parts.acc.stride(1), parts.acc.stride(3), GROUP=num_q // num_kv, K_GROUP=packed.group,
         K_BITS=packed.k_bits, V_BITS=packed.v_bits, WE=we, LANE_SUMS=lane_sums,
-        kw_l=kw_l, vw_l=vw_l, num_warps=4)
+        KW_L=kw_l, VW_L=vw_l, num_warps=4)
     return parts.merge() if own else None
