@@ -123,7 +123,7 @@ def _merge_splits_kernel(M, L, ACC, OUT, LSE, splits, stride_row, stride_arow, s
     acc = tl.load(ACC + row * stride_arow + s[:, None] * stride_as + d[None, :], mask=inside[:, None], other=0.0)
     out = tl.sum(acc * weight[:, None], axis=0) / tl.maximum(total, 1e-30)
     tl.store(OUT + row * HEAD_DIM + d, out.to(OUT.dtype.element_ty))
-    tl.store(LSE + row, top + tl.log(total))
+    tl.store(LSE + row, tl.where(total > 0, top + tl.log(tl.maximum(total, 1e-30)), float("-inf")))  # none: -inf
 
 
 SPLIT_PROGRAMS_PER_SM = 8
