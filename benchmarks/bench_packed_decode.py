@@ -157,12 +157,12 @@ def main() -> None:
                 try:
                     out, _ = fn()
                     if isinstance(out, float):  # a timer of its own (the kernel alone): its error is the call's
-                        ms, err = out, float("nan")
+                        ms, err = out, f"{'-':>8}"
                     else:
-                        err = float((out.float() - ref).norm() / ref.norm())
+                        err = f"{float((out.float() - ref).norm() / ref.norm()):8.1e}"
                         ms = _time(fn, args.eager)
                     print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} {ms:8.3f} {nbytes / 1e9:8.3f} "
-                          f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {err:8.1e}")
+                          f"{nbytes / (ms / 1000) / bandwidth * 100:6.0f}% {err}")
                 except Exception as error:  # noqa: BLE001
                     print(f"{context:8} {f'K{bits}V{bits}':>5} {name:32} failed: {type(error).__name__}: "
                           f"{str(error).splitlines()[0][:150]}")
