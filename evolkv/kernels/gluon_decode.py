@@ -128,6 +128,7 @@ if gluon is not None:
                     for kb in BITS for vb in BITS for we in (32, 64)}
     NW = gl.constexpr(4)  # warps
     CH = gl.constexpr(CHUNK)
+    RND = gl.constexpr(BLOCK)
 
     @gluon.jit
     def _in_registers(o, at: gl.constexpr, PW: gl.constexpr):
@@ -208,8 +209,11 @@ if gluon is not None:
         return gl.reshape(x, (NW, WE, VW * PW))
 
     @gluon.jit
-    def _pair_loads(pb, ok, KW: gl.constexpr, K_BITS: gl.constexpr):
-        """A key group's (scale, zero point) pairs (``packed.key_pairs``: pair k of every word at k * KW)."""
+    def _pair_loads(kp, first, end, stride_kpg, K_GROUP: gl.constexpr, KW: gl.constexpr, K_BITS: gl.constexpr):
+        """The (scale, zero point) pairs of the key group holding entry ``first[w]``, for each warp w
+        (``packed.key_pairs``: pair k of every word at k * KW; past ``end``: masked)."""
+        ok = (first < end)[:, None]
+        pb = kp + (first // K_GROUP)[:, None] * stride_kpg
         if K_BITS == 4:
             return (gl.load(pb, mask=ok, other=0), gl.load(pb + KW, mask=ok, other=0),
                     gl.load(pb + 2 * KW, mask=ok, other=0), gl.load(pb + 3 * KW, mask=ok, other=0),
@@ -382,20 +386,18 @@ if gluon is not None:
         pi = gl.arange(0, K_WORDS, layout=gl.SliceLayout(0, gl.SliceLayout(1, KW_L)))
         kp = KP + row * stride_kpr + pi[None, :]
         g0 = begin + pw * CH
-        prepared = _prep(_pair_loads(kp + (g0 // K_GROUP)[:, None] * stride_kpg, (g0 < end)[:, None], K_WORDS, K_BITS),
-                         q2, qs, K_BITS, WE, mma, a_l, b_l)
-        pr_n = _pair_loads(kp + ((g0 + NW * CH) // K_GROUP)[:, None] * stride_kpg, (g0 + NW * CH < end)[:, None],
-                           K_WORDS, K_BITS)
-        for j in range(0, GW * gl.cdiv(end - begin, NW * CH)):
+        prepared = _prep(_pair_loads(kp, g0, end, stride_kpg, K_GROUP, K_WORDS, K_BITS), q2, qs, K_BITS, WE, mma, a_l,
+                         b_l)
+        pr_n = _pair_loads(kp, g0 + RND, end, stride_kpg, K_GROUP, K_WORDS, K_BITS)
+        for j in range(0, GW * gl.cdiv(end - begin, RND)):
             jn = j + 1
-            nxt = _loads(KW, VW, VS, VZ, KPOS, row, begin + (jn // GW) * (NW * CH) + (jn % GW) * WE, end, stride_kr,
+            nxt = _loads(KW, VW, VS, VZ, KPOS, row, begin + (jn // GW) * RND + (jn % GW) * WE, end, stride_kr,
                          stride_vr, stride_vsr, stride_pr, kw_w, kw_n, kw_i, vw_w, vw_n, vw_i, sw, sn, K_BITS, V_BITS,
                          WE)
             state = _block(cur, prepared, state, q_pos, K_BITS, V_BITS, WE, LANE_SUMS, mma, a_l, b_l)
             if jn % GW == 0:  # the next round's scales into the query; the round after's loaded
                 prepared = _prep(pr_n, q2, qs, K_BITS, WE, mma, a_l, b_l)
-                gn = g0 + (jn // GW + 1) * (NW * CH)
-                pr_n = _pair_loads(kp + (gn // K_GROUP)[:, None] * stride_kpg, (gn < end)[:, None], K_WORDS, K_BITS)
+                pr_n = _pair_loads(kp, g0 + (jn // GW + 1) * RND, end, stride_kpg, K_GROUP, K_WORDS, K_BITS)
             cur = nxt
         m_i, l_i, extra, acc = state
         if LANE_SUMS:
