@@ -47,6 +47,18 @@ def load_revision(rev: str, folder: Path):
     return module
 
 
+def decode_case(k_bits: int, v_bits: int, batch: int, length: int, heads: int = 8, group: int = 4):
+    """(query, packed, pos, query_pos): random bfloat16 keys, values and query packed as the kernel reads them (key
+    groups of 128, the key scales kept as pairs), every entry visible to a query at position ``length``."""
+    keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
+    packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
+    del keys
+    packed.keep_key_pairs()
+    pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
+    query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
+    return query, packed, pos, torch.tensor([length], device="cuda")
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref).norm() / ref.norm()).item()
 
@@ -90,16 +102,11 @@ def main() -> None:
     print(f"# batch {batch}, {heads} KV heads x {group} query heads, {length} entries a row, key groups of 128")
     print("# ms and % copy: one call (the decode kernel and the merge of its splits) as a CUDA graph replays it; "
           "kernel ms: the decode kernel alone (bench_packed_decode.time_kernel_alone)")
-    print(f"{'bits':>5} {'kernel':30} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8} {'kernel ms':>9} {'% copy':>7}")
+    print(f"{'bits':>5} {'kernel':30} {'ms':>8} {'GB read':>8} {'% copy':>7} {'rel err':>8} {'kernel ms':>9} "
+          f"{'% copy':>7}")
     for k_bits, v_bits in pairs:
-        keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
-        packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
-        del keys
-        packed.keep_key_pairs()  # the bytes the kernel reads: codes, key pairs, value scales, positions
-        pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
-        read = packed.nbytes() + pos.numel() * 4
-        query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
-        query_pos = torch.tensor([length], device="cuda")
+        query, packed, pos, query_pos = decode_case(k_bits, v_bits, batch, length, heads, group)
+        read = packed.nbytes() + pos.numel() * 4  # what the kernel reads: codes, key pairs, value scales, positions
         ref = attend_packed_ref(query.float(), packed, pos, query_pos, 0.08)[0]
         for name, (kernel, splits) in runs.items():
             def call(kernel=kernel, splits=splits):

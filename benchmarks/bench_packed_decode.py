@@ -63,8 +63,7 @@ def time_kernel_alone(kernel, query, packed, pos, query_pos, scale, splits=None)
     """Median ms of ``kernel.decode_attention_gluon``'s decode kernel alone: a CUDA graph of ``KERNEL_REPEATS``
     launches filling one set of partials (no merge; the serving path merges once over every tier), its replay time
     divided by the launches."""
-    rows, length = pos.shape[0] * pos.shape[1], pos.shape[2]
-    parts = kernel.Partials(query, kernel._plan(length, rows, query.device, splits)[0])
+    parts = kernel.Partials(query, splits or kernel.splits_for(packed, pos.shape[0] * pos.shape[1], query.device))
 
     def launches():
         for _ in range(KERNEL_REPEATS):

@@ -7,32 +7,23 @@ after three warm-up calls, between cudaProfilerStart and Stop, for Nsight Comput
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
-from evolkv.kernels.packed import pack
+from benchmarks.bench_gluon_revisions import decode_case, load_revision
 
 
 def main() -> None:
     k_bits, v_bits = int(sys.argv[1][0]), int(sys.argv[1][1])
-    if len(sys.argv) > 2:  # another revision of the kernel's file, loaded as a module of its own
-        spec = importlib.util.spec_from_file_location("gluon_decode_profiled", sys.argv[2])
-        kernel = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = kernel  # Gluon reads the kernels' source through their module
-        spec.loader.exec_module(kernel)
+    if len(sys.argv) > 2:  # another revision of the kernel's file (or a copy of it)
+        kernel = load_revision(sys.argv[2], Path(tempfile.mkdtemp()))
     else:
         from evolkv.kernels import gluon_decode as kernel
-    batch, heads, group, length = 8, 8, 4, 32768
     torch.manual_seed(0)
-    keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
-    packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
-    del keys
-    packed.keep_key_pairs()
-    pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
-    query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
-    query_pos = torch.tensor([length], device="cuda")
+    query, packed, pos, query_pos = decode_case(k_bits, v_bits, 8, 32768)
     for _ in range(3):
         kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
     torch.cuda.synchronize()
