@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's "one search for every budget": `evolkv search --budgets A,B,C` against one `--budget` search per
+# One search for every budget: `evolkv search --budgets A,B,C` against one `--budget` search per
 # budget with the same settings, side by side in one run; prints each wall time and the ratio.
 #   MODEL=smollm2-135m DEVICE=cpu bash benchmarks/bench_budgets.sh
 set -euo pipefail

@@ -28,7 +28,7 @@ def main() -> None:
     query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
     query_pos = torch.tensor([length], device="cuda", dtype=torch.int32)
     calls = {"gluon": lambda: decode_attention_gluon(query, packed, pos, query_pos, 0.08),
-             "folded pairs": lambda: decode_attention_folded(query, packed, pos, query_pos, 0.08, unpack=2)}
+             "folded pairs": lambda: decode_attention_folded(query, packed, pos, query_pos, 0.08)}
     for name, call in calls.items():
         for _ in range(5):  # compiled, key pairs made
             call()

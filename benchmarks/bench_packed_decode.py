@@ -1,10 +1,9 @@
-"""Quantized decode attention, side by side: today's dequantize-as-read kernel against the folded-scale kernel
-(``evolkv.kernels.folded``) with Triton integer unpacking, with inline-PTX lop3 unpacking and with the keys
-dequantized a channel pair per instruction (``unpack=2``, ``EVOLKV_PACKED_DECODE=pairs``), the Gluon kernel
-with the MMA operands built in registers (``evolkv.kernels.gluon_decode``, K4V4), and the bf16 ragged kernel
-over the same entries unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads,
-head_dim 128), one query token, every entry of the context packed (K4V4 / K2V2, key groups of 128 entries,
-value groups of the whole head), batch 8.
+"""Quantized decode attention, side by side: the dequantize-as-read kernel against the folded kernel
+(``evolkv.kernels.folded``: keys dequantized a channel pair per instruction, values' codes fed to the tensor cores;
+``EVOLKV_PACKED_DECODE=pairs``) at a few block shapes, the Gluon kernel with the MMA operands built in registers
+(``evolkv.kernels.gluon_decode``) as a call and alone, and the bf16 ragged kernel over the same entries
+unquantized. Llama-3-8B attention shapes (8 KV heads x 4 query heads, head_dim 128), one query token, every entry
+of the context packed (K4V4 / K2V2, key groups of 128 entries, value groups of the whole head), batch 8.
 
 Prints ms per call (median of ``do_bench`` over replays of a CUDA graph of the call, as the serving path
 decodes; ``--eager``: eager calls, Python launch cost included), bytes the call must read (codes, scales, zero points,
@@ -38,12 +37,6 @@ def copy_bandwidth() -> float:
     y = torch.empty_like(x)
     ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
     return 2 * x.numel() / (ms / 1000)
-
-
-def _splits(context: int, rows: int) -> int:
-    from evolkv.kernels.decode_attention import default_splits
-
-    return default_splits(context, rows, 64, "cuda")
 
 
 def _time(fn, eager: bool) -> float:
@@ -123,29 +116,17 @@ def main() -> None:
             nbytes = packed.nbytes() + pos.numel() * 4
             ref, _ = attend_packed_ref(query.float(), packed, pos, query_pos, scale)
             variants = {
-                "dequantize as read (today)": lambda: decode_attention_packed(query, packed, pos, query_pos, scale),
-                "folded, Triton unpack": lambda: decode_attention_folded(query, packed, pos, query_pos, scale,
-                                                                         unpack=0),
-                "folded, PTX lop3 unpack": lambda: decode_attention_folded(query, packed, pos, query_pos, scale,
-                                                                           unpack=1),
+                "dequantize as read": lambda: decode_attention_packed(query, packed, pos, query_pos, scale),
             }
             paired = dataclasses.replace(packed)  # its first call keeps its key scales as pairs (packed keeps fp16)
             for block_n, stages in ((128, 2), (128, 1), (64, 2)):
                 variants[f"folded, pairs, {block_n}/{stages}s/4w"] = (
-                    lambda b=block_n, st=stages: decode_attention_folded(query, paired, pos, query_pos, scale, unpack=2,
+                    lambda b=block_n, st=stages: decode_attention_folded(query, paired, pos, query_pos, scale,
                                                                          block_n=b, num_stages=st))
             if gluon_serves(query, packed):
                 gluon_cache = dataclasses.replace(packed)
                 variants["gluon, operands in registers"] = (
                     lambda: decode_attention_gluon(query, gluon_cache, pos, query_pos, scale))
-            for block_n, stages, warps in ((128, 2, 4), (64, 1, 4), (128, 1, 8), (64, 2, 8)):
-                variants[f"folded, PTX, {block_n}/{stages}s/{warps}w"] = (
-                    lambda b=block_n, st=stages, w=warps: decode_attention_folded(
-                        query, packed, pos, query_pos, scale, unpack=1, block_n=b, num_stages=st, num_warps=w))
-            for splits in (2, 4):  # more programs per SM: more loads in flight
-                variants[f"folded, PTX, {splits}x splits"] = (
-                    lambda k=splits: decode_attention_folded(query, packed, pos, query_pos, scale, unpack=1,
-                                                             splits=k * _splits(context, rows)))
             if gluon_serves(query, packed) and not args.eager:
                 from evolkv.kernels import gluon_decode
                 variants["gluon, the kernel alone"] = lambda: (

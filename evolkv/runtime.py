@@ -448,7 +448,7 @@ def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
     for pattern, rows in plain.items():
         heads = None if all(pattern) else torch.tensor([h for h, on in enumerate(pattern) if on], device=query.device)
         groups.append((torch.tensor(rows, device=query.device), heads, None, 0))
-    dense = not kernels._use_triton(query)
+    dense = not kernels.use_triton(query)
 
     def read(key, shared, order, packed, residual):
         """(shared keys/values, packed) as the kernel reads them; the torch path dequantizes each packed

@@ -86,19 +86,18 @@ class ServingLayer(CompressedLayer):
             from evolkv.kernels import folded, gluon_decode, ragged
             from evolkv.kernels.decode_attention import Partials, plan_splits
 
-            unpack = kernels.folded_unpack()
             gluon = kernels.gluon_serves(query, packs, sliding_window)
             own = dict(keys=self.keys, values=self.values, start=self.start, count=self.count, step=cache.step,
                        capacity=self.capacity, pos=self.slot_pos)
             if len(self._tiers) == 1 and not gluon:  # the full-precision rows as the first splits of one launch
                 packed, packed_pos, _ = self._tiers[0]
                 return folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
-                                                      sliding_window, unpack=unpack, ragged=own)[0]
+                                                      sliding_window, ragged=own)[0]
             # the Gluon kernel, or MiKV's two packed tiers: a launch each, and one merge
             rows, device = self.start.shape[0], query.device
             splits = plan_splits(self.capacity, rows, 64, device)[0]
             splits += sum(gluon_decode.splits_for(packed, rows, device) if gluon
-                          else folded.splits_for(packed, rows, device, unpack) for packed in packs)
+                          else folded.splits_for(packed, rows, device) for packed in packs)
             parts = Partials(query, splits)
             ragged.ragged_decode_attention(query, own["keys"], own["values"], own["start"], own["count"], own["step"],
                                            self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,
@@ -109,7 +108,7 @@ class ServingLayer(CompressedLayer):
                                                         partials=parts)
                 else:
                     folded.decode_attention_folded(query, packed, packed_pos, cache.query_pos, scaling,
-                                                   sliding_window, unpack=unpack, partials=parts)
+                                                   sliding_window, partials=parts)
             return parts.merge()[0]
         out, lse = kernels.attend_ragged(query, self.keys, self.values, self.start, self.count, cache.step,
                                          self.capacity, scaling, self.slot_pos, cache.query_pos, sliding_window,

@@ -181,7 +181,7 @@ def test_compiled_blocks_generate_the_same(loaded):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the folded packed kernel runs on CUDA only")
-@pytest.mark.parametrize("mode,dim", [("asm", 64), ("pairs", 64), ("gluon", 64), ("gluon", 128)])
+@pytest.mark.parametrize("mode,dim", [("pairs", 64), ("gluon", 64), ("gluon", 128)])
 @pytest.mark.parametrize("precision", ["K4V4 all", "30% K4V2 r16 + MiKV e2"])
 def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, dim, monkeypatch):
     """head_dim 64 in bfloat16, as the packed kernel serves (the tiny models' head_dim 16 is not): one packed

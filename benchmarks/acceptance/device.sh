@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's acceptance on the lent GPU machine, with both packaged models. Their weights (Gemma 3 270M's
+# The acceptance runs on a lent GPU machine, with both packaged models. Their weights (Gemma 3 270M's
 # 253 MB GGUF, SmolLM2's 98 MB) are more than one call carries (64 MiB), so they travel as one byte stream cut
 # into parts (made here by `bash benchmarks/acceptance/device.sh pack`), one part per call, kept in /tmp/keep
 # on the warm machine; `start` puts them together and runs the pipelines detached (setsid), from a copy of

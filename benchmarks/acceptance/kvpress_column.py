@@ -1,4 +1,4 @@
-"""kvpress's own strongest presses on evolkv's held-out samples: the kvpress column of issue 12's acceptance.
+"""kvpress's own strongest presses on evolkv's held-out samples: the kvpress column of the methods' acceptance.
 
 Run in a kvpress environment (kvpress 0.5.x pins transformers<5.3), with the same task arguments as
 ``benchmarks/acceptance/methods.sh``, so the samples are the very held-out samples its searches report:

@@ -1,4 +1,4 @@
-"""A JSONL task kept out of every tuning decision (issue 16's acceptance): order look-ups hidden in the
+"""A JSONL task kept out of every tuning decision (the acceptance's jsonl step): order look-ups hidden in the
 docstrings of standard-library modules. Deterministic; writes ``count`` lines of about ``chars`` characters.
 
     python benchmarks/acceptance/make_orders_jsonl.py OUT.jsonl [count] [chars]

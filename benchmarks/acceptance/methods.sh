@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's acceptance (part): on both packaged real models, at 5% and 10%, one search per budget that
+# Every method at once: on both packaged real models, at 5% and 10%, one search per budget that
 # lets every layer pick its scorer among all of evolkv's (--scorers), so the run reports each scorer as a
 # uniform baseline (uniform:NAME) beside pyramid, AdaKV, StreamingLLM and the four per-prompt allocators,
 # and the searched per-layer scorers and budgets against the best of them, on held-out KL and exact match.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's acceptance, the other half: every scorer with a searched allocation (budgets per layer, and per
+# Every scorer with a searched allocation (budgets per layer, and per
 # KV head on SmolLM2; the scorer fixed) at 5% and 10%, with the task arguments of methods.sh (each run's own
 # baseline:uniform is the same scorer without the search). On the lent GPU machine; SmolLM2's 98 MB GGUF
 # travels in two parts (.smol/a with the wheels, .smol/b), kept in /tmp/keep between calls:

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Issue 16's acceptance through the CLI, as a user runs it. On the GPU machine (after benchmarks/gpu/run.sh
+# The acceptance through the CLI, as a user runs it. On the GPU machine (after benchmarks/gpu/run.sh
 # has installed the staged wheels) or on a CPU:
 #   MODEL=smollm2-135m DEVICE=cuda PER_HEAD=--per-head bash benchmarks/acceptance/run.sh [search] [transfer] [jsonl] [quant] [joint]
 # 1. search: budgets 5%, 10%, 20% x seeds 0, 1, 2 on every task kind (needles, tracking, prose, code);
 # 2. transfer: leave one task kind out of the search (10%, three seeds), score the winner and uniform on it;
 # 3. jsonl: the 10% winners and the baselines on a JSONL task kept out of every tuning decision;
 # 4. quant / joint: precision fronts (target 4 bits; joint at 20%) against the uniform precisions, three seeds.
-# 5. accept (issue 11, point 8): one search per suite in $SUITES (ruler, code) and budget, seed 0;
-# 6. explore (issue 11, point 5): the 10% search on a JSONL task of look-ups in prose, as is and with each
+# 5. accept : one search per suite in $SUITES (ruler, code) and budget, seed 0;
+# 6. explore : the 10% search on a JSONL task of look-ups in prose, as is and with each
 #    exploration fix ($EXPLORE: --step 0.15, --restarts 2, --samples 8), seeds $SEEDS;
-# 7. precision (issue 11, point 7): quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS.
+# 7. precision : quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS.
 # The seeds of one setting run side by side (PAR processes; each its own SQLite file, so no writer waits on
 # another). Every command's JSON lands in $OUT; benchmarks/acceptance/summarize.py makes the tables.
 set -uo pipefail

@@ -1,4 +1,4 @@
-"""Tables of issue 16's acceptance from the JSON that benchmarks/acceptance/run.sh leaves in a folder.
+"""Tables of the acceptance from the JSON that benchmarks/acceptance/run.sh leaves in a folder.
 
     python benchmarks/acceptance/summarize.py acc-out [search-prefix ...]
 """

@@ -2,33 +2,40 @@
 after three warm-up calls, between cudaProfilerStart and Stop, for Nsight Compute:
 
     PYTHONPATH=. ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
-        python3 benchmarks/gpu/profile_gluon.py 22 [a copy of gluon_decode.py to profile instead]
+        python3 benchmarks/gpu/profile_gluon.py 22
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
-from benchmarks.bench_gluon_revisions import decode_case, load_revision
+from evolkv.kernels import gluon_decode
+from evolkv.kernels.packed import pack
+
+
+def decode_case(k_bits: int, v_bits: int, batch: int, length: int, heads: int = 8, group: int = 4):
+    """(query, packed, pos, query_pos): random bfloat16 keys, values and query packed as the kernel reads them (key
+    groups of 128, the key scales kept as pairs), every entry visible to a query at position ``length``."""
+    keys = torch.randn(batch * heads, length, 128, device="cuda", dtype=torch.bfloat16)
+    packed = pack(keys, torch.randn_like(keys), k_bits, v_bits, 128)
+    del keys
+    packed.keep_key_pairs()
+    pos = torch.arange(length, device="cuda").repeat(batch * heads, 1).view(batch, heads, length).int()
+    query = torch.randn(batch, heads * group, 1, 128, device="cuda", dtype=torch.bfloat16)
+    return query, packed, pos, torch.tensor([length], device="cuda")
 
 
 def main() -> None:
     k_bits, v_bits = int(sys.argv[1][0]), int(sys.argv[1][1])
-    if len(sys.argv) > 2:  # another revision of the kernel's file (or a copy of it)
-        kernel = load_revision(sys.argv[2], Path(tempfile.mkdtemp()))
-    else:
-        from evolkv.kernels import gluon_decode as kernel
     torch.manual_seed(0)
     query, packed, pos, query_pos = decode_case(k_bits, v_bits, 8, 32768)
     for _ in range(3):
-        kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
+        gluon_decode.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
-    kernel.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
+    gluon_decode.decode_attention_gluon(query, packed, pos, query_pos, 0.08)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 on a lent multi-GPU machine (repository root there; carry .whl, .gpukit and .raywhl, staged here by
+# The Ray scaling benchmark on a lent multi-GPU machine (repository root there; carry .whl, .gpukit and .raywhl, staged here by
 # benchmarks/gpu/stage_wheels.sh and benchmarks/gpu/stage_ray.sh: ~59 MiB with the tree, one call):
 #   bash benchmarks/gpu/ray_gpus.sh start "local,ray:1,ray:2,ray:4,kill:2" [SECONDS]
 #   bash benchmarks/gpu/ray_gpus.sh wait SECONDS      # later calls, while the machine stays warm

@@ -1,8 +1,7 @@
 """Two configs' task metric compared sample by sample: is a gap more than which samples happened to be drawn?
 
 Greedy answers are scored on a few dozen samples, and one sample moves a mean of 48 by up to 0.021; decoding the
-same config in another batch moved a mean by 0.004 on the H100 (``benchmarks/results/2026-11-27-h200-paired-
-metric.txt``). ``compare`` gives the mean gap with a 95% paired-bootstrap interval, how many samples each side wins,
+same config in another batch moved a mean by 0.004 on the H100. ``compare`` gives the mean gap with a 95% paired-bootstrap interval, how many samples each side wins,
 and a two-sided sign test, as ``runs show`` prints them for the winner against every baseline."""
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ import os
 import torch
 
 from evolkv.kernels import reference
+from evolkv.kernels.layout import use_triton
 from evolkv.kernels.packed import attend_packed_ref, gathered_attention_packed_ref
 from evolkv.kernels.reference import gather_kv
 
 DECODE_MAX_QUERIES = 16  # up to this many query tokens per sequence take the split-sequence decode kernel
-DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, 2026-11-24 results)
+DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh it (H100, ``benchmarks/bench_kernels.py``)
 DENSIFY_MIN_CANDIDATES = 32  # from this many candidates a packed prefill is dequantized once per forward (H100:
 # at population 64 it wins from 16k context on, at 16 it does not; benchmarks/results/*bench_quantized*)
 
@@ -23,7 +24,7 @@ def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None
     """Attention over a compressed cache (see ``reference.attend``): the split-sequence Triton decode kernel
     for a few query tokens on CUDA, the torch reference otherwise."""
     small = keys.shape[2] < DECODE_MIN_ENTRIES and os.environ.get("EVOLKV_KERNELS") != "triton"
-    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and not small and _use_triton(query):
+    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and not small and use_triton(query):
         from evolkv.kernels.decode_attention import decode_attention
 
         return decode_attention(query, keys, values, key_pos, query_pos, scaling, sliding_window)
@@ -34,7 +35,7 @@ def attend_ragged(query, keys, values, start, count, step, capacity, scaling, po
                   sliding_window=None, softcap=None):
     """Decode attention over a ragged serving cache (see ``reference.attend_ragged``): the Triton kernel on
     CUDA, the torch reference otherwise (and for soft-capped logits)."""
-    if softcap is None and _use_triton(query):
+    if softcap is None and use_triton(query):
         from evolkv.kernels.ragged import ragged_decode_attention
 
         return ragged_decode_attention(query, keys, values, start, count, step, capacity, scaling, pos, query_pos,
@@ -46,7 +47,7 @@ def attend_ragged(query, keys, values, start, count, step, capacity, scaling, po
 def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
     """Attention over a packed (quantized) cache (see ``packed.attend_packed_ref``): the decode kernel, which
     dequantizes as it reads, for a few query tokens on CUDA; dequantize-then-attend in torch otherwise."""
-    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and _use_triton(query):
+    if softcap is None and query.shape[2] <= DECODE_MAX_QUERIES and use_triton(query):
         from evolkv.kernels import folded
         from evolkv.kernels.decode_attention import decode_attention_packed
 
@@ -55,8 +56,7 @@ def attend_packed(query, packed, key_pos, query_pos, scaling, sliding_window=Non
 
             return decode_attention_gluon(query, packed, key_pos, query_pos, scaling)
         if folded_serves(query, [packed]):
-            return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window,
-                                                  unpack=folded_unpack())
+            return folded.decode_attention_folded(query, packed, key_pos, query_pos, scaling, sliding_window)
 
         return decode_attention_packed(query, packed, key_pos, query_pos, scaling, sliding_window)
     return attend_packed_ref(query, packed, key_pos, query_pos, scaling, sliding_window, softcap)
@@ -67,7 +67,7 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
     """Many candidates' queries over their ranking prefixes of one shared cache (see ``gathered_attention``
     in ``evolkv.kernels.gathered_attention``), ranks >= ``residual`` read from ``packed`` when given: the
     Triton kernel on CUDA, the torch reference elsewhere."""
-    if _use_triton(query):
+    if use_triton(query):
         from evolkv.kernels.gathered_attention import gathered_attention as kernel
         from evolkv.kernels.packed import densify
 
@@ -80,26 +80,18 @@ def attend_gathered(query, keys, values, order, counts, new_keys, new_values, sc
                                          sliding_window, packed, residual, include_new)
 
 
+PACKED_DECODE_MODES = ("gluon", "pairs", "plain")
+
+
 def packed_decode_mode() -> str:
     """``EVOLKV_PACKED_DECODE``: ``gluon`` (default: ``kernels.gluon_decode``, the MMA operands built in registers,
-    for CUDA graphs where it serves, else ``pairs``; see ``gluon_serves``), ``pairs`` (``kernels.folded``
-    dequantizing the keys a channel pair per ``fma.f16x2``, the cache's key scales kept as those pairs, in the same
-    bytes), ``asm`` (the same kernel with
-    the key scales folded into the query), ``triton`` (that with Triton integer unpacking) or ``plain``
-    (``decode_attention_packed``, dequantize as read)."""
+    for CUDA graphs where it serves, else ``kernels.folded``; see ``gluon_serves``), ``pairs`` (``kernels.folded``
+    everywhere: the keys dequantized a channel pair per ``fma.f16x2``, the values' codes fed to the tensor cores)
+    or ``plain`` (``decode_attention_packed``, dequantize as read: the reference layout's kernel)."""
     mode = os.environ.get("EVOLKV_PACKED_DECODE", "gluon")
-    if mode not in UNPACK_MODES and mode not in ("gluon", "plain"):
-        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use gluon, pairs, asm, triton or plain")
+    if mode not in PACKED_DECODE_MODES:
+        raise ValueError(f"EVOLKV_PACKED_DECODE={mode!r}: use {', '.join(PACKED_DECODE_MODES)}")
     return mode
-
-
-UNPACK_MODES = {"triton": 0, "asm": 1, "pairs": 2}  # EVOLKV_PACKED_DECODE -> folded's ``unpack``
-
-
-def folded_unpack() -> int:
-    """The ``unpack`` argument of ``kernels.folded`` that ``EVOLKV_PACKED_DECODE`` picks (``gluon``: ``pairs``'
-    for the caches the Gluon kernel does not serve)."""
-    return UNPACK_MODES.get(packed_decode_mode(), 2)
 
 
 _FOR_GRAPH = False
@@ -122,9 +114,9 @@ def gluon_serves(query: torch.Tensor, packs, sliding_window: int | None = None) 
     (the default), on CUDA, for a CUDA graph (``for_graph``, or while one is being captured), and each cache of
     a layout it reads (``gluon_decode.supported``: 2- or 4-bit keys and values, head_dim 128, key groups of 128, up
     to 8 query heads per KV head, no sliding window). Eager calls take ``kernels.folded``: Gluon's launcher costs
-    0.26 ms of host time a call against folded's 0.12 (H100 host, 2026-11-27), and an eager decode step is bound by
+    0.26 ms of host time a call against folded's 0.12 (H100 host, ``benchmarks/bench_decode_host.py``), and an eager decode step is bound by
     the host, so there the faster kernel would make the step slower."""
-    if not (query.is_cuda and _use_triton(query) and packed_decode_mode() == "gluon"
+    if not (query.is_cuda and use_triton(query) and packed_decode_mode() == "gluon"
             and (_FOR_GRAPH or torch.cuda.is_current_stream_capturing())):
         return False
     from evolkv.kernels import gluon_decode
@@ -137,17 +129,5 @@ def folded_serves(query: torch.Tensor, packs) -> bool:
     switched off (``EVOLKV_PACKED_DECODE=plain``), and each cache of a layout it reads (``folded.supported``)."""
     from evolkv.kernels import folded
 
-    return (query.is_cuda and _use_triton(query) and packed_decode_mode() != "plain"
+    return (query.is_cuda and use_triton(query) and packed_decode_mode() != "plain"
             and all(folded.supported(query, packed) for packed in packs))
-
-
-def _use_triton(query: torch.Tensor) -> bool:
-    """``EVOLKV_KERNELS``: ``auto`` (Triton on CUDA), ``triton`` (also on CPU, under TRITON_INTERPRET=1), ``torch``."""
-    mode = os.environ.get("EVOLKV_KERNELS", "auto")
-    if mode == "torch" or (mode == "auto" and not query.is_cuda):
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True

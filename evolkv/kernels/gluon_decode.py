@@ -26,9 +26,9 @@ head) always on the MMA's narrow side, so no padding rows:
 
 A launch is one wave: two programs an SM (what the registers allow), so a long split each (``plan``).
 
-On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_gluon_revisions.py``, the kernel alone in CUDA-graph
-replays) K2V2 takes 0.082 ms, 64% of copy bandwidth, and K4V4 0.118 ms, 82% (session 17's kernel, the 4 warps
-sharing every group: 0.092 and 0.117 ms); a call timed on its own adds the merge of its splits and the graph's
+On the H100 (batch 8, 32k, key groups of 128; ``benchmarks/bench_packed_decode.py``, the kernel alone in CUDA-graph
+replays) K2V2 takes 0.081 ms, 65% of copy bandwidth, and K4V4 0.116 ms, 84% (with the 4 warps of a program
+sharing every key group instead: 0.092 and 0.117 ms); a call timed on its own adds the merge of its splits and the graph's
 launch, about 0.012 ms. The time moves little with the bit width: a block's work (about 590 instructions a warp per
 32 entries at K2V2, 720 at K4V4) and its latency bound it, not the bytes.
 
@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover
 CHUNK = 128  # entries a warp takes in a row: one key group (or part of one)
 BLOCK = 4 * CHUNK  # entries a program takes per round: a chunk each of its 4 warps
 TILES = {(2, 2): (64, True), (4, 2): (64, False)}  # (k, v bits) -> (entries a warp a block, softmax sums per lane)
-TILE = (32, False)  # the others (measured: benchmarks/results/2026-11-27-h100-gluon-session18.txt)
+TILE = (32, False)  # the others: 64 entries spill 4-bit values (benchmarks/bench_packed_decode.py)
 BITS = (2, 4)  # code widths of keys and of values (either, independently)
 PROGRAMS_PER_SM = 2  # what the kernel's registers (216-254 a thread, 4 warps) let an SM hold
 
@@ -442,7 +442,7 @@ def plan(length: int, rows: int, sms: int, splits: int | None = None) -> tuple[i
     """(splits, entries per split) for ``rows`` rows of ``length`` entries on ``sms`` SMs: by default one wave of
     programs, ``PROGRAMS_PER_SM`` an SM, as long as each split keeps a round (``BLOCK`` entries: a key group for
     each warp). A program is heavy (its registers allow two an SM), so more splits only add waves, prologues and
-    partials to merge (``benchmarks/results/2026-11-27-h100-gluon-splits.txt``)."""
+    partials to merge (measured with ``benchmarks/bench_packed_decode.py``)."""
     if splits is None:
         splits = max(1, min(-(-length // BLOCK), PROGRAMS_PER_SM * sms // rows))
     return plan_splits(length, rows, BLOCK, "cpu", splits)

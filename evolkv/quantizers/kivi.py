@@ -24,11 +24,11 @@ SCALE_BYTES = 2  # each scale and zero point is stored as float16
 
 
 def _quantize(x: torch.Tensor, bits: int, group: int, per_channel: bool):
-    from evolkv.kernels import _use_triton
-    from evolkv.kernels.packed import SCALE_DTYPE
+    from evolkv.kernels.layout import use_triton
+    from evolkv.kernels.layout import SCALE_DTYPE
     from evolkv.kernels.reference import quantize_ref
 
-    if _use_triton(x) and x.shape[1]:
+    if use_triton(x) and x.shape[1]:
         from evolkv.kernels.quantize import quantize
 
         codes, scale, zero = quantize(x, bits, group, per_channel)
@@ -42,7 +42,7 @@ class KIVI(Quantizer):
     kernel = 0
 
     def pack(self, keys, values, k_bits, v_bits, group):
-        from evolkv.kernels.packed import PackedKV, value_group
+        from evolkv.kernels.layout import PackedKV, value_group
 
         rows, length, dim = keys.shape
         padded = -(-length // group) * group
@@ -60,7 +60,7 @@ class KIVI(Quantizer):
         return out
 
     def unpack(self, packed, dtype):
-        from evolkv.kernels.packed import value_group
+        from evolkv.kernels.layout import value_group
         from evolkv.kernels.reference import dequantize_ref
 
         def restore(data, scale, zero, bits, group, per_channel):

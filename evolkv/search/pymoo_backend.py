@@ -63,8 +63,8 @@ class PymooOptimizer(Optimizer):
             from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
 
             # sigma is relative to the bounds (normalize=True): 0.15 (the default step) of the 6-wide log-weight
-            # range moves a layer by e^±0.9 (2.5x); 0.05 (~35%) often never left the uniform start (issue 11's
-            # look-ups in prose: the best candidate's validation KL 0.59-0.64 vs 0.37-0.57 at 0.15, 4 seeds);
+            # range moves a layer by e^±0.9 (2.5x); 0.05 (~35%) often never left the uniform start (look-ups
+            # in prose: the best candidate's validation KL 0.59-0.64 vs 0.37-0.57 at 0.15, 4 seeds);
             # 0.25 (e^±1.5, 4.5x) scattered a 90-gene SmolLM2 search far from every baseline
             return CMAES(x0=self.x0, sigma=self.step, popsize=self.population, restarts=0)
         if algorithm == "ga":

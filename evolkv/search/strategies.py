@@ -243,9 +243,8 @@ class TokenSearch(Strategy):
         The same splits on uniform's layer budgets join the winner's choice on validation
         (``uniform+split:NAME``, ``on_uniform``): where no searched layer budgets beat uniform's (SmolLM2 code at
         2%), a per-head search can still ship uniform with the heads' split (held-out KL 0.878 with AdaKV's split
-        against 0.891 with equal shares on the CPU: benchmarks/results/2026-11-27-cpu-head-splits.txt; on the H100's
-        validation samples the same splits came within 1% of uniform, not below it, so uniform shipped: session 17
-        in benchmarks/results/2026-11-26-h100-acceptance-issue11.md)."""
+        against 0.891 with equal shares on the CPU; on the H100's validation samples the same splits came within 1% of
+        uniform, not below it, so uniform shipped: benchmarks/results/2026-11-26-h100-acceptance-suites.md)."""
         profiled = [cfg for name, cfg in self.baselines.items() if name != "full" and
                     (cfg.allocation is not None or any(layer.heads is None for layer in cfg.layers))]
         if not profiled:
@@ -288,10 +287,10 @@ class TokenSearch(Strategy):
     def admits(label: str, scored: dict[str, Score]) -> bool:
         """``--choose typical``: whether a contender may displace uniform on validation: only if it is also better
         on the typical sample (``typical_ratio`` below 1). Per-sample KL is heavy-tailed (one code sample moved a
-        mean of 16 by 0.07), so a lower mean can be a few samples' luck (session 11: a winner 2.8x worse than
-        uniform on held-out data). Not the default: with 32 validation samples on SmolLM2 code it decided 5 cells
+        mean of 16 by 0.07), so a lower mean can be a few samples' luck (a winner 2.8x worse than uniform on
+        held-out data, 16 validation samples). Not the default: with 32 validation samples on SmolLM2 code it decided 5 cells
         differently from the mean, right once (a 1.37x loss avoided) and wrong four times (gains of 1.09-1.18x
-        given up; benchmarks/results/2026-11-26-h100-acceptance-issue11.md, session 12)."""
+        given up; benchmarks/acceptance/run.sh accept, SmolLM2 code)."""
         return label == "baseline:uniform" or not typical_ratio(scored[label], scored["baseline:uniform"]) >= 1.0
 
     def metric_guard(self, job, contenders: dict[str, KVConfig], scored: dict[str, Score]
@@ -302,7 +301,7 @@ class TokenSearch(Strategy):
         KL that costs answers does not displace uniform. Returns (label, validation task metric of each label
         decoded). Not the default: on SmolLM2 code with 48 validation samples it shipped a config with higher held-out
         KL than the mean's pick in 6 of 12 runs, and what it shipped was still below uniform on held-out edit
-        similarity at 10% and 20% (benchmarks/results/2026-11-26-h100-acceptance-issue11.md, session 16)."""
+        similarity at 10% and 20% (benchmarks/results/2026-11-26-h100-acceptance-suites.md)."""
         ref = scored["baseline:uniform"]
         bar = self.relative(ref, ref)
         ranked = sorted((label for label, score in scored.items()
@@ -422,7 +421,7 @@ class FrontSearch(Strategy):
         """One block over the whole space; with ``--per-head`` a second one: after ``--generations`` of one pair
         per layer group (every head alike), half as many more of one pair per KV head, started from the
         first block's front. The per-head space holds every per-layer point, so the second block can only add
-        to that front. Measured on SmolLM2 at 3.25 bits (issue 11, point 7; held-out KL of the winner, 12 x 6):
+        to that front. Measured on SmolLM2 at 3.25 bits (held-out KL of the winner, 12 x 6):
         per layer 0.086; per head from the start 0.129 (three times the pair genes for the same evaluations);
         3 generations per layer then 3 per head 0.229 (the per-layer half too short to reach the good region)."""
         settings, space = self.settings, self.space
@@ -544,8 +543,8 @@ def _schedule(settings: SearchSettings, space: BudgetSpace):
     each layer's split over its heads held at the best start's, then half as many over the splits alone, the
     layers' budgets held at the best found, started there and at the per-prompt baselines' splits
     (``TokenSearch.transplants``). Searched per head from the start, the 3x larger space lost to per-layer
-    search at 5% on SmolLM2; a second stage over every gene (session 12) never beat the first stage's config on
-    validation: benchmarks/results/2026-11-26-h100-acceptance-issue11.md."""
+    search at 5% on SmolLM2; a second stage over every gene never beat the first stage's config on validation
+    (benchmarks/acceptance/run.sh accept)."""
     if settings.groups <= 1:
         if space.per_head and space.model.num_kv_heads > 1:
             every_layer = list(range(space.model.num_layers))

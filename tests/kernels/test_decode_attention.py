@@ -81,13 +81,13 @@ def test_the_environment_picks_the_packed_decode_kernel(monkeypatch):
     from evolkv import kernels
 
     monkeypatch.delenv("EVOLKV_PACKED_DECODE", raising=False)
-    assert kernels.packed_decode_mode() == "gluon" and kernels.folded_unpack() == 2  # the default (pairs' behind)
-    for mode, unpack in (("asm", 1), ("pairs", 2), ("triton", 0), ("gluon", 2)):
+    assert kernels.packed_decode_mode() == "gluon"  # the default (folded's pairs behind it)
+    for mode in ("pairs", "plain", "gluon"):
         monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
-        assert kernels.folded_unpack() == unpack
+        assert kernels.packed_decode_mode() == mode
     with kernels.for_graph():  # the serving path's warm-up and capture: the kernels a graph replays
         assert kernels._FOR_GRAPH
     assert not kernels._FOR_GRAPH
-    monkeypatch.setenv("EVOLKV_PACKED_DECODE", "planes")
-    with pytest.raises(ValueError, match="gluon, pairs, asm, triton or plain"):
+    monkeypatch.setenv("EVOLKV_PACKED_DECODE", "asm")
+    with pytest.raises(ValueError, match="gluon, pairs, plain"):
         kernels.packed_decode_mode()

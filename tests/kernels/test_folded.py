@@ -14,20 +14,18 @@ if not torch.cuda.is_available():  # inline PTX needs the GPU, and the interpret
 DEVICE = "cuda"
 
 
-@pytest.mark.parametrize("unpack", [0, 1, 2])
 @pytest.mark.parametrize("case", PACKED_DECODE_CASES)
-def test_matches_dequantize_then_attend(case, unpack):
+def test_matches_dequantize_then_attend(case):
     query, packed, pos, query_pos, window = packed_decode_case(case, DEVICE)
     assert supported(query, packed)
-    out, lse = decode_attention_folded(query, packed, pos, query_pos, 0.2, window, unpack=unpack, splits=3)
+    out, lse = decode_attention_folded(query, packed, pos, query_pos, 0.2, window, splits=3)
     ref_out, ref_lse = attend_packed_ref(query.float(), packed, pos, query_pos, 0.2, window)
     err = (out.float() - ref_out).norm() / ref_out.norm()
     assert err < 1e-2, err
     torch.testing.assert_close(lse, ref_lse, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize("mode", [1, 2])
-def test_one_merge_over_a_ragged_part_and_a_packed_tier(mode):
+def test_one_merge_over_a_ragged_part_and_a_packed_tier():
     """The serving cache's quantized layers: full-precision ragged rows and a packed tier filling one
     ``Partials`` and merged once equal attention over the union of their entries."""
     from evolkv.kernels.reference import attend
@@ -49,9 +47,9 @@ def test_one_merge_over_a_ragged_part_and_a_packed_tier(mode):
     step = torch.zeros(1, dtype=torch.int32, device=DEVICE)
     query = torch.randn(batch, num_kv * group, 1, dim, generator=gen).to(DEVICE, torch.bfloat16)
     query_pos = torch.tensor([length + fresh], dtype=torch.int32, device=DEVICE)
-    parts = Partials(query, plan_splits(fresh, rows, 64, DEVICE)[0] + splits_for(packed, rows, DEVICE, mode))
+    parts = Partials(query, plan_splits(fresh, rows, 64, DEVICE)[0] + splits_for(packed, rows, DEVICE))
     ragged_decode_attention(query, keys, values, start, count, step, fresh, 0.1, partials=parts)
-    decode_attention_folded(query, packed, packed_pos, query_pos, 0.1, unpack=mode, partials=parts)
+    decode_attention_folded(query, packed, packed_pos, query_pos, 0.1, partials=parts)
     out, lse = parts.merge()
     pk, pv = unpack(packed, torch.float32)
     all_k = torch.cat([pk, keys.float().view(rows, fresh, dim)], 1).view(batch, num_kv, -1, dim)
@@ -62,7 +60,6 @@ def test_one_merge_over_a_ragged_part_and_a_packed_tier(mode):
     torch.testing.assert_close(lse, ref_lse, atol=3e-2, rtol=3e-2)
     # the same in one launch: the ragged rows as the folded kernel's first splits
     ragged = dict(keys=keys, values=values, start=start, count=count, step=step, capacity=fresh, pos=None)
-    fused, fused_lse = decode_attention_folded(query, packed, packed_pos, query_pos, 0.1, unpack=mode,
-                                                ragged=ragged)
+    fused, fused_lse = decode_attention_folded(query, packed, packed_pos, query_pos, 0.1, ragged=ragged)
     torch.testing.assert_close(fused, out, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(fused_lse, lse, atol=1e-4, rtol=1e-4)
