@@ -21,6 +21,7 @@ import torch
 
 from timing import timed
 
+import evolkv
 from evolkv import runtime
 from evolkv.config import Budget, ScorerSpec, uniform_config
 from evolkv.evaluators.evaluator import Evaluator
@@ -87,7 +88,7 @@ def main() -> None:
     cfg = space.decode(rng.uniform(-2, 2, space.n_var))
     prompt = torch.cat([evaluator._encode(sample.context, True),
                         evaluator._encode("\n" + sample.question, False)])[None].to(device)
-    with runtime.apply(model, cfg):
+    with evolkv.apply(model, cfg):
         gen = model.generate(prompt, max_new_tokens=prep.answer_tokens, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, min_new_tokens=prep.answer_tokens)
     tokens = gen.sequences[0, prompt.shape[1]:]
@@ -98,7 +99,7 @@ def main() -> None:
     agree = (fast.argmax(-1) == slow.argmax(-1)).float().mean().item()
     plain = model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
                            return_dict_in_generate=True)
-    with runtime.apply(model, uniform_config(spec, Budget.parse("100%"))):
+    with evolkv.apply(model, uniform_config(spec, Budget.parse("100%"))):
         ours_full = model.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True,
                                    return_dict_in_generate=True)
     full_rel = max(((a.float() - b.float()).norm() / b.float().norm()).item()
@@ -114,7 +115,7 @@ def main() -> None:
         candidate = space.decode(x)
 
         def generate_with(candidate=candidate):
-            with runtime.apply(model, candidate):
+            with evolkv.apply(model, candidate):
                 model.generate(prompt, max_new_tokens=prep.answer_tokens, min_new_tokens=prep.answer_tokens,
                                do_sample=False)
         if device.startswith("cuda"):

@@ -10,7 +10,7 @@ batch size, every row prefills, then decodes ``--new`` greedy tokens, timed with
 - configs through the serving path: uniform 10% and 1.5%, K4V4 and K2V2 over every token, 10% + K4V4,
   AdaKV 10% (heads differ per prompt) and a per-head 10% config (random layer budgets and head shares: its
   speed and bytes depend only on the counts, as a searched one's do);
-- ``runtime.apply`` + eager decode (the path before the serving one) for uniform 10%, at contexts <= 32k.
+- ``evolkv.apply`` + eager decode (the path before the serving one) for uniform 10%, at contexts <= 32k.
 
 Printed per row: ms per decode step, tokens/s, KV bytes measured after prefill beside the config's own
 accounting (``allocation.kv_bytes``), decode GiB (the peak while the batch decodes, above what was
@@ -197,7 +197,7 @@ def hf_rows(model, ids, batches, new, device):
 
 
 def evolkv_rows(model, cfg, ids, batches, new, device, eager=False):
-    """A config (None: the full cache) through the serving path, or (eager) runtime.apply's decode: one
+    """A config (None: the full cache) through the serving path, or (eager) evolkv.apply's decode: one
     prefill, then for each batch size its rows repeated, decoded and timed. {batch: result}."""
     gen = Generator(model, cfg, cuda_graph=device.type == "cuda" and not eager)
     context = ids.shape[1]
@@ -331,7 +331,7 @@ def main() -> None:
                         kv_bytes(cfg, context, model.dtype.itemsize))
         os.environ["EVOLKV_PACKED_DECODE"] = modes[0]
         if context <= 32768 and (not only or "eager" in only):
-            add("uniform 10%: runtime.apply, eager",
+            add("uniform 10%: evolkv.apply, eager",
                 _safe(evolkv_rows, model, cfgs["uniform 10%"], ids, batches, args.new, device, eager=True))
         if str(context) in args.compile.split(","):
             swapped = compile_blocks(model)

@@ -18,6 +18,7 @@ import torch
 
 from timing import timed
 
+import evolkv
 from evolkv import models, runtime
 from evolkv.config import Budget, ScorerSpec
 from evolkv.evaluators.evaluator import Evaluator
@@ -56,7 +57,7 @@ def main() -> None:
         cfg = space.decode(x)
 
         def generate_with(cfg=cfg):
-            with runtime.apply(loaded.model, cfg):
+            with evolkv.apply(loaded.model, cfg):
                 loaded.model.generate(prompt, max_new_tokens=prep.answer_tokens, do_sample=False)
         naive.append(timed(generate_with, args.device))
     naive_ms = statistics.median(naive[1:]) * 1e3  # first one is warm-up

@@ -13,11 +13,13 @@ def lookup(model, budget, db=None):
     return _lookup(model, budget, db)
 
 
-def apply(model, budget=None, *, config=None, db=None, tokenizer=None):
-    """``with evolkv.apply(model, budget="10%"):`` looks the winner up and applies it (``evolkv.deploy.apply``)."""
+def apply(model, config_or_budget=None, *, db=None, tokenizer=None):
+    """Compress ``model``'s KV cache inside a ``with`` block: ``evolkv.apply(model, cfg)`` with a ``KVConfig``, its
+    dict or a path to its JSON, or ``evolkv.apply(model, "10%")`` to look the stored winner for the model up by
+    budget (``evolkv.deploy.apply``). Yields the config applied."""
     from evolkv.deploy import apply as _apply
 
-    return _apply(model, budget, config=config, db=db, tokenizer=tokenizer)
+    return _apply(model, config_or_budget, db=db, tokenizer=tokenizer)
 
 
 __all__ = [

@@ -2,8 +2,10 @@
 
     import evolkv
     cfg = evolkv.lookup("smollm2-135m", budget="10%")          # a KVConfig (what `evolkv lookup` prints)
-    with evolkv.apply(model, budget="10%"):                     # look up by the model's name, then apply
+    with evolkv.apply(model, "10%"):                            # look up by the model's name, then apply
         out = model.generate(input_ids, max_new_tokens=64)
+    with evolkv.apply(model, "winner.json"):                    # or a config: a file, a KVConfig or its dict
+        ...
 
 Only the store (SQLAlchemy) and the runtime are imported: no optimiser, no evaluator, no Ray.
 """
@@ -27,7 +29,7 @@ def _names(model: Any) -> list[str]:
     path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
     if not path:
         raise EvolKVError("this model has no name_or_path to look its config up by: pass the model's name as "
-                          "searched (evolkv.lookup('NAME', budget=...)) or a config (evolkv.apply(model, config=cfg))")
+                          "searched (evolkv.lookup('NAME', budget=...)) or a config (evolkv.apply(model, cfg))")
     return list(dict.fromkeys([str(path), Path(str(path)).name]))
 
 
@@ -52,17 +54,30 @@ def lookup(model: Any, budget: str | Budget, db: str | None = None) -> KVConfig:
     return find(model, budget, db)[0]
 
 
+def resolve(model: Any, config_or_budget: Any, db: str | None = None) -> KVConfig:
+    """The config ``evolkv.apply`` applies: a ``KVConfig``, its dict, a path to its JSON, or a budget (``"10%"``,
+    ``128``, a ``Budget``) to look the stored winner for ``model`` up by."""
+    if isinstance(config_or_budget, KVConfig):
+        return config_or_budget
+    if isinstance(config_or_budget, dict):
+        return KVConfig.from_dict(config_or_budget)
+    if isinstance(config_or_budget, Path) or (isinstance(config_or_budget, str)
+                                              and config_or_budget.endswith(".json")):
+        return KVConfig.load(config_or_budget)
+    if config_or_budget is None:
+        raise EvolKVError("give a config or a budget to look one up by: evolkv.apply(model, '10%') or "
+                          "evolkv.apply(model, 'winner.json')")
+    return lookup(model, config_or_budget, db)
+
+
 @contextmanager
-def apply(model: Any, budget: str | Budget | None = None, *, config: KVConfig | None = None,
-          db: str | None = None, tokenizer: Any = None) -> Iterator[KVConfig]:
-    """Look up the stored winner for ``model`` at or under ``budget`` (or take ``config``) and compress the
-    model's KV cache with it inside the block; yields the config. A config with a scorer that replays the
-    context (kvzip) also needs the ``tokenizer``."""
+def apply(model: Any, config_or_budget: Any = None, *, db: str | None = None,
+          tokenizer: Any = None) -> Iterator[KVConfig]:
+    """Compress ``model``'s KV cache inside the block with a config (a ``KVConfig``, its dict or a path to its
+    JSON) or with the best stored winner for ``model`` at or under a budget; yields the config. A config with a
+    scorer that replays the context (kvzip) also needs the ``tokenizer``."""
     from evolkv import runtime
 
-    if config is None:
-        if budget is None:
-            raise EvolKVError("give a budget to look a config up by, or a config: apply(model, budget='10%')")
-        config = lookup(model, budget, db)
-    with runtime.apply(model, config, tokenizer):
+    config = resolve(model, config_or_budget, db)
+    with runtime.compress(model, config, tokenizer):
         yield config

@@ -3,7 +3,7 @@
 kvpress's press is the model: one object that, at the end of a layer's prefill, decides what that layer's
 cache keeps. Both users of compression go through it:
 
-- ``evolkv.runtime.apply`` (serving): one config, its ranking, its cache materialised (``Compressor``);
+- ``evolkv.apply`` (serving): one config, its ranking, its cache materialised (``Compressor``);
 - the evaluator's shared prefill (search): every scorer's ranking recorded once per sample, then many
   candidates' plans read as prefixes of those rankings (``Evaluator._cache``).
 

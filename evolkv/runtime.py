@@ -1,6 +1,6 @@
 """Apply a compression config to a transformers model for real generation.
 
-    with evolkv.runtime.apply(model, config):
+    with evolkv.apply(model, config):          # runs runtime.compress(model, config)
         out = model.generate(input_ids, max_new_tokens=32)
 
 At the end of prefill each layer ranks its tokens per KV head with the config's scorer and keeps the
@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from evolkv.config import KVConfig
 from evolkv.errors import ConfigError
 from evolkv import kernels
-from evolkv.kernels.packed import PackedKV, with_packed_entries
+from evolkv.kernels.packed import PackedKV
 from evolkv.press import LayerPlan, Plan, Press, output_projection, pack_evicted, pack_kept
 
 ATTN_IMPLEMENTATION = "evolkv"
@@ -63,7 +63,6 @@ class CompressedLayer(CacheLayerMixin):
     """One layer's cache: keys/values [B, H_kv, L, D] and each entry's token position [B, H_kv, L] (-1 = empty)."""
 
     is_sliding = False
-    static = False  # ``evolkv.serving.ServingLayer``: preallocated rows, decode in a CUDA graph
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,54 +141,28 @@ class CompressedLayer(CacheLayerMixin):
             self.keys, self.values = self.keys[beam_idx], self.values[beam_idx]
             self.pos = self.pos[beam_idx]
 
+    def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cache: CompressedCache,
+               scaling: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
+        """query [B, H_q, T_q, D] over this layer's entries (key, value: what ``update`` returned) and its packed
+        tiers; at the end of the layer's prefill, the cache's policy compresses it. Returns [B, H_q, T_q, D]."""
+        t_q = query.shape[2]
+        query_pos = torch.arange(self.seen - t_q, self.seen, device=key.device)
+        fresh = not self.compressed and self.seen == t_q
+        out = attend_entries(query, key, value, self.pos, query_pos, scaling, sliding_window, softcap, fresh,
+                             cache.pads if fresh else None, self.tiers())
+        if not self.compressed and cache.policy is not None:
+            rotary = None if cache.rotary is None else partial(cache.rotary, module.layer_idx)
+            cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding_window,
+                                    output_projection(module), rotary)
+            self.compressed = True
+        return out
+
     def entries(self) -> int:
         """Number of occupied (key, value) slots over the batch and heads."""
         if not self.is_initialized:
             return 0
         packed = sum(int((tier.pos >= 0).sum()) for tier in self.tiers())
         return int((self.pos >= 0).sum()) + packed
-
-
-class GatheredLayer(CompressedLayer):
-    """Many candidates' compressed caches over one shared prefill, never copied out.
-
-    Holds the sample's prefill keys/values [H_kv, T, D], each candidate's ranking ``order`` [C or 1, H_kv, T]
-    (int32) and ``counts`` [C, H_kv] (candidate c keeps the first counts[c, h] entries of order[c, h]), and the
-    tokens appended after the prefill, ``keys``/``values`` [C, H_kv, N, D]. Candidates of a quantized layer
-    read their ranks from ``residual`` on from ``packs`` (one packed prefill per precision, shared; with
-    per-head precisions, of the KV heads stored at it).
-    MiKV candidates also read the entries their budget evicts from ``evicted``: (rows, the ranking with its
-    valid part reversed [1, H_kv, T], evicted counts [rows, H_kv], that ranking's prefill packed at low
-    precision), merged into the softmax by log-sum-exp.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor,
-                 seen: int, packs: list[tuple[torch.Tensor, PackedKV, int, torch.Tensor | None]] | None = None,
-                 evicted: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedKV]] | None = None) -> None:
-        super().__init__()
-        self.shared = (keys, values)
-        self.order, self.counts = order.to(torch.int32), counts.to(torch.int32)
-        self.packs = packs or []  # (candidate rows, the prefill packed in their ranking's order, residual, KV heads)
-        self.tails = [(rows, tail.to(torch.int32), n.to(torch.int32), packed) for rows, tail, n, packed in evicted or []]
-        self.merged: dict = {}  # torch path: dequantized prefills
-        cands, heads = counts.shape
-        self.dtype, self.device = keys.dtype, keys.device
-        self.keys = keys.new_empty(cands, heads, 0, keys.shape[-1])
-        self.values = values.new_empty(cands, heads, 0, values.shape[-1])
-        self.seen, self.compressed, self.is_initialized = seen, True, True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        self.seen += key_states.shape[2]
-        return self.keys, self.values
-
-    def entries(self) -> int:
-        evicted = sum(int(n.sum()) for _, _, n, _ in self.tails)
-        return int(self.counts.sum()) + evicted + self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2]
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("a gathered (evaluation) cache cannot be reordered for beam search")
 
 
 class PrefillPolicy:
@@ -242,7 +215,7 @@ class Compressor(PrefillPolicy):
         self.tokenizer = tokenizer  # a replaying scorer (KVzip) feeds the model a request to repeat the context
         if self.press.replays and tokenizer is None:
             raise ConfigError(f"the {', '.join(sorted(self.press.replays))} scorer replays the context through "
-                              "the tokenizer: pass it, runtime.apply(model, cfg, tokenizer=tokenizer)")
+                              "the tokenizer: pass it, evolkv.apply(model, cfg, tokenizer=tokenizer)")
         self._plans: dict[int, Plan] = {}  # by prefill length (one per sequence length of a padded batch)
         self._pending: dict[int, object] = {}  # deferred layers (allocation, replay) -> ranking(s), until ready
         self._prefill: dict[int, dict] = {}  # replaying configs: each layer's stats, out_proj and rotary
@@ -359,46 +332,40 @@ class Compressor(PrefillPolicy):
 
 
 def evolkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention over the active ``CompressedCache`` (registered as the ``"evolkv"`` implementation).
+    """Attention over the active ``CompressedCache`` (registered as the ``"evolkv"`` implementation): each cache
+    layer attends for itself (``CompressedLayer.attend``, the evaluator's ``GatheredLayer``, the serving path's
+    ``ServingLayer``); a replay pass (``evolkv.replay``) and a forward without a cache are the two cases above
+    the layers.
 
     query: [B, H_q, T_q, D]; key, value: [B, H_kv, L, D] as returned by the cache. Returns ([B, T_q, H_q, D], None).
     """
-    sliding = kwargs.get("sliding_window")
+    sliding, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     cache = _ACTIVE.get()
-    t_q = query.shape[2]
     if cache is None:  # no cache (use_cache=False): plain causal attention over this forward's tokens
-        key_pos = torch.arange(key.shape[2], device=key.device).expand(key.shape[:3])
-        query_pos = torch.arange(key.shape[2] - t_q, key.shape[2], device=key.device)
+        t_q, length = query.shape[2], key.shape[2]
+        key_pos = torch.arange(length, device=key.device).expand(key.shape[:3])
+        query_pos = torch.arange(length - t_q, length, device=key.device)
+        out = attend_entries(query, key, value, key_pos, query_pos, scaling, sliding, softcap, fresh=True)
+    elif cache.replay is not None:
+        out = _replay_attention(cache, module.layer_idx, query, key, value, scaling, sliding, softcap)
     else:
-        layer = cache.layers[module.layer_idx]
-        if layer.static:  # a serving cache (``evolkv.serving``): ragged static rows, one decode token
-            return layer.attend(query, scaling, sliding, kwargs.get("softcap")).transpose(1, 2).contiguous(), None
-        if cache.replay is not None:
-            return _replay_attention(cache, module.layer_idx, query, key, value, scaling, sliding,
-                                     kwargs.get("softcap")), None
-        if isinstance(layer, GatheredLayer) and (layer.packs or layer.tails):
-            return _attend_gathered_packed(query, layer, scaling, sliding).transpose(1, 2).contiguous(), None
-        if isinstance(layer, GatheredLayer):
-            out, _ = kernels.attend_gathered(query, *layer.shared, layer.order, layer.counts, layer.keys,
-                                                layer.values, scaling, sliding)
-            return out.transpose(1, 2).contiguous(), None
-        key_pos = layer.pos
-        query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
-    fresh = cache is None or (not layer.compressed and layer.seen == t_q)
-    pads = cache.pads if cache is not None and fresh else None
-    if fresh and (kwargs.get("softcap") is None or pads is not None):  # a plain prefill: no entries to select
-        out = _prefill_attention(query, key, value, scaling, sliding, pads, kwargs.get("softcap"))
-    else:
-        out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, kwargs.get("softcap"))
-        group = query.shape[1] // key.shape[1]
-        for tier in layer.tiers() if cache is not None else ():  # quantized parts: merge softmaxes
-            out, lse = merge_tier(out, lse, query, tier, group, query_pos, scaling, sliding, kwargs.get("softcap"))
-    if cache is not None and not layer.compressed and cache.policy is not None:
-        rotary = None if cache.rotary is None else partial(cache.rotary, module.layer_idx)
-        cache.policy.on_prefill(cache, module.layer_idx, query, scaling, sliding, output_projection(module), rotary)
-        layer.compressed = True
+        out = cache.layers[module.layer_idx].attend(module, query, key, value, cache, scaling, sliding, softcap)
     return out.transpose(1, 2).contiguous(), None
+
+
+def attend_entries(query, key, value, key_pos, query_pos, scaling, sliding, softcap, fresh=False, pads=None,
+                   tiers=()) -> torch.Tensor:
+    """query [B, H_q, T_q, D] over full-precision entries key, value [B, H_kv, L, D] at positions key_pos
+    [B, H_kv, L] (-1 = empty), with each packed ``tiers`` part merged in by log-sum-exp; a ``fresh`` prefill
+    (nothing selected yet) through SDPA. Returns [B, H_q, T_q, D]."""
+    if fresh and (softcap is None or pads is not None):  # a plain prefill: no entries to select
+        return _prefill_attention(query, key, value, scaling, sliding, pads, softcap)
+    out, lse = kernels.attend(query, key, value, key_pos, query_pos, scaling, sliding, softcap)
+    group = query.shape[1] // key.shape[1]
+    for tier in tiers:  # quantized parts: merge softmaxes
+        out, lse = merge_tier(out, lse, query, tier, group, query_pos, scaling, sliding, softcap)
+    return out
 
 
 def _replay_attention(cache, layer_idx, query, key, value, scaling, sliding, softcap) -> torch.Tensor:
@@ -427,63 +394,6 @@ def merge_softmax(out, lse, other_out, other_lse):
     weight, other_weight = (lse - total).exp().nan_to_num(0.0), (other_lse - total).exp().nan_to_num(0.0)
     merged = out.float() * weight[..., None] + other_out.float() * other_weight[..., None]
     return merged.to(out.dtype), total
-
-
-def _attend_gathered_packed(query, layer: GatheredLayer, scaling, sliding):
-    """Candidates grouped by the packed prefill they read, over the KV heads stored at it (the rest read the
-    full-precision one), then the MiKV candidates' evicted tiers merged in."""
-    out = torch.empty_like(query)
-    lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
-    cands, kv_heads = layer.counts.shape
-    group = query.shape[1] // kv_heads
-    covered = torch.zeros(cands, kv_heads, dtype=torch.bool, device=query.device)
-    groups = []
-    for rows, packed, residual, heads in layer.packs:
-        groups.append((rows, heads, packed, residual))
-        covered[rows[:, None], slice(None) if heads is None else heads[None, :]] = True
-    plain: dict[tuple[bool, ...], list[int]] = {}  # the cells no pack covers, grouped by their heads
-    for c, row in enumerate((~covered).tolist()):
-        if any(row):
-            plain.setdefault(tuple(row), []).append(c)
-    for pattern, rows in plain.items():
-        heads = None if all(pattern) else torch.tensor([h for h, on in enumerate(pattern) if on], device=query.device)
-        groups.append((torch.tensor(rows, device=query.device), heads, None, 0))
-    dense = not kernels.use_triton(query)
-
-    def read(key, shared, order, packed, residual):
-        """(shared keys/values, packed) as the kernel reads them; the torch path dequantizes each packed
-        prefill into a dense copy once per cache (greedy decoding comes back once per token)."""
-        if not dense or packed is None:
-            return shared, packed
-        if key not in layer.merged:
-            layer.merged[key] = with_packed_entries(*shared, order[0], packed, residual)
-        return layer.merged[key], None
-
-    for i, (rows, heads, packed, residual) in enumerate(groups):
-        order = layer.order if layer.order.shape[0] == 1 else layer.order[rows]
-        q, shared, counts = query[rows], layer.shared, layer.counts[rows]
-        new_keys, new_values = layer.keys[rows], layer.values[rows]
-        if heads is not None:  # some KV heads of these candidates: their queries, their rows of everything
-            q_heads = query_heads(heads, group)
-            q = q[:, q_heads]
-            shared = (shared[0][heads], shared[1][heads])
-            order, counts = order[:, heads], counts[:, heads]
-            new_keys, new_values = new_keys[:, heads], new_values[:, heads]
-        shared, packed = read(i, shared, order, packed, residual)
-        part, part_lse = kernels.attend_gathered(q, *shared, order, counts, new_keys, new_values, scaling, sliding,
-                                                 packed=packed, residual=residual)
-        if heads is None:
-            out[rows], lse[rows] = part, part_lse
-        else:
-            at = (rows[:, None], q_heads[None, :])
-            out[at], lse[at] = part, part_lse
-    for i, (rows, tail, evicted, packed) in enumerate(layer.tails):
-        shared, packed = read(("tail", i), layer.shared, tail, packed, 0)
-        tail_out, tail_lse = kernels.attend_gathered(query[rows], *shared, tail, evicted, layer.keys[rows],
-                                                     layer.values[rows], scaling, sliding, packed=packed,
-                                                     include_new=False)
-        out[rows], lse[rows] = merge_softmax(out[rows], lse[rows], tail_out, tail_lse)
-    return out
 
 
 def _prefill_attention(query, key, value, scaling, sliding_window, pads=None, softcap=None):
@@ -620,9 +530,10 @@ def check(model, cfg: KVConfig, tokenizer=None):
 
 
 @contextmanager
-def apply(model, cfg: KVConfig, tokenizer=None) -> Iterator[None]:
+def compress(model, cfg: KVConfig, tokenizer=None) -> Iterator[None]:
     """Compress ``model``'s KV cache with ``cfg`` inside the block (``check``s that ``cfg`` fits the model).
-    A config with a replaying scorer (kvzip) also needs the model's ``tokenizer``."""
+    A config with a replaying scorer (kvzip) also needs the model's ``tokenizer``. ``evolkv.apply`` is the public
+    entry (a config, or a budget to look the stored winner up by); this is what it runs."""
     check(model, cfg, tokenizer)
     with attach(model, lambda: CompressedCache(cfg.model.num_layers, Compressor(cfg, tokenizer))):
         yield

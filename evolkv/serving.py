@@ -5,13 +5,13 @@
     gen = Generator(model, cfg)                     # cfg None: the full cache, through the same path
     tokens = gen.generate(input_ids, attention_mask, max_new_tokens=64)
 
-The prefill runs as under ``runtime.apply`` (each layer compressed by the config at the end of its prefill).
+The prefill runs as under ``evolkv.apply`` (each layer compressed by the config at the end of its prefill).
 From then on every layer's size is known: its kept entries per (sequence, KV head) plus room for the new
 tokens. ``ServingCache`` moves each layer into one ragged buffer of exactly that size (no padding to the
 longest head), quantized tiers stay as packed, and a decode step touches only preallocated tensors and device
 counters, so on CUDA it is captured once in a CUDA graph and replayed for every token (gpt-fast style): no
 per-token allocation, concatenation or Python-side launch overhead. Greedy tokens equal ``model.generate``
-under ``runtime.apply`` with the same config.
+under ``evolkv.apply`` with the same config.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from evolkv.runtime import CompressedCache, CompressedLayer, Compressor, merge_t
 class ServingLayer(CompressedLayer):
     """One layer of a ``ServingCache``: keys/values [N, D], row r = b * H_kv + h at [start[r], start[r] +
     count[r] + room); its packed tiers (if any) as the prefill left them."""
-
-    static = True
 
     def __init__(self, source: CompressedLayer, room: int, cache: ServingCache, sliding: bool) -> None:
         super().__init__()
@@ -76,10 +74,10 @@ class ServingLayer(CompressedLayer):
             self.slot_pos.index_copy_(0, index, self.cache.query_pos.expand(rows))
         return key_states, value_states
 
-    def attend(self, query: torch.Tensor, scaling: float, sliding_window: int | None, softcap: float | None
-               ) -> torch.Tensor:
-        """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in)."""
-        cache = self.cache
+    def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cache: ServingCache,
+               scaling: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
+        """query [B, H_q, 1, D] over this layer's entries (ragged rows, then the packed tiers merged in); ``cache``
+        is this layer's ``ServingCache``: its device counters place the new token."""
         whole = all(tier.heads is None for tier in self._tiers)  # per-head precisions: the general path
         packs = [tier.packed for tier in self._tiers]
         if packs and whole and softcap is None and kernels.folded_serves(query, packs):
@@ -199,7 +197,7 @@ class Generator:
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 max_new_tokens: int = 32) -> torch.Tensor:
-        """Run the prompt (compressed as ``runtime.apply`` does), build the serving cache with room for
+        """Run the prompt (compressed as ``evolkv.apply`` does), build the serving cache with room for
         ``max_new_tokens``; returns the first new token [B]."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
@@ -216,7 +214,7 @@ class Generator:
     def prefill_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                       ) -> tuple[CompressedCache, torch.Tensor]:
         """The prompt's forward into a ``CompressedCache`` (compressed by the config at each layer's end of
-        prefill, as under ``runtime.apply``): (the cache, the first new token [B])."""
+        prefill, as under ``evolkv.apply``): (the cache, the first new token [B])."""
         policy = Compressor(self.cfg, self.tokenizer) if self.cfg is not None else None
         cache = CompressedCache(self.spec.num_layers, policy)
         cache.set_padding(attention_mask)

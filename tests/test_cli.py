@@ -388,13 +388,13 @@ def test_lookup_and_apply_in_python_without_the_search_stack(searched, loaded, m
     model = loaded["llama"].model
     monkeypatch.setattr(model, "name_or_path", model_dir)
     ids = torch.randint(3, 100, (1, 48))
-    with evolkv.apply(model, budget="20%", db=db) as cfg:
+    with evolkv.apply(model, "20%", db=db) as cfg:
         assert cfg.provenance["run_id"] == detail["id"]
         generated = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 52)
     with pytest.raises(EvolKVError, match="no stored winner"):
         evolkv.lookup(model_dir, budget="5%", db=db)
-    with pytest.raises(EvolKVError, match="give a budget"):
+    with pytest.raises(EvolKVError, match="give a config or a budget"):
         with evolkv.apply(model, db=db):
             pass
 

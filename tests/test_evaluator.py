@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from evolkv import runtime
+import evolkv
 from evolkv.config import Budget, ScorerSpec, uniform_config
 from evolkv.evaluators.evaluator import Evaluator
 from evolkv.evaluators.tasks import synthetic
@@ -51,10 +51,10 @@ def _per_head(cfg, shift=0):
 
 def _assert_scores_as_generated(tiny, evaluator, prep, cfg, others=(), new_tokens=4):
     """``cfg`` scored on the shared prefill of ``prep`` (second in a batch after ``others[0]``, the rest
-    after it) gives the log-probabilities ``runtime.apply`` + ``generate`` gives, token for token."""
+    after it) gives the log-probabilities ``evolkv.apply`` + ``generate`` gives, token for token."""
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
                         evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
+    with torch.no_grad(), evolkv.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
         gen = tiny.model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True)
     tokens = gen.sequences[0, prompt.shape[1]:]
@@ -129,7 +129,7 @@ def test_greedy_answers_of_a_quantized_config_equal_generate(tiny, evaluator):
     texts = evaluator._greedy([uniform_config(tiny.spec, Budget.parse("100%")), cfg], prep)
     prompt = torch.cat([evaluator._encode(prep.sample.context, True),
                         evaluator._encode("\n" + prep.sample.question, False)])[None].to(tiny.model.device)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+    with torch.no_grad(), evolkv.apply(tiny.model, cfg):
         out = tiny.model.generate(prompt, max_new_tokens=prep.answer_tokens + 4, do_sample=False,
                                   eos_token_id=None, pad_token_id=0)  # exact match decodes past EOS too
     assert texts[1] == tiny.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
@@ -176,7 +176,7 @@ def test_aggregate_takes_the_objective_it_is_told():
 
 @pytest.mark.parametrize("name", sorted(ALL_SCORERS))
 def test_every_registered_scorer_scores_in_the_evaluator_as_generate_applies_it(tiny, name):
-    """Each scorer's config scored on the shared prefill gives the logits `runtime.apply` + `generate` gives."""
+    """Each scorer's config scored on the shared prefill gives the logits `evolkv.apply` + `generate` gives."""
     spec = ScorerSpec(name)
     evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, [spec], query_aware=True)
     prep = evaluator.prepare(_samples(tiny, 1))[0]

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import evolkv
 from evolkv.cli import app
 from evolkv.config import Budget, KVConfig, ModelSpec, uniform_config
 from evolkv.errors import BudgetError, ConfigError, StoreError, TaskError
@@ -192,12 +193,11 @@ def test_out_of_memory_while_scoring_is_one_line_and_resume_finishes_with_fewer_
 def test_no_cache_deprecation_warning_on_a_forward(loaded):
     import torch
 
-    from evolkv import runtime
 
     tiny = loaded["llama"]
     cfg = uniform_config(tiny.spec, Budget.parse("50%"))
     ids = torch.randint(3, 60, (1, 40)).to(tiny.model.device)
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), runtime.apply(tiny.model, cfg):
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), evolkv.apply(tiny.model, cfg):
         warnings.simplefilter("always")
         tiny.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]

@@ -16,6 +16,7 @@ kvpress = pytest.importorskip("kvpress")
 
 from transformers import DynamicCache  # noqa: E402
 
+import evolkv
 from evolkv import runtime  # noqa: E402
 from evolkv.config import Budget, KVConfig, ScorerSpec, uniform_config  # noqa: E402
 from evolkv.search.baselines import adakv, pyramid  # noqa: E402
@@ -250,7 +251,7 @@ def test_expected_attention_keeps_kvpress_expected_attention_tokens(llama):
 @pytest.mark.parametrize("scorer", ["snapkv", "expected_attention", "criticalkv"])
 def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(llama, scorer, tmp_path):
     """``evolkv.integrations.kvpress.EvolKVPress`` in kvpress's own hooks: per layer and KV head the same tokens
-    as ``runtime.apply`` (the same ranking and plan); heads below the layer's largest count are masked."""
+    as ``evolkv.apply`` (the same ranking and plan); heads below the layer's largest count are masked."""
     import numpy as np
 
     from evolkv.integrations.kvpress import EvolKVPress
@@ -279,7 +280,7 @@ def test_what_a_kvpress_press_cannot_carry_is_one_clear_error(llama):
 
 def test_decoding_after_an_evolkv_press_in_kvpress_matches_runtime_apply(llama):
     """The tokens a kvpress user decodes after ``EvolKVPress`` (pruned, and masked where heads keep fewer) are
-    the ones ``runtime.apply`` + ``generate`` give, with the same logits up to kvpress's masking."""
+    the ones ``evolkv.apply`` + ``generate`` give, with the same logits up to kvpress's masking."""
     import numpy as np
 
     from evolkv.integrations.kvpress import EvolKVPress
@@ -288,7 +289,7 @@ def test_decoding_after_an_evolkv_press_in_kvpress_matches_runtime_apply(llama):
     space = BudgetSpace(llama.spec, Budget.parse("20%"), ScorerSpec(), per_head=True)
     cfg = space.decode(np.random.default_rng(4).uniform(-2, 2, space.n_var))
     ids = _prompt(llama)
-    with torch.no_grad(), runtime.apply(llama.model, cfg):
+    with torch.no_grad(), evolkv.apply(llama.model, cfg):
         want = llama.model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
                                     return_dict_in_generate=True)
     llama.model.set_attn_implementation("sdpa")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import evolkv
 from evolkv import runtime
 from evolkv.allocation import layer_capacity, plan_tokens
 from evolkv.config import Budget, uniform_config
@@ -23,7 +24,7 @@ def test_full_budget_equals_plain_generate(tiny, kernels, monkeypatch):
     kwargs = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
         plain = tiny.model.generate(ids, **kwargs)
-        with runtime.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("100%"))):
+        with evolkv.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("100%"))):
             ours = tiny.model.generate(ids, **kwargs)
     assert torch.equal(plain.sequences, ours.sequences)
     tol = 1e-4 if tiny.model.dtype == torch.float32 else 3e-2  # bf16 on a GPU (models.load's auto dtype)
@@ -46,7 +47,7 @@ def test_compressed_cache_holds_the_planned_tokens(tiny, make):
 
 def test_apply_restores_the_model_even_on_error(tiny):
     before = tiny.model.config._attn_implementation
-    with pytest.raises(RuntimeError), runtime.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("10%"))):
+    with pytest.raises(RuntimeError), evolkv.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("10%"))):
         assert tiny.model.config._attn_implementation == runtime.ATTN_IMPLEMENTATION
         raise RuntimeError("boom")
     assert tiny.model.config._attn_implementation == before
@@ -58,7 +59,7 @@ def test_apply_refuses_a_config_for_another_model(loaded):
     from evolkv.errors import ConfigError
 
     with pytest.raises(ConfigError, match="num_layers|num_kv_heads|model_type"):
-        with runtime.apply(loaded["qwen3"].model, cfg):
+        with evolkv.apply(loaded["qwen3"].model, cfg):
             pass
 
 
@@ -74,7 +75,7 @@ def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(tiny, bu
     mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in prompts]).long()
     kwargs = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True,
                   pad_token_id=0)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg):
+    with torch.no_grad(), evolkv.apply(tiny.model, cfg):
         batch = tiny.model.generate(ids, attention_mask=mask.to(ids.device), **kwargs)
         for row, prompt in enumerate(prompts):
             alone = tiny.model.generate(prompt[None], **kwargs)
@@ -91,12 +92,12 @@ def test_right_padding_and_mikv_with_padding_are_one_clear_error(tiny):
     ids = torch.cat([_prompt(tiny, 40), _prompt(tiny, 40)])
     right = torch.ones_like(ids)
     right[1, -5:] = 0
-    with torch.no_grad(), runtime.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("20%"))):
+    with torch.no_grad(), evolkv.apply(tiny.model, uniform_config(tiny.spec, Budget.parse("20%"))):
         with pytest.raises(ConfigError, match="padding_side = 'left'"):
             tiny.model.generate(ids, attention_mask=right, max_new_tokens=2, pad_token_id=0)
     left = right.flip(1)
     mikv = uniform_config(tiny.spec, Budget.parse("20%"), evicted_bits=4, group_size=32)
-    with torch.no_grad(), runtime.apply(tiny.model, mikv):
+    with torch.no_grad(), evolkv.apply(tiny.model, mikv):
         with pytest.raises(ConfigError, match="MiKV"):
             tiny.model.generate(ids, attention_mask=left, max_new_tokens=2, pad_token_id=0)
 
@@ -128,10 +129,10 @@ def test_kvzip_generates_with_its_replay_and_refuses_what_it_cannot_serve(tiny):
 
     cfg = uniform_config(tiny.spec, Budget.parse("20%"), ScorerSpec("kvzip"))
     with pytest.raises(ConfigError, match="tokenizer"):
-        with runtime.apply(tiny.model, cfg):
+        with evolkv.apply(tiny.model, cfg):
             pass
     ids = _prompt(tiny, 60)
-    with torch.no_grad(), runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
+    with torch.no_grad(), evolkv.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
         out = tiny.model.generate(ids, max_new_tokens=3, do_sample=False)
         assert out.shape[1] == 63
         twice = torch.cat([ids, ids])

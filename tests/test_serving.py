@@ -1,12 +1,12 @@
 """The serving path (``evolkv.serving``): static ragged caches, one decode token per step, CUDA graphs on GPU.
-Its greedy tokens must equal ``model.generate`` under ``runtime.apply`` with the same config."""
+Its greedy tokens must equal ``model.generate`` under ``evolkv.apply`` with the same config."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from evolkv import runtime
+import evolkv
 from evolkv.config import Budget, ScorerSpec, uniform_config
 from evolkv.errors import ConfigError
 from evolkv.search.baselines import adakv
@@ -57,13 +57,13 @@ def _reference(tiny, cfg, ids, new, **kwargs):
         generate.update(output_logits=True, return_dict_in_generate=True)
     if cfg is None:
         return tiny.model.generate(ids, **generate)
-    with runtime.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
+    with evolkv.apply(tiny.model, cfg, tokenizer=tiny.tokenizer):
         return tiny.model.generate(ids, **generate)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_serving_generates_what_generate_does_under_apply(tiny, name):
-    """Each step's logits equal ``generate``'s under ``runtime.apply`` (greedy, min_new_tokens keeps both
+    """Each step's logits equal ``generate``'s under ``evolkv.apply`` (greedy, min_new_tokens keeps both
     going), token for token until the two first pick different tokens: there, only a near tie may differ."""
     cfg = CONFIGS[name](tiny.spec)
     ids = torch.cat([_prompt(tiny, 120, seed=3), _prompt(tiny, 120, seed=4)])
@@ -186,7 +186,7 @@ def test_compiled_blocks_generate_the_same(loaded):
 def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, dim, monkeypatch):
     """head_dim 64 in bfloat16, as the packed kernel serves (the tiny models' head_dim 16 is not): one packed
     tier (one launch with the full-precision rows) and two (MiKV: three launches, one merge) against
-    ``generate`` under ``runtime.apply`` (a torch log-sum-exp merge per tier), with either key path; at head_dim
+    ``generate`` under ``evolkv.apply`` (a torch log-sum-exp merge per tier), with either key path; at head_dim
     128 and key groups of 128 the Gluon kernel serves them (a launch per tier beside the full-precision rows')."""
     monkeypatch.setenv("EVOLKV_PACKED_DECODE", mode)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -213,7 +213,7 @@ def test_serving_quantized_layers_through_the_folded_kernel(precision, mode, dim
     first = gen.prefill(ids, max_new_tokens=6)
     assert all(len(layer.tiers()) == (1 if precision == "K4V4 all" else 2) for layer in gen.cache.layers)
     rest, logits = gen.decode(5, logits=True)
-    with torch.no_grad(), runtime.apply(model, cfg):
+    with torch.no_grad(), evolkv.apply(model, cfg):
         expected = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True, pad_token_id=0)
     # the Gluon kernel served the graph's decode steps where it reads the layout (head_dim 128), pairs elsewhere

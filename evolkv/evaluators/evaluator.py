@@ -30,7 +30,8 @@ from evolkv.evaluators.tasks import Sample, own_metric
 from evolkv.models import max_positions
 from evolkv.kernels.packed import PackedKV
 from evolkv.press import LayerPlan, Plan, Press, Ranking, pack_evicted, pack_kept
-from evolkv.runtime import CompressedCache, GatheredLayer, PrefillPolicy, attach
+from evolkv.evaluators.gathered import GatheredLayer
+from evolkv.runtime import CompressedCache, PrefillPolicy, attach
 
 LEAD_IN = 4  # extra greedy tokens allowed before the answer ("the 82699")
 

@@ -7,11 +7,11 @@
     # or: with press(model): model(context_ids, past_key_values=cache)
 
 At the end of each layer's prefill the press ranks the layer's tokens with the config's scorer and plans each
-head's count exactly as ``evolkv.runtime.apply`` does (``evolkv.press``: the same code), so both keep the same
+head's count exactly as ``evolkv.apply`` does (``evolkv.press``: the same code), so both keep the same
 tokens (``tests/test_kvpress.py``). Every head keeps the layer's largest count of its best tokens; where the
 config gives a head fewer, kvpress's head-wise masking (``masked_key_indices``, as its AdaKV press uses) hides
 the rest from attention. Token budgets only: precision pairs, per-prompt allocations and scorers that replay
-the context need evolkv's own cache (``evolkv.runtime.apply``); ``check`` says so before anything runs.
+the context need evolkv's own cache (``evolkv.apply``); ``check`` says so before anything runs.
 kvpress 0.5.x pins ``transformers<5.3``: install it with ``pip install 'evolkv[kvpress]'`` in its own
 environment.
 """

@@ -42,7 +42,7 @@ class KVzip(Scorer):
     def score(self, obs: Observation) -> torch.Tensor:
         if obs.replay is None:
             raise ConfigError("the kvzip scorer needs its context-reconstruction pass: apply the config with "
-                              "runtime.apply(model, cfg, tokenizer=...) or score it with the evaluator")
+                              "evolkv.apply(model, cfg, tokenizer=...) or score it with the evaluator")
         scores = obs.replay.float().clone()  # [B, H_kv, T]
         scores[..., : self.sinks] = scores.amax() + 1.0
         return scores
