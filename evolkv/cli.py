@@ -877,7 +877,8 @@ def _validate(settings) -> None:
     from evolkv.evaluators.tasks import check as check_task
     from evolkv.search.baselines import BASELINES
     from evolkv.search.optimizers import check_objectives
-    from evolkv.search.strategies import AGGREGATES, CHOICES
+    from evolkv.search.objectives import AGGREGATES
+    from evolkv.search.selection import CHOICES
     from evolkv.evaluators.evaluator import OBJECTIVES
 
     from evolkv.devices import resolve_device, resolve_dtype

@@ -26,8 +26,8 @@ class SearchSettings:
     heldout_samples: int = 0  # per task on the held-out split every table reports (0 = samples)
     pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them
     objective: str = "kl"  # kl (to the full cache) | nll (gold answer) | task (1 - the task's metric, greedy)
-    aggregate: str = "guarded"  # guarded | worst | mean: what the token search is told (strategies.TokenSearch)
-    choose: str = "mean"  # mean | typical | metric: which validation rule picks the token search's winner (TokenSearch.admits)
+    aggregate: str = "guarded"  # guarded | worst | mean: what the token search is told (search.objectives.aggregate)
+    choose: str = "mean"  # mean | typical | metric: which validation rule picks the token search's winner (search.selection)
     tolerance: float = 0.1  # guarded: how much worse than uniform any one task may get before it is penalised
     finalists: int = 4  # best search candidates re-scored on validation beside the baselines
     length: int = 1000

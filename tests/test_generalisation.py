@@ -11,7 +11,8 @@ from evolkv.evaluators.tasks import from_jsonl, load_tasks
 from evolkv.executors import draw_indices, draw_split
 from evolkv.pools import make_executor
 from evolkv.search.loop import SearchSettings, run_search
-from evolkv.search.strategies import TokenSearch
+from evolkv.search.selection import admits, metric_guard
+from evolkv.search.tokens import TokenSearch
 from evolkv.store.models import Stage
 from evolkv.store.store import Store
 
@@ -67,7 +68,7 @@ def test_aggregates_relative_to_uniform():
 def test_only_a_config_better_on_the_typical_sample_displaces_uniform():
     """The validation choice's guard: a lower mean KL made by a few samples does not ship."""
     from evolkv.evaluators.evaluator import LOG_KL_FLOOR, aggregate as mean_scores, SampleScores
-    from evolkv.search.strategies import typical_ratio
+    from evolkv.search.objectives import typical_ratio
 
     def scored(*per_sample):  # per-sample KLs of one config -> its Score, as the evaluator aggregates them
         values = {"kl": list(per_sample), "logkl": [math.log(k + LOG_KL_FLOOR) for k in per_sample]}
@@ -79,9 +80,9 @@ def test_only_a_config_better_on_the_typical_sample_displaces_uniform():
     table = {"baseline:uniform": uniform, "finalist:0": lucky, "finalist:1": steady}
     assert lucky.objective < uniform.objective and typical_ratio(lucky, uniform) > 1
     assert typical_ratio(steady, uniform) < 1 and typical_ratio(uniform, uniform) == pytest.approx(1)
-    assert [TokenSearch.admits(label, table) for label in table] == [True, False, True]
+    assert [admits(label, table) for label in table] == [True, False, True]
     legacy = {"baseline:uniform": Score(0.36, {"kl": 0.36}), "finalist:0": Score(0.26, {"kl": 0.26})}
-    assert TokenSearch.admits("finalist:0", legacy)  # runs stored before per-sample logs: the mean alone
+    assert admits("finalist:0", legacy)  # runs stored before per-sample logs: the mean alone
 
 
 @pytest.mark.parametrize("choose", ["mean", "typical"])
@@ -109,7 +110,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
     contenders = [label for label in results if label.startswith(("baseline:", "finalist:")) and label != "baseline:full"]
     assert any(label.startswith("finalist:") for label in contenders)
     from evolkv.evaluators.evaluator import Score
-    from evolkv.search.strategies import aggregate, typical_ratio
+    from evolkv.search.objectives import aggregate, typical_ratio
 
     def score(label):
         got = results[label]["validation"]
@@ -139,7 +140,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
 def test_the_metric_rule_ships_the_best_kl_whose_answers_are_not_worse_than_uniforms():
     """--choose metric: contenders better than uniform on validation KL are tried best first; one whose greedy
     task metric on validation is below uniform's is passed over, the first not below it ships."""
-    from evolkv.search.strategies import task_metric
+    from evolkv.evaluators.tasks import task_metric
 
     strategy = TokenSearch.__new__(TokenSearch)
     strategy.settings = SearchSettings(aggregate="mean", choose="metric")
@@ -158,13 +159,13 @@ def test_the_metric_rule_ships_the_best_kl_whose_answers_are_not_worse_than_unif
 
     job = Job()
     contenders = dict.fromkeys(scored)
-    assert strategy.metric_guard(job, contenders, scored) == ("finalist:1", {"baseline:uniform": 0.5,
+    assert metric_guard(job, contenders, scored, strategy.relative) == ("finalist:1", {"baseline:uniform": 0.5,
                                                                              "finalist:0": 0.4, "finalist:1": 0.55})
     assert job.decoded == ["baseline:uniform", "finalist:0", "finalist:1"]  # finalist:2 and pyramid never decoded
     answers["finalist:1"] = 0.45
-    assert strategy.metric_guard(Job(), contenders, scored)[0] == "finalist:2"
+    assert metric_guard(Job(), contenders, scored, strategy.relative)[0] == "finalist:2"
     answers["finalist:2"] = 0.1
-    assert strategy.metric_guard(Job(), contenders, scored)[0] == "baseline:uniform"
+    assert metric_guard(Job(), contenders, scored, strategy.relative)[0] == "baseline:uniform"
     # several tasks: each task's own metric, equal weights
     assert task_metric({"em": 0.5, "sim": 0.1, "code/sim": 0.6, "code/em": 0.0, "passkey/em": 1.0,
                         "passkey/sim": 0.2}) == pytest.approx(0.8)
@@ -173,7 +174,7 @@ def test_the_metric_rule_ships_the_best_kl_whose_answers_are_not_worse_than_unif
 def test_a_search_that_chooses_by_the_task_metric_stores_what_it_decoded(model_dirs, tmp_path):
     """--choose metric end to end: uniform's validation answers are decoded and stored, and a winner other than
     uniform answers no worse than uniform on validation."""
-    from evolkv.search.strategies import task_metric
+    from evolkv.evaluators.tasks import task_metric
 
     settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=2, population=4, samples=1,
                               validation_samples=2, heldout_samples=1, length=200, tasks=["passkey", "code"],
@@ -217,10 +218,10 @@ def test_another_budgets_winner_joins_the_first_generation_with_its_shape(monkey
     assert seeded.budget == Budget.parse("10%")
     assert np.allclose([layer.budget for layer in seeded.layers], [0.10 * 4 * s for s in shares])
     assert all(layer.heads == (0.7, 0.3) for layer in seeded.layers)
-    import evolkv.search.strategies as strategies
+    import evolkv.search.tokens as tokens
 
-    made, original = {}, strategies.make_optimizer
-    monkeypatch.setattr(strategies, "make_optimizer",
+    made, original = {}, tokens.make_optimizer
+    monkeypatch.setattr(tokens, "make_optimizer",
                         lambda *args, **kwargs: made.update(kwargs) or original(*args, **kwargs))
     view, _, _ = next(strategy.blocks(None))
     assert np.allclose(made["x0"][1], np.clip(view.encode(seeded), *view.bounds))  # the second start

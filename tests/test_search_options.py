@@ -114,16 +114,16 @@ def test_unbuildable_and_unscorable_candidates_are_failures_not_crashes(loaded, 
             raise ConfigError("injected: layer 3 keeps 1.0001 of the context")
         return decode(self, x)
 
-    from evolkv.search import strategies
+    from evolkv.search import tokens
 
-    make = strategies.make_optimizer
+    make = tokens.make_optimizer
 
     def spy(*args, **kwargs):
         optimizer = Spy(make(*args, **kwargs))
         optimizer._space = BudgetSpace(tiny.spec, Budget.parse(settings.budget), context=settings.length)
         return optimizer
 
-    monkeypatch.setattr(strategies, "make_optimizer", spy)
+    monkeypatch.setattr(tokens, "make_optimizer", spy)
     monkeypatch.setattr(BudgetSpace, "decode", flaky_decode)
     original = executor.evaluate
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from evolkv.allocation import within_bits
-from evolkv.search.strategies import SMOOTHING
+from evolkv.search.objectives import SMOOTHING
 
 BASELINES = ("uniform", "pyramid", "adakv", "streaming")
 

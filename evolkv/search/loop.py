@@ -22,10 +22,15 @@ from evolkv.config import Budget, KVConfig, ModelSpec, ScorerSpec
 from evolkv.devices import is_out_of_memory, peak_memory_gib
 from evolkv.errors import EvolKVError, SearchInterrupted
 from evolkv.evaluators.evaluator import Score
-from evolkv.search.strategies import STRATEGIES
+from evolkv.search.fronts import FrontSearch
+from evolkv.search.strategy import Outcome
+from evolkv.search.tokens import TokenSearch
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
 from evolkv.store.store import Store
+
+
+STRATEGIES = {"tokens": TokenSearch, "quant": FrontSearch, "joint": FrontSearch}
 
 
 class Reporter:
@@ -58,7 +63,7 @@ def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store
 
 def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, warm_start=None) -> dict[str, Any]:
     """Prefill, baselines, then ask -> build -> evaluate -> tell -> persist for every block of generations the
-    mode's strategy lays out; the strategy picks and stores the winner."""
+    mode's strategy lays out; the strategy picks the winner and the loop stores it."""
     job = _Job(settings, spec, executor, store, run_id, reporter)
     strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
     for split in strategy.splits:
@@ -87,7 +92,22 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, w
             store.update_run(run_id, generations_done=gen + 1, best_objective=best)
             reporter.generation(gen + 1, strategy.total_generations, math.inf if best is None else best,
                                 len(configs) / (time.perf_counter() - started))
-    return strategy.finish(job)
+    return _persist(store, run_id, strategy.finish(job))
+
+
+def _persist(store: Store, run_id: str, outcome: Outcome) -> dict[str, Any]:
+    """Store a strategy's outcome: the front (a front search), the winner and the run's final status."""
+    if outcome.winner is None:
+        store.update_run(run_id, status="failed")
+        return store.detail(run_id)
+    if outcome.front is not None:
+        store.set_front(run_id, outcome.front)
+    heldout = outcome.heldout
+    store.set_winner(run_id, outcome.winner, outcome.objective,
+                     heldout.objective if heldout is not None and heldout.ok else None,
+                     heldout.metrics if heldout is not None else None)
+    store.update_run(run_id, status="finished", best_objective=outcome.objective)
+    return store.detail(run_id)
 
 
 class _Job:
@@ -101,6 +121,15 @@ class _Job:
         load = getattr(executor, "load_seconds", None)
         if load is not None:
             self.timings["stages"].append({"stage": "model load", "seconds": round(load, 3), "evaluations": 0})
+
+    @property
+    def storage(self) -> str:
+        """The store's URL: where an optimiser that keeps a study (optuna) keeps it, beside the run."""
+        return self.store.url
+
+    def derive(self, **items: Any) -> None:
+        """Store what a strategy worked out about the run (its reduced space, the per-head stage's starts)."""
+        self.store.update_run(self.run_id, derived=items)
 
     @contextmanager
     def stage(self, name: str, evaluations: int = 0):

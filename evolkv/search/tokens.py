@@ -1,0 +1,242 @@
+"""Token search: per-layer (and per-head) token budgets at one memory budget, one objective (EvolKV, with
+PyramidKV, AdaKV, the per-prompt allocators and KVzip as baselines), the winner chosen on validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from evolkv.config import KVConfig
+from evolkv.evaluators.evaluator import Score
+from evolkv.executors import draw_split
+from evolkv.search.baselines import baseline, scorer_choices
+from evolkv.search.objectives import aggregate, typical_ratio
+from evolkv.search.optimizers import make_optimizer
+from evolkv.search.selection import admits, choose_on_validation, metric_guard
+from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.search.strategy import Outcome, Strategy
+from evolkv.settings import SearchSettings
+from evolkv.store.models import Stage
+
+
+def _with_splits(cfg: KVConfig, shares: list[list[float]]) -> KVConfig:
+    """``cfg``'s layer budgets with each layer's split over its KV heads set to ``shares`` [L][H_kv] (no provenance)."""
+    layers = tuple(dataclasses.replace(layer, heads=tuple(split)) for layer, split in zip(cfg.layers, shares))
+    return dataclasses.replace(cfg, layers=layers, provenance={})
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class TokenSearch(Strategy):
+    """Per-layer (and per-head) token budgets, one objective; EvolKV's layer-group schedule as blocks.
+
+    Against overfitting the search samples: the first generation holds every baseline the space can express;
+    with ``pool`` above ``samples`` each generation is scored on a fresh draw from the search pool; the
+    optimiser is told the mean KL relative to uniform's on the same samples, penalised when any one task gets
+    more than ``tolerance`` worse than uniform's (``aggregate``), so a small gain on one task cannot pay for a
+    large loss on another; and the winner is chosen on the
+    validation split among the best search candidates and every baseline at the budget, so a run whose
+    search found nothing better ships the best baseline, marked as such."""
+
+    splits = ("search", "validation", "heldout")
+
+    def __init__(self, settings, spec, budget, scorer) -> None:
+        super().__init__(settings, spec, budget, scorer)
+        names = list(dict.fromkeys([*settings.baselines, "uniform"]))  # uniform: the reference of every ratio
+        self.baselines = {name: baseline(name, spec, budget, scorer) for name in names}
+        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length,
+                                 choices=scorer_choices(settings))
+        for choice in self.space.choices:  # --scorers: uniform with each other scorer is a baseline (and a seed)
+            if choice != scorer:
+                uniform = self.baselines["uniform"]
+                layers = tuple(dataclasses.replace(layer, scorer=choice) for layer in uniform.layers)
+                self.baselines[f"uniform:{choice.name}"] = dataclasses.replace(uniform, layers=layers).with_provenance(
+                    label=f"baseline:uniform:{choice.name}")
+        self.incumbent = self.space.encode(baseline("uniform", spec, budget, scorer))
+        self.best_f, self.best_cfg, self.best_kl = math.inf, None, math.inf
+        self.seeds: list[KVConfig] = []
+        self.ref: Score | None = None  # uniform on the samples being scored
+        self.history: dict[str, tuple[KVConfig, list[float]]] = {}  # config hash -> (config, told values)
+        self.on_uniform: dict[str, KVConfig] = {}  # uniform's layer budgets with a profiled split (``transplants``)
+        self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
+
+    def relative(self, score: Score, ref: Score | None) -> float:
+        """What the optimiser and the winner's choice see of ``score``, relative to ``ref`` (uniform on the
+        same samples; 1.0 = as good as uniform). See ``aggregate``."""
+        if not score.ok:
+            return math.inf
+        if self.settings.aggregate == "mean" or ref is None or not ref.ok:
+            return score.objective
+        return aggregate(score, ref, self.settings.aggregate, self.settings.tolerance, self.settings.objective)
+
+    def observe_baselines(self, scores):
+        """Start from the best known configs: the baselines the space can express (fixed head shares, the
+        run's scorer) seed the first generation, the best first."""
+        self.ref = scores.get("uniform")
+        ranked = sorted(((self.relative(score, self.ref), name) for name, score in scores.items()
+                         if score.ok and name != "full"), key=lambda item: item[0])
+        for told, name in ranked[:1]:
+            self.best_f, self.best_cfg, self.best_kl = told, self.baselines[name], scores[name].objective
+        self.seeds = [self.baselines[name] for _, name in ranked  # those the space can express
+                      if self.baselines[name].scorer == self.scorer and self.baselines[name].allocation is None
+                      and all(layer.heads is not None for layer in self.baselines[name].layers)]
+        if self.seeds:
+            self.incumbent = self.space.encode(self.seeds[0])
+
+    def warm_start(self, cfg):
+        """Another budget's winner, its layers' budgets scaled to this budget (its shape kept), joins the first
+        generation after the best baseline."""
+        if cfg.budget.kind != self.budget.kind or cfg.scorer != self.scorer or cfg.model.num_layers != \
+                self.spec.num_layers:
+            return
+        if self.settings.per_head and any(layer.heads is None for layer in cfg.layers):
+            return
+        scale = self.budget.value / cfg.budget.value
+        layers = [dataclasses.replace(layer, budget=layer.budget * scale) for layer in cfg.layers]
+        rescaled = dataclasses.replace(cfg, budget=self.budget, layers=tuple(layers), provenance={})
+        self.seeds = [*self.seeds[:1], rescaled, *self.seeds[1:]] if self.seeds else [self.baselines["uniform"], rescaled]
+
+    def split(self, generation):
+        return draw_split(generation) if self.settings.pool > self.settings.samples else "search"
+
+    def reference(self, job, split, generation):
+        if split != "search" and self.settings.aggregate != "mean":
+            self.ref = job.evaluate([self.baselines["uniform"]], Stage.BASELINE, ["baseline:uniform"], split=split,
+                                    generation=generation)[0]
+
+    def blocks(self, job):
+        for index, (gen_start, gen_count, view) in enumerate(_schedule(self.settings, self.space)):
+            if isinstance(view, SubSpace):
+                view.incumbent = self.incumbent
+            lower, upper = view.bounds
+            starts = [self.space.decode(self.incumbent)] + (self.seeds[1:] if index == 0 else [])
+            if isinstance(view, SubSpace) and not view.layer_genes:  # the heads' stage: transplanted splits too
+                starts += self.transplants(job, starts[0])
+            x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
+            optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
+                                       self.settings.seed + gen_start, x0=x0, step=self.settings.step,
+                                       restarts=self.settings.restarts,
+                                       x0_value=self.best_f if index and self.best_cfg is not None else None)
+            yield view, optimizer, range(gen_start, gen_start + gen_count)
+
+    def transplants(self, job, incumbent: KVConfig) -> list[KVConfig]:
+        """Starts for the per-head stage: the incumbent's layer budgets with each per-prompt baseline's split over
+        the KV heads (AdaKV's by score, ``globaltopk``'s, KVzip's), averaged over the search samples and made
+        static (``head_shares``): where the heads' importance differs, the optimiser starts where the
+        per-prompt allocators put the tokens instead of at equal shares. Splits within 1% of equal are left out.
+
+        The same splits on uniform's layer budgets join the winner's choice on validation
+        (``uniform+split:NAME``, ``on_uniform``): where no searched layer budgets beat uniform's (SmolLM2 code at
+        2%), a per-head search can still ship uniform with the heads' split (held-out KL 0.878 with AdaKV's split
+        against 0.891 with equal shares on the CPU; on the H100's validation samples the same splits came within 1% of
+        uniform, not below it, so uniform shipped: benchmarks/results/2026-11-26-h100-acceptance-suites.md)."""
+        profiled = [cfg for name, cfg in self.baselines.items() if name != "full" and
+                    (cfg.allocation is not None or any(layer.heads is None for layer in cfg.layers))]
+        if not profiled:
+            return []
+        heads = self.spec.num_kv_heads
+        found: dict[str, KVConfig] = {}
+        for cfg, shares in zip(profiled, job.executor.head_shares(profiled, "search")):
+            if max(abs(share - 1.0 / heads) for layer in shares for share in layer) < 0.01:
+                continue
+            label = cfg.provenance.get("label", "?")
+            found[label] = _with_splits(incumbent, shares)
+            on_uniform = _with_splits(self.baselines["uniform"], shares)
+            if on_uniform.hash() != found[label].hash():
+                self.on_uniform[f"uniform+split:{label.removeprefix('baseline:')}"] = on_uniform
+        job.derive(transplanted=list(found))
+        return list(found.values())
+
+    def told(self, scores):
+        return np.array([self.relative(s, self.ref) for s in scores])
+
+    def observe(self, view, X, configs, scores):
+        for x, f, cfg, score in zip(X, self.told(scores), configs, scores):
+            if cfg is not None and np.isfinite(f):
+                self.history.setdefault(cfg.hash(), (cfg, []))[1].append(float(f))
+            if f < self.best_f:
+                self.best_f, self.best_cfg, self.best_kl = float(f), cfg, score.objective
+                self.incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
+
+    def best(self):
+        return self.best_kl if self.best_cfg is not None else None
+
+    def finalists(self) -> list[KVConfig]:
+        """The best distinct search candidates by their mean told value (baselines are re-scored anyway)."""
+        known = {cfg.hash() for cfg in self.baselines.values()}
+        ranked = sorted((sum(values) / len(values), digest) for digest, (_, values) in self.history.items()
+                        if digest not in known)
+        return [self.history[digest][0] for _, digest in ranked[:self.settings.finalists]]
+
+    def finish(self, job):
+        if self.best_cfg is None:
+            return Outcome()
+        # choose on data the optimiser did not fit: the best search candidates and every baseline at the budget
+        contenders = {f"baseline:{n}": cfg for n, cfg in self.baselines.items() if n != "full"}
+        contenders.update({f"finalist:{i}": cfg for i, cfg in enumerate(self.finalists())})
+        contenders.update(self.on_uniform)
+        chosen, scored = choose_on_validation(
+            job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
+            admits if self.settings.choose == "typical" else None)
+        ref = scored["baseline:uniform"]
+        metric_check: dict[str, float] = {}
+        if self.settings.choose == "metric":
+            chosen, metric_check = metric_guard(job, contenders, scored, self.relative)
+        chosen_value = self.relative(scored[chosen], ref)
+        passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
+                       if score.ok and self.relative(score, ref) < chosen_value}
+        if not scored[chosen].ok:
+            return Outcome()
+        source = chosen if chosen.startswith("baseline:") else "search"
+        finals_by_label = {"winner": contenders[chosen], **{f"baseline:{n}": cfg for n, cfg in self.baselines.items()}}
+        labels = list(finals_by_label)
+        job.reporter.stage("re-score winner and baselines on search and held-out data")
+        with job.stage("held-out re-score", 2 * len(labels)):
+            search = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels)
+            job.evaluate([contenders[chosen]], Stage.FINAL, ["winner"], split="validation")
+            heldout = job.evaluate(list(finals_by_label.values()), Stage.FINAL, labels, split="heldout")
+            passed = [label for label in passed_over if label not in finals_by_label]
+            if passed:  # what the mean alone would have shipped, on held-out data too (runs show)
+                job.evaluate([contenders[label] for label in passed], Stage.FINAL, passed, split="heldout")
+        winner = self.provenance(job, contenders[chosen], search[0].objective, source=source,
+                                 selected_on="validation", validation_objective=scored[chosen].objective,
+                                 validation_relative=chosen_value,
+                                 validation_typical_ratio=_finite(typical_ratio(scored[chosen], ref)),
+                                 **({"validation_task_metric": metric_check} if metric_check else {}),
+                                 **({"passed_over": passed_over} if passed_over else {}),
+                                 heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
+        finals = [winner, *self.baselines.values()]
+        with job.stage("exact match", 2 * len(finals)):
+            job.exact_match(finals, labels)
+        return Outcome(winner, search[0].objective, heldout[0])
+
+
+def _schedule(settings: SearchSettings, space: BudgetSpace):
+    """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn. Per
+    head (more than one KV head, no groups): coarse to fine, ``--generations`` over the layers' budgets with
+    each layer's split over its heads held at the best start's, then half as many over the splits alone, the
+    layers' budgets held at the best found, started there and at the per-prompt baselines' splits
+    (``TokenSearch.transplants``). Searched per head from the start, the 3x larger space lost to per-layer
+    search at 5% on SmolLM2; a second stage over every gene never beat the first stage's config on validation
+    (benchmarks/acceptance/run.sh accept)."""
+    if settings.groups <= 1:
+        if space.per_head and space.model.num_kv_heads > 1:
+            every_layer = list(range(space.model.num_layers))
+            layers_only = SubSpace(space, every_layer, np.zeros(space.n_var), head_shares=False)
+            yield 0, settings.generations, layers_only
+            if settings.generations // 2:
+                heads_only = SubSpace(space, every_layer, np.zeros(space.n_var), layer_genes=False)
+                yield settings.generations, settings.generations // 2, heads_only
+            return
+        yield 0, settings.generations, space
+        return
+    layers = space.model.num_layers
+    size = math.ceil(layers / settings.groups)
+    groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
+    per_group = max(1, settings.generations // len(groups))
+    for i, group in enumerate(groups):
+        yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
