@@ -28,7 +28,7 @@ def main() -> None:
     torch.set_num_threads(2)
     settings = SearchSettings(mode="quant", samples=args.samples)
     loaded, executor = make_local(settings)
-    spec, scorer = loaded.spec, ScorerSpec(settings.scorer, window=settings.window)
+    spec, scorer = loaded.spec, ScorerSpec(settings.space.scorer, window=settings.space.window)
     candidates = []
     for fraction in (1.0, 0.5, 0.4):
         base = baseline("uniform", spec, Budget("fraction", fraction), scorer)
@@ -36,15 +36,15 @@ def main() -> None:
                                (2, 4, 16), (8, 4, 4)):
             if fraction < 1.0 and (k, v) != (4, 4):
                 continue
-            cfg = with_precisions(base, [(k, v)] * spec.num_layers, settings.group_size, residual)
+            cfg = with_precisions(base, [(k, v)] * spec.num_layers, settings.space.group_size, residual)
             candidates.append((f"{fraction:.0%} tokens K{k}V{v}+r{residual}", cfg))
     started = time.perf_counter()
     executor.prepare(args.split)
     scores = executor.evaluate([cfg for _, cfg in candidates], args.split)
-    print(f"{spec.name}, {args.samples} {args.split} samples of ~{settings.length} tokens, group {settings.group_size}")
+    print(f"{spec.name}, {args.samples} {args.split} samples of ~{settings.data.length} tokens, group {settings.space.group_size}")
     print(f"{'config':<28} {'bits':>6} {'KL':>8}")
     for (name, cfg), score in zip(candidates, scores):
-        print(f"{name:<28} {avg_bits(cfg, settings.length):>6.3f} {score.objective:>8.4f}")
+        print(f"{name:<28} {avg_bits(cfg, settings.data.length):>6.3f} {score.objective:>8.4f}")
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

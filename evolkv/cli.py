@@ -6,16 +6,16 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import fields
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Table
 
+from evolkv import report
 from evolkv.errors import EvolKVError
+from evolkv.progress import RichReporter, err, progress_bars
+
 
 class _Group(typer.core.TyperGroup):
     """Turns evolkv's errors into one line on stderr and exit code 2, never a traceback."""
@@ -40,8 +40,7 @@ app = typer.Typer(cls=_Group, help="Search how to spend a KV-cache memory budget
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 runs_app = typer.Typer(cls=_Group, help="Browse the search history.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-console = Console()
-err = Console(stderr=True)
+console = report.console
 
 DB = typer.Option(None, "--db", help="Database URL or SQLite path [default: $EVOLKV_DB or ~/.evolkv/evolkv.db].")
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
@@ -61,56 +60,6 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-class _Count(MofNCompleteColumn):
-    """"done/total" for a counted stage; nothing for one of unknown length (a spinner-like stage, not "0/?")."""
-
-    def render(self, task):
-        from rich.text import Text
-
-        return Text("") if task.total is None else super().render(task)
-
-
-class _RichReporter:
-    """Draws a search's stages and generations as rich progress bars."""
-
-    def __init__(self, progress: Progress, label: str = "KL") -> None:
-        self.progress, self.task, self.gen_task, self.label = progress, None, None, label
-
-    def stage(self, text: str, total: int | None = None) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, visible=False)
-        self.task = self.progress.add_task(text, total=total, best="")
-
-    def advance(self, amount: int = 1) -> None:
-        self.progress.advance(self.task, amount)
-
-    def generation(self, gen: int, total: int, best: float, rate: float) -> None:
-        if self.gen_task is None:
-            if self.task is not None:
-                self.progress.update(self.task, visible=False)
-            self.gen_task = self.progress.add_task("search", total=total, best="")
-        self.progress.update(self.gen_task, completed=gen,
-                             best=f"best {self.label} {best:.4f}  {rate:.2f} evals/s")
-
-
-OBJECTIVE_NAMES = {"kl": "KL", "nll": "NLL", "task": "task loss"}
-OBJECTIVE_TITLES = {"kl": "KL to the full cache", "nll": "NLL of the gold answer",
-                    "task": "1 - the task's metric of the greedy answer"}
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[best]}"), console=err, transient=False)
-
-
 @contextmanager
 def _searching(settings, db: Optional[str]):
     """The store, a progress reporter, and the model's executor for one or more searches (shut down after)."""
@@ -118,9 +67,9 @@ def _searching(settings, db: Optional[str]):
 
     store = _store(db)
     _quiet_transformers()
-    with _progress() as progress:
-        reporter = _RichReporter(progress, OBJECTIVE_NAMES.get(settings.objective, "KL"))
-        reporter.stage(f"load {settings.model or 'default model'}")
+    with progress_bars() as progress:
+        reporter = RichReporter(progress, report.OBJECTIVE_NAMES.get(settings.scoring.objective, "KL"))
+        reporter.stage(f"load {settings.compute.model or 'default model'}")
         loaded, executor = make_executor(settings)
         try:
             yield store, reporter, loaded, executor
@@ -133,10 +82,10 @@ def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json:
     from evolkv.config import Budget
     from evolkv.search.loop import run_search
 
-    Budget.parse(settings.budget)  # fail on a bad budget before loading anything
+    Budget.parse(settings.space.budget)  # fail on a bad budget before loading anything
     with _searching(settings, db) as (store, reporter, loaded, executor):
         detail = run_search(settings, loaded.spec, executor, store, run_id, reporter, warm_start=warm_start)
-    _print_detail(detail, as_json)
+    report.print_detail(detail, as_json)
 
 
 @app.command()
@@ -249,10 +198,6 @@ def search(
     model's answers closest to the full cache within the memory you give it."""
     from evolkv.settings import SearchSettings
 
-    if mode not in ("tokens", "quant", "joint"):
-        raise EvolKVError(f"mode must be tokens, quant or joint, not {mode!r}")
-    if not 2.0 <= target_bits <= 16.0:
-        raise EvolKVError(f"--target-bits {target_bits:g} is outside [2, 16] bits per KV element")
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
@@ -270,7 +215,7 @@ def search(
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)
     if budgets is None:
-        _validate(settings)
+        settings.validate()
         _run_and_report(settings, None, db, as_json)
         return
     _run_budgets(settings, _budgets(budgets, budget, mode), db, as_json)
@@ -295,18 +240,16 @@ def _budgets(text: str, budget: str, mode: str) -> list[str]:
 def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool) -> None:
     """One search per budget in one process: the model is loaded and every split prefilled once (the
     executor keeps them), and each budget's first generation holds the previous (larger) budget's winner."""
-    import dataclasses
-
     from evolkv.search.loop import run_search
 
-    runs = [dataclasses.replace(settings, budget=b) for b in budgets]
+    runs = [settings.replace(budget=b) for b in budgets]
     for one in runs:
-        _validate(one)
+        one.validate()
     details, warm, started = [], None, time.perf_counter()
     with _searching(runs[0], db) as (store, reporter, loaded, executor):
         for one in runs:
             reporter.gen_task = None
-            reporter.stage(f"budget {one.budget}")
+            reporter.stage(f"budget {one.space.budget}")
             detail = run_search(one, loaded.spec, executor, store, None, reporter, warm_start=warm)
             details.append(detail)
             if getattr(executor, "load_seconds", None) is not None:
@@ -316,17 +259,7 @@ def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool)
     if as_json:
         print(json.dumps(details, indent=2))
         return
-    for detail in details:
-        _print_detail(detail, False)
-    table = Table("budget", "run", "winner", "search KL", "held-out KL", "uniform held-out KL",
-                  title=f"one search per budget ({time.perf_counter() - started:.0f} s in all; "
-                        "`evolkv lookup --budget B` returns the largest at or under B)")
-    for detail in details:
-        winner = detail.get("winner") or {}
-        uniform = ((detail["results"].get("baseline:uniform") or {}).get("heldout") or {}).get("objective")
-        table.add_row(detail["budget"], detail["id"], winner.get("source", "-"), _fmt(winner.get("search_objective")),
-                      _fmt(winner.get("heldout_objective")), _fmt(uniform))
-    console.print(table)
+    report.print_budgets(details, time.perf_counter() - started)
 
 
 @app.command()
@@ -341,11 +274,9 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     run = _store(db).run(run_id)
     if run.status == "finished":
         raise EvolKVError(f"run {run.id} is already finished")
-    known = {f.name for f in fields(SearchSettings)}
-    stored = {k: v for k, v in run.settings.items() if k in known}
-    settings = SearchSettings(**{"step": 0.05, **stored})  # runs stored before --step searched at 0.05
+    settings = SearchSettings.stored({"step": 0.05, **run.settings})  # a run stored without a step searched at 0.05
     if batch_size is not None:
-        settings.batch_size = batch_size
+        settings.scoring.batch_size = batch_size
     warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
     found = _store(db).winner(warm) if warm else None
     _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)
@@ -360,159 +291,14 @@ def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."),
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(Column("id", no_wrap=True), Column("model", no_wrap=True, overflow="ellipsis"),
-                  Column("budget", no_wrap=True), Column("optimizer", no_wrap=True), Column("status", no_wrap=True),
-                  Column("gens", no_wrap=True), Column("best KL", no_wrap=True), Column("created", no_wrap=True),
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=0, show_edge=False)
-    for r in rows:  # fits 80 columns: a model path shows its last part, the objective 3 significant digits
-        budget = {"quant": "quant", "joint": f"{r['budget']}+q"}.get(r["mode"], r["budget"])
-        best = "-" if r["best_objective"] is None else f"{r['best_objective']:.3g}"
-        table.add_row(r["id"], _short_model(r["model"]), budget, r["optimizer"], r["status"],
-                      str(r["generations_done"]), best, (r["created_at"] or "").replace("T", " ")[5:16])
-    console.print(table if rows else "no runs yet: start one with `evolkv search --budget 10%`")
-    stale = [r["id"] for r in rows if r["status"] == "stale"]
-    if stale:
-        console.print(f"stale (its process is gone): `evolkv resume {stale[0]}`", soft_wrap=True)
-
-
-def _short_model(name: str) -> str:
-    parts = [p for p in name.replace("\\", "/").split("/") if p]
-    return parts[-1] if name.startswith(("/", ".", "~")) and parts else name
+    report.print_runs(rows)
 
 
 @runs_app.command("show")
 def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
               as_json: bool = JSON) -> None:
     """Per-generation progress, and the winner against every baseline on search and held-out splits."""
-    _print_detail(_store(db).detail(run_id), as_json)
-
-
-def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(detail, indent=2))
-        return
-    console.print(f"[bold]run {detail['id']}[/bold]  {detail['model']}  budget {detail['budget']}  "
-                  f"{detail['optimizer']}  status {detail['status']}")
-    settings = detail.get("settings") or {}
-    title = "generations" if settings.get("mode", "tokens") == "tokens" else \
-        f"generations (best and mean over candidates at or under {settings.get('target_bits'):g} bits)"
-    progress = Table("gen", "evaluated", "failed", "best", "mean", "best so far", title=title)
-    for g in detail["generations"]:
-        progress.add_row(str(g["generation"] + 1), str(g["evaluated"]), str(g["failed"]), _fmt(g["best"]),
-                         _fmt(g["mean"]), _fmt(g["best_so_far"]))
-    console.print(progress)
-    _print_timings(detail.get("timings") or {})
-    from evolkv.evaluators.tasks import own_metric, task_metric
-
-    name = OBJECTIVE_NAMES.get(settings.get("objective", "kl"), "KL")
-    source = (detail.get("winner") or {}).get("source", "search")
-    ordered = sorted(detail["results"].items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:")))
-    # greedy answers: each task's own metric (edit similarity for code, string match otherwise)
-    answered = sorted({key.split("/")[0] for _, splits in ordered for key in (splits.get("heldout/em") or {})
-                       if "/" in key})
-    metrics = {own_metric(task) for task in answered} or {"em"}
-    metric = {"em": "EM", "sim": "edit sim."}[metrics.pop()] if len(metrics) == 1 else "task metric"
-    results = Table(Column("config", no_wrap=True), f"search\n{name}", f"valid.\n{name}", f"held-out\n{name}",
-                    f"search\n{metric}", f"held-out\n{metric}", "gap",
-                    title=f"winner vs baselines ({OBJECTIVE_TITLES.get(settings.get('objective', 'kl'), '')}: lower "
-                          f"is better; gap = held-out / search {name}; {metric} of greedy answers: higher is better)")
-    for label, splits in ordered:
-        get = lambda split, key="objective": (splits.get(split) or {}).get(key)  # noqa: E731
-        answers = lambda split: task_metric(splits[split]) if splits.get(split) else None  # noqa: E731
-        gap = get("heldout") / get("search") if get("heldout") is not None and get("search") else None
-        results.add_row(_config_name(label, source), _fmt(get("search")), _fmt(get("validation")),
-                        _fmt(get("heldout")), _fmt(answers("search/em"), 3), _fmt(answers("heldout/em"), 3),
-                        _fmt(gap, 2))
-    console.print(results)
-    _print_paired(ordered, source, metric)
-    if source != "search" and detail.get("winner"):
-        console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
-                      f"split: the winner is that baseline[/bold]")
-    selection = (detail.get("winner") or {}).get("selection") or {}
-    passed = selection.get("passed_over") or {}
-    checked = selection.get("validation_task_metric") or {}
-    if checked:  # --choose metric: lower KL than the winner, but worse answers than uniform's
-        uniform = checked.get("baseline:uniform", float("nan"))
-        console.print(f"task metric on validation (uniform {uniform:.3f}; a config displaces uniform only if not "
-                      "below it): " + ", ".join(f"{label} {value:.3f}" for label, value in checked.items()
-                                                if label != "baseline:uniform"))
-    elif passed:  # better on the mean KL, not on the typical sample: a few samples' large KL made the mean
-        console.print("passed over (lower mean KL than the winner on validation, but not below uniform on the "
-                      "typical sample; geometric mean of per-sample KL ratios to uniform): "
-                      + ", ".join(f"{label} {ratio:.2f}" for label, ratio in passed.items()))
-    tasks = sorted({key.removesuffix("/kl") for _, splits in ordered for key in (splits.get("heldout") or {})
-                    if key.endswith("/kl")})
-    if len(tasks) > 1:  # one task's gain must not hide another's loss
-        _print_per_task(ordered, source, "heldout", {t: f"{t}/kl" for t in tasks}, 4, "held-out KL per task")
-    if len(answered) > 1:
-        _print_per_task(ordered, source, "heldout/em", {f"{t}\n{own_metric(t)}": f"{t}/{own_metric(t)}"
-                                                        for t in answered}, 3,
-                        "held-out greedy answers per task (em: string match, sim: edit similarity)")
-    space = (detail.get("derived") or {}).get("space")
-    if space:
-        console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "
-                      f"10^{space['log10_size_after']:.1f} after pruning and clustering into "
-                      f"{len(space['groups'])} layer groups")
-    if detail.get("front"):
-        front = Table("point", "bits", "search KL", "held-out KL", "held-out NLL", "precisions", "",
-                      title="Pareto front (export one with `evolkv export ID --point N`)")
-        for p in detail["front"]:
-            front.add_row(str(p["point"]), _fmt(p["bits"], 3), _fmt(p["objective"]), _fmt(p["heldout_objective"]),
-                          _fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
-        console.print(front)
-
-
-def _print_per_task(ordered: list[tuple[str, dict[str, Any]]], source: str, split: str, columns: dict[str, str],
-                    digits: int, title: str) -> None:
-    """One row per config that has ``split``'s figures: column header -> the metric key shown under it."""
-    table = Table(Column("config", no_wrap=True), *columns, title=title)
-    for label, splits in ordered:
-        figures = splits.get(split) or {}
-        if figures:
-            table.add_row(_config_name(label, source), *(_fmt(figures.get(key), digits) for key in columns.values()))
-    console.print(table)
-
-
-def _print_paired(ordered: list[tuple[str, dict[str, Any]]], source: str, metric: str) -> None:
-    """The winner's held-out greedy answers against every other config's, sample by sample (runs stored since
-    per-sample values were kept): whether a task-metric gap is more than the samples drawn."""
-    from evolkv.evaluators.paired import compare
-
-    mine = (dict(ordered).get("winner", {}).get("heldout/em") or {}).get("per_sample")
-    if not mine:
-        return
-    title = (f"held-out {metric}, the winner against each config on the same {len(mine)} samples (paired bootstrap; "
-             "an interval holding 0: within sample noise)")
-    table = Table(Column("against", no_wrap=True), "winner\n- it", Column("95% interval", no_wrap=True),
-                  "samples\nbetter", "samples\nworse", "sign\ntest p", title=title)
-    for label, splits in ordered:
-        theirs = (splits.get("heldout/em") or {}).get("per_sample")
-        if label != "winner" and theirs and len(theirs) == len(mine):
-            c = compare(mine, theirs)
-            table.add_row(_config_name(label, source), f"{c['gap']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
-                          str(c["wins"]), str(c["losses"]), f"{c['p']:.2f}")
-    console.print(table)
-
-
-def _config_name(label: str, source: str) -> str:
-    if label == "winner" and source != "search":
-        return f"winner (= {source.removeprefix('baseline:')})"
-    return label.removeprefix("baseline:")
-
-
-def _print_timings(timings: dict[str, Any]) -> None:
-    stages = timings.get("stages") or []
-    if not stages:
-        return
-    total = sum(st["seconds"] for st in stages)
-    peak = timings.get("peak_gpu_gib")
-    table = Table("stage", "seconds", "share", "evaluations", "evals/s",
-                  title=f"where the time went: {total:.1f} s" + (f", peak GPU memory {peak:.2f} GiB" if peak else ""))
-    for st in stages:
-        rate = st["evaluations"] / st["seconds"] if st["evaluations"] and st["seconds"] > 0 else None
-        table.add_row(st["stage"], f"{st['seconds']:.2f}", f"{st['seconds'] / total:.0%}" if total else "-",
-                      str(st["evaluations"] or "-"), _fmt(rate, 1))
-    console.print(table)
+    report.print_detail(_store(db).detail(run_id), as_json)
 
 
 @app.command()
@@ -648,8 +434,8 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
         print(json.dumps({**info, "source": source, "config": cfg.to_dict()}, indent=2))
     else:
         marked = "" if source == "search" else f"  (= {source.removeprefix('baseline:')}: no search candidate beat it)"
-        console.print(f"run {info['run_id']}  budget {info['budget']}  search KL {_fmt(info['search_objective'])}"
-                      f"  held-out KL {_fmt(info['heldout_objective'])}{marked}" + (f"  -> {out}" if out else ""))
+        console.print(f"run {info['run_id']}  budget {info['budget']}  search KL {report.fmt(info['search_objective'])}"
+                      f"  held-out KL {report.fmt(info['heldout_objective'])}{marked}" + (f"  -> {out}" if out else ""))
 
 
 @app.command("eval")
@@ -688,17 +474,17 @@ def evaluate(
                               query_aware=query_aware, device=device, dtype=dtype,
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
-    _validate(settings)
+    settings.validate()
     if split not in SPLITS:
         raise EvolKVError(f"split must be {', '.join(SPLITS)}, not {split!r}")
     wanted = Budget.parse(budget)
     _quiet_transformers()
-    with _progress() as progress:
-        reporter = _RichReporter(progress)
+    with progress_bars() as progress:
+        reporter = RichReporter(progress)
         reporter.stage(f"load {model or 'default model'}")
         loaded, executor = make_executor(settings)
         if cfg is None:
-            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec(scorer, window=settings.window))
+            cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec(scorer, window=settings.space.window))
         cfg.check_fits(loaded.spec)
         if hasattr(executor, "evaluator"):  # a config may rank with a kernel other than the default's
             executor.evaluator.add_scorers(cfg.scorers())
@@ -712,11 +498,7 @@ def evaluate(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table("metric", "value", title=f"{cfg.label} at {cfg.budget} on {result['samples']} {split} samples")
-    for key, value in result.items():
-        if not isinstance(value, list) and (key not in ("config", "budget", "split", "samples", "reason") or value):
-            table.add_row(key, _fmt(value, 4))  # per_sample (each sample's own metric): in --json only
-    console.print(table)
+    report.print_eval(result, cfg)
 
 
 @app.command()
@@ -745,8 +527,6 @@ def generate(
     """Generate with a config the way a server would (evolkv.serving): the prompt compressed at prefill, each
     layer's cache preallocated at its exact size, every decode step one CUDA graph on GPU. Prints the text,
     prefill time, decode speed and the cache's bytes beside the full cache's."""
-    import torch
-
     from evolkv.allocation import dense_kv_bytes
     from evolkv.config import Budget, KVConfig, ScorerSpec
     from evolkv.devices import resolve_device, resolve_dtype
@@ -768,8 +548,8 @@ def generate(
     cfg = KVConfig.load(config) if config else None
     device = resolve_device(device)
     _quiet_transformers()
-    with _progress() as progress:
-        reporter = _RichReporter(progress)
+    with progress_bars() as progress:
+        reporter = RichReporter(progress)
         reporter.stage(f"load {model or 'default model'}")
         loaded = load(model, device, resolve_dtype(dtype, device))
         if wanted is not None and baseline:
@@ -785,20 +565,8 @@ def generate(
             reporter.stage("compile norms and MLPs")
             compile_blocks(loaded.model)
         ids = loaded.tokenizer(text, return_tensors="pt").input_ids.to(device)
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        reporter.stage(f"prefill {ids.shape[1]} tokens")
-        start = time.perf_counter()
-        first = gen.prefill(ids, None, max_new_tokens)
-        sync()
-        prefill_s = time.perf_counter() - start
-        reporter.stage(f"decode {max_new_tokens} tokens")
-        warm = gen.decode(min(1, max_new_tokens - 1))  # the first step captures the CUDA graph: not timed
-        timed = max_new_tokens - 1 - warm.shape[1]
-        start = time.perf_counter()
-        rest = gen.decode(timed)
-        sync()
-        decode_s = time.perf_counter() - start
-    tokens = torch.cat([first[:, None], warm, rest], 1)[0].tolist()
+        run = gen.timed(ids, max_new_tokens, reporter.stage)
+    tokens, prefill_s, decode_s, timed = run["tokens"], run["prefill_s"], run["decode_s"], run["timed_steps"]
     eos = loaded.tokenizer.eos_token_id
     shown = tokens[:tokens.index(eos)] if eos in tokens else tokens
     full_bytes = dense_kv_bytes(loaded.spec, ids.shape[1], next(loaded.model.parameters()).element_size())
@@ -868,78 +636,6 @@ def _tasks(text: str) -> list[str]:
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _validate(settings) -> None:
-    from evolkv.config import Budget
-    from evolkv.scorers import SCORERS
-    from evolkv.evaluators.tasks import TASKS
-    from evolkv.evaluators.tasks import check as check_task
-    from evolkv.search.baselines import BASELINES
-    from evolkv.search.optimizers import check_objectives
-    from evolkv.search.objectives import AGGREGATES
-    from evolkv.search.selection import CHOICES
-    from evolkv.evaluators.evaluator import OBJECTIVES
-
-    from evolkv.devices import resolve_device, resolve_dtype
-
-    budget = Budget.parse(settings.budget)
-    if not (settings.executor == "ray" and settings.ray_address):  # a remote cluster's GPUs are not ours to see
-        settings.device = resolve_device(settings.device)  # no silent CPU fall back
-    settings.dtype = resolve_dtype(settings.dtype, settings.device)
-    for task in settings.tasks:
-        check_task(task)
-    if not settings.tasks:
-        raise EvolKVError("give at least one task")
-    synthetic = all(task in TASKS for task in settings.tasks)
-    if budget.kind == "tokens" and synthetic and budget.value >= settings.length and settings.mode != "quant":
-        raise EvolKVError(f"--budget {budget} tokens per KV head keeps all of a {settings.length}-token context: "
-                          "nothing would be compressed; give fewer tokens or a percentage like 10%")
-    check_objectives(settings.optimizer, 1 if settings.mode == "tokens" else 2)
-    if settings.executor not in ("local", "ray"):
-        raise EvolKVError(f"unknown executor {settings.executor!r}; known: local, ray")
-    if settings.mode != "tokens":
-        from evolkv.config import ALLOWED_GROUPS
-        if settings.group_size not in ALLOWED_GROUPS:
-            raise EvolKVError(f"--group-size {settings.group_size} is not one of {ALLOWED_GROUPS}")
-        from evolkv.search.precision import parse_evicted, parse_residuals
-
-        try:
-            settings.residual = list(parse_residuals(settings.residual))
-        except EvolKVError as exc:
-            raise EvolKVError(f"--residual: {exc}") from None
-        try:
-            settings.evicted_bits = list(parse_evicted(settings.evicted_bits))
-        except EvolKVError as exc:
-            raise EvolKVError(f"--evicted-bits: {exc}") from None
-        if settings.mode == "quant" and any(settings.evicted_bits):
-            raise EvolKVError("--evicted-bits keeps tokens a budget evicts: use it with --mode joint --budget B")
-        if settings.mode == "quant" and budget.value != 1.0:
-            raise EvolKVError("--mode quant keeps every token (--budget 100%); to search token budgets and "
-                              "precisions together use --mode joint --budget B")
-        if settings.groups > 1:
-            raise EvolKVError("--groups is the token search's layer schedule; --mode quant and joint group "
-                              "layers with --clusters")
-    elif budget.value == 1.0 and budget.kind == "fraction":
-        raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
-    if settings.objective not in OBJECTIVES:
-        raise EvolKVError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {settings.objective!r}")
-    if settings.aggregate not in AGGREGATES:
-        raise EvolKVError(f"--aggregate must be one of {', '.join(AGGREGATES)}, not {settings.aggregate!r}")
-    if settings.choose not in CHOICES:
-        raise EvolKVError(f"--choose must be one of {', '.join(CHOICES)}, not {settings.choose!r}")
-    if settings.mode != "tokens" and settings.pool:
-        raise EvolKVError("--pool (a fresh draw of the search samples each generation) belongs to the token "
-                          "search (--mode tokens)")
-    for name in [settings.scorer, *settings.scorers]:
-        if name not in SCORERS:
-            raise EvolKVError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
-    if settings.scorers and (settings.mode != "tokens" or len(set(settings.scorers)) < 2):
-        raise EvolKVError("--scorers takes two or more scorers, and belongs to the token search (--mode tokens): "
-                          "with one, give --scorer")
-    for name in settings.baselines:
-        if name not in BASELINES:
-            raise EvolKVError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
 
 
 def main() -> None:

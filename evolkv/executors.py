@@ -107,13 +107,13 @@ def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
     """The run's samples: both splits of every task, and the probe subset of the search split."""
     from evolkv.evaluators.tasks import SPLITS, load_tasks
 
-    counts = {"search": max(settings.pool, settings.samples),
-              "validation": settings.validation_samples or settings.samples,
-              "heldout": settings.heldout_samples or settings.samples}
-    samples = {split: load_tasks(settings.tasks, counts[split], settings.length, settings.seed, split, tokenizer)
+    counts = {"search": max(settings.data.pool, settings.data.samples),
+              "validation": settings.data.validation_samples or settings.data.samples,
+              "heldout": settings.data.heldout_samples or settings.data.samples}
+    samples = {split: load_tasks(settings.data.tasks, counts[split], settings.data.length, settings.seed, split, tokenizer)
                for split in SPLITS}
     search = samples["search"]
-    count = min(getattr(settings, "probe_samples", 4), len(search))
+    count = min(settings.space.probe_samples, len(search))
     samples[PROBE] = [search[i * len(search) // count] for i in range(count)]
     return samples
 
@@ -127,7 +127,7 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     from evolkv.config import ScorerSpec
 
     started = time.perf_counter()
-    loaded = models.load(settings.model, settings.device, settings.dtype)
+    loaded = models.load(settings.compute.model, settings.compute.device, settings.compute.dtype)
     load_seconds = time.perf_counter() - started
     torch.manual_seed(settings.seed)
     samples = build_samples(settings, loaded.tokenizer)
@@ -136,10 +136,10 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     samples = {split: shard_of(items, rank, world) for split, items in samples.items()}
     from evolkv.search.baselines import scorer_choices, scorers_of
 
-    scorers = scorers_of([*settings.baselines, "streaming"], loaded.spec,
-                         ScorerSpec(settings.scorer, window=settings.window), scorer_choices(settings))
-    evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.query_aware,
-                          settings.batch_size, settings.objective)
-    executor = LocalExecutor(evaluator, samples, settings.samples, settings.seed, pool, rank, world)
+    scorers = scorers_of([*settings.scoring.baselines, "streaming"], loaded.spec,
+                         ScorerSpec(settings.space.scorer, window=settings.space.window), scorer_choices(settings))
+    evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.data.query_aware,
+                          settings.scoring.batch_size, settings.scoring.objective)
+    executor = LocalExecutor(evaluator, samples, settings.data.samples, settings.seed, pool, rank, world)
     executor.load_seconds = load_seconds
     return loaded, executor

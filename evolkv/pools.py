@@ -11,8 +11,8 @@ from evolkv.executors import build_samples, make_local
 
 
 def make_executor(settings, reporter=None):
-    """The executor ``settings.executor`` names (``local`` or ``ray``) and the model's description."""
-    executor = getattr(settings, "executor", "local")
+    """The executor ``settings.compute.executor`` names (``local`` or ``ray``) and the model's description."""
+    executor = settings.compute.executor
     if executor == "local":
         return make_local(settings)
     if executor != "ray":
@@ -23,6 +23,6 @@ def make_executor(settings, reporter=None):
         from evolkv.ray_executor import RayExecutor
     except ImportError as e:
         raise EvolKVError("--executor ray needs the ray package: pip install 'evolkv[ray]'") from e
-    loaded = models.load(settings.model, "cpu", settings.dtype, weights=False)  # the driver needs no weights
+    loaded = models.load(settings.compute.model, "cpu", settings.compute.dtype, weights=False)  # the driver needs no weights
     samples = build_samples(settings, loaded.tokenizer)
-    return loaded, RayExecutor(settings, samples, settings.ray_address, settings.workers)
+    return loaded, RayExecutor(settings, samples, settings.compute.ray_address, settings.compute.workers)

@@ -42,10 +42,9 @@ class _Worker:
 
         torch.set_num_threads(threads)  # the driver's: CPU reductions then sum in the same order as local
 
-        known = SearchSettings.__dataclass_fields__
-        self.settings = SearchSettings(**{k: v for k, v in settings.items() if k in known})
-        if self.settings.device.startswith("cuda"):
-            self.settings.device = "cuda"  # Ray gives this actor its own GPU as device 0
+        self.settings = SearchSettings.stored(settings)
+        if self.settings.compute.device.startswith("cuda"):
+            self.settings.compute.device = "cuda"  # Ray gives this actor its own GPU as device 0
         self.rank, self.world = rank, world
         _, self.local = make_local(self.settings, shard=(rank, world))
 
@@ -55,7 +54,7 @@ class _Worker:
     def peak_memory_gib(self) -> float | None:
         from evolkv.devices import peak_memory_gib
 
-        return peak_memory_gib(self.settings.device)
+        return peak_memory_gib(self.settings.compute.device)
 
     def score(self, configs_json: list[str], split: str) -> SampleScores:
         configs = [KVConfig.from_json(text) for text in configs_json]
@@ -77,11 +76,11 @@ class RayExecutor:
         _connect(address, workers)
         self.settings, self.samples = settings, samples
         self.world = workers
-        self.worker = f"ray:{workers}x{'gpu' if settings.device.startswith('cuda') else 'cpu'}"
+        self.worker = f"ray:{workers}x{'gpu' if settings.compute.device.startswith('cuda') else 'cpu'}"
         self._actors = [self._start(rank) for rank in range(workers)]
 
     def _start(self, rank: int):
-        gpus = 1 if self.settings.device.startswith("cuda") else 0
+        gpus = 1 if self.settings.compute.device.startswith("cuda") else 0
         import torch
 
         return _Worker.options(num_gpus=gpus, num_cpus=1).remote(self.settings.to_dict(), rank, self.world,
@@ -97,7 +96,7 @@ class RayExecutor:
         from evolkv.executors import DRAW, draw_indices
 
         if DRAW in split:
-            return len(draw_indices(self.samples["search"], self.settings.samples, self.settings.seed, split))
+            return len(draw_indices(self.samples["search"], self.settings.data.samples, self.settings.seed, split))
         return len(self.samples[split])
 
     def evaluate(self, configs: Sequence[KVConfig], split: str, progress: Callable[[int], None] | None = None,
@@ -107,7 +106,7 @@ class RayExecutor:
         parts = self._map("score", payload, split, meanwhile)
         if progress:
             progress(len(configs) * self.split_size(split))
-        return aggregate(SampleScores.concat(parts), self.settings.objective)
+        return aggregate(SampleScores.concat(parts), self.settings.scoring.objective)
 
     def exact_match(self, configs: Sequence[KVConfig], split: str,
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
@@ -157,7 +156,7 @@ class RayExecutor:
 
     def peak_memory_gib(self) -> float | None:
         """The largest peak GPU memory of any actor (None on CPU actors, or when an actor cannot answer)."""
-        if not self.settings.device.startswith("cuda"):
+        if not self.settings.compute.device.startswith("cuda"):
             return None
         try:
             peaks = ray.get([actor.peak_memory_gib.remote() for actor in self._actors], timeout=30)

@@ -16,6 +16,8 @@ under ``evolkv.apply`` with the same config.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from evolkv import kernels, runtime
@@ -193,6 +195,28 @@ class Generator:
             raise ConfigError("CUDA graphs need the model on a CUDA device")
         self.cache: ServingCache | None = None
         self._graph = None
+
+    def timed(self, input_ids: torch.Tensor, max_new_tokens: int, stage=None) -> dict:
+        """Greedy generation of one prompt [1, T], timed apart: the prefill, then the decode steps after the first
+        (which captures the CUDA graph). ``stage(text)`` is told each part as it starts. Returns the tokens
+        generated, ``prefill_s``, ``decode_s`` and ``timed_steps`` (the steps ``decode_s`` covers)."""
+        stage = stage or (lambda text: None)
+        device = input_ids.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        stage(f"prefill {input_ids.shape[1]} tokens")
+        start = time.perf_counter()
+        first = self.prefill(input_ids, None, max_new_tokens)
+        sync()
+        prefill_s = time.perf_counter() - start
+        stage(f"decode {max_new_tokens} tokens")
+        warm = self.decode(min(1, max_new_tokens - 1))  # the first step captures the CUDA graph: not timed
+        timed = max_new_tokens - 1 - warm.shape[1]
+        start = time.perf_counter()
+        rest = self.decode(timed)
+        sync()
+        decode_s = time.perf_counter() - start
+        tokens = torch.cat([first[:, None], warm, rest], 1)[0].tolist()
+        return {"tokens": tokens, "prefill_s": prefill_s, "decode_s": decode_s, "timed_steps": timed}
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

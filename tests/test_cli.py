@@ -507,7 +507,7 @@ def test_a_stage_of_unknown_length_shows_no_count():
     "0/?"."""
     from rich.progress import Progress
 
-    from evolkv.cli import _Count
+    from evolkv.progress import _Count
 
     progress = Progress()
     column = _Count()

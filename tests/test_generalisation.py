@@ -51,16 +51,16 @@ def test_aggregates_relative_to_uniform():
     worst = (0.2 + eps) / (0.1 + eps)
     assert strategy.relative(cand, ref) == pytest.approx(worst)
     assert strategy.relative(ref, ref) == pytest.approx(1.0)
-    settings.aggregate = "guarded"  # the mean ratio, plus 10 per unit of the worst task past 1.1
+    settings.scoring.aggregate = "guarded"  # the mean ratio, plus 10 per unit of the worst task past 1.1
     assert strategy.relative(ref, ref) == pytest.approx(1.0)
     assert strategy.relative(cand, ref) == pytest.approx((0.3 + eps) / (0.5 + eps) + 10 * (worst - 1.1))
     assert strategy.relative(cand, ref) > 1  # a large loss on one task is not paid for by the mean
     # a small loss on b (5%, inside the 10% tolerance) with a large gain on a: told its mean ratio alone
     small = Score(0.3, {"kl": 0.3, "a/kl": 0.5, "b/kl": 0.1 + 0.05 * (0.1 + eps)})
     assert strategy.relative(small, ref) == pytest.approx((0.3 + eps) / (0.5 + eps))
-    settings.tolerance = 0.0
+    settings.scoring.tolerance = 0.0
     assert strategy.relative(small, ref) > (0.3 + eps) / (0.5 + eps)
-    settings.aggregate = "mean"
+    settings.scoring.aggregate = "mean"
     assert strategy.relative(cand, ref) == 0.3
     assert strategy.relative(Score(float("inf"), status="failed"), ref) == float("inf")
 
@@ -117,7 +117,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
         return Score(got["objective"], {k: v for k, v in got.items() if k != "objective"})
 
     def relative(label):  # the rule TokenSearch.relative applies (the run's --aggregate, guarded by default)
-        return aggregate(score(label), score("baseline:uniform"), settings.aggregate, settings.tolerance)
+        return aggregate(score(label), score("baseline:uniform"), settings.scoring.aggregate, settings.scoring.tolerance)
 
     def typical(label):  # the geometric mean of the per-sample KL ratios to uniform
         return typical_ratio(score(label), score("baseline:uniform"))

@@ -60,7 +60,7 @@ def test_front_search_stores_a_pareto_front_and_resumes(model_dirs, tmp_path, mo
                               optimizer=optimizer, generations=2, population=6, samples=1, length=200,
                               tasks=["passkey"], target_bits=6.0, group_size=32, clusters=2, baselines=["uniform"])
     if mode == "joint":  # residual windows and MiKV tiers picked per layer group too
-        settings.residual, settings.evicted_bits = [0, 8], [0, 2]
+        settings.space.residual, settings.space.evicted_bits = [0, 8], [0, 2]
     loaded, executor = make_executor(settings)
     straight = run_search(settings, loaded.spec, executor, Store(str(tmp_path / "a.db")))
     assert straight["status"] == "finished"
@@ -201,7 +201,7 @@ def test_per_head_token_search_refines_a_per_layer_search_and_resumes(model_dirs
     from evolkv.config import Budget, ScorerSpec
     from evolkv.search.baselines import baseline
 
-    scorer = ScorerSpec(settings.scorer, window=settings.window)
+    scorer = ScorerSpec(settings.space.scorer, window=settings.space.window)
     adakv = executor.head_shares([baseline("adakv", loaded.spec, Budget.parse("20%"), scorer)], "search")[0]
     assert max(abs(share - 0.5) for layer in adakv for share in layer) > 0.01  # the heads' importance differs
     assert any(max(abs(a - b) for got, want in zip(split, adakv) for a, b in zip(got, want)) < 1e-5

@@ -120,7 +120,7 @@ def test_unbuildable_and_unscorable_candidates_are_failures_not_crashes(loaded, 
 
     def spy(*args, **kwargs):
         optimizer = Spy(make(*args, **kwargs))
-        optimizer._space = BudgetSpace(tiny.spec, Budget.parse(settings.budget), context=settings.length)
+        optimizer._space = BudgetSpace(tiny.spec, Budget.parse(settings.space.budget), context=settings.data.length)
         return optimizer
 
     monkeypatch.setattr(tokens, "make_optimizer", spy)

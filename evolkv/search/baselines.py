@@ -88,4 +88,4 @@ def scorers_of(names, model: ModelSpec, scorer: ScorerSpec, choices=()) -> list[
 
 def scorer_choices(settings) -> tuple[ScorerSpec, ...]:
     """The scorers of ``--scorers`` (a gene per layer picks one), with the run's observation window."""
-    return tuple(ScorerSpec(name, window=settings.window) for name in dict.fromkeys(settings.scorers))
+    return tuple(ScorerSpec(name, window=settings.space.window) for name in dict.fromkeys(settings.space.scorers))

@@ -34,23 +34,23 @@ class FrontSearch(Strategy):
 
     def __init__(self, settings, spec, budget, scorer) -> None:
         super().__init__(settings, spec, budget, scorer)
-        joint = settings.mode == "joint"
+        joint = settings.space.mode == "joint"
         self.base = baseline("uniform", spec, budget if joint else Budget("fraction", 1.0), scorer)
         self.baselines = {"full": baseline("full", spec, budget, scorer)}
         if joint:
-            self.baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.baselines if n != "full"})
-        self.residuals = parse_residuals(settings.residual)
+            self.baselines.update({n: baseline(n, spec, budget, scorer) for n in settings.scoring.baselines if n != "full"})
+        self.residuals = parse_residuals(settings.space.residual)
         for name, (k, v) in QUANT_BASELINES.items():  # uniform caches as papers run them: no full-precision window
-            self.baselines[name] = with_precisions(self.base, [(k, v)] * spec.num_layers, settings.group_size,
+            self.baselines[name] = with_precisions(self.base, [(k, v)] * spec.num_layers, settings.space.group_size,
                                                    self.residuals[0]).with_provenance(label=f"baseline:{name}")
         self.seen: dict[str, tuple[KVConfig, float, float]] = {}
         # --per-head: --generations per layer group, then half as many per KV head (``blocks``)
-        extra = settings.generations // 2 if settings.per_head and spec.num_kv_heads > 1 else 0
-        self.total_generations = settings.generations + extra
+        extra = settings.search.generations // 2 if settings.space.per_head and spec.num_kv_heads > 1 else 0
+        self.total_generations = settings.search.generations + extra
 
     def prepare(self, job):
         settings, spec = self.settings, self.spec
-        probes = sensitivity_configs(self.base, settings.group_size, self.residuals[0])
+        probes = sensitivity_configs(self.base, settings.space.group_size, self.residuals[0])
         job.reporter.stage(f"sensitivity: {len(probes)} one-layer quantizations",
                            total=len(probes) * job.executor.split_size(PROBE))
         with job.stage("sensitivity", len(probes)):
@@ -60,16 +60,16 @@ class FrontSearch(Strategy):
         for (layer, pair, _), score in zip(probes, scores):
             errors[layer, PAIRS.index(pair)] = score.objective if score.ok else 1e6
         kept = prune(errors)
-        groups = cluster(errors, settings.clusters, settings.seed)
+        groups = cluster(errors, settings.space.clusters, settings.seed)
         # the reduced space keeps every uniform baseline representable: the search can always match them
         always = {(16, 16), *QUANT_BASELINES.values()}
         choices = [sorted(always.union(*(kept[layer] for layer in g)), key=lambda p: (-(p[0] + p[1]), -p[0]))
                    for g in groups]
-        tokens = (BudgetSpace(spec, self.budget, self.scorer, per_head=settings.per_head, context=settings.length)
-                  if settings.mode == "joint" else None)
-        self.space = PrecisionSpace(self.base, groups, choices, settings.group_size, self.residuals, tokens,
-                                    evicted=parse_evicted(settings.evicted_bits),
-                                    heads=spec.num_kv_heads if settings.per_head else 1)
+        tokens = (BudgetSpace(spec, self.budget, self.scorer, per_head=settings.space.per_head, context=settings.data.length)
+                  if settings.space.mode == "joint" else None)
+        self.space = PrecisionSpace(self.base, groups, choices, settings.space.group_size, self.residuals, tokens,
+                                    evicted=parse_evicted(settings.space.evicted_bits),
+                                    heads=spec.num_kv_heads if settings.space.per_head else 1)
         before, after = self.space.size()
         space_info = {"log10_size_before": before, "log10_size_after": after, "groups": groups,
                       "choices": [[f"K{k}V{v}" for k, v in c] for c in choices], "residuals": list(self.residuals),
@@ -89,26 +89,26 @@ class FrontSearch(Strategy):
         # first generation: every quantized uniform baseline, KV4 and K4V2 with each larger residual window, then
         # mutations of them
         seeds = [self.baselines[name] for name in QUANT_BASELINES]
-        seeds += [with_precisions(self.base, [pair] * self.spec.num_layers, settings.group_size, r)
+        seeds += [with_precisions(self.base, [pair] * self.spec.num_layers, settings.space.group_size, r)
                   for r in self.residuals[1:] for pair in ((4, 4), (4, 2))]
         if space.heads == 1:
-            yield space, self._optimizer(job, space, seeds, 0), range(settings.generations)
+            yield space, self._optimizer(job, space, seeds, 0), range(settings.search.generations)
             return
         per_layer = dataclasses.replace(space, heads=1)
-        yield per_layer, self._optimizer(job, per_layer, seeds, 0), range(settings.generations)
+        yield per_layer, self._optimizer(job, per_layer, seeds, 0), range(settings.search.generations)
         front = [cfg for cfg, _, _ in _pareto(list(self.seen.values()))]
-        keep = max(1, settings.population // 2)  # the rest of the first generation: mutations of these
+        keep = max(1, settings.search.population // 2)  # the rest of the first generation: mutations of these
         picked = np.unique(np.linspace(0, len(front) - 1, keep).round().astype(int)) if front else []
         starts = [front[i] for i in picked] or seeds
-        yield (space, self._optimizer(job, space, starts, settings.generations),
-               range(settings.generations, self.total_generations))
+        yield (space, self._optimizer(job, space, starts, settings.search.generations),
+               range(settings.search.generations, self.total_generations))
 
     def _optimizer(self, job, space: PrecisionSpace, starts: list[KVConfig], first_generation: int):
         lower, upper = space.bounds
         x0 = np.clip(np.stack([space.encode(cfg) for cfg in starts]), lower, upper)
         storage = job.storage  # an optimiser that keeps a study keeps it beside the run
         suffix = f"-{first_generation}" if first_generation else ""
-        return make_optimizer(self.settings.optimizer, space.n_var, lower, upper, self.settings.population,
+        return make_optimizer(self.settings.search.optimizer, space.n_var, lower, upper, self.settings.search.population,
                               self.settings.seed + first_generation, x0=x0, n_obj=2, storage=storage,
                               study_name=f"evolkv-{job.run_id}{suffix}")
 
@@ -119,7 +119,7 @@ class FrontSearch(Strategy):
         F = self._points(scores)
         # the optimiser sees memory no lower than the target: below it every point competes on quality alone,
         # which spends the population where the winner is chosen (the stored front keeps the true bits)
-        return np.stack([F[:, 0], np.maximum(F[:, 1], self.settings.target_bits)], axis=1)
+        return np.stack([F[:, 0], np.maximum(F[:, 1], self.settings.space.target_bits)], axis=1)
 
     def observe(self, view, X, configs, scores):
         for cfg, (f, bits) in zip(configs, self._points(scores)):
@@ -128,7 +128,7 @@ class FrontSearch(Strategy):
 
     def best(self):
         front = _pareto(list(self.seen.values()))
-        best = min((f for _, f, b in front if within_bits(b, self.settings.target_bits)), default=math.inf)
+        best = min((f for _, f, b in front if within_bits(b, self.settings.space.target_bits)), default=math.inf)
         return best if math.isfinite(best) else None
 
     def finish(self, job):
@@ -136,13 +136,13 @@ class FrontSearch(Strategy):
         front = _pareto(list(self.seen.values()))
         if not front:
             return Outcome()
-        under = [p for p in front if within_bits(p[2], settings.target_bits)]
+        under = [p for p in front if within_bits(p[2], settings.space.target_bits)]
         win_index = front.index(min(under, key=lambda p: p[1])) if under else int(np.argmin([p[2] for p in front]))
         source, chosen = "search", None
         if under:  # choose on validation among the front points and the uniform precisions at or under the target
             contenders = {f"front:{front.index(p)}": p[0] for p in under}
             contenders.update({f"baseline:{n}": cfg for n, cfg in self.baselines.items()
-                               if n != "full" and within_bits(avg_bits(cfg, settings.length), settings.target_bits)})
+                               if n != "full" and within_bits(avg_bits(cfg, settings.data.length), settings.space.target_bits)})
             best, scored = choose_on_validation(job, contenders,
                                                      lambda score, _: score.objective if score.ok else math.inf)
             if scored[best].ok and best.startswith("baseline:"):
@@ -159,12 +159,12 @@ class FrontSearch(Strategy):
             winner_cfg, win_f, win_bits = front[win_index]
             win_heldout = heldout[win_index]
         else:  # a uniform precision beat every front point on validation: ship it, marked
-            winner_cfg, win_bits = chosen, avg_bits(chosen, settings.length)
+            winner_cfg, win_bits = chosen, avg_bits(chosen, settings.data.length)
             win_f = job.evaluate([chosen], Stage.FINAL, [source])[0].objective
             win_heldout = heldout[len(points) + list(self.baselines).index(source.removeprefix("baseline:"))]
             win_index = -1
-        winner = self.provenance(job, winner_cfg, win_f, bits=win_bits, target_bits=settings.target_bits,
-                                 mode=settings.mode, heldout_objective=win_heldout.objective,
+        winner = self.provenance(job, winner_cfg, win_f, bits=win_bits, target_bits=settings.space.target_bits,
+                                 mode=settings.space.mode, heldout_objective=win_heldout.objective,
                                  under_target=bool(under), source=source,
                                  selected_on="validation" if under else "bits")
         finals = [winner, *self.baselines.values()]

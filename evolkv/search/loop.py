@@ -43,14 +43,14 @@ class Reporter:
 
 def run_search(settings: SearchSettings, spec: ModelSpec, executor, store: Store, run_id: str | None = None,
                reporter: Reporter | None = None, warm_start: KVConfig | None = None) -> dict[str, Any]:
-    """Search a config for ``settings.budget``; returns the run's summary (also in the store). ``warm_start``
+    """Search a config for ``settings.space.budget``; returns the run's summary (also in the store). ``warm_start``
     (another budget's winner, say) joins the first generation, rescaled to this budget."""
     reporter = reporter or Reporter()
-    budget = Budget.parse(settings.budget)
-    scorer = ScorerSpec(settings.scorer, window=settings.window)
+    budget = Budget.parse(settings.space.budget)
+    scorer = ScorerSpec(settings.space.scorer, window=settings.space.window)
     if run_id is None:
         run_id = uuid.uuid4().hex[:12]
-        store.create_run(run_id, spec, budget, settings.optimizer, settings.seed, settings.to_dict(), settings.mode)
+        store.create_run(run_id, spec, budget, settings.search.optimizer, settings.seed, settings.to_dict(), settings.space.mode)
     store.update_run(run_id, status="running", owner=f"{socket.gethostname()}:{os.getpid()}")
     if warm_start is not None:
         store.update_run(run_id, derived={"warm_start": warm_start.provenance.get("run_id")})
@@ -65,7 +65,7 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, w
     """Prefill, baselines, then ask -> build -> evaluate -> tell -> persist for every block of generations the
     mode's strategy lays out; the strategy picks the winner and the loop stores it."""
     job = _Job(settings, spec, executor, store, run_id, reporter)
-    strategy = STRATEGIES[settings.mode](settings, spec, budget, scorer)
+    strategy = STRATEGIES[settings.space.mode](settings, spec, budget, scorer)
     for split in strategy.splits:
         reporter.stage(f"prefill {split} samples", total=len(executor.samples[split]))
         with job.stage(f"prefill {split}", len(executor.samples[split])):
@@ -141,7 +141,7 @@ class _Job:
             self.timings["stages"].append({"stage": name, "seconds": round(time.perf_counter() - started, 3),
                                            "evaluations": evaluations})
             own = getattr(self.executor, "peak_memory_gib", None)  # Ray: the largest of the actors' peaks
-            peak = own() if own else peak_memory_gib(self.settings.device)
+            peak = own() if own else peak_memory_gib(self.settings.compute.device)
             if peak is not None:
                 self.timings["peak_gpu_gib"] = round(max(peak, self.timings.get("peak_gpu_gib", 0.0)), 3)
             self.store.update_run(self.run_id, timings=dict(self.timings))
@@ -158,14 +158,14 @@ class _Job:
             if not is_out_of_memory(e):
                 raise
             self.store.update_run(self.run_id, status="failed")
-            wide = self.settings.dtype == "float32"
-            raise EvolKVError(f"out of {self._memory()} prefilling the {split} samples ({self.settings.length} "
-                              f"tokens each, dtype {self.settings.dtype}): start again with a lower --length or "
+            wide = self.settings.compute.dtype == "float32"
+            raise EvolKVError(f"out of {self._memory()} prefilling the {split} samples ({self.settings.data.length} "
+                              f"tokens each, dtype {self.settings.compute.dtype}): start again with a lower --length or "
                               f"--samples{' or --dtype bfloat16' if wide else ''}, or free GPU memory and "
                               f"`evolkv resume {self.run_id}`") from None
 
     def _memory(self) -> str:
-        return f"{'GPU ' if self.settings.device.startswith('cuda') else ''}memory"
+        return f"{'GPU ' if self.settings.compute.device.startswith('cuda') else ''}memory"
 
     @contextmanager
     def _scoring(self, count: int, split: str):
@@ -177,7 +177,7 @@ class _Job:
             if not is_out_of_memory(e):
                 raise
             self.store.update_run(self.run_id, status="failed")
-            size = self.settings.batch_size
+            size = self.settings.scoring.batch_size
             raise EvolKVError(f"out of {self._memory()} scoring {count} configs on the {split} split "
                               f"({size} per forward): free GPU memory or give fewer per forward, then "
                               f"`evolkv resume {self.run_id} --batch-size {max(1, size // 2)}`") from None
@@ -207,7 +207,7 @@ class _Job:
 
             def meanwhile() -> None:  # the driver's share, done while Ray actors score (before, locally)
                 for digest, cfg in todo.items():
-                    bits[digest] = avg_bits(cfg, self.settings.length)
+                    bits[digest] = avg_bits(cfg, self.settings.data.length)
                     cfg.stored_dict()  # what the store will write
 
             with self._scoring(len(todo), split):

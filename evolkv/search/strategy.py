@@ -80,8 +80,8 @@ class Strategy:
     def provenance(self, job, cfg: KVConfig, objective: float, **extra: Any) -> KVConfig:
         settings = self.settings
         return cfg.with_provenance(run_id=job.run_id, label="winner", model=self.spec.name, search_objective=objective,
-                                   tasks=settings.tasks, samples=settings.samples, length=settings.length,
-                                   seed=settings.seed, optimizer=settings.optimizer, query_aware=settings.query_aware,
+                                   tasks=settings.data.tasks, samples=settings.data.samples, length=settings.data.length,
+                                   seed=settings.seed, optimizer=settings.search.optimizer, query_aware=settings.data.query_aware,
                                    versions=_versions(), **extra)
 
 

@@ -46,9 +46,9 @@ class TokenSearch(Strategy):
 
     def __init__(self, settings, spec, budget, scorer) -> None:
         super().__init__(settings, spec, budget, scorer)
-        names = list(dict.fromkeys([*settings.baselines, "uniform"]))  # uniform: the reference of every ratio
+        names = list(dict.fromkeys([*settings.scoring.baselines, "uniform"]))  # uniform: the reference of every ratio
         self.baselines = {name: baseline(name, spec, budget, scorer) for name in names}
-        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.per_head, context=settings.length,
+        self.space = BudgetSpace(spec, budget, scorer, per_head=settings.space.per_head, context=settings.data.length,
                                  choices=scorer_choices(settings))
         for choice in self.space.choices:  # --scorers: uniform with each other scorer is a baseline (and a seed)
             if choice != scorer:
@@ -69,9 +69,9 @@ class TokenSearch(Strategy):
         same samples; 1.0 = as good as uniform). See ``aggregate``."""
         if not score.ok:
             return math.inf
-        if self.settings.aggregate == "mean" or ref is None or not ref.ok:
+        if self.settings.scoring.aggregate == "mean" or ref is None or not ref.ok:
             return score.objective
-        return aggregate(score, ref, self.settings.aggregate, self.settings.tolerance, self.settings.objective)
+        return aggregate(score, ref, self.settings.scoring.aggregate, self.settings.scoring.tolerance, self.settings.scoring.objective)
 
     def observe_baselines(self, scores):
         """Start from the best known configs: the baselines the space can express (fixed head shares, the
@@ -93,7 +93,7 @@ class TokenSearch(Strategy):
         if cfg.budget.kind != self.budget.kind or cfg.scorer != self.scorer or cfg.model.num_layers != \
                 self.spec.num_layers:
             return
-        if self.settings.per_head and any(layer.heads is None for layer in cfg.layers):
+        if self.settings.space.per_head and any(layer.heads is None for layer in cfg.layers):
             return
         scale = self.budget.value / cfg.budget.value
         layers = [dataclasses.replace(layer, budget=layer.budget * scale) for layer in cfg.layers]
@@ -101,10 +101,10 @@ class TokenSearch(Strategy):
         self.seeds = [*self.seeds[:1], rescaled, *self.seeds[1:]] if self.seeds else [self.baselines["uniform"], rescaled]
 
     def split(self, generation):
-        return draw_split(generation) if self.settings.pool > self.settings.samples else "search"
+        return draw_split(generation) if self.settings.data.pool > self.settings.data.samples else "search"
 
     def reference(self, job, split, generation):
-        if split != "search" and self.settings.aggregate != "mean":
+        if split != "search" and self.settings.scoring.aggregate != "mean":
             self.ref = job.evaluate([self.baselines["uniform"]], Stage.BASELINE, ["baseline:uniform"], split=split,
                                     generation=generation)[0]
 
@@ -117,9 +117,9 @@ class TokenSearch(Strategy):
             if isinstance(view, SubSpace) and not view.layer_genes:  # the heads' stage: transplanted splits too
                 starts += self.transplants(job, starts[0])
             x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
-            optimizer = make_optimizer(self.settings.optimizer, view.n_var, lower, upper, self.settings.population,
-                                       self.settings.seed + gen_start, x0=x0, step=self.settings.step,
-                                       restarts=self.settings.restarts,
+            optimizer = make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper, self.settings.search.population,
+                                       self.settings.seed + gen_start, x0=x0, step=self.settings.search.step,
+                                       restarts=self.settings.search.restarts,
                                        x0_value=self.best_f if index and self.best_cfg is not None else None)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
@@ -170,7 +170,7 @@ class TokenSearch(Strategy):
         known = {cfg.hash() for cfg in self.baselines.values()}
         ranked = sorted((sum(values) / len(values), digest) for digest, (_, values) in self.history.items()
                         if digest not in known)
-        return [self.history[digest][0] for _, digest in ranked[:self.settings.finalists]]
+        return [self.history[digest][0] for _, digest in ranked[:self.settings.scoring.finalists]]
 
     def finish(self, job):
         if self.best_cfg is None:
@@ -181,10 +181,10 @@ class TokenSearch(Strategy):
         contenders.update(self.on_uniform)
         chosen, scored = choose_on_validation(
             job, contenders, lambda score, scored: self.relative(score, scored["baseline:uniform"]),
-            admits if self.settings.choose == "typical" else None)
+            admits if self.settings.scoring.choose == "typical" else None)
         ref = scored["baseline:uniform"]
         metric_check: dict[str, float] = {}
-        if self.settings.choose == "metric":
+        if self.settings.scoring.choose == "metric":
             chosen, metric_check = metric_guard(job, contenders, scored, self.relative)
         chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
@@ -223,20 +223,20 @@ def _schedule(settings: SearchSettings, space: BudgetSpace):
     (``TokenSearch.transplants``). Searched per head from the start, the 3x larger space lost to per-layer
     search at 5% on SmolLM2; a second stage over every gene never beat the first stage's config on validation
     (benchmarks/acceptance/run.sh accept)."""
-    if settings.groups <= 1:
+    if settings.space.groups <= 1:
         if space.per_head and space.model.num_kv_heads > 1:
             every_layer = list(range(space.model.num_layers))
             layers_only = SubSpace(space, every_layer, np.zeros(space.n_var), head_shares=False)
-            yield 0, settings.generations, layers_only
-            if settings.generations // 2:
+            yield 0, settings.search.generations, layers_only
+            if settings.search.generations // 2:
                 heads_only = SubSpace(space, every_layer, np.zeros(space.n_var), layer_genes=False)
-                yield settings.generations, settings.generations // 2, heads_only
+                yield settings.search.generations, settings.search.generations // 2, heads_only
             return
-        yield 0, settings.generations, space
+        yield 0, settings.search.generations, space
         return
     layers = space.model.num_layers
-    size = math.ceil(layers / settings.groups)
+    size = math.ceil(layers / settings.space.groups)
     groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
-    per_group = max(1, settings.generations // len(groups))
+    per_group = max(1, settings.search.generations // len(groups))
     for i, group in enumerate(groups):
         yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
