@@ -14,7 +14,7 @@ from rich.table import Table
 
 from evolkv import report
 from evolkv.errors import EvolKVError
-from evolkv.progress import RichReporter, err, progress_bars
+from evolkv.progress import err, reporting
 
 
 class _Group(typer.core.TyperGroup):
@@ -44,12 +44,15 @@ console = report.console
 
 DB = typer.Option(None, "--db", help="Database URL or SQLite path [default: $EVOLKV_DB or ~/.evolkv/evolkv.db].")
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress on stderr (bars on a terminal, plain timestamped "
+                     "lines otherwise); errors and results still print.")
 
 
-def _store(db: Optional[str]):
+def _store(db: Optional[str], readonly: bool = False):
+    """The store at ``db``; the read commands open it ``readonly`` (nothing created, written or migrated)."""
     from evolkv.store.store import Store
 
-    return Store(db)
+    return Store(db, readonly=readonly)
 
 
 def _quiet_transformers() -> None:
@@ -61,15 +64,36 @@ def _quiet_transformers() -> None:
 
 
 @contextmanager
-def _searching(settings, db: Optional[str]):
+def _terminate_as_interrupt():
+    """SIGTERM (what kill, systemd, Kubernetes and Slurm send) stops a search as Ctrl-C does: the run is marked
+    interrupted, the line names `evolkv resume`, and everything evaluated stays stored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _searching(settings, db: Optional[str], quiet: bool = False):
     """The store, a progress reporter, and the model's executor for one or more searches (shut down after)."""
     from evolkv.pools import make_executor
 
     store = _store(db)
     _quiet_transformers()
-    with progress_bars() as progress:
-        reporter = RichReporter(progress, report.OBJECTIVE_NAMES.get(settings.scoring.objective, "KL"))
-        reporter.stage(f"load {settings.compute.model or 'default model'}")
+    label = report.OBJECTIVE_NAMES.get(settings.scoring.objective, "KL")
+    with _terminate_as_interrupt(), reporting(label, quiet) as reporter:
+        reporter.stage(f"load {settings.compute.model or 'default model'} on {settings.compute.device}")
         loaded, executor = make_executor(settings)
         try:
             yield store, reporter, loaded, executor
@@ -78,12 +102,16 @@ def _searching(settings, db: Optional[str]):
                 executor.shutdown()
 
 
-def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool, warm_start=None) -> None:
+def _run_and_report(settings, run_id: Optional[str], db: Optional[str], as_json: bool, warm_start=None,
+                    quiet: bool = False) -> None:
     from evolkv.config import Budget
     from evolkv.search.loop import run_search
 
-    Budget.parse(settings.space.budget)  # fail on a bad budget before loading anything
-    with _searching(settings, db) as (store, reporter, loaded, executor):
+    from evolkv.pools import check_length
+
+    Budget.parse(settings.space.budget)  # fail on a bad budget or length before anything loads or is stored
+    check_length(settings)
+    with _searching(settings, db, quiet) as (store, reporter, loaded, executor):
         detail = run_search(settings, loaded.spec, executor, store, run_id, reporter, warm_start=warm_start)
     report.print_detail(detail, as_json)
 
@@ -183,7 +211,8 @@ def search(
                                   "ExpectedAttention)."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help="auto (CUDA where this machine has it, else the CPU; the run says "
+                               "which) | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="Weights and activations: auto (bfloat16 on CUDA, float32 on the "
                               "CPU) | bfloat16 | float16 | float32. Stored with the run; resume uses it."),
     executor: str = typer.Option("local", help="local: score in this process. ray: shard the samples over "
@@ -193,6 +222,7 @@ def search(
                                               "cluster [default: start a local Ray]."),
     db: Optional[str] = DB,
     as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """Search per-layer (and per-head) token budgets, or per-layer key/value precisions, that keep the
     model's answers closest to the full cache within the memory you give it."""
@@ -216,9 +246,9 @@ def search(
                               device=device, dtype=dtype)
     if budgets is None:
         settings.validate()
-        _run_and_report(settings, None, db, as_json)
+        _run_and_report(settings, None, db, as_json, quiet=quiet)
         return
-    _run_budgets(settings, _budgets(budgets, budget, mode), db, as_json)
+    _run_budgets(settings, _budgets(budgets, budget, mode), db, as_json, quiet)
 
 
 def _budgets(text: str, budget: str, mode: str) -> list[str]:
@@ -237,18 +267,21 @@ def _budgets(text: str, budget: str, mode: str) -> list[str]:
     return [text for text, _ in sorted(parsed.items(), key=lambda kv: -kv[1].value)]
 
 
-def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool) -> None:
+def _run_budgets(settings, budgets: list[str], db: Optional[str], as_json: bool, quiet: bool = False) -> None:
     """One search per budget in one process: the model is loaded and every split prefilled once (the
     executor keeps them), and each budget's first generation holds the previous (larger) budget's winner."""
     from evolkv.search.loop import run_search
 
+    from evolkv.pools import check_length
+
     runs = [settings.replace(budget=b) for b in budgets]
     for one in runs:
         one.validate()
+    check_length(runs[0])
     details, warm, started = [], None, time.perf_counter()
-    with _searching(runs[0], db) as (store, reporter, loaded, executor):
+    with _searching(runs[0], db, quiet) as (store, reporter, loaded, executor):
         for one in runs:
-            reporter.gen_task = None
+            reporter.new_run()
             reporter.stage(f"budget {one.space.budget}")
             detail = run_search(one, loaded.spec, executor, store, None, reporter, warm_start=warm)
             details.append(detail)
@@ -267,7 +300,7 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
            batch_size: Optional[int] = typer.Option(None, min=1, help="Candidates scored in one batched forward "
                                                     "(fewer after running out of GPU memory; the scores do not "
                                                     "change) [default: the run's]."),
-           db: Optional[str] = DB, as_json: bool = JSON) -> None:
+           db: Optional[str] = DB, as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """Finish an interrupted search: finished generations are read back from the store, not re-evaluated."""
     from evolkv.settings import SearchSettings
 
@@ -279,7 +312,7 @@ def resume(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
         settings.scoring.batch_size = batch_size
     warm = (run.derived or {}).get("warm_start")  # a --budgets run: the same first generation as before
     found = _store(db).winner(warm) if warm else None
-    _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None)
+    _run_and_report(settings, run.id, db, as_json, warm_start=found[1] if found else None, quiet=quiet)
 
 
 @runs_app.command("list")
@@ -287,7 +320,12 @@ def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."),
               as_json: bool = JSON) -> None:
     """The search history: id, model, budget (quant: precisions only; 20%+q: joint), optimizer, status (stale:
     its process is gone, `evolkv resume ID` finishes it), generations, best objective, date."""
-    rows = _store(db).runs(limit)
+    from evolkv.errors import MissingStoreError
+
+    try:
+        rows = _store(db, readonly=True).runs(limit)
+    except MissingStoreError:
+        rows = []
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -298,7 +336,7 @@ def runs_list(limit: int = typer.Option(30, min=1, help="Newest runs to show."),
 def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), db: Optional[str] = DB,
               as_json: bool = JSON) -> None:
     """Per-generation progress, and the winner against every baseline on search and held-out splits."""
-    report.print_detail(_store(db).detail(run_id), as_json)
+    report.print_detail(_store(db, readonly=True).detail(run_id), as_json)
 
 
 @app.command()
@@ -310,14 +348,20 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
                                                     "lowest search loss at or under this many bits."),
            fmt: str = typer.Option("json", "--format", help="json | kvpress: the same evolkv.kvconfig/1 JSON, "
                                    "checked to fit a kvpress press (token budgets only), which "
-                                   "evolkv.integrations.kvpress.EvolKVPress.from_file loads."),
+                                   "evolkv.integrations.kvpress.EvolKVPress.from_file loads | lukv: the "
+                                   "[99, layers, kv_heads] prune-ratio curve stock kvpress's LUKVPress reads (.npy; "
+                                   "every budget stored for the run's model, the ones between interpolated)."),
            db: Optional[str] = DB) -> None:
-    """Write a run's winning config (or a point of its Pareto front) as versioned JSON (evolkv.kvconfig/1)."""
-    if fmt not in ("json", "kvpress"):
-        raise EvolKVError(f"unknown --format {fmt!r}; known: json, kvpress")
+    """Write a run's winning config (or a point of its Pareto front) as versioned JSON (evolkv.kvconfig/1), or
+    the model's searched budgets as a kvpress LUKVPress curve."""
+    if fmt not in ("json", "kvpress", "lukv"):
+        raise EvolKVError(f"unknown --format {fmt!r}; known: json, kvpress, lukv")
+    if fmt == "lukv":
+        _export_lukv(run_id, out, db)
+        return
     from evolkv.allocation import within_bits
 
-    store = _store(db)
+    store = _store(db, readonly=True)
     if point is not None or max_bits is not None:
         if point is not None and max_bits is not None:
             raise EvolKVError("give --point or --max-bits, not both")
@@ -358,6 +402,34 @@ def export(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."
     _emit(found[1], out)
 
 
+def _export_lukv(run_id: str, out: Optional[str], db: Optional[str]) -> None:
+    from evolkv.integrations import lukv
+
+    if not out:
+        raise EvolKVError("--format lukv writes a binary .npy: give --out curve.npy")
+    store = _store(db, readonly=True)
+    found = store.winner(run_id)
+    if found is None:
+        raise EvolKVError(f"run {run_id} has no winner yet (unfinished or failed)")
+    lukv.check(found[1])
+    model = found[1].model.name
+    winners = [cfg for cfg in store.winners_by_budget(model)
+               if cfg.model.fingerprint == found[1].model.fingerprint and cfg.scorer == found[1].scorer]
+    usable = []
+    for cfg in winners:
+        try:
+            lukv.check(cfg)
+        except EvolKVError:
+            continue  # another run of the model that a curve cannot carry: its budget is interpolated over
+        usable.append(cfg)
+    lukv.save(out, usable)
+    budgets = ", ".join(str(cfg.budget) for cfg in usable)
+    err.print(f"wrote {out}: prune ratios [99, {found[1].model.num_layers}, {found[1].model.num_kv_heads}] from "
+              f"{model}'s winners at {budgets}. In kvpress: press = LUKVPress(SnapKVPress(window_size="
+              f"{found[1].scorer.window}), compression_ratio=0.9, sink=0, window=0); "
+              f"press._budget_curves = numpy.load({out!r})", soft_wrap=True, highlight=False)
+
+
 @app.command()
 def plot(run_id: Optional[str] = typer.Argument(None, help="Run id (or a unique prefix)."),
          out: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .svg, .pdf) "
@@ -375,22 +447,12 @@ def plot(run_id: Optional[str] = typer.Argument(None, help="Run id (or a unique 
 
     if split not in ("search", "heldout"):  # front points are stored with their search and held-out loss
         raise EvolKVError(f"split must be 'search' or 'heldout', not {split!r}")
-    store = _store(db)
+    store = _store(db, readonly=True)
     if curve:
         from evolkv.models import default_model
 
         name = model or default_model()
-        points = []
-        for row in store.runs(100000):
-            if row["model"].lower() != name.lower() or row["mode"] != "tokens" or row["status"] != "finished":
-                continue
-            detail = store.detail(row["id"])
-            if not detail.get("winner") or not detail["budget"].endswith("%"):
-                continue
-            values = {label.removeprefix("baseline:"): (splits.get(split) or {}).get("objective")
-                      for label, splits in detail["results"].items()
-                      if label == "winner" or (label.startswith("baseline:") and label != "baseline:full")}
-            points.append({"budget": float(detail["budget"].rstrip("%")) / 100, "values": values})
+        points = store.budget_curve(name, split)
         if not points:
             raise EvolKVError(f"no finished token run of {name} with a percentage budget to draw; "
                               "run `evolkv search --model ... --budgets 2%,5%,10%,20%` first")
@@ -414,6 +476,33 @@ def plot(run_id: Optional[str] = typer.Argument(None, help="Run id (or a unique 
         references = {name: baseline(name, cfg.model, cfg.budget, cfg.scorer) for name in ("uniform", "pyramid")}
         out = out or "budgets.png"
         plot_budgets(detail, cfg, references, out)
+    err.print(f"wrote {out}")
+
+
+@app.command("report")
+def html_report(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+           out: str = typer.Option("run.html", "--out", "-o", help="The HTML file to write."),
+           db: Optional[str] = DB) -> None:
+    """One self-contained HTML page about a run, to look at or share: the winner against every baseline (a chart
+    and the table), the allocation per layer and KV head, quality against budget for the model, the per-task
+    breakdown, where the time went, and the settings with the command that reruns it. No network at view time."""
+    from evolkv.html_report import render
+
+    store = _store(db, readonly=True)
+    detail = store.detail(run_id)
+    found = store.winner(detail["id"])
+    winner, references, curve = (found[1] if found else None), {}, []
+    if winner is not None and detail["mode"] != "quant":
+        from evolkv.search.baselines import baseline
+
+        references = {name: baseline(name, winner.model, winner.budget, winner.scorer) for name in ("uniform", "pyramid")}
+    if detail["mode"] not in ("quant", "joint"):
+        curve = store.budget_curve(detail["model"])
+    try:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(render(detail, winner, references, curve))
+    except OSError as e:
+        raise EvolKVError(f"cannot write {out}: {e.strerror}") from None
     err.print(f"wrote {out}")
 
 
@@ -455,10 +544,12 @@ def evaluate(
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question."),
     scorer: str = typer.Option("snapkv", help="Token scorer of a --baseline: snapkv | keynorm | streaming | tova | h2o | keydiff | criticalkv | defensivekv | rkv | mixkv | compresskv | expected_attention | kvzip "
                                "(a --config brings its own)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help="auto (CUDA where this machine has it, else the CPU; the run says "
+                               "which) | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "
                               "float32."),
     as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
     from evolkv.config import Budget, KVConfig, ScorerSpec
@@ -479,12 +570,13 @@ def evaluate(
         raise EvolKVError(f"split must be {', '.join(SPLITS)}, not {split!r}")
     wanted = Budget.parse(budget)
     _quiet_transformers()
-    with progress_bars() as progress:
-        reporter = RichReporter(progress)
-        reporter.stage(f"load {model or 'default model'}")
+    with reporting(quiet=quiet) as reporter:
+        reporter.stage(f"load {model or 'default model'} on {settings.compute.device}")
         loaded, executor = make_executor(settings)
         if cfg is None:
             cfg = make_baseline(baseline, loaded.spec, wanted, ScorerSpec(scorer, window=settings.space.window))
+        if config:
+            cfg.check_named(loaded.spec)
         cfg.check_fits(loaded.spec)
         if hasattr(executor, "evaluator"):  # a config may rank with a kernel other than the default's
             executor.evaluator.add_scorers(cfg.scorers())
@@ -516,13 +608,15 @@ def generate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the embedded one)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate (greedy; "
                                        "no early stop at end-of-sequence, the text is cut there)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (CUDA: the decode step runs as a CUDA graph)."),
+    device: str = typer.Option("auto", help="auto (CUDA where this machine has it, else the CPU) | cpu | cuda | "
+                               "cuda:N (CUDA: the decode step runs as a CUDA graph)."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on the CPU) | bfloat16 | float16 | "
                               "float32."),
     compiled: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model's norms and MLPs "
                                   "first (fewer kernels per step; compiling takes a while)."),
     db: Optional[str] = DB,
     as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """Generate with a config the way a server would (evolkv.serving): the prompt compressed at prefill, each
     layer's cache preallocated at its exact size, every decode step one CUDA graph on GPU. Prints the text,
@@ -530,7 +624,7 @@ def generate(
     from evolkv.allocation import dense_kv_bytes
     from evolkv.config import Budget, KVConfig, ScorerSpec
     from evolkv.devices import resolve_device, resolve_dtype
-    from evolkv.models import load
+    from evolkv.models import context_limit, load
     from evolkv.serving import Generator, compile_blocks
 
     chosen = [name for name, given in (("--config", config), ("--budget", budget), ("--full", full)) if given]
@@ -548,9 +642,14 @@ def generate(
     cfg = KVConfig.load(config) if config else None
     device = resolve_device(device)
     _quiet_transformers()
-    with progress_bars() as progress:
-        reporter = RichReporter(progress)
-        reporter.stage(f"load {model or 'default model'}")
+    with reporting(quiet=quiet) as reporter:
+        reporter.stage(f"load {model or 'default model'} on {device}")
+        head = load(model, device, resolve_dtype(dtype, device), weights=False)  # the prompt is checked first
+        prompt_ids = head.tokenizer(text, return_tensors="pt").input_ids
+        limit = context_limit(model)
+        if limit and prompt_ids.shape[1] + max_new_tokens > limit:
+            raise EvolKVError(f"the prompt is {prompt_ids.shape[1]} tokens; with {max_new_tokens} new ones that is past "
+                              f"{head.name}'s {limit} positions: shorten it or ask for fewer tokens (-n)")
         loaded = load(model, device, resolve_dtype(dtype, device))
         if wanted is not None and baseline:
             from evolkv.search.baselines import baseline as make_baseline
@@ -560,11 +659,13 @@ def generate(
             from evolkv.deploy import find
 
             cfg = find(loaded.name, wanted, db)[0]
+        if config:
+            cfg.check_named(loaded.spec)
         gen = Generator(loaded.model, cfg, loaded.tokenizer)  # a config for another model: one error here
         if compiled:
             reporter.stage("compile norms and MLPs")
             compile_blocks(loaded.model)
-        ids = loaded.tokenizer(text, return_tensors="pt").input_ids.to(device)
+        ids = prompt_ids.to(device)
         run = gen.timed(ids, max_new_tokens, reporter.stage)
     tokens, prefill_s, decode_s, timed = run["tokens"], run["prefill_s"], run["decode_s"], run["timed_steps"]
     eos = loaded.tokenizer.eos_token_id
@@ -598,6 +699,16 @@ def _read_text(path: str) -> str:
         raise EvolKVError(f"prompt file {path} is not UTF-8 text") from None
     except OSError as error:
         raise EvolKVError(f"cannot read prompt file {path}: {error.strerror}") from None
+
+
+@app.command()
+def migrate(db: Optional[str] = DB) -> None:
+    """Bring a database's schema to this evolkv's (the read commands open a database read-only and never
+    upgrade it; every search does, on open)."""
+    from evolkv.store.store import head_revision
+
+    store = _store(db)
+    console.print(f"{store.url}: schema revision {head_revision()}")
 
 
 @app.command()

@@ -58,6 +58,9 @@ class Budget:
         if not match:
             raise BudgetError(f"budget {text!r} is neither a percentage like '10%' nor a token count like '128'")
         number, percent = float(match.group(1)), match.group(2)
+        if not math.isfinite(number):
+            raise BudgetError(f"budget {text!r} is not a finite number: give a percentage like '10%' or a token "
+                              "count like '128'")
         if percent:
             if number <= 0 or number > 100:
                 raise BudgetError(f"budget {text!r} must be in (0%, 100%]")
@@ -355,6 +358,15 @@ class KVConfig:
                                   f"{spec.name} has {attr}={getattr(spec, attr)}")
         raise ConfigError(f"config fingerprint {mine.fingerprint} does not match model {spec.name}")
 
+    def check_named(self, spec: ModelSpec) -> None:
+        """``check_fits``, and the model's name: a config searched on one model is refused on another of the same
+        architecture (its budgets were fitted to that model's attention), unless the names agree (a path and an
+        alias agree on their last part)."""
+        self.check_fits(spec)
+        if _short_name(self.model.name) != _short_name(spec.name):
+            raise ConfigError(f"config is for {self.model.name}, not {spec.name} (the same architecture): load "
+                              f"{self.model.name}, or set the config's model.name to {spec.name} to apply it anyway")
+
     def scorer_of(self, layer: int) -> ScorerSpec:
         """The scorer that ranks ``layer``'s tokens: the layer's own, else the config's."""
         return self.layers[layer].scorer or self.scorer
@@ -483,6 +495,11 @@ class KVConfig:
 ALLOCATIONS = ("globaltopk", "prefixkv", "cake", "dynamickv")  # evolkv.allocators.ALLOCATORS, by name
 _TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance", "allocation"}
 _INT_FIELDS = ("k_bits", "v_bits", "group_size", "residual", "evicted_bits")
+
+
+def _short_name(name: str) -> str:
+    """A model's name as configs compare it: the last part of a path, without case."""
+    return Path(name.rstrip("/\\")).name.lower() or name.lower()
 
 
 def _known(data: dict[str, Any], allowed: set[str], where: str) -> None:

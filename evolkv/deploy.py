@@ -39,7 +39,7 @@ def find(model: Any, budget: str | Budget, db: str | None = None) -> tuple[KVCon
     from evolkv.store.store import Store
 
     wanted = budget if isinstance(budget, Budget) else Budget.parse(budget)
-    store = Store(db)
+    store = Store(db, readonly=True)
     names = _names(model)
     for name in names:
         found = store.lookup(name, wanted)

@@ -11,13 +11,16 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
 def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``, checked: a CUDA device that this machine does not have is an error
-    naming what it has, never a silent fall back to the CPU."""
+    """``auto`` (the default: the first CUDA device where there is one, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``, checked: a CUDA device named that this machine does not have is an error naming what it has,
+    never a silent fall back to the CPU."""
     import torch
 
+    if device.strip().lower() == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
     match = _DEVICE_RE.match(device.strip().lower())
     if not match or (match.group(1) == "cpu" and match.group(2)):
-        raise EvolKVError(f"--device {device!r} is not one of cpu, cuda, cuda:N")
+        raise EvolKVError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
     if match.group(1) == "cpu":
         return "cpu"
     if not torch.cuda.is_available():

@@ -25,6 +25,10 @@ class StoreError(EvolKVError):
     """The database cannot be opened or written, or a record is missing."""
 
 
+class MissingStoreError(StoreError):
+    """A read found no database file at the path it was given (reads never create one)."""
+
+
 class SearchInterrupted(EvolKVError):
     """A search stopped before its end; everything evaluated so far is in the store."""
 

@@ -124,6 +124,18 @@ def max_positions(config: Any) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def context_limit(name: str | None) -> int | None:
+    """The positions ``name``'s config covers, read from its config file alone (no weights, no tokenizer):
+    what lengths are checked against before any work."""
+    from transformers import AutoConfig
+
+    _, location = resolve(name)
+    try:
+        return max_positions(AutoConfig.from_pretrained(location, local_files_only=True))
+    except Exception:  # noqa: BLE001  the load itself reports a model that cannot be read, in its words
+        return None
+
+
 def model_spec(config: Any, name: str) -> ModelSpec:
     """The attention geometry of a transformers config."""
     config = getattr(config, "text_config", None) or config
@@ -163,11 +175,17 @@ def load(name: str | None = None, device: str = "cpu", dtype: str = "auto", weig
             return LoadedModel(display, None, tokenizer, model_spec(config, display))
         # straight onto the GPU: an 8B model is not staged through host memory first
         placement = {"device_map": {"": device}} if device.startswith("cuda") else {}
+        if local and any(Path(location).glob("*.safetensors")):  # never a pickle where safetensors exist
+            placement["use_safetensors"] = True
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=True,
                                                      **placement)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  a local directory that does not load (a refused pickle, a bad
+        # config, truncated weights) is one line, whatever the loader raised
         if local:
-            raise ModelError(f"cannot load model {display!r} from {location}: {str(e).splitlines()[0]}") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ModelError(f"cannot load model {display!r} from {location}: {first}") from e
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise ModelError(f"model {display!r} is not a local directory, not an alias in evolkv/configs/models.yaml and "
                          f"not in the local Hugging Face cache (evolkv never downloads)") from e
     try:

@@ -10,8 +10,24 @@ from evolkv.errors import EvolKVError
 from evolkv.executors import build_samples, make_local
 
 
+def check_length(settings) -> None:
+    """Refuse, before the model loads, a synthetic ``--length`` the model's positions do not cover (samples of
+    it would be built, then refused one by one at prefill)."""
+    from evolkv import models
+    from evolkv.evaluators.tasks import TASKS
+
+    if not any(task in TASKS for task in settings.data.tasks):
+        return
+    limit = models.context_limit(settings.compute.model)
+    if limit and settings.data.length >= limit:
+        raise EvolKVError(f"--length {settings.data.length} is past the context of "
+                          f"{settings.compute.model or models.default_model()} ({limit} positions): give a --length "
+                          "below it")
+
+
 def make_executor(settings, reporter=None):
     """The executor ``settings.compute.executor`` names (``local`` or ``ray``) and the model's description."""
+    check_length(settings)
     executor = settings.compute.executor
     if executor == "local":
         return make_local(settings)

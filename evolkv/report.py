@@ -34,9 +34,10 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail, indent=2))
         return
-    console.print(f"[bold]run {detail['id']}[/bold]  {detail['model']}  budget {detail['budget']}  "
-                  f"{detail['optimizer']}  status {detail['status']}")
     settings = detail.get("settings") or {}
+    device = f"  on {settings['device']}" if settings.get("device") else ""
+    console.print(f"[bold]run {detail['id']}[/bold]  {detail['model']}  budget {detail['budget']}  "
+                  f"{detail['optimizer']}  status {detail['status']}{device}")
     title = "generations" if settings.get("mode", "tokens") == "tokens" else \
         f"generations (best and mean over candidates at or under {settings.get('target_bits'):g} bits)"
     progress = Table("gen", "evaluated", "failed", "best", "mean", "best so far", title=title)

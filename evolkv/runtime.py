@@ -370,7 +370,7 @@ def attend_entries(query, key, value, key_pos, query_pos, scaling, sliding, soft
 
 def _replay_attention(cache, layer_idx, query, key, value, scaling, sliding, softcap) -> torch.Tensor:
     """A replay pass's attention (``evolkv.replay``): the reconstruction tokens over the prefill and
-    themselves; their scores recorded, their entries dropped again. Returns [B, T_q, H_q, D]."""
+    themselves; their scores recorded, their entries dropped again. Returns [B, H_q, T_q, D]."""
     layer, t_q = cache.layers[layer_idx], query.shape[2]
     query_pos = torch.arange(layer.seen - t_q, layer.seen, device=key.device)
     if softcap is None:  # SDPA: no [T_q, T + T_q] float32 attention matrix per head (a 2k chunk over 32k)
@@ -385,7 +385,7 @@ def _replay_attention(cache, layer_idx, query, key, value, scaling, sliding, sof
         out, _ = kernels.reference.attend(query, key, value, layer.pos, query_pos, scaling, sliding, softcap)
     cache.replay.record(layer_idx, query, key, scaling)
     layer.truncate(cache.replay.length)
-    return out.transpose(1, 2).contiguous()
+    return out
 
 
 def merge_softmax(out, lse, other_out, other_lse):

@@ -156,7 +156,7 @@ class ComputeSettings:
     """Where it runs: the model, the device and dtype, and the executor."""
 
     model: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA where there is a device, else the CPU (``validate`` stores the resolved one)
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU (``validate`` stores the resolved one)
     executor: str = "local"  # local | ray
     workers: int = 1  # ray: actors (one GPU each with --device cuda)
@@ -171,6 +171,9 @@ class ComputeSettings:
             raise EvolKVError(f"unknown executor {self.executor!r}; known: {', '.join(EXECUTORS)}")
         if not (self.executor == "ray" and self.ray_address):  # a remote cluster's GPUs are not ours to see
             self.device = resolve_device(self.device)
+        elif self.device == "auto":
+            raise EvolKVError("--ray-address: give --device cuda or --device cpu (the cluster's devices are not "
+                              "visible from here)")
         self.dtype = resolve_dtype(self.dtype, self.device)
 
 

@@ -252,7 +252,7 @@ def test_unreachable_ray_address_and_unknown_executor(tmp_path, model_dirs):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--device", "gpu"], "is not one of cpu, cuda, cuda:N"),
+    (["--device", "gpu"], "is not one of auto, cpu, cuda, cuda:N"),
     (["--dtype", "float8"], "is not one of auto, bfloat16, float16, float32"),
     (["--device", "cuda:99"], "CUDA device"),
 ])
@@ -269,6 +269,16 @@ def test_cuda_on_a_machine_without_it_names_the_fix(tmp_path):
         pytest.skip("this machine has CUDA")
     line = _one_line_error(invoke("eval", "--baseline", "uniform", "--device", "cuda"))
     assert "no CUDA device" in line and "--device cpu" in line
+
+
+def test_device_auto_is_the_default_and_takes_cuda_where_there_is_one():
+    import torch
+
+    from evolkv.devices import resolve_device
+    from evolkv.settings import SearchSettings
+
+    assert SearchSettings().compute.device == "auto"
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def test_one_search_for_several_budgets(model_dirs, tmp_path):

@@ -306,3 +306,32 @@ def test_decoding_after_an_evolkv_press_in_kvpress_matches_runtime_apply(llama):
         layer.masked_key_indices = None
     assert torch.equal(torch.cat(tokens, 1)[0], want.sequences[0, ids.shape[1]:])
     torch.testing.assert_close(torch.stack(logits), torch.stack(want.logits), atol=1e-3, rtol=1e-3)
+
+
+def test_a_lukv_curve_keeps_in_stock_kvpress_what_evolkv_keeps(llama, tmp_path):
+    """``evolkv export --format lukv``: stock ``LUKVPress`` around ``KnormPress``, the curve loaded with numpy and
+    set on the press, keeps per layer and KV head the tokens evolkv's runtime keeps with the same config (keynorm,
+    the last token kept first as LU-KV's ``window=1`` protects it), at two budgets. The heads' shares make every
+    head's count whole at this length: kvpress rounds each layer's counts, evolkv all layers' at once."""
+    import numpy as np
+
+    from evolkv.integrations import lukv
+
+    scorer = ScorerSpec("keynorm", window=1, kernel=1)
+    configs = []
+    for budget, per_layer, shares in (("25%", (0.125, 0.25, 0.375, 0.25), (0.75, 0.25)),
+                                      ("50%", (0.25, 0.5, 0.75, 0.5), (0.625, 0.375))):
+        base = uniform_config(llama.spec, Budget.parse(budget), scorer)
+        layers = tuple(dataclasses.replace(layer, budget=b, heads=shares) for layer, b in zip(base.layers, per_layer))
+        configs.append(dataclasses.replace(base, layers=layers))
+    path = tmp_path / "curve.npy"
+    lukv.save(str(path), configs)
+    ids = _prompt(llama)
+    for cfg in configs:
+        press = kvpress.LUKVPress(kvpress.KnormPress(), compression_ratio=1 - cfg.budget.value, sink=0, window=1)
+        press._budget_curves = np.load(path)  # what a kvpress user writes: no evolkv import needed
+        theirs = kvpress_kept(llama, ids, press)
+        ours = evolkv_kept(llama, ids, cfg)
+        assert [[len(h) for h in layer] for layer in ours] == [[round(b * 2 * s * LENGTH) for s in cfg.layers[0].heads]
+                                                                for b in (layer.budget for layer in cfg.layers)]
+        assert theirs == ours, cfg.budget

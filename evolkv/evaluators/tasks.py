@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import random
+import stat
 import re
 import uuid
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from pathlib import Path
 from evolkv.errors import TaskError
 
 SPLITS = ("search", "validation", "heldout")
+MAX_TASK_MB = 512  # a task file larger than this is refused (EVOLKV_MAX_TASK_MB raises it): it is read whole
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 WORDS = ("apple", "river", "mountain", "garden", "silver", "orange", "window", "castle", "forest", "rocket",
          "pencil", "tiger", "ocean", "planet", "candle", "mirror", "bridge", "violin", "desert", "comet")
@@ -335,14 +338,23 @@ def from_jsonl(path: str | Path, split: str | None, count: int | None = None) ->
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             row = json.loads(line)
-            answers = row["answers"]
-            answer = answers[0] if isinstance(answers, list) else answers
-            sample = Sample(path.stem, str(row["context"]), str(row["question"]), str(answer), f"{path.stem}:{number}")
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, RecursionError) as e:
-            raise TaskError(f"{path}:{number}: expected JSON with context, question, answers "
-                            f"({str(e)[:120]})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise TaskError(f"{where}: expected JSON with context, question, answers ({str(e)[:120]})") from None
+        if not isinstance(row, dict) or not all(key in row for key in ("context", "question", "answers")):
+            raise TaskError(f"{where}: expected a JSON object with context, question, answers")
+        answers = row["answers"]
+        if isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers):
+            answer = answers[0]
+        elif isinstance(answers, str):
+            answer = answers
+        else:
+            raise TaskError(f"{where}: answers must be a string or a non-empty list of strings, not "
+                            f"{json.dumps(answers)[:60]}")
+        sample = Sample(path.stem, _string(row["context"], "context", where), _string(row["question"], "question",
+                                                                                    where), answer, f"{path.stem}:{number}")
         if not sample.answer.strip():  # nothing to measure: KL 0 and a perfect exact match would be a lie
             raise TaskError(f"{path}:{number}: the answer is empty; every sample needs a non-empty answer")
         if split is None or _bucket(line) == split:
@@ -352,9 +364,48 @@ def from_jsonl(path: str | Path, split: str | None, count: int | None = None) ->
     return samples[:count] if count else samples
 
 
-def _read_text(path: Path) -> str:
+def _string(value, field: str, where: str) -> str:
+    """A sample's text field as given: a JSON string, never a number, null, a list or an object made into one."""
+    if not isinstance(value, str):
+        raise TaskError(f"{where}: {field} must be a string, not {json.dumps(value)[:60]}")
+    return value
+
+
+def _regular(path: Path) -> int:
+    """The size of ``path`` if it is a regular file under the size cap (symlinks followed); a device, a FIFO or
+    a directory is refused before it is opened (reading one would never end, or block)."""
     try:
-        return path.read_bytes().decode("utf-8")
+        info = os.stat(path)
+    except OSError as e:
+        raise TaskError(f"cannot read task file {path}: {e.strerror}") from e
+    if not stat.S_ISREG(info.st_mode):
+        raise TaskError(f"task file {path} is not a regular file (a device, FIFO or directory): give a .jsonl file")
+    cap = _max_task_bytes()
+    if info.st_size > cap:
+        raise TaskError(f"task file {path} is {info.st_size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB cap: "
+                        "use fewer rows, or set EVOLKV_MAX_TASK_MB higher")
+    return info.st_size
+
+
+def _max_task_bytes() -> int:
+    text = os.environ.get("EVOLKV_MAX_TASK_MB", "")
+    try:
+        mb = float(text) if text else MAX_TASK_MB
+    except ValueError:
+        raise TaskError(f"EVOLKV_MAX_TASK_MB={text!r} is not a number of MiB") from None
+    return int(mb * 2**20)
+
+
+def _read_text(path: Path) -> str:
+    cap = _max_task_bytes()
+    _regular(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(cap + 1)  # a file that grew past the cap since the check is still refused
+        if len(data) > cap:
+            raise TaskError(f"task file {path} is over the {cap / 2**20:.0f} MiB cap: use fewer rows, or set "
+                            "EVOLKV_MAX_TASK_MB higher")
+        return data.decode("utf-8")
     except OSError as e:
         raise TaskError(f"cannot read task file {path}: {e.strerror}") from e
     except UnicodeDecodeError as e:
@@ -414,6 +465,7 @@ def _file_rows(path: Path, name: str) -> list[dict]:
             import pyarrow.parquet as pq
         except ImportError:
             raise TaskError(f"{name}: reading parquet needs pyarrow: pip install 'evolkv[hf]'") from None
+        _regular(path)
         return pq.read_table(path).to_pylist()
     text = _read_text(path)
     try:
@@ -430,13 +482,15 @@ def _file_rows(path: Path, name: str) -> list[dict]:
     return rows
 
 
-def _answer(value) -> str:
-    """The first answer of a field: a list's first item, SQuAD's {"text": [...]}, GSM8K's text after ####."""
-    if isinstance(value, dict):
-        value = value.get("text", "")
-    if isinstance(value, (list, tuple)):
-        value = next((v for v in value if str(v).strip()), "")
-    value = str(value)
+def _answer(value, where: str) -> str:
+    """The first answer of a field: a string, a list of strings' first non-empty one, SQuAD's {"text": [...]},
+    GSM8K's text after ####. Anything else (null, a number, a list holding a non-string) is refused."""
+    if isinstance(value, dict) and "text" in value:
+        value = value["text"]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = next((v for v in value if v.strip()), "")
+    if not isinstance(value, str):
+        raise TaskError(f"{where}: answers must be a string or a list of strings, not {json.dumps(value, default=str)[:60]}")
     return value.rsplit("####", 1)[1].strip() if "####" in value else value
 
 
@@ -461,11 +515,13 @@ def _hf_samples(name: str) -> list[tuple[Sample, str]]:
     task = path.stem + (f"-{hf_split}" if hf_split else "")
     out = []
     for number, row in enumerate(rows):
-        answer = _answer(row.get(fields["answers"]))
+        where = f"{name}: row {number}"
+        answer = _answer(row.get(fields["answers"]), where)
         if not answer.strip():
-            raise TaskError(f"{name}: row {number} has an empty answer; every sample needs a non-empty answer")
-        context = str(row.get(fields["context"], "")) if fields["context"] else ""
-        sample = Sample(task, context, str(row.get(fields["question"], "")), answer, f"{task}:{number}")
+            raise TaskError(f"{where} has an empty answer; every sample needs a non-empty answer")
+        context = _string(row.get(fields["context"]), "context", where) if fields["context"] else ""
+        sample = Sample(task, context, _string(row.get(fields["question"]), "question", where), answer,
+                        f"{task}:{number}")
         out.append((sample, _bucket(json.dumps(row, sort_keys=True, default=str))))
     return out
 

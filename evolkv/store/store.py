@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from evolkv.allocation import within_bits
 from evolkv.config import Budget, KVConfig, ModelSpec
-from evolkv.errors import StoreError
+from evolkv.errors import MissingStoreError, StoreError
 from evolkv.store.models import VERSION_TABLE, CandidateRow, Stage, EvaluationRow, FrontRow, ModelRow, RunRow, WinnerRow, utcnow
 
 
@@ -46,20 +46,38 @@ SELECTION = ("selected_on", "validation_relative", "validation_typical_ratio", "
 
 
 class Store:
-    """Typed access to the evolkv database at ``url`` (a SQLAlchemy URL or a SQLite file path)."""
+    """Typed access to the evolkv database at ``url`` (a SQLAlchemy URL or a SQLite file path).
 
-    def __init__(self, url: str | None = None) -> None:
+    ``readonly``: what the read commands (``runs``, ``export``, ``plot``, ``lookup``) and ``evolkv.lookup`` open.
+    Nothing is written, created or migrated: SQLite opens the file read-only (``mode=ro``, no WAL switch), so a
+    database baked read-only into a serving image is readable; a missing file is ``MissingStoreError``; a schema
+    older than this evolkv's is one error naming ``evolkv migrate``."""
+
+    def __init__(self, url: str | None = None, readonly: bool = False) -> None:
         self.url = _as_url(url or default_url())
+        self.readonly = readonly
         try:
-            if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
-                path = Path(self.url.removeprefix("sqlite:///"))
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(self.url, connect_args=self._connect_args())
-            if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            _migrate(self.engine)
+            sqlite_file = self.url.startswith("sqlite:///") and not self.url.endswith(":memory:")
+            if sqlite_file and readonly:
+                self.engine = _readonly_sqlite(Path(self.url.removeprefix("sqlite:///")))
+            else:
+                if sqlite_file:
+                    Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                self.engine = create_engine(self.url, connect_args=self._connect_args())
+                if self.engine.dialect.name == "sqlite":
+                    event.listen(self.engine, "connect", _sqlite_pragmas)
+            if readonly:
+                _check_schema(self.engine, self.url)
+            else:
+                _migrate(self.engine)
+        except StoreError:
+            raise
         except (ArgumentError, NoSuchModuleError, ValueError) as e:
             raise StoreError(f"bad database URL {self.url!r}: {e}") from e
+        except ImportError as e:  # the URL names a driver that is not installed (mysql://, postgresql:// + psycopg2)
+            scheme = self.url.split("://", 1)[0]
+            raise StoreError(f"the database driver for {scheme}:// is not installed ({e.name or e}): install it, or "
+                             "use SQLite (a path) or postgresql+psycopg://") from None
         except (OperationalError, OSError) as e:
             raise StoreError(f"cannot open database {self.url}: {_first_line(e)}") from e
         except SQLAlchemyError as e:
@@ -75,6 +93,8 @@ class Store:
     def _write(self, fn):
         """Run ``fn`` in one transaction; retried when another writer holds the database (SQLite's
         ``database is locked``) or won a race to insert the same row (a shared candidate)."""
+        if self.readonly:
+            raise StoreError(f"the database {self.url} was opened read-only")
         for attempt in range(WRITE_RETRIES):
             try:
                 with self._session() as session, session.begin():
@@ -320,6 +340,40 @@ class Store:
                                             "heldout_objective": winner.heldout_objective}
 
 
+    def budget_curve(self, model: str, split: str = "heldout") -> list[dict[str, Any]]:
+        """Every finished token run of ``model`` with a percentage budget: {"budget": fraction, "values": {"winner"
+        or a baseline's name: its objective on ``split``}}, what ``plot --curve`` and ``report`` draw."""
+        points = []
+        for row in self.runs(100000):
+            if row["model"].lower() != model.lower() or row["mode"] in ("quant", "joint") or row["status"] != "finished":
+                continue
+            detail = self.detail(row["id"])
+            if not detail.get("winner") or not detail["budget"].endswith("%"):
+                continue
+            values = {label.removeprefix("baseline:"): (splits.get(split) or {}).get("objective")
+                      for label, splits in detail["results"].items()
+                      if label == "winner" or (label.startswith("baseline:") and label != "baseline:full")}
+            points.append({"budget": float(detail["budget"].rstrip("%")) / 100, "values": values})
+        return points
+
+    def winners_by_budget(self, model: str, kind: str = "fraction") -> list[KVConfig]:
+        """For each budget stored for ``model`` (token runs of that budget kind), the winner ``lookup`` returns
+        at it: the lowest held-out loss among that budget's runs."""
+        with self._session() as session:
+            rows = session.execute(
+                select(WinnerRow, RunRow, CandidateRow.config).join(RunRow, WinnerRow.run_id == RunRow.id)
+                .join(CandidateRow, WinnerRow.candidate_id == CandidateRow.id).join(ModelRow)
+                .where(func.lower(ModelRow.name) == model.lower(), RunRow.budget_kind == kind,
+                       RunRow.mode.notin_(("quant", "joint")))).all()
+        best: dict[float, tuple] = {}
+        for winner, run, config in rows:
+            heldout = winner.heldout_objective if winner.heldout_objective is not None else math.inf
+            if run.budget_value not in best or heldout < best[run.budget_value][0]:
+                best[run.budget_value] = (heldout, KVConfig.from_dict(config).with_provenance(
+                    **(winner.provenance or {})))
+        return [cfg for _, (_, cfg) in sorted(best.items())]
+
+
 def _precisions(cfg: KVConfig) -> str:
     """``K4V2x10 K8V4x8``: the layers' precision pairs, counted."""
     counts: dict[str, int] = {}
@@ -389,6 +443,56 @@ def _migrate(engine) -> None:
             if attempt == WRITE_RETRIES - 1 or not _retryable(e) and "already exists" not in str(e):
                 raise
             time.sleep(0.05 * 2**attempt + random.random() * 0.05)
+
+
+def head_revision() -> str:
+    """The schema revision this evolkv writes (the newest migration)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def _check_schema(engine, url: str) -> None:
+    """A read-only open: the database must be evolkv's, at this evolkv's schema (nothing is migrated)."""
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        if "runs" not in tables:
+            raise StoreError(f"{url} is not an evolkv database (it has no runs table)")
+        current = (connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+                   if VERSION_TABLE in tables else None)
+    head = head_revision()
+    if current != head:
+        raise StoreError(f"the database {url} has schema revision {current or '(none)'}, this evolkv reads {head}: "
+                         f"upgrade it once, where it is writable, with `evolkv migrate --db {url}`")
+
+
+def _readonly_sqlite(path: Path):
+    """An engine over the SQLite file ``path`` opened read-only: never created, written, or switched to WAL. A WAL
+    database in a directory this process cannot write (no ``-shm`` file to make) is opened immutable instead."""
+    import sqlite3
+
+    if not path.is_file():
+        raise MissingStoreError(f"no evolkv database at {path}: a search creates it (evolkv search ...), or give --db")
+    uri = path.resolve().as_uri()
+
+    def connect(flags: str):
+        return lambda: sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=30, check_same_thread=False)
+
+    engine = create_engine("sqlite://", creator=connect("mode=ro"))
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+    except OperationalError as e:
+        if "unable to open" not in str(e) and "readonly" not in str(e):
+            raise
+        engine.dispose()
+        engine = create_engine("sqlite://", creator=connect("mode=ro&immutable=1"))
+    return engine
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -1,4 +1,5 @@
-"""Bad input of every kind: one `error:` line, exit code 2, nothing lost; and the properties behind it."""
+"""Hostile and careless input of every kind: one `error:` line, exit code 2, no traceback, the store unchanged;
+read paths that never write; signals; and the properties behind it."""
 
 from __future__ import annotations
 
@@ -316,20 +317,26 @@ def test_store_error_on_bad_url():
 # -- upgrades and concurrency ------------------------------------------------------------------------------
 
 
-def test_a_database_of_the_first_schema_revision_opens_migrates_and_lists(tmp_path):
+def test_a_database_of_the_first_schema_revision_is_read_only_until_migrated(tmp_path):
+    """Reads never migrate: an old schema is one line naming `evolkv migrate`, which upgrades it; then it lists."""
     import shutil
+    import sqlite3
     from pathlib import Path
 
     db = tmp_path / "old.db"
     shutil.copy(Path(__file__).parent / "fixtures" / "evolkv-rev0001.db", db)
+    before = db.read_bytes()
+    for command in (["runs", "list"], ["runs", "show", "0a1b"], ["export", "0a1b2c"], ["lookup", "--budget", "10%",
+                                                                                      "--model", "gemma-3-270m"]):
+        assert "evolkv migrate --db" in one_line_error(invoke(*command, "--db", db))
+    assert db.read_bytes() == before
+    assert invoke("migrate", "--db", db).exit_code == 0
     listed = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
     assert [(r["id"], r["status"], r["best_objective"]) for r in listed] == [("0a1b2c3d4e5f", "finished", 0.0123)]
     shown = json.loads(invoke("runs", "show", "0a1b", "--db", db, "--json").stdout)
     assert shown["winner"]["heldout_objective"] == 0.015 and shown["timings"] == {}
     exported = invoke("export", "0a1b2c", "--db", db)
     assert exported.exit_code == 0 and json.loads(exported.stdout)["budget"] == "10%"
-    import sqlite3
-
     with sqlite3.connect(db) as connection:
         assert connection.execute("select version_num from evolkv_schema_version").fetchone()[0] == "0004"
 
@@ -430,3 +437,200 @@ def test_bad_hf_tasks_are_one_line_and_store_nothing(spec, words, model_dirs, tm
     line = one_line_error(invoke("search", "--budget", "20%", "--model", model_dirs["llama"], "--tasks",
                                  spec.format(tmp=tmp_path), "--length", 64, "--db", f"sqlite:///{tmp_path}/x.db"))
     assert words in line and not (tmp_path / "x.db").exists()
+
+
+# -- hostile input: numbers, files that are not files, mistyped rows, drivers, read-only stores, signals ---------
+
+
+def _hash(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def test_an_overflowing_budget_is_one_line(tmp_path):
+    for budget in ("1e309", "1e309%", "-1e309"):
+        assert "budget" in one_line_error(invoke("search", "--budget", budget, "--db", tmp_path / "x.db"))
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_task_files_that_are_not_regular_files_are_refused_before_they_are_opened(tmp_path, model_dirs):
+    import os
+
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    db = tmp_path / "x.db"
+    for path in (zero, fifo, tmp_path):
+        for spec in (str(path), f"hf:{path}"):
+            if path == tmp_path and not spec.startswith("hf:"):
+                continue
+            line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "10%", "--tasks", spec,
+                                         "--db", db))
+            assert "regular file" in line or "no .jsonl" in line, line
+    assert not db.exists()
+
+
+def test_a_task_file_over_the_size_cap_is_refused_and_the_cap_can_be_raised(tmp_path, monkeypatch):
+    path = tmp_path / "big.jsonl"
+    row = json.dumps({"context": "c" * 1000, "question": "q", "answers": ["a"]})
+    path.write_text("\n".join(row.replace('"q"', f'"q{i}"') for i in range(2000)))  # about 2 MiB
+    monkeypatch.setenv("EVOLKV_MAX_TASK_MB", "1")
+    with pytest.raises(TaskError, match="EVOLKV_MAX_TASK_MB"):
+        from_jsonl(path, None)
+    monkeypatch.setenv("EVOLKV_MAX_TASK_MB", "4")
+    assert len(from_jsonl(path, None)) == 2000
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"context": "c", "question": "q", "answers": None}, "answers must be"),
+    ({"context": "c", "question": "q", "answers": [None]}, "answers must be"),
+    ({"context": "c", "question": "q", "answers": [True]}, "answers must be"),
+    ({"context": "c", "question": "q", "answers": {"a": 1}}, "answers must be"),
+    ({"context": "c", "question": "q", "answers": []}, "answers must be"),
+    ({"context": None, "question": "q", "answers": ["a"]}, "context must be a string"),
+    ({"context": "c", "question": 7, "answers": ["a"]}, "question must be a string"),
+    ([1, 2], "a JSON object"),
+])
+def test_mistyped_task_rows_are_refused_not_stringified(row, words, tmp_path, model_dirs):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    db = tmp_path / "x.db"
+    line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "10%", "--tasks", path,
+                                 "--db", db))
+    assert words in line and not db.exists()
+    hf = tmp_path / "rows"
+    hf.mkdir()
+    (hf / "train.jsonl").write_text(json.dumps(row if isinstance(row, dict) else {"x": row}) + "\n")
+    line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "10%", "--tasks", f"hf:{hf}",
+                                 "--db", db))
+    assert not db.exists()
+
+
+def test_a_database_url_whose_driver_is_missing_is_one_line(tmp_path):
+    for command in (["runs", "list"], ["search", "--budget", "10%"], ["lookup", "--budget", "10%"]):
+        assert "driver" in one_line_error(invoke(*command, "--db", "mysql://user@localhost/x"))
+
+
+def test_reads_never_create_a_database_or_its_directory(tmp_path):
+    missing = tmp_path / "new" / "dir" / "x.db"
+    listed = invoke("runs", "list", "--db", f"sqlite:///{missing}")
+    assert listed.exit_code == 0 and "no runs yet" in listed.output
+    for command in (["runs", "show", "abcd"], ["export", "abcd"], ["plot", "abcd"], ["lookup", "--budget", "10%"]):
+        assert "no evolkv database" in one_line_error(invoke(*command, "--db", f"sqlite:///{missing}"))
+    with pytest.raises(StoreError, match="no evolkv database"):
+        evolkv.lookup("toy", "10%", db=str(missing))
+    assert not (tmp_path / "new").exists()
+
+
+def _stored_winner(db):
+    store = Store(f"sqlite:///{db}")
+    cfg = uniform_config(SPEC, Budget.parse("10%")).with_provenance(run_id="ab12cd34ef56", source="search")
+    store.create_run("ab12cd34ef56", SPEC, Budget.parse("10%"), "cmaes", 0, {})
+    store.set_winner("ab12cd34ef56", cfg, 0.5, 0.6, {})
+    store.update_run("ab12cd34ef56", status="finished", best_objective=0.5)
+    store.engine.dispose()
+
+
+def test_a_read_only_database_is_read_without_a_write(tmp_path):
+    """A database baked into a serving image: the file 444 and its directory 555 (for a non-root user; root
+    ignores modes, so there the check is that nothing changes). Every read works; nothing is written."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = folder / "x.db"
+    _stored_winner(db)
+    before, names = _hash(db), sorted(os.listdir(folder))
+    db.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        assert invoke("runs", "list", "--db", db).exit_code == 0
+        shown = invoke("runs", "show", "ab12", "--db", db, "--json")
+        assert shown.exit_code == 0 and json.loads(shown.stdout)["status"] == "finished"
+        assert invoke("export", "ab12", "--db", db).exit_code == 0
+        assert invoke("lookup", "--budget", "10%", "--model", "toy", "--db", db).exit_code == 0
+        assert evolkv.lookup("toy", "10%", db=str(db)).budget == Budget.parse("10%")
+    finally:
+        folder.chmod(0o755)
+        db.chmod(0o644)
+    assert _hash(db) == before
+    if os.geteuid() != 0:
+        assert sorted(os.listdir(folder)) == names
+
+
+def test_a_model_directory_with_a_malicious_pickle_is_one_line_and_runs_nothing(tmp_path, model_dirs):
+    import pickle
+    import shutil
+    from pathlib import Path
+
+    source = Path(model_dirs["llama"])
+    bad = tmp_path / "evil-model"
+    shutil.copytree(source, bad)
+    for weights in bad.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (bad / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    line = one_line_error(invoke("eval", "--model", bad, "--baseline", "uniform", "--samples", "1", "--length", "100",
+                                 "--tasks", "passkey"))
+    assert "cannot load model" in line and not marker.exists()
+
+
+def test_lengths_past_the_models_context_are_refused_before_any_work(tmp_path, model_dirs):
+    import time
+
+    db = tmp_path / "x.db"
+    started = time.perf_counter()
+    line = one_line_error(invoke("search", "--model", model_dirs["llama"], "--budget", "10%", "--length", "10000000",
+                                 "--db", db))
+    assert "past the context" in line and time.perf_counter() - started < 60 and not db.exists()
+    line = one_line_error(invoke("generate", "--model", model_dirs["llama"], "--full", "-p", "x" * 100_000))
+    assert "positions" in line
+
+
+def test_a_config_named_for_another_model_is_refused(tmp_path, model_dirs):
+    from evolkv.models import load
+
+    spec = load(model_dirs["llama"], weights=False).spec
+    cfg = uniform_config(spec, Budget.parse("10%"))
+    other = tmp_path / "other.json"
+    KVConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "name": "llama-3-8b"}}).save(other)
+    for command in (["eval", "--config", other, "--samples", "1", "--length", "100", "--tasks", "passkey"],
+                    ["generate", "--config", other, "-p", "x"]):
+        line = one_line_error(invoke(*command, "--model", model_dirs["llama"]))
+        assert "config is for llama-3-8b" in line
+
+
+def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, model_dirs):
+    """SIGTERM (kill, systemd, Kubernetes, Slurm): the run is `interrupted`, one line names `evolkv resume`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "x.db"
+    proc = subprocess.Popen([sys.executable, "-m", "evolkv", "search", "--model", model_dirs["llama"], "--budget",
+                             "10%", "--generations", "50", "--population", "4", "--samples", "1", "--length", "120",
+                             "--tasks", "passkey", "--baselines", "full,uniform", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                runs = Store(f"sqlite:///{db}", readonly=True).runs()
+            except StoreError:
+                continue
+            if runs and runs[0]["generations_done"] >= 1:
+                break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "Traceback" not in err and "evolkv resume" in err.strip().splitlines()[-1]
+    assert Store(f"sqlite:///{db}").runs()[0]["status"] == "interrupted"
