@@ -179,14 +179,14 @@ def search(
                                   "penalised when any one task gets more than --tolerance worse than uniform's. "
                                   "worst: the largest per-task ratio (no task's gain pays for another's loss). "
                                   "mean: the plain mean KL."),
-    choose: str = typer.Option("mean", help="tokens: how validation picks the winner among the finalists and "
-                               "the baselines. mean: the lowest --aggregate value. typical: the same, but a config "
-                               "displaces uniform only if it is also better on the typical sample (geometric mean "
-                               "of per-sample KL ratios below 1), against wins made by a few samples. metric: "
-                               "the same, but a config displaces uniform only if its task metric on validation "
-                               "(greedy answers: edit similarity for code, string match otherwise) is not below "
-                               "uniform's; costs a greedy decode of uniform and of each contender tried (not the "
-                               "default: on SmolLM2 code it shipped higher held-out KL than mean in 6 of 12 runs)."),
+    choose: str = typer.Option("paired", help="tokens: how the winner is picked among the finalists and the "
+                               "baselines. paired: per-sample loss ratios to uniform on every unbiased sample (a "
+                               "baseline's search samples count, it fitted nothing; a searched config's validation "
+                               "samples), and a searched config ships only if it beats the best baseline beyond the "
+                               "paired 95% interval, else that baseline ships (runs show says why). mean: the lowest "
+                               "--aggregate value on validation. typical: mean, but a config displaces uniform only "
+                               "if it is also better on the typical sample. metric: mean, but a config displaces "
+                               "uniform only if its greedy task metric on validation is not below uniform's."),
     tolerance: float = typer.Option(0.1, min=0.0, help="tokens, --aggregate guarded: how much worse than uniform "
                                     "(0.1 = 10%) one task may get before it is penalised."),
     finalists: int = typer.Option(4, min=0, help="tokens: best search candidates re-scored on validation."),
@@ -523,6 +523,10 @@ def lookup(budget: str = typer.Option(..., "--budget", "-b", help="Largest budge
         print(json.dumps({**info, "source": source, "config": cfg.to_dict()}, indent=2))
     else:
         marked = "" if source == "search" else f"  (= {source.removeprefix('baseline:')}: no search candidate beat it)"
+        evidence = cfg.provenance.get("selection_evidence") or {}
+        if evidence:
+            marked += ("  within noise of uniform on validation" if evidence.get("within_noise_of_uniform")
+                       else "  better than uniform beyond noise on validation")
         console.print(f"run {info['run_id']}  budget {info['budget']}  search KL {report.fmt(info['search_objective'])}"
                       f"  held-out KL {report.fmt(info['heldout_objective'])}{marked}" + (f"  -> {out}" if out else ""))
 

@@ -167,7 +167,9 @@ def render(detail: dict[str, Any], winner=None, references: dict[str, Any] | Non
                f'{esc(detail["optimizer"])}, status <b>{esc(detail["status"])}</b>, created '
                f'{esc(str(detail.get("created_at") or "")[:19])}.</p>'
                f'<p>The run ships {shipped}: held-out {objective} <b>{_fmt(heldout)}</b> against uniform\'s '
-               f'{_fmt(uniform)} (lower is better).</p></section>')
+               f'{_fmt(uniform)} (lower is better).</p>'
+               + (f'<p class="note">{esc(win.get("selection", {}).get("selection_evidence", {}).get("reason", ""))}</p>'
+                  if (win.get("selection") or {}).get("selection_evidence") else "") + '</section>')
     # -- winner vs baselines
     ordered = sorted(results.items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:"), kv[0]))
     rows, classes, chart = [], [], []

@@ -106,7 +106,7 @@ class RayExecutor:
         parts = self._map("score", payload, split, meanwhile)
         if progress:
             progress(len(configs) * self.split_size(split))
-        return aggregate(SampleScores.concat(parts), self.settings.scoring.objective)
+        return aggregate(SampleScores.concat(parts, strided=True), self.settings.scoring.objective)
 
     def exact_match(self, configs: Sequence[KVConfig], split: str,
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:

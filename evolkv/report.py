@@ -69,13 +69,16 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
                         fmt(gap, 2))
     console.print(results)
     _print_paired(ordered, source, metric)
-    if source != "search" and detail.get("winner"):
+    selection = (detail.get("winner") or {}).get("selection") or {}
+    evidence = selection.get("selection_evidence") or {}
+    if source != "search" and detail.get("winner") and not evidence:
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
                       f"split: the winner is that baseline[/bold]")
-    selection = (detail.get("winner") or {}).get("selection") or {}
     passed = selection.get("passed_over") or {}
     checked = selection.get("validation_task_metric") or {}
-    if checked:  # --choose metric: lower KL than the winner, but worse answers than uniform's
+    if evidence.get("ratio_to_uniform"):
+        _print_evidence(evidence, source)
+    elif checked:  # --choose metric: lower KL than the winner, but worse answers than uniform's
         uniform = checked.get("baseline:uniform", float("nan"))
         console.print(f"task metric on validation (uniform {uniform:.3f}; a config displaces uniform only if not "
                       "below it): " + ", ".join(f"{label} {value:.3f}" for label, value in checked.items()
@@ -104,6 +107,30 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
             front.add_row(str(p["point"]), fmt(p["bits"], 3), fmt(p["objective"]), fmt(p["heldout_objective"]),
                           fmt((p["heldout_metrics"] or {}).get("nll")), p["precisions"], "winner" if p["winner"] else "")
         console.print(front)
+
+
+def _print_evidence(evidence: dict[str, Any], source: str) -> None:
+    """How ``--choose paired`` picked the winner: every contender's mean per-sample loss ratio to uniform on its
+    unbiased samples, the winner against the runner-up and uniform with their paired 95% intervals, and why."""
+    table = Table(Column("config", no_wrap=True), "ratio to\nuniform", "samples",
+                  title="how the winner was chosen (geometric mean of per-sample loss ratios to uniform, < 1: "
+                        "better; a baseline's search samples count beside validation)")
+    samples = evidence.get("samples") or {}
+    for label, ratio in list(evidence["ratio_to_uniform"].items())[:8]:
+        table.add_row(config_name(label, source) if label != source else f"{label} (ships)", f"{ratio:.3f}",
+                      str(samples.get(label, "-")))
+    console.print(table)
+    for key, who in (("vs_best_baseline", "the leader against the best baseline"),
+                     ("vs_runner_up", "the winner against the runner-up"), ("vs_uniform", "the winner against")):
+        c = evidence.get(key)
+        if not c:
+            continue
+        other = (c.get("config") or c.get("baseline") or "uniform").removeprefix("baseline:")
+        noise = "  (within noise)" if c["low"] <= 1.0 <= c["high"] else ""
+        console.print(f"{who}, {other}: ratio {c['ratio']:.3f}, paired 95% interval [{c['low']:.3f}, "
+                      f"{c['high']:.3f}] on {c['samples']} samples{noise}", soft_wrap=True)
+    if evidence.get("reason"):
+        console.print(f"[bold]{evidence['reason']}[/bold]", soft_wrap=True)
 
 
 def _print_per_task(ordered: list[tuple[str, dict[str, Any]]], source: str, split: str, columns: dict[str, str],

@@ -114,7 +114,7 @@ class ScoringSettings:
 
     objective: str = "kl"  # kl (to the full cache) | nll (gold answer) | task (1 - the task's metric, greedy)
     aggregate: str = "guarded"  # guarded | worst | mean: what the token search is told (search.objectives)
-    choose: str = "mean"  # mean | typical | metric: the validation rule that picks the winner (search.selection)
+    choose: str = "paired"  # paired | mean | typical | metric: the rule that picks the winner (search.selection)
     tolerance: float = 0.1  # guarded: how much worse than uniform any one task may get before it is penalised
     finalists: int = 4  # best search candidates re-scored on validation beside the baselines
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))

@@ -151,7 +151,7 @@ def test_malformed_and_mismatched_configs(searched, tmp_path, model_dirs):
 
 def test_bad_db_and_unknown_run(tmp_path):
     assert "bad database URL" in _one_line_error(invoke("runs", "list", "--db", "nosuch://x"))
-    assert "no run" in _one_line_error(invoke("runs", "show", "beef", "--db", tmp_path / "x.db"))
+    assert "no evolkv database" in _one_line_error(invoke("runs", "show", "beef", "--db", tmp_path / "x.db"))
     assert "no run" in _one_line_error(invoke("resume", "beef", "--db", tmp_path / "x.db"))
     assert "not a run id" in _one_line_error(invoke("resume", "nope", "--db", tmp_path / "x.db"))
     assert "no stored winner" in _one_line_error(invoke("lookup", "--budget", "10%", "--db", tmp_path / "x.db"))

@@ -411,18 +411,29 @@ class SampleScores:
     seconds: float = 0.0
 
     @staticmethod
-    def concat(parts: Sequence[SampleScores]) -> SampleScores:
-        """Shards of the samples joined back (the per-sample lists in shard order: ``aggregate``'s exactly
-        rounded means make that order irrelevant)."""
+    def concat(parts: Sequence[SampleScores], strided: bool = False) -> SampleScores:
+        """Shards of the samples joined back. ``aggregate``'s exactly rounded means make the order of the
+        per-sample lists irrelevant to every mean; ``strided`` (shard r holds samples r, r + W, ...) puts the
+        lists of the whole split's metrics back in the split's order, so configs compare sample by sample."""
         values = [defaultdict(list) for _ in parts[0].values] if parts else []
         failures: dict[int, str] = {}
+        for merged_index, merged in enumerate(values):
+            for key in {k for part in parts for k in part.values[merged_index]}:
+                lists = [part.values[merged_index].get(key, []) for part in parts]
+                merged[key] = _interleaved(lists) if strided and "/" not in key else [v for one in lists for v in one]
         for part in parts:
-            for merged, mine in zip(values, part.values):
-                for key, v in mine.items():
-                    merged[key].extend(v)
             for index, reason in part.failures.items():
                 failures.setdefault(index, reason)
         return SampleScores([dict(v) for v in values], failures, max((p.seconds for p in parts), default=0.0))
+
+
+def _interleaved(lists: list[list[float]]) -> list[float]:
+    """Strided shards' lists (shard r: samples r, r + W, ...) in the samples' order; as they come where a shard
+    skipped a sample (the pattern no longer holds)."""
+    total, width = sum(map(len, lists)), len(lists)
+    if any(len(one) != len(range(r, total, width)) for r, one in enumerate(lists)):
+        return [v for one in lists for v in one]
+    return [lists[i % width][i // width] for i in range(total)]
 
 
 def _reason(error: Exception) -> str:
@@ -475,6 +486,7 @@ def aggregate(scores: SampleScores, objective: str = "kl") -> list[Score]:
         if objective not in metrics:
             out.append(Score(math.inf, status="failed", reason=f"no {objective} was measured", duration_s=elapsed))
             continue
+        metrics["per_sample"] = list(per_metric[objective])  # paired comparisons (search.selection)
         out.append(Score(metrics[objective], metrics, duration_s=elapsed))
     return out
 

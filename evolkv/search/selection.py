@@ -4,15 +4,20 @@ contender from displacing uniform."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 
 from evolkv.config import KVConfig
 from evolkv.evaluators.evaluator import Score
+from evolkv.evaluators.paired import compare
 from evolkv.evaluators.tasks import task_metric
 from evolkv.search.objectives import typical_ratio
 from evolkv.store.models import Stage
 
-CHOICES = ("mean", "typical", "metric")  # --choose
+CHOICES = ("paired", "mean", "typical", "metric")  # --choose
 
 
 def choose_on_validation(job, contenders: dict[str, KVConfig], value, eligible=None) -> tuple[str, dict[str, Score]]:
@@ -58,3 +63,84 @@ def metric_guard(job, contenders: dict[str, KVConfig], scored: dict[str, Score],
         if label != "baseline:uniform" and checked[label] >= checked["baseline:uniform"]:
             return label, checked
     return "baseline:uniform", checked
+
+
+def _log_values(score: Score, floor: float) -> list[float] | None:
+    values = score.metrics.get("per_sample") if score.ok else None
+    return None if not values else [math.log(v + floor) for v in values]
+
+
+def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor: float) -> tuple[str, dict[str, Any]]:
+    """``--choose paired`` (the default): the winner by per-sample statistics, not by a mean of a few heavy-tailed
+    values. Each contender's per-sample log loss ratio to uniform (log(KL + ``floor``) minus uniform's, on the same
+    samples) is taken on every sample that is unbiased for it: a baseline fitted nothing, so its search-split samples
+    count beside the validation ones; a searched config counts on validation only. The lowest mean ratio leads.
+    A searched leader ships only if it beats the best baseline on the validation samples beyond the 95% paired
+    bootstrap interval; within noise, the simpler config (that baseline) ships and the evidence says so.
+
+    ``validation``: label -> score on validation (``baseline:uniform`` among them); ``search``: a baseline's label ->
+    its score on the search split beside uniform's. Returns (label, evidence for the store and ``runs show``)."""
+    ref = "baseline:uniform"
+    ref_val = _log_values(validation[ref], floor)
+    ref_search = _log_values(search[ref], floor) if ref in search else None
+    ratios: dict[str, list[float]] = {}
+    for label, score in validation.items():
+        mine = _log_values(score, floor)
+        if mine is None or ref_val is None or len(mine) != len(ref_val):
+            continue
+        ratio = [a - b for a, b in zip(mine, ref_val)]
+        extra = _log_values(search[label], floor) if label.startswith("baseline:") and label in search else None
+        if extra is not None and ref_search is not None and len(extra) == len(ref_search):
+            ratio += [a - b for a, b in zip(extra, ref_search)]
+        ratios[label] = ratio
+    if ref not in ratios:  # runs without per-sample values: the mean decides, as before per-sample values existed
+        best = min((label for label, score in validation.items() if score.ok),
+                   key=lambda label: (validation[label].objective, not label.startswith("baseline:")))
+        return best, {"rule": "paired", "reason": "no per-sample values: the lowest validation mean ships"}
+    gains = {label: float(np.mean(r)) for label, r in ratios.items()}
+    ranked = sorted(gains, key=lambda label: (gains[label], not label.startswith("baseline:")))
+    leader = ranked[0]
+    baselines = [label for label in ranked if label.startswith("baseline:")]
+    best_baseline = baselines[0]
+    evidence: dict[str, Any] = {
+        "rule": "paired",
+        "samples": {label: len(r) for label, r in ratios.items()},
+        "ratio_to_uniform": {label: round(math.exp(gains[label]), 4) for label in ranked},
+        "leader": leader,
+    }
+    winner = leader
+    if not leader.startswith("baseline:"):
+        n = len(ref_val)
+        theirs = [a for a in ratios[best_baseline][:n]]
+        c = compare(ratios[leader][:n], theirs)
+        evidence["vs_best_baseline"] = {"baseline": best_baseline, "ratio": round(math.exp(c["gap"]), 4),
+                                        "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),
+                                        "better": c["losses"], "worse": c["wins"], "samples": n}
+        if c["high"] >= 0.0:
+            winner = best_baseline
+            evidence["within_noise"] = True
+            evidence["reason"] = (f"{leader} led (ratio to uniform {math.exp(gains[leader]):.3f} on {n} validation "
+                                  f"samples) but was within noise of {best_baseline.removeprefix('baseline:')} "
+                                  f"(paired 95% interval of its ratio [{math.exp(c['low']):.3f}, "
+                                  f"{math.exp(c['high']):.3f}] holds 1): the simpler config ships")
+        else:
+            evidence["reason"] = (f"{leader} beats {best_baseline.removeprefix('baseline:')} on {n} validation "
+                                  f"samples beyond the paired 95% interval ([{math.exp(c['low']):.3f}, "
+                                  f"{math.exp(c['high']):.3f}] below 1)")
+    else:
+        evidence["reason"] = (f"{leader.removeprefix('baseline:')} has the lowest mean per-sample ratio to uniform "
+                              f"({math.exp(gains[leader]):.3f} on {len(ratios[leader])} samples, search and "
+                              "validation pooled for a baseline)")
+    runner = next((label for label in ranked if label != winner), None)
+    if runner is not None:
+        common = min(len(ratios[winner]), len(ratios[runner]))  # validation first: a searched config's all
+        c = compare(ratios[winner][:common], ratios[runner][:common])
+        evidence["vs_runner_up"] = {"config": runner, "ratio": round(math.exp(c["gap"]), 4),
+                                    "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),
+                                    "samples": common}
+    if winner != ref:
+        c = compare(ratios[winner], [0.0] * len(ratios[winner]))
+        evidence["vs_uniform"] = {"ratio": round(math.exp(c["gap"]), 4), "low": round(math.exp(c["low"]), 4),
+                                  "high": round(math.exp(c["high"]), 4), "samples": len(ratios[winner])}
+    evidence["within_noise_of_uniform"] = winner == ref or evidence["vs_uniform"]["high"] >= 1.0
+    return winner, evidence

@@ -9,12 +9,12 @@ import math
 import numpy as np
 
 from evolkv.config import KVConfig
-from evolkv.evaluators.evaluator import Score
+from evolkv.evaluators.evaluator import LOG_KL_FLOOR, Score
 from evolkv.executors import draw_split
 from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
-from evolkv.search.selection import admits, choose_on_validation, metric_guard
+from evolkv.search.selection import admits, choose_on_validation, choose_paired, metric_guard
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
@@ -60,6 +60,7 @@ class TokenSearch(Strategy):
         self.best_f, self.best_cfg, self.best_kl = math.inf, None, math.inf
         self.seeds: list[KVConfig] = []
         self.ref: Score | None = None  # uniform on the samples being scored
+        self.baseline_scores: dict[str, Score] = {}  # the baselines on the search split (observe_baselines)
         self.history: dict[str, tuple[KVConfig, list[float]]] = {}  # config hash -> (config, told values)
         self.on_uniform: dict[str, KVConfig] = {}  # uniform's layer budgets with a profiled split (``transplants``)
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
@@ -77,6 +78,7 @@ class TokenSearch(Strategy):
         """Start from the best known configs: the baselines the space can express (fixed head shares, the
         run's scorer) seed the first generation, the best first."""
         self.ref = scores.get("uniform")
+        self.baseline_scores = dict(scores)  # unbiased for the winner's choice: a baseline fitted nothing
         ranked = sorted(((self.relative(score, self.ref), name) for name, score in scores.items()
                          if score.ok and name != "full"), key=lambda item: item[0])
         for told, name in ranked[:1]:
@@ -184,8 +186,12 @@ class TokenSearch(Strategy):
             admits if self.settings.scoring.choose == "typical" else None)
         ref = scored["baseline:uniform"]
         metric_check: dict[str, float] = {}
+        evidence: dict = {}
         if self.settings.scoring.choose == "metric":
             chosen, metric_check = metric_guard(job, contenders, scored, self.relative)
+        elif self.settings.scoring.choose == "paired":
+            search_scores = {f"baseline:{name}": score for name, score in self.baseline_scores.items()}
+            chosen, evidence = choose_paired(scored, search_scores, LOG_KL_FLOOR)
         chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
                        if score.ok and self.relative(score, ref) < chosen_value}
@@ -208,6 +214,7 @@ class TokenSearch(Strategy):
                                  validation_typical_ratio=_finite(typical_ratio(scored[chosen], ref)),
                                  **({"validation_task_metric": metric_check} if metric_check else {}),
                                  **({"passed_over": passed_over} if passed_over else {}),
+                                 **({"selection_evidence": evidence} if evidence else {}),
                                  heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
         finals = [winner, *self.baselines.values()]
         with job.stage("exact match", 2 * len(finals)):

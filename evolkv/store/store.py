@@ -42,7 +42,8 @@ def _as_url(target: str) -> str:
 
 # how the winner was chosen (its provenance): on which split, its value and typical per-sample ratio against
 # uniform there, and the contenders better on the mean that the typical-sample rule passed over
-SELECTION = ("selected_on", "validation_relative", "validation_typical_ratio", "passed_over", "validation_task_metric")
+SELECTION = ("selected_on", "validation_relative", "validation_typical_ratio", "passed_over", "validation_task_metric",
+             "selection_evidence")
 
 
 class Store:
