@@ -106,7 +106,18 @@ class RayExecutor:
         parts = self._map("score", payload, split, meanwhile)
         if progress:
             progress(len(configs) * self.split_size(split))
-        return aggregate(SampleScores.concat(parts, strided=True), self.settings.scoring.objective)
+        return aggregate(SampleScores.concat(parts, self._positions(split)), self.settings.scoring.objective)
+
+    def _positions(self, split: str) -> list[list[int]]:
+        """Each actor's samples' places in ``split`` (its shard is every ``world``-th sample from its rank on; of a
+        draw, the drawn samples it holds, in the draw's order)."""
+        from evolkv.executors import DRAW, draw_indices
+
+        world = len(self._actors)
+        if DRAW in split:
+            drawn = draw_indices(self.samples["search"], self.settings.data.samples, self.settings.seed, split)
+            return [[place for place, i in enumerate(drawn) if i % world == rank] for rank in range(world)]
+        return [list(range(rank, len(self.samples[split]), world)) for rank in range(world)]
 
     def exact_match(self, configs: Sequence[KVConfig], split: str,
                     progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:

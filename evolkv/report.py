@@ -71,7 +71,7 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     _print_paired(ordered, source, metric)
     selection = (detail.get("winner") or {}).get("selection") or {}
     evidence = selection.get("selection_evidence") or {}
-    if source != "search" and detail.get("winner") and not evidence:
+    if source != "search" and detail.get("winner"):
         console.print(f"[bold]no search candidate beat {source.removeprefix('baseline:')} on the validation "
                       f"split: the winner is that baseline[/bold]")
     passed = selection.get("passed_over") or {}

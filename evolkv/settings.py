@@ -169,11 +169,10 @@ class ComputeSettings:
 
         if self.executor not in EXECUTORS:
             raise EvolKVError(f"unknown executor {self.executor!r}; known: {', '.join(EXECUTORS)}")
-        if not (self.executor == "ray" and self.ray_address):  # a remote cluster's GPUs are not ours to see
+        if self.device.strip().lower() == "auto":  # with a remote cluster too: what this (driver) machine has
             self.device = resolve_device(self.device)
-        elif self.device == "auto":
-            raise EvolKVError("--ray-address: give --device cuda or --device cpu (the cluster's devices are not "
-                              "visible from here)")
+        elif not (self.executor == "ray" and self.ray_address):  # a remote cluster's GPUs are not ours to see
+            self.device = resolve_device(self.device)
         self.dtype = resolve_dtype(self.dtype, self.device)
 
 

@@ -229,3 +229,47 @@ def test_another_budgets_winner_joins_the_first_generation_with_its_shape(monkey
     before = list(strategy.seeds)
     strategy.warm_start(dataclasses.replace(seeded, scorer=ScorerSpec("keynorm", window=8)))
     assert strategy.seeds == before
+
+
+# -- --choose paired: per-sample statistics on every unbiased sample -------------------------------------------
+
+
+def _per_sample(values):
+    return Score(sum(values) / len(values), {"kl": sum(values) / len(values), "per_sample": list(values)})
+
+
+def test_paired_choice_counts_a_baselines_search_samples_and_ships_a_baseline_when_within_noise():
+    """The code 10% case: a baseline far better on the search samples but unlucky on a few validation samples
+    leads once its unbiased search samples count; a searched config that only ties it on validation does not ship."""
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR
+    from evolkv.search.selection import choose_paired
+
+    uniform_val, uniform_search = [0.5, 0.6, 0.4, 0.5], [0.5] * 12
+    validation = {"baseline:uniform": _per_sample(uniform_val),
+                  "baseline:kvzip": _per_sample([0.3, 0.9, 0.25, 0.3]),  # one bad validation sample
+                  "baseline:streaming": _per_sample([0.35, 0.4, 0.3, 0.35]),
+                  "finalist:0": _per_sample([0.28, 0.45, 0.22, 0.3])}
+    search = {"baseline:uniform": _per_sample(uniform_search), "baseline:kvzip": _per_sample([0.25] * 12),
+              "baseline:streaming": _per_sample([0.55] * 12)}
+    label, evidence = choose_paired(validation, search, LOG_KL_FLOOR)
+    assert evidence["samples"]["baseline:kvzip"] == 16 and evidence["samples"]["finalist:0"] == 4
+    assert label == "baseline:kvzip"  # on validation means alone streaming (0.35) beats kvzip (0.44)
+    assert evidence["ratio_to_uniform"]["baseline:kvzip"] < evidence["ratio_to_uniform"]["baseline:streaming"]
+    assert "vs_runner_up" in evidence and "vs_uniform" in evidence and evidence["reason"]
+
+
+def test_a_searched_leader_ships_only_beyond_the_paired_interval():
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR
+    from evolkv.search.selection import choose_paired
+
+    n = 24
+    uniform = [0.5 + 0.1 * (i % 3) for i in range(n)]
+    base = {"baseline:uniform": _per_sample(uniform)}
+    search = {"baseline:uniform": _per_sample(uniform)}
+    noisy = [u * (0.7 if i % 2 else 1.25) for i, u in enumerate(uniform)]  # better on average, not on every sample
+    label, evidence = choose_paired({**base, "finalist:0": _per_sample(noisy)}, search, LOG_KL_FLOOR)
+    assert label == "baseline:uniform" and evidence["within_noise"] and "within noise" in evidence["reason"]
+    steady = [u * 0.8 for u in uniform]  # better on every sample
+    label, evidence = choose_paired({**base, "finalist:0": _per_sample(steady)}, search, LOG_KL_FLOOR)
+    assert label == "finalist:0" and evidence["vs_best_baseline"]["high"] < 1.0
+    assert not evidence["within_noise_of_uniform"]

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-import evolkv
+from evolkv import apply as apply_config
 from evolkv.testing import char_tokenizer
 
 pytestmark = [pytest.mark.gpu,
@@ -79,13 +79,13 @@ def test_cli_search_show_export_eval_apply_on_cuda(arch, gpu_models, tmp_path):
                                "--length", 300, "--tasks", "passkey", "--json").stdout)
     assert scored["status"] == "ok" and scored["kl"] >= 0
 
-    from evolkv import models, runtime
+    from evolkv import models
     from evolkv.config import KVConfig
 
     loaded = models.load(model, "cuda", "auto")
     assert next(loaded.model.parameters()).is_cuda and loaded.model.dtype == torch.bfloat16
     prompt = loaded.tokenizer("The pass key is 4242. " * 20 + "What is the pass key?", return_tensors="pt")
-    with torch.no_grad(), evolkv.apply(loaded.model, KVConfig.load(cfg_path)):
+    with torch.no_grad(), apply_config(loaded.model, KVConfig.load(cfg_path)):
         out = loaded.model.generate(prompt.input_ids.cuda(), max_new_tokens=8, do_sample=False)
     assert out.shape[1] == prompt.input_ids.shape[1] + 8
 

@@ -411,29 +411,33 @@ class SampleScores:
     seconds: float = 0.0
 
     @staticmethod
-    def concat(parts: Sequence[SampleScores], strided: bool = False) -> SampleScores:
+    def concat(parts: Sequence[SampleScores], positions: Sequence[Sequence[int]] | None = None) -> SampleScores:
         """Shards of the samples joined back. ``aggregate``'s exactly rounded means make the order of the
-        per-sample lists irrelevant to every mean; ``strided`` (shard r holds samples r, r + W, ...) puts the
-        lists of the whole split's metrics back in the split's order, so configs compare sample by sample."""
+        per-sample lists irrelevant to every mean; ``positions`` (each shard's samples' places in the split) puts
+        the lists of the whole split's metrics back in the split's order, so configs compare sample by sample."""
         values = [defaultdict(list) for _ in parts[0].values] if parts else []
         failures: dict[int, str] = {}
         for merged_index, merged in enumerate(values):
             for key in {k for part in parts for k in part.values[merged_index]}:
                 lists = [part.values[merged_index].get(key, []) for part in parts]
-                merged[key] = _interleaved(lists) if strided and "/" not in key else [v for one in lists for v in one]
+                merged[key] = (_placed(lists, positions) if positions is not None and "/" not in key
+                               else [v for one in lists for v in one])
         for part in parts:
             for index, reason in part.failures.items():
                 failures.setdefault(index, reason)
         return SampleScores([dict(v) for v in values], failures, max((p.seconds for p in parts), default=0.0))
 
 
-def _interleaved(lists: list[list[float]]) -> list[float]:
-    """Strided shards' lists (shard r: samples r, r + W, ...) in the samples' order; as they come where a shard
-    skipped a sample (the pattern no longer holds)."""
-    total, width = sum(map(len, lists)), len(lists)
-    if any(len(one) != len(range(r, total, width)) for r, one in enumerate(lists)):
+def _placed(lists: list[list[float]], positions: Sequence[Sequence[int]]) -> list[float]:
+    """Shards' per-sample lists put at their samples' places in the split; as they come where a shard skipped a
+    sample (a sample with no answer tokens), so the places no longer match."""
+    if any(len(one) != len(where) for one, where in zip(lists, positions)):
         return [v for one in lists for v in one]
-    return [lists[i % width][i // width] for i in range(total)]
+    out = [0.0] * sum(map(len, lists))
+    for one, where in zip(lists, positions):
+        for value, place in zip(one, where):
+            out[place] = value
+    return out
 
 
 def _reason(error: Exception) -> str:
