@@ -144,6 +144,7 @@ def make_local(settings, shard: tuple[int, int] | None = None):
                          ScorerSpec(settings.space.scorer, window=settings.space.window), scorer_choices(settings))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.data.query_aware,
                           settings.scoring.batch_size, settings.scoring.objective)
+    evaluator.check_lengths([sample for split, items in samples.items() if split != PROBE for sample in items])
     executor = LocalExecutor(evaluator, samples, settings.data.samples, settings.seed, pool, rank, world)
     executor.load_seconds = load_seconds
     return loaded, executor

@@ -147,6 +147,7 @@ class Evaluator:
         self.query_aware = query_aware
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
+        self._tokenized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # by sample uid, to prefill
         # the reference keeps every token, so any prepared ranking serves it: use the run's own scorer
         self.full = uniform_config(spec, Budget("fraction", 1.0), next(iter(self.scorers.values())))
 
@@ -189,15 +190,27 @@ class Evaluator:
             return prep
         return _moved(prep, lambda t: t.to(self.device, non_blocking=True))
 
-    def _prepare_one(self, sample: Sample) -> Prepared:
-        context = self._encode(sample.context, special=True)
-        question = self._encode("\n" + sample.question, special=False)
-        answer = self._encode(" " + sample.answer.strip(), special=False)
+    def _tokens(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(context, question, answer) token ids; those ``check_lengths`` made are kept for the prefill."""
+        if sample.uid not in self._tokenized:
+            self._tokenized[sample.uid] = (self._encode(sample.context, special=True),
+                                           self._encode("\n" + sample.question, special=False),
+                                           self._encode(" " + sample.answer.strip(), special=False))
+        return self._tokenized[sample.uid]
+
+    def check_lengths(self, samples: Sequence[Sample]) -> None:
+        """Refuse, before any prefill, a sample longer than the model's positions (a task file's, say)."""
         limit = max_positions(self.model.config)
-        total = context.numel() + question.numel() + answer.numel()
-        if limit and total > limit:
-            raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
-                            "shorten it (or --length) or use a longer-context model")
+        for sample in samples if limit else ():
+            total = sum(part.numel() for part in self._tokens(sample))
+            if total > limit:
+                raise TaskError(f"sample {sample.uid} is {total} tokens, longer than the model's context of {limit}: "
+                                "shorten it (or --length) or use a longer-context model")
+
+    def _prepare_one(self, sample: Sample) -> Prepared:
+        self.check_lengths([sample])
+        context, question, answer = self._tokens(sample)
+        self._tokenized.pop(sample.uid, None)  # prefilled once: its ids are not needed again
         prompt = (torch.cat([context, question]) if self.query_aware else context).to(self.device)
         policy = _Capture(self.press, self.tokenizer)
         cache = CompressedCache(self.spec.num_layers, policy)
