@@ -131,7 +131,10 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
         evidence["reason"] = (f"{leader.removeprefix('baseline:')} has the lowest mean per-sample ratio to uniform "
                               f"({math.exp(gains[leader]):.3f} on {len(ratios[leader])} samples, search and "
                               "validation pooled for a baseline)")
-    runner = next((label for label in ranked if label != winner), None)
+    same = ratios[winner]  # a contender with the winner's very per-sample values is the same config (AdaKV on one
+    # KV head is uniform): the runner-up is the best one that differs
+    runner = next((label for label in ranked if label != winner and ratios[label] != same[:len(ratios[label])]),
+                  None)
     if runner is not None:
         common = min(len(ratios[winner]), len(ratios[runner]))  # validation first: a searched config's all
         c = compare(ratios[winner][:common], ratios[runner][:common])
