@@ -143,8 +143,10 @@ def search(
                                       "pass runs on."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias from evolkv/configs/models.yaml, local "
                                         "directory or HF id in the local cache [default: embedded Gemma 3 270M]."),
-    generations: int = typer.Option(6, min=1, help="Generations of the optimiser."),
-    population: int = typer.Option(8, min=2, help="Candidates per generation."),
+    generations: Optional[int] = typer.Option(None, min=1, help="Generations of the optimiser [default: 6 on the "
+                                              "CPU, 20 on a GPU]."),
+    population: Optional[int] = typer.Option(None, min=2, help="Candidates per generation [default: 8 on the CPU, "
+                                             "16 on a GPU]."),
     optimizer: Optional[str] = typer.Option(None, help="tokens: cmaes (default) | ga | de | optuna-tpe | "
                                             "optuna-cmaes. quant/joint: nsga2 (default) | optuna-nsga2 | optuna-tpe."),
     step: float = typer.Option(0.15, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
@@ -158,14 +160,14 @@ def search(
                               "(passkey, vartrack, prose, code: one task of each kind) and ruler (the RULER-style "
                               "suite). Your data: a .jsonl file with context/question/answers, or hf:PATH[:SPLIT] "
                               "for a dataset saved on disk (README: tasks)."),
-    samples: int = typer.Option(4, min=1, help="Samples per task each generation is scored on, and on the "
-                                "held-out split."),
+    samples: Optional[int] = typer.Option(None, min=1, help="Samples per task each generation is scored on "
+                                          "[default: 4 on the CPU, 8 on a GPU]."),
     validation_samples: int = typer.Option(0, min=0, help="Samples per task of the validation split the winner "
                                            "is chosen on, among the best search candidates (or front points) and "
                                            "the baselines [default: --samples]."),
-    heldout_samples: int = typer.Option(0, min=0, help="Samples per task of the held-out split the winner and "
-                                        "every baseline are reported on; more gives steadier tables (one task "
-                                        "such as code has few answer tokens per sample) [default: --samples]."),
+    heldout_samples: Optional[int] = typer.Option(None, min=0, help="Samples per task of the held-out split the "
+                                                  "winner and every baseline are reported on; more gives steadier "
+                                                  "tables [default: --samples on the CPU, 16 on a GPU]."),
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
@@ -229,6 +231,13 @@ def search(
     from evolkv.settings import SearchSettings
 
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
+    from evolkv.settings import default_effort
+
+    effort = default_effort(device)  # what the user leaves out follows the device
+    generations = generations or effort["generations"]
+    population = population or effort["population"]
+    samples = samples or effort["samples"]
+    heldout_samples = effort["heldout_samples"] if heldout_samples is None else heldout_samples
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
                               step=step, restarts=restarts,

@@ -176,6 +176,21 @@ class ComputeSettings:
         self.dtype = resolve_dtype(self.dtype, self.device)
 
 
+EFFORT = {  # the search's default effort by where it runs: a GPU scores hundreds of candidates in the time a CPU
+    # scores dozens, and more held-out samples make its report mean something (options the user gives win)
+    "cpu": {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0},
+    "cuda": {"generations": 20, "population": 16, "samples": 8, "heldout_samples": 16},
+}
+
+
+def default_effort(device: str) -> dict[str, int]:
+    """``EFFORT`` for ``device`` (``auto`` is what this machine has)."""
+    from evolkv.devices import resolve_device
+
+    resolved = resolve_device(device) if device.strip().lower() == "auto" else device.strip().lower()
+    return EFFORT["cuda" if resolved.startswith("cuda") else "cpu"]
+
+
 GROUPS = {"space": SpaceSettings, "data": DataSettings, "scoring": ScoringSettings, "search": OptimizerSettings,
           "compute": ComputeSettings}
 FIELD_GROUP = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}

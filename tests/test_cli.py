@@ -281,6 +281,15 @@ def test_device_auto_is_the_default_and_takes_cuda_where_there_is_one():
     assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
+def test_the_default_effort_follows_the_device():
+    """On a GPU a default search scores hundreds of candidates and reports on 16 held-out samples per task."""
+    from evolkv.settings import default_effort
+
+    cpu, gpu = default_effort("cpu"), default_effort("cuda:1")
+    assert gpu["generations"] * gpu["population"] >= 300 and gpu["heldout_samples"] >= 16
+    assert cpu == {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0}  # the README's CPU run
+
+
 def test_one_search_for_several_budgets(model_dirs, tmp_path):
     """--budgets: a winner per budget, the largest first, each later one seeded with the previous winner, the
     model loaded and the samples prefilled once; lookup picks the largest stored budget at or under its own."""
