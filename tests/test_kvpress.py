@@ -249,7 +249,7 @@ def test_expected_attention_keeps_kvpress_expected_attention_tokens(llama):
 
 
 @pytest.mark.parametrize("scorer", ["snapkv", "expected_attention", "criticalkv"])
-def test_a_searched_per_head_config_keeps_in_kvpress_what_runtime_apply_keeps(llama, scorer, tmp_path):
+def test_a_searched_per_head_config_keeps_in_kvpress_what_evolkv_apply_keeps(llama, scorer, tmp_path):
     """``evolkv.integrations.kvpress.EvolKVPress`` in kvpress's own hooks: per layer and KV head the same tokens
     as ``evolkv.apply`` (the same ranking and plan); heads below the layer's largest count are masked."""
     import numpy as np
@@ -278,7 +278,7 @@ def test_what_a_kvpress_press_cannot_carry_is_one_clear_error(llama):
             EvolKVPress(cfg)
 
 
-def test_decoding_after_an_evolkv_press_in_kvpress_matches_runtime_apply(llama):
+def test_decoding_after_an_evolkv_press_in_kvpress_matches_evolkv_apply(llama):
     """The tokens a kvpress user decodes after ``EvolKVPress`` (pruned, and masked where heads keep fewer) are
     the ones ``evolkv.apply`` + ``generate`` give, with the same logits up to kvpress's masking."""
     import numpy as np
