@@ -567,7 +567,7 @@ def evaluate(
     """Score one config (or baseline): KL to the full cache, gold NLL and greedy exact match."""
     from evolkv.config import Budget, KVConfig, ScorerSpec
     from evolkv.evaluators.tasks import SPLITS
-    from evolkv.pools import make_executor
+    from evolkv.pools import check_length, make_executor
     from evolkv.search.baselines import baseline as make_baseline
     from evolkv.settings import SearchSettings
 
@@ -579,6 +579,7 @@ def evaluate(
                               scorer=cfg.scorer.name if cfg else scorer,
                               window=cfg.scorer.window if cfg else 8)
     settings.validate()
+    check_length(settings)
     if split not in SPLITS:
         raise EvolKVError(f"split must be {', '.join(SPLITS)}, not {split!r}")
     wanted = Budget.parse(budget)

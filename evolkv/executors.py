@@ -126,10 +126,7 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     from evolkv import models
     from evolkv.config import ScorerSpec
 
-    from evolkv.devices import resolve_device
-
-    if settings.compute.device == "auto":
-        settings.compute.device = resolve_device("auto")
+    settings.compute.resolve_auto()
     started = time.perf_counter()
     loaded = models.load(settings.compute.model, settings.compute.device, settings.compute.dtype)
     load_seconds = time.perf_counter() - started

@@ -27,11 +27,7 @@ def check_length(settings) -> None:
 
 def make_executor(settings, reporter=None):
     """The executor ``settings.compute.executor`` names (``local`` or ``ray``) and the model's description."""
-    from evolkv.devices import resolve_device
-
-    check_length(settings)
-    if settings.compute.device == "auto":  # settings built in code, not validated: the default device here
-        settings.compute.device = resolve_device("auto")
+    settings.compute.resolve_auto()  # settings built in code, not validated: the default device here
     executor = settings.compute.executor
     if executor == "local":
         return make_local(settings)

@@ -162,6 +162,13 @@ class ComputeSettings:
     workers: int = 1  # ray: actors (one GPU each with --device cuda)
     ray_address: str | None = None  # ray: auto, ray://host:port; none = start a local Ray
 
+    def resolve_auto(self) -> None:
+        """``device`` ``auto`` becomes what this machine has (with a remote cluster too: the driver's)."""
+        from evolkv.devices import resolve_device
+
+        if self.device.strip().lower() == "auto":
+            self.device = resolve_device(self.device)
+
     def validate(self) -> None:
         """Resolves ``device`` (a device the machine lacks is an error, never a silent CPU fall back) and
         ``dtype``."""
@@ -169,9 +176,8 @@ class ComputeSettings:
 
         if self.executor not in EXECUTORS:
             raise EvolKVError(f"unknown executor {self.executor!r}; known: {', '.join(EXECUTORS)}")
-        if self.device.strip().lower() == "auto":  # with a remote cluster too: what this (driver) machine has
-            self.device = resolve_device(self.device)
-        elif not (self.executor == "ray" and self.ray_address):  # a remote cluster's GPUs are not ours to see
+        self.resolve_auto()
+        if not (self.executor == "ray" and self.ray_address):  # a remote cluster's GPUs are not ours to see
             self.device = resolve_device(self.device)
         self.dtype = resolve_dtype(self.dtype, self.device)
 

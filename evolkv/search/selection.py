@@ -93,7 +93,7 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
         if extra is not None and ref_search is not None and len(extra) == len(ref_search):
             ratio += [a - b for a, b in zip(extra, ref_search)]
         ratios[label] = ratio
-    if ref not in ratios:  # runs without per-sample values: the mean decides, as before per-sample values existed
+    if ref not in ratios:  # a run stored without per-sample values: the validation mean decides
         best = min((label for label, score in validation.items() if score.ok),
                    key=lambda label: (validation[label].objective, not label.startswith("baseline:")))
         return best, {"rule": "paired", "reason": "no per-sample values: the lowest validation mean ships"}
@@ -111,8 +111,7 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
     winner = leader
     if not leader.startswith("baseline:"):
         n = len(ref_val)
-        theirs = [a for a in ratios[best_baseline][:n]]
-        c = compare(ratios[leader][:n], theirs)
+        c = compare(ratios[leader][:n], ratios[best_baseline][:n])  # a baseline's validation ratios come first
         evidence["vs_best_baseline"] = {"baseline": best_baseline, "ratio": round(math.exp(c["gap"]), 4),
                                         "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),
                                         "better": c["losses"], "worse": c["wins"], "samples": n}
