@@ -168,6 +168,10 @@ def search(
     heldout_samples: Optional[int] = typer.Option(None, min=0, help="Samples per task of the held-out split the "
                                                   "winner and every baseline are reported on; more gives steadier "
                                                   "tables [default: --samples on the CPU, 16 on a GPU]."),
+    race: Optional[int] = typer.Option(None, min=0, help="tokens, --choose paired: when the leading contenders are "
+                                       "within noise of each other on validation, score them on up to this many "
+                                       "more validation samples per task before deciding (prefilled only then) "
+                                       "[default: 0 on the CPU, 16 on a GPU]."),
     pool: int = typer.Option(0, min=0, help="tokens: samples per task in the search pool; above --samples each "
                              "generation is scored on a fresh draw of --samples from it (against overfitting; "
                              "prefilled once) [default: --samples, no resampling]."),
@@ -238,6 +242,7 @@ def search(
     population = population or effort["population"]
     samples = samples or effort["samples"]
     heldout_samples = effort["heldout_samples"] if heldout_samples is None else heldout_samples
+    race = effort["race"] if race is None else race
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
                               step=step, restarts=restarts,
@@ -246,7 +251,7 @@ def search(
                               workers=workers, ray_address=ray_address,
                               population=population, seed=seed, tasks=_tasks(tasks), samples=samples,
                               validation_samples=validation_samples,
-                              heldout_samples=heldout_samples, pool=pool, aggregate=aggregate, choose=choose,
+                              heldout_samples=heldout_samples, race=race, pool=pool, aggregate=aggregate, choose=choose,
                               tolerance=tolerance,
                               objective=objective,
                               finalists=finalists, length=length, per_head=per_head, groups=groups,

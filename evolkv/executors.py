@@ -1,7 +1,8 @@
 """Executors run evaluations for the search loop.
 
 ``LocalExecutor`` scores in-process on one device; ``evolkv.ray_executor.RayExecutor`` spreads the samples
-over Ray actors. Both see the same splits: ``search`` (the search pool), ``validation``, ``heldout``, ``probe``
+over Ray actors. Both see the same splits: ``search`` (the search pool), ``validation``, ``heldout``, ``race`` (more
+validation samples, prefilled only when a close call is raced on them), ``probe``
 (a few search samples spread over the tasks, for cheap passes such as the precision sensitivity) and the
 draws ``search@<n>``: ``samples`` per task drawn from the pool for generation ``n`` (read from the pool's
 prefill, never prefilled again) when the pool is larger than that.
@@ -19,6 +20,7 @@ from evolkv.evaluators.evaluator import Evaluator, Prepared, Score
 from evolkv.evaluators.tasks import Sample
 
 PROBE = "probe"
+RACE = "race"
 DRAW = "@"
 
 
@@ -78,7 +80,7 @@ class LocalExecutor:
     def split_size(self, split: str) -> int:
         if DRAW in split:
             return len(draw_indices(self.pool, self.per_task, self.seed, split))
-        return len(self.samples[split])
+        return len(self.samples.get(split, []))
 
     def evaluate(self, configs: Sequence[KVConfig], split: str, progress: Callable[[int], None] | None = None,
                  meanwhile: Callable[[], None] | None = None) -> list[Score]:
@@ -104,14 +106,24 @@ def head_shares(counts: list[list[float]]) -> list[list[float]]:
 
 
 def build_samples(settings, tokenizer) -> dict[str, list[Sample]]:
-    """The run's samples: both splits of every task, and the probe subset of the search split."""
+    """The run's samples: the three splits of every task, the race split (each task's validation samples past
+    the first ``validation_samples``: a task's samples of a split are the same first ones whatever the count, so
+    the validation split does not change with ``--race``) and the probe subset of the search split."""
     from evolkv.evaluators.tasks import SPLITS, load_tasks
 
+    validation = settings.data.validation_samples or settings.data.samples
     counts = {"search": max(settings.data.pool, settings.data.samples),
-              "validation": settings.data.validation_samples or settings.data.samples,
+              "validation": validation + settings.data.race,
               "heldout": settings.data.heldout_samples or settings.data.samples}
     samples = {split: load_tasks(settings.data.tasks, counts[split], settings.data.length, settings.seed, split, tokenizer)
                for split in SPLITS}
+    seen: dict[str, int] = defaultdict(int)
+    samples[RACE] = []
+    kept = []
+    for sample in samples["validation"]:
+        seen[sample.task] += 1
+        (kept if seen[sample.task] <= validation else samples[RACE]).append(sample)
+    samples["validation"] = kept
     search = samples["search"]
     count = min(settings.space.probe_samples, len(search))
     samples[PROBE] = [search[i * len(search) // count] for i in range(count)]

@@ -97,7 +97,7 @@ class RayExecutor:
 
         if DRAW in split:
             return len(draw_indices(self.samples["search"], self.settings.data.samples, self.settings.seed, split))
-        return len(self.samples[split])
+        return len(self.samples.get(split, []))
 
     def evaluate(self, configs: Sequence[KVConfig], split: str, progress: Callable[[int], None] | None = None,
                  meanwhile: Callable[[], None] | None = None) -> list[Score]:

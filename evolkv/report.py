@@ -129,6 +129,11 @@ def _print_evidence(evidence: dict[str, Any], source: str) -> None:
         noise = "  (within noise)" if c["low"] <= 1.0 <= c["high"] else ""
         console.print(f"{who}, {other}: ratio {c['ratio']:.3f}, paired 95% interval [{c['low']:.3f}, "
                       f"{c['high']:.3f}] on {c['samples']} samples{noise}", soft_wrap=True)
+    race = evidence.get("race")
+    if race:
+        names = ", ".join(label.removeprefix("baseline:") for label in race["configs"])
+        console.print(f"close call raced: {names} scored on {race['samples']} more validation samples; before the "
+                      f"race {race['before'].removeprefix('baseline:')} led", soft_wrap=True)
     if evidence.get("reason"):
         console.print(f"[bold]{evidence['reason']}[/bold]", soft_wrap=True)
 

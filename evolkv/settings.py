@@ -96,6 +96,7 @@ class DataSettings:
     validation_samples: int = 0  # per task on the validation split the winner is chosen on (0 = samples)
     heldout_samples: int = 0  # per task on the held-out split every table reports (0 = samples)
     pool: int = 0  # per task in the search pool; above ``samples`` each generation draws ``samples`` of them
+    race: int = 0  # per task: more validation samples a close call between the leading contenders is scored on
     length: int = 1000
     query_aware: bool = True
 
@@ -184,8 +185,8 @@ class ComputeSettings:
 
 EFFORT = {  # the search's default effort by where it runs: a GPU scores hundreds of candidates in the time a CPU
     # scores dozens, and more held-out samples make its report mean something (options the user gives win)
-    "cpu": {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0},
-    "cuda": {"generations": 20, "population": 16, "samples": 8, "heldout_samples": 16},
+    "cpu": {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0, "race": 0},
+    "cuda": {"generations": 20, "population": 16, "samples": 8, "heldout_samples": 16, "race": 16},
 }
 
 

@@ -273,3 +273,79 @@ def test_a_searched_leader_ships_only_beyond_the_paired_interval():
     label, evidence = choose_paired({**base, "finalist:0": _per_sample(steady)}, search, LOG_KL_FLOOR)
     assert label == "finalist:0" and evidence["vs_best_baseline"]["high"] < 1.0
     assert not evidence["within_noise_of_uniform"]
+
+
+def test_close_calls_name_the_contenders_within_noise_of_the_leader_and_pooled_scores_decide():
+    """A searched leader tied with a baseline on a few validation samples is raced; after more samples where it
+    is better on every one, it ships."""
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR
+    from evolkv.search.selection import choose_paired, close_calls, pooled
+
+    uniform = [0.5, 0.6, 0.4, 0.5]
+    validation = {"baseline:uniform": _per_sample(uniform),
+                  "baseline:adakv": _per_sample([0.45, 0.5, 0.38, 0.45]),
+                  "baseline:streaming": _per_sample([2.0, 2.5, 1.9, 2.2]),  # far behind: not raced
+                  "finalist:0": _per_sample([0.3, 0.7, 0.2, 0.5])}
+    search = {"baseline:uniform": _per_sample(uniform), "baseline:adakv": _per_sample([0.45, 0.5, 0.38, 0.45]),
+              "baseline:streaming": _per_sample([2.0] * 4)}
+    label, evidence = choose_paired(validation, search, LOG_KL_FLOOR)
+    assert evidence["leader"] == "finalist:0" and evidence["within_noise"] and label == "baseline:adakv"
+    close = close_calls(validation, search, LOG_KL_FLOOR)
+    assert close[0] == "finalist:0" and "baseline:adakv" in close and "baseline:uniform" in close
+    assert "baseline:streaming" not in close
+    more_uniform = [0.5 + 0.05 * (i % 4) for i in range(16)]
+    more = {"baseline:uniform": _per_sample(more_uniform),
+            "baseline:adakv": _per_sample([u * 0.9 for u in more_uniform]),
+            "finalist:0": _per_sample([u * 0.6 for u in more_uniform])}
+    raced = {name: pooled(validation[name], more[name]) for name in more}
+    assert len(raced["finalist:0"].metrics["per_sample"]) == 20
+    label, evidence = choose_paired(raced, search, LOG_KL_FLOOR)
+    assert label == "finalist:0" and evidence["vs_best_baseline"]["samples"] == 20
+    # a clear leader is not raced
+    clear = {**validation, "finalist:0": _per_sample([u * 0.3 for u in uniform])}
+    clear["baseline:adakv"] = _per_sample([u * 1.5 for u in uniform])
+    assert close_calls(clear, {"baseline:uniform": search["baseline:uniform"]}, LOG_KL_FLOOR) == []
+
+
+def test_the_race_split_holds_validation_samples_past_the_first_and_leaves_validation_as_it_was():
+    from evolkv.executors import RACE, build_samples
+    from evolkv.settings import SearchSettings
+    from evolkv.testing import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    plain = build_samples(SearchSettings(tasks=["passkey", "prose"], samples=2, length=64), tokenizer)
+    raced = build_samples(SearchSettings(tasks=["passkey", "prose"], samples=2, length=64, race=3), tokenizer)
+    assert [s.uid for s in raced["validation"]] == [s.uid for s in plain["validation"]]
+    assert len(raced[RACE]) == 6 and plain[RACE] == []
+    assert not {s.uid for s in raced[RACE]} & {s.uid for s in raced["validation"]}
+
+
+def test_a_close_call_is_raced_on_more_validation_samples_prefilled_only_then(model_dirs, tmp_path, monkeypatch):
+    """The contenders ``close_calls`` names (here: every baseline, whatever the tiny model's values) are scored on
+    the race split, prefilled then, once; the choice is made on validation and race samples pooled, and the
+    evidence says what was raced."""
+    import evolkv.search.tokens as tokens
+
+    monkeypatch.setattr(tokens, "close_calls", lambda validation, search, floor: ["baseline:adakv", "baseline:pyramid",
+                                                                                 "baseline:uniform"])
+    settings = SearchSettings(model=model_dirs["llama"], budget="20%", generations=2, population=4, samples=1,
+                              validation_samples=1, heldout_samples=1, race=2, length=200,
+                              tasks=["passkey", "multikey"], finalists=2, baselines=["uniform", "pyramid", "adakv"])
+    loaded, executor = make_executor(settings)
+    prepared = []
+    original = executor.evaluator.prepare
+    executor.evaluator.prepare = lambda samples, progress=None: prepared.append(len(samples)) or original(samples,
+                                                                                                         progress)
+    store = Store(str(tmp_path / "r.db"))
+    detail = run_search(settings, loaded.spec, executor, store)
+    assert detail["status"] == "finished"
+    evidence = detail["winner"]["selection"]["selection_evidence"]
+    race = evidence["race"]
+    assert race["samples"] == 4 and "baseline:uniform" in race["configs"] and len(race["configs"]) >= 2
+    assert prepared == [2, 2, 2, 4]  # search, validation, held-out, then the race split once
+    rows = [row for row, _ in store.evaluations(detail["id"])]
+    assert {row.label for row in rows if row.split == "race"} == set(race["configs"])
+    assert set(evidence["samples"]) == set(race["configs"])
+    assert all(n == 2 + 4 + 2 for n in evidence["samples"].values())  # validation, race, and a baseline's search
+    stages = [stage["stage"] for stage in store.run(detail["id"]).timings["stages"]]
+    assert "race" in stages and "prefill race" in stages

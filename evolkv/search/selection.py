@@ -70,6 +70,68 @@ def _log_values(score: Score, floor: float) -> list[float] | None:
     return None if not values else [math.log(v + floor) for v in values]
 
 
+def _ratios(validation: dict[str, Score], search: dict[str, Score], floor: float) -> dict[str, list[float]] | None:
+    """Each contender's per-sample log loss ratio to uniform: its validation samples first, then (a baseline's)
+    search samples. None when uniform has no per-sample values (a run stored without them)."""
+    ref = "baseline:uniform"
+    ref_val = _log_values(validation[ref], floor)
+    if ref_val is None:
+        return None
+    ref_search = _log_values(search[ref], floor) if ref in search else None
+    ratios: dict[str, list[float]] = {}
+    for label, score in validation.items():
+        mine = _log_values(score, floor)
+        if mine is None or len(mine) != len(ref_val):
+            continue
+        ratio = [a - b for a, b in zip(mine, ref_val)]
+        extra = _log_values(search[label], floor) if label.startswith("baseline:") and label in search else None
+        if extra is not None and ref_search is not None and len(extra) == len(ref_search):
+            ratio += [a - b for a, b in zip(extra, ref_search)]
+        ratios[label] = ratio
+    return ratios
+
+
+def _ranked(ratios: dict[str, list[float]]) -> list[str]:
+    """Labels by mean ratio to uniform, best first; a tie goes to a baseline."""
+    return sorted(ratios, key=lambda label: (float(np.mean(ratios[label])), not label.startswith("baseline:")))
+
+
+def close_calls(validation: dict[str, Score], search: dict[str, Score], floor: float, cap: int = 4) -> list[str]:
+    """The contenders worth scoring on more samples (``race``): the leader and every contender within noise of it
+    (the paired 95% interval of their gap, on the samples they share, holds 0), at most ``cap`` of them best
+    first; with them the best baseline (what a searched leader must beat) and uniform (every ratio's reference).
+    Empty when the leader is clear of every other contender, or when there are no per-sample values."""
+    ratios = _ratios(validation, search, floor)
+    if not ratios or len(ratios) < 2:
+        return []
+    ranked = _ranked(ratios)
+    leader = ratios[ranked[0]]
+    close = []
+    for label in ranked[1:]:
+        mine = ratios[label]
+        if mine == leader[:len(mine)]:  # the same config under another name (AdaKV on one KV head is uniform)
+            continue
+        common = min(len(leader), len(mine))
+        if compare(leader[:common], mine[:common])["high"] >= 0.0:
+            close.append(label)
+    if not close:
+        return []
+    best_baseline = next(label for label in ranked if label.startswith("baseline:"))
+    chosen = [ranked[0], *close[:cap - 1]]
+    return list(dict.fromkeys([*chosen, best_baseline, "baseline:uniform"]))
+
+
+def pooled(first: Score, more: Score) -> Score:
+    """One contender's scores on two disjoint sets of samples as one: per-sample values in order, the mean over
+    all of them."""
+    if not (first.ok and more.ok):
+        return first if not first.ok else more
+    a, b = first.metrics.get("per_sample") or [], more.metrics.get("per_sample") or []
+    total = len(a) + len(b)
+    objective = (first.objective * len(a) + more.objective * len(b)) / total if total else first.objective
+    return Score(objective, {"per_sample": [*a, *b]}, duration_s=first.duration_s + more.duration_s)
+
+
 def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor: float) -> tuple[str, dict[str, Any]]:
     """``--choose paired`` (the default): the winner by per-sample statistics, not by a mean of a few heavy-tailed
     values. Each contender's per-sample log loss ratio to uniform (log(KL + ``floor``) minus uniform's, on the same
@@ -78,27 +140,18 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
     A searched leader ships only if it beats the best baseline on the validation samples beyond the 95% paired
     bootstrap interval; within noise, the simpler config (that baseline) ships and the evidence says so.
 
-    ``validation``: label -> score on validation (``baseline:uniform`` among them); ``search``: a baseline's label ->
-    its score on the search split beside uniform's. Returns (label, evidence for the store and ``runs show``)."""
+    ``validation``: label -> score on validation (``baseline:uniform`` among them; after a race, the raced
+    contenders' validation and race samples pooled, ``pooled``); ``search``: a baseline's label -> its score on
+    the search split beside uniform's. Returns (label, evidence for the store and ``runs show``)."""
     ref = "baseline:uniform"
-    ref_val = _log_values(validation[ref], floor)
-    ref_search = _log_values(search[ref], floor) if ref in search else None
-    ratios: dict[str, list[float]] = {}
-    for label, score in validation.items():
-        mine = _log_values(score, floor)
-        if mine is None or ref_val is None or len(mine) != len(ref_val):
-            continue
-        ratio = [a - b for a, b in zip(mine, ref_val)]
-        extra = _log_values(search[label], floor) if label.startswith("baseline:") and label in search else None
-        if extra is not None and ref_search is not None and len(extra) == len(ref_search):
-            ratio += [a - b for a, b in zip(extra, ref_search)]
-        ratios[label] = ratio
-    if ref not in ratios:  # a run stored without per-sample values: the validation mean decides
+    ratios = _ratios(validation, search, floor)
+    if ratios is None:  # a run stored without per-sample values: the validation mean decides
         best = min((label for label, score in validation.items() if score.ok),
                    key=lambda label: (validation[label].objective, not label.startswith("baseline:")))
         return best, {"rule": "paired", "reason": "no per-sample values: the lowest validation mean ships"}
+    n = len(validation[ref].metrics["per_sample"])  # validation samples: every contender's first ``n`` ratios
     gains = {label: float(np.mean(r)) for label, r in ratios.items()}
-    ranked = sorted(gains, key=lambda label: (gains[label], not label.startswith("baseline:")))
+    ranked = _ranked(ratios)
     leader = ranked[0]
     baselines = [label for label in ranked if label.startswith("baseline:")]
     best_baseline = baselines[0]
@@ -110,7 +163,6 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
     }
     winner = leader
     if not leader.startswith("baseline:"):
-        n = len(ref_val)
         c = compare(ratios[leader][:n], ratios[best_baseline][:n])  # a baseline's validation ratios come first
         evidence["vs_best_baseline"] = {"baseline": best_baseline, "ratio": round(math.exp(c["gap"]), 4),
                                         "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),

@@ -10,11 +10,11 @@ import numpy as np
 
 from evolkv.config import KVConfig
 from evolkv.evaluators.evaluator import LOG_KL_FLOOR, Score
-from evolkv.executors import draw_split
+from evolkv.executors import RACE, draw_split
 from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
-from evolkv.search.selection import admits, choose_on_validation, choose_paired, metric_guard
+from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
 from evolkv.search.space import BudgetSpace, SubSpace
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
@@ -192,6 +192,7 @@ class TokenSearch(Strategy):
         elif self.settings.scoring.choose == "paired":
             search_scores = {f"baseline:{name}": score for name, score in self.baseline_scores.items()}
             chosen, evidence = choose_paired(scored, search_scores, LOG_KL_FLOOR)
+            chosen, evidence = self.race(job, contenders, scored, search_scores, chosen, evidence)
         chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
                        if score.ok and self.relative(score, ref) < chosen_value}
@@ -220,6 +221,32 @@ class TokenSearch(Strategy):
         with job.stage("exact match", 2 * len(finals)):
             job.exact_match(finals, labels)
         return Outcome(winner, search[0].objective, heldout[0])
+
+
+    def race(self, job, contenders: dict[str, KVConfig], scored: dict[str, Score], search_scores: dict[str, Score],
+             chosen: str, evidence: dict) -> tuple[str, dict]:
+        """A close call raced: where the leading contenders are within noise of each other (``close_calls``),
+        they are scored on the race split (``--race`` more validation samples per task, prefilled now) and the
+        paired choice is made again on validation and race samples pooled. Within noise still, the rule ships the
+        simpler config, as before the race."""
+        if not self.settings.data.race or not job.executor.split_size(RACE):
+            return chosen, evidence
+        close = close_calls(scored, search_scores, LOG_KL_FLOOR)
+        if not close:
+            return chosen, evidence
+        job.reporter.stage(f"race {len(close)} close contenders on more validation samples",
+                           total=job.executor.split_size(RACE))
+        with job.stage(f"prefill {RACE}", job.executor.split_size(RACE)):
+            job.prepare(RACE)
+        with job.stage(RACE, len(close)):
+            more = dict(zip(close, job.evaluate([contenders[label] for label in close], Stage.FINAL, close,
+                                                split=RACE)))
+        raced = {label: pooled(scored[label], more[label]) for label in close}
+        winner, after = choose_paired(raced, search_scores, LOG_KL_FLOOR)
+        after["race"] = {"configs": close, "samples": job.executor.split_size(RACE), "before": chosen,
+                         "before_reason": evidence.get("reason"),
+                         "before_ratio_to_uniform": evidence.get("ratio_to_uniform")}
+        return winner, after
 
 
 def _schedule(settings: SearchSettings, space: BudgetSpace):
