@@ -42,6 +42,7 @@ runs_app = typer.Typer(cls=_Group, help="Browse the search history.", no_args_is
 app.add_typer(runs_app, name="runs")
 console = report.console
 
+TIMED_GENERATIONS = 1000  # --time without --generations: as many as the time allows, up to this many
 DB = typer.Option(None, "--db", help="Database URL or SQLite path [default: $EVOLKV_DB or ~/.evolkv/evolkv.db].")
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress on stderr (bars on a terminal, plain timestamped "
@@ -152,6 +153,10 @@ def search(
     step: float = typer.Option(0.15, min=0.001, max=0.5, help="tokens, cmaes: the first step, as a share of "
                                "each gene's range (0.15 moves a layer's budget by about 2.5x; 0.05 moves it by about a third and "
                                "often never leaves its uniform start)."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="tokens: how long the optimiser's generations "
+                                              "may run (90s, 5m, 1h); they stop when it is spent, the fixed stages "
+                                              "(prefill, baselines, the winner's choice, held-out) come on top. "
+                                              "Without --generations the generations are as many as fit."),
     restarts: int = typer.Option(0, min=0, help="tokens, cmaes: when 3 generations in a row find nothing better, "
                                  "start again from the best candidate with twice the step, up to this many times."),
     tasks: str = typer.Option("mix", help="Comma-separated tasks the search is scored on. Synthetic (generated "
@@ -237,15 +242,18 @@ def search(
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
     from evolkv.settings import default_effort
 
+    from evolkv.settings import parse_duration
+
     effort = default_effort(device)  # what the user leaves out follows the device
-    generations = generations or effort["generations"]
+    seconds = parse_duration(time_budget) if time_budget is not None else 0.0
+    generations = generations or (TIMED_GENERATIONS if seconds else effort["generations"])
     population = population or effort["population"]
     samples = samples or effort["samples"]
     heldout_samples = effort["heldout_samples"] if heldout_samples is None else heldout_samples
     race = effort["race"] if race is None else race
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
-                              step=step, restarts=restarts,
+                              step=step, restarts=restarts, time=seconds,
                               evicted_bits=evicted_bits,
                               clusters=clusters, probe_samples=probe_samples, executor=executor,
                               workers=workers, ray_address=ray_address,

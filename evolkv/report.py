@@ -95,6 +95,10 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
         _print_per_task(ordered, source, "heldout/em", {f"{t}\n{own_metric(t)}": f"{t}/{own_metric(t)}"
                                                         for t in answered}, 3,
                         "held-out greedy answers per task (em: string match, sim: edit similarity)")
+    stopped = (detail.get("derived") or {}).get("stopped_by_time")
+    if stopped:
+        console.print(f"--time spent: the generations stopped after {stopped['generation']} "
+                      f"({stopped['seconds']:.0f} s)")
     space = (detail.get("derived") or {}).get("space")
     if space:
         console.print(f"precision space: 10^{space['log10_size_before']:.1f} assignments -> "

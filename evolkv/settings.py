@@ -145,6 +145,7 @@ class OptimizerSettings:
     population: int = 8
     step: float = 0.15  # tokens, cmaes: the initial step, relative to the genes' range
     restarts: int = 0  # tokens, cmaes: restarts from the incumbent at twice the step when the search stalls
+    time: float = 0.0  # seconds the optimiser's generations may take (0: no limit; ``parse_duration``)
 
     def validate(self, objectives: int) -> None:
         from evolkv.search.optimizers import check_objectives
@@ -196,6 +197,21 @@ def default_effort(device: str) -> dict[str, int]:
 
     resolved = resolve_device(device) if device.strip().lower() == "auto" else device.strip().lower()
     return EFFORT["cuda" if resolved.startswith("cuda") else "cpu"]
+
+
+def parse_duration(text: str) -> float:
+    """``--time``: ``90``, ``90s``, ``5m``, ``1.5h`` -> seconds (positive and finite)."""
+    import math
+
+    raw = text.strip().lower()
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1.0)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise EvolKVError(f"--time {text!r} is not a duration: give seconds, or a number with s, m or h (5m)")
+    return value
 
 
 GROUPS = {"space": SpaceSettings, "data": DataSettings, "scoring": ScoringSettings, "search": OptimizerSettings,

@@ -537,3 +537,25 @@ def test_a_stage_of_unknown_length_shows_no_count():
     unknown, counted = progress.tasks
     assert column.render(unknown).plain == ""
     assert column.render(counted).plain == "1/4"
+
+
+@pytest.mark.parametrize("given", ["soon", "0", "-5m", "inf", "5d"])
+def test_a_time_that_is_not_a_duration_is_one_line(given, tmp_path):
+    line = _one_line_error(invoke("search", "--budget", "10%", "--time", given, "--db", tmp_path / "x.db"))
+    assert line.startswith("error:") and "--time" in line and "5m" in line
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_time_stops_the_generations_and_runs_show_says_so(model_dirs, tmp_path):
+    """--time without --generations: as many generations as fit (here one, the least a block runs), then the
+    winner's choice and the held-out report as always."""
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    result = invoke("search", "--model", model_dirs["llama"], "--budget", "20%", "--time", "0.01s", "--population",
+                    3, "--samples", 1, "--length", 200, "--tasks", "passkey", "--baselines", "uniform,adakv",
+                    "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["status"] == "finished" and detail["winner"] is not None
+    assert len(detail["generations"]) == 1 and detail["derived"]["stopped_by_time"]["generation"] == 1
+    shown = invoke("runs", "show", detail["id"], "--db", db)
+    assert "--time spent: the generations stopped after 1" in shown.stdout

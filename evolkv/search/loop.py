@@ -77,8 +77,13 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, w
     if warm_start is not None:
         strategy.warm_start(warm_start)
     strategy.prepare(job)
+    clock = _Clock(settings.search.time, strategy.total_generations)
     for view, optimizer, generations in strategy.blocks(job):
+        clock.block(len(generations))
         for gen in generations:
+            if clock.out(gen - generations.start):
+                job.derive(stopped_by_time={"generation": gen, "seconds": round(clock.elapsed, 1)})
+                break
             started = time.perf_counter()
             X = optimizer.ask()
             split = strategy.split(gen)
@@ -93,6 +98,28 @@ def _search(settings, spec, executor, store, run_id, reporter, budget, scorer, w
             reporter.generation(gen + 1, strategy.total_generations, math.inf if best is None else best,
                                 len(configs) / (time.perf_counter() - started))
     return _persist(store, run_id, strategy.finish(job))
+
+
+class _Clock:
+    """``--time``: the optimiser's generations stop when their share of the time is spent. Each block of
+    generations (a per-head search's layer stage, then its heads stage) gets the share of the time its
+    generations are of all of them, with what an earlier block left unspent; every block runs at least one
+    generation. Without a time budget nothing stops early."""
+
+    def __init__(self, seconds: float, total_generations: int) -> None:
+        self.seconds, self.total = seconds, max(total_generations, 1)
+        self.start = time.perf_counter()
+        self.until = 0.0  # seconds since the start by which the current block ends
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def block(self, generations: int) -> None:
+        self.until += self.seconds * generations / self.total
+
+    def out(self, done_in_block: int) -> bool:
+        return bool(self.seconds) and done_in_block > 0 and self.elapsed >= self.until
 
 
 def _persist(store: Store, run_id: str, outcome: Outcome) -> dict[str, Any]:
