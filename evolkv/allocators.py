@@ -3,7 +3,13 @@ from every layer's ranking. They cost no search, so every search reports them as
 is worth its GPU-minutes only where it beats them on held-out data.
 
 A config names one with ``"allocation": NAME`` (``KVConfig.allocation``); its layers' budgets then give only
-the total. ``allocate(name, rankings, tokens, capacity)`` returns each layer's tokens per sequence and KV head.
+the total, unless the config makes them searched priors: with ``prior``, each layer and KV head's planned tokens
+relative to the mean (``prior_weights``) multiply its normalised scores, so a layer the search found important
+wins more of the per-prompt competition (``cake``: its preference; ``prefixkv`` compares each head's own share
+of its importance, which a weight does not change); with ``static``, each head first keeps that share of its
+planned tokens, and the allocator spends the rest. Uniform priors and no static share are the method itself.
+
+``allocate(name, rankings, tokens, capacity)`` returns each layer's tokens per sequence and KV head.
 Every allocator keeps each head's observation window (the ``+inf`` ranks), never more than a layer's
 capacity, and spends exactly the config's total (whatever capacity allows), so memory equals the config's own
 accounting. Scores are compared across layers after shifting each layer's finite scores to start at zero and
@@ -42,19 +48,43 @@ def _register(name: str):
     return add
 
 
-def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequence[int]) -> list[torch.Tensor]:
+def prior_weights(cfg) -> torch.Tensor | None:
+    """A config's priors [L, H_kv]: each layer and KV head's planned share of the tokens relative to the mean
+    (from its layer budgets and head splits, before rounding), or None where they are all equal (the method
+    itself, to the bit) or the config has no ``prior``."""
+    if not cfg.prior:
+        return None
+    heads = cfg.model.num_kv_heads
+    plan = torch.tensor([[layer.budget * (layer.heads[h] if layer.heads is not None else 1.0 / heads)
+                          for h in range(heads)] for layer in cfg.layers], dtype=torch.float64)
+    weights = plan / plan.mean()
+    return None if bool(((weights - 1.0).abs() < 1e-9).all()) else weights.clamp_min(1e-6)
+
+
+def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequence[int],
+             weights: torch.Tensor | None = None, static: float = 0.0) -> list[torch.Tensor]:
     """Tokens per layer: ``[B, H_kv]`` long for each layer, from the layers' rankings (``press.Ranking``),
-    the config's plan ``tokens`` [L, H_kv] (its total is what is spent) and each layer's ``capacity``."""
+    the config's plan ``tokens`` [L, H_kv] (its total is what is spent) and each layer's ``capacity``; the
+    config's priors ``weights`` [L, H_kv] (``prior_weights``) and ``static`` share of the plan kept first."""
     sorted_scores = [r.sorted_scores.float() for r in rankings]  # [B, H, T] per layer
     batch, heads = sorted_scores[0].shape[:2]
     total = int(tokens.sum())
+    floor = (tokens.double() * static).floor().long() if static else None
     out = [torch.zeros(batch, heads, dtype=torch.long, device=s.device) for s in sorted_scores]
     for b in range(batch):
         scores = [s[b] for s in sorted_scores]
         caps = [min(cap, s.shape[-1]) for cap, s in zip(capacity, scores)]
         must = [(s == float("inf")).sum(-1).clamp(max=cap) for s, cap in zip(scores, caps)]  # [H] windows
+        if floor is not None:
+            must = [torch.maximum(m, f.to(m.device)).clamp(max=cap) for m, f, cap in zip(must, floor, caps)]
         norm = [_normalised(s) for s in scores]
+        if weights is not None:  # -inf (not keepable) stays -inf: every weight is positive
+            norm = [n * w.to(n.device, n.dtype)[:, None] for n, w in zip(norm, weights)]
         stats = [r.stats[b] if getattr(r, "stats", None) is not None else None for r in rankings]
+        if weights is not None and name == "cake":
+            stats = [None if s is None else s * torch.stack([w.mean().to(s), torch.ones((), dtype=s.dtype,
+                                                                                         device=s.device)])
+                     for s, w in zip(stats, weights)]
         counts = ALLOCATORS[name](norm, must, caps, total, stats)
         counts = _fill(norm, counts, caps, total)
         for layer, c in enumerate(counts):

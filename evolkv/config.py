@@ -29,6 +29,10 @@ from typing import Any, Literal
 from evolkv.errors import BudgetError, ConfigError
 
 SCHEMA = "evolkv.kvconfig/1"
+# a config whose per-prompt allocation has searched priors or a static share (``KVConfig.prior``, ``static``):
+# a reader of the first schema would apply its allocation without them, so it says the second
+SCHEMA_POLICY = "evolkv.kvconfig/2"
+SCHEMAS = (SCHEMA, SCHEMA_POLICY)
 ALLOWED_BITS = (16, 8, 4, 2)
 ALLOWED_GROUPS = (32, 64, 128)
 EVICTED_BITS = (0, 8, 4, 2)
@@ -320,6 +324,12 @@ class KVConfig:
     # a per-prompt allocator (evolkv.allocators) that redistributes the layers' total at the end of prefill
     # from every layer's ranking; None: the layers' budgets as written
     allocation: str | None = None
+    # with an allocation: the layers' budgets and head splits are searched priors. ``prior``: each layer and KV
+    # head's planned tokens, relative to the mean, weigh its scores in the allocator; ``static``: the share of
+    # each head's planned tokens it keeps before the allocator spends the rest. Neither (the default): the
+    # layers give only the total, as every per-prompt method defines it
+    prior: bool = False
+    static: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -327,6 +337,10 @@ class KVConfig:
             raise ConfigError(f"config has {len(self.layers)} layers but the model spec has {self.model.num_layers}")
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             raise ConfigError(f"unknown allocation {self.allocation!r}; known: {', '.join(ALLOCATIONS)}")
+        if not 0.0 <= self.static <= 1.0:
+            raise ConfigError(f"config field 'static' is {self.static}: a share of the planned tokens, in [0, 1]")
+        if (self.prior or self.static) and self.allocation is None:
+            raise ConfigError("config fields 'prior' and 'static' shape a per-prompt 'allocation'; this config has none")
         for i, layer in enumerate(self.layers):
             if layer.heads is not None and len(layer.heads) != self.model.num_kv_heads:
                 raise ConfigError(f"layer {i} splits over {len(layer.heads)} heads, the model has "
@@ -382,7 +396,7 @@ class KVConfig:
     # -- JSON ---------------------------------------------------------------------------------------------
     def to_dict(self, provenance: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "schema": SCHEMA,
+            "schema": SCHEMA_POLICY if self.prior or self.static else SCHEMA,
             "model": self.model.to_dict(),
             "budget": str(self.budget),
             "scorer": self.scorer.to_dict(),
@@ -390,6 +404,10 @@ class KVConfig:
         }
         if self.allocation is not None:  # absent unless set: older configs hash the same
             data["allocation"] = self.allocation
+        if self.prior:
+            data["prior"] = True
+        if self.static:
+            data["static"] = self.static
         if provenance:
             data["provenance"] = self.provenance
         return data
@@ -427,8 +445,8 @@ class KVConfig:
         """Parse and validate a config object; anything wrong with it raises ``ConfigError`` naming the field."""
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
-        if data.get("schema") != SCHEMA:
-            raise ConfigError(f"config schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema") not in SCHEMAS:
+            raise ConfigError(f"config schema is {data.get('schema')!r}, expected one of {', '.join(SCHEMAS)}")
         try:
             _known(data, _TOP_FIELDS, "config")
             layers = data["layers"]
@@ -446,8 +464,12 @@ class KVConfig:
             allocation = data.get("allocation")
             if allocation is not None and not isinstance(allocation, str):
                 raise ConfigError("config field 'allocation' must be a string or null")
+            prior, static = data.get("prior", False), data.get("static", 0.0)
+            if not isinstance(prior, bool) or isinstance(static, bool) or not isinstance(static, (int, float)):
+                raise ConfigError("config fields 'prior' (true or false) and 'static' (a number) are malformed")
             cfg = cls(model=ModelSpec.from_dict(model), budget=Budget.parse(data["budget"]),
-                      scorer=ScorerSpec(**scorer), layers=specs, provenance=dict(provenance), allocation=allocation)
+                      scorer=ScorerSpec(**scorer), layers=specs, provenance=dict(provenance), allocation=allocation,
+                      prior=prior, static=float(static))
         except KeyError as e:
             raise ConfigError(f"config JSON lacks the field {e.args[0]!r}") from e
         except (TypeError, ValueError, AttributeError, ArithmeticError) as e:
@@ -493,7 +515,7 @@ class KVConfig:
 
 
 ALLOCATIONS = ("globaltopk", "prefixkv", "cake", "dynamickv")  # evolkv.allocators.ALLOCATORS, by name
-_TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance", "allocation"}
+_TOP_FIELDS = {"schema", "model", "budget", "scorer", "layers", "provenance", "allocation", "prior", "static"}
 _INT_FIELDS = ("k_bits", "v_bits", "group_size", "residual", "evicted_bits")
 
 

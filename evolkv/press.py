@@ -96,10 +96,11 @@ class Plan:
         total per sequence (``evolkv.allocators``); otherwise each layer as ``layer`` plans it."""
         if self.cfg.allocation is None:
             return [self.layer(i, r) for i, r in enumerate(rankings)]
-        from evolkv.allocators import allocate
+        from evolkv.allocators import allocate, prior_weights
 
         device = rankings[0].order.device
-        counts = allocate(self.cfg.allocation, rankings, self.tokens, self.capacity)
+        counts = allocate(self.cfg.allocation, rankings, self.tokens, self.capacity, prior_weights(self.cfg),
+                          self.cfg.static)
         return [LayerPlan(spec, self.length, cap, c.to(device))
                 for spec, cap, c in zip(self.cfg.layers, self.capacity, counts)]
 

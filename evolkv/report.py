@@ -95,6 +95,12 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
         _print_per_task(ordered, source, "heldout/em", {f"{t}\n{own_metric(t)}": f"{t}/{own_metric(t)}"
                                                         for t in answered}, 3,
                         "held-out greedy answers per task (em: string match, sim: edit similarity)")
+    arms = (detail.get("derived") or {}).get("arms")
+    if arms:
+        best = arms.get("best") or {}
+        console.print("arms searched (scorer and rule, best told value; 1 = uniform): " + ", ".join(
+            f"{name} {fmt(best.get(name), 3)}" for name in arms["searched"]) + f"; {arms['continued']} continued",
+            soft_wrap=True)
     stopped = (detail.get("derived") or {}).get("stopped_by_time")
     if stopped:
         console.print(f"--time spent: the generations stopped after {stopped['generation']} "

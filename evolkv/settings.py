@@ -33,6 +33,7 @@ class SpaceSettings:
     groups: int = 0  # tokens: EvolKV's layer groups, searched in turn
     scorer: str = "snapkv"
     scorers: list[str] = field(default_factory=list)  # --scorers: the search picks one per layer (tokens mode)
+    arms: int = 2  # tokens: the best baselines' (scorer, rule) arms searched, by successive halving (search.space.Arm)
     window: int = 8
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
@@ -61,6 +62,8 @@ class SpaceSettings:
         if self.scorers and (self.mode != "tokens" or len(set(self.scorers)) < 2):
             raise EvolKVError("--scorers takes two or more scorers, and belongs to the token search (--mode tokens): "
                               "with one, give --scorer")
+        if self.arms < 0:
+            raise EvolKVError(f"--arms {self.arms}: give 0 or more")
         if self.mode == "tokens":
             if budget.value == 1.0 and budget.kind == "fraction":
                 raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")
@@ -249,7 +252,9 @@ class SearchSettings:
     @classmethod
     def stored(cls, flat: dict[str, Any]) -> SearchSettings:
         """The settings a run stored (names an older or newer evolkv does not know are left out)."""
-        return cls(**{k: v for k, v in flat.items() if k in FIELD_GROUP or k == "seed"})
+        kept = {k: v for k, v in flat.items() if k in FIELD_GROUP or k == "seed"}
+        kept.setdefault("arms", 0)  # a run stored without arms searched static budgets with its scorer only
+        return cls(**kept)
 
     def replace(self, **flat: Any) -> SearchSettings:
         """A copy with some settings changed, by their flat names."""

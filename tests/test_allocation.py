@@ -151,3 +151,54 @@ def test_cake_follows_the_layers_dispersion_times_shift():
     cfg = dataclasses.replace(uniform_config(spec, Budget.parse("10")), allocation="cake")
     c0, c1 = (int(p.counts.sum()) for p in Plan(cfg, 40).layers(rankings))
     assert (c0, c1) == (7, 13)  # each its window, then the other 18 tokens 1 : 2 by preference
+
+
+def test_searched_priors_weigh_a_layers_scores_and_a_static_share_is_kept_first():
+    """Two layers of equal scores: global top-k splits them evenly; a prior three times as high on layer 1 wins
+    it more; a static share keeps that share of each layer's plan whatever the scores; the total is spent."""
+    import dataclasses
+
+    from evolkv.config import LayerSpec
+    from evolkv.press import Plan
+
+    spec = ModelSpec("toy", "llama", 2, 2, 1, 8, ["full_attention"] * 2)
+    torch.manual_seed(0)
+    same = torch.rand(1, 1, 40)
+    rankings = _rankings([same, same.clone()], window=1)
+    even = dataclasses.replace(uniform_config(spec, Budget.parse("10")), allocation="globaltopk")
+    counts = [int(p.counts.sum()) for p in Plan(even, 40).layers(rankings)]
+    assert counts == [10, 10]
+    layers = (LayerSpec(budget=5.0, heads=(1.0,)), LayerSpec(budget=15.0, heads=(1.0,)))
+    prior = dataclasses.replace(even, layers=layers, prior=True)
+    c0, c1 = (int(p.counts.sum()) for p in Plan(prior, 40).layers(rankings))
+    assert c0 + c1 == 20 and c1 > c0
+    peaked = torch.full((1, 1, 40), 0.01)
+    peaked[..., :2] = 9.0  # layer 1 holds everything: the allocator alone would give layer 0 almost nothing
+    skewed = _rankings([peaked * 0 + 0.001, peaked], window=1)
+    bare = [int(p.counts.sum()) for p in Plan(even, 40).layers(skewed)]
+    floored = dataclasses.replace(even, layers=layers, prior=True, static=0.8)
+    kept = [int(p.counts.sum()) for p in Plan(floored, 40).layers(skewed)]
+    assert sum(kept) == 20 and kept[0] >= 4 and kept[1] >= 12  # 80% of the plan's 5 and 15
+    assert bare != kept
+
+
+def test_a_config_with_priors_says_the_second_schema_and_round_trips(tmp_path):
+    import dataclasses
+
+    from evolkv.config import SCHEMA, SCHEMA_POLICY, KVConfig
+    from evolkv.errors import ConfigError
+
+    cfg = dataclasses.replace(uniform_config(ModelSpec("toy", "llama", 2, 2, 1, 8, ["full_attention"] * 2),
+                                             Budget.parse("10%")), allocation="globaltopk")
+    assert cfg.to_dict()["schema"] == SCHEMA and "prior" not in cfg.to_dict()  # a method itself: the first schema
+    shaped = dataclasses.replace(cfg, prior=True, static=0.25)
+    data = shaped.to_dict()
+    assert data["schema"] == SCHEMA_POLICY and data["prior"] is True and data["static"] == 0.25
+    back = KVConfig.from_dict(data)
+    assert back == shaped and back.hash() == shaped.hash() and back.hash() != cfg.hash()
+    for field, value, words in (("static", 1.5, "in \\[0, 1\\]"), ("static", "half", "malformed"),
+                                ("prior", "yes", "malformed")):
+        with pytest.raises(ConfigError, match=words):
+            KVConfig.from_dict({**data, field: value})
+    with pytest.raises(ConfigError, match="shape a per-prompt 'allocation'"):
+        KVConfig.from_dict({**data, "allocation": None})

@@ -216,3 +216,41 @@ def test_kvzip_with_a_global_allocation_scores_as_generate_applies_it(tiny):
     prep = evaluator.prepare(_samples(tiny, 1))[0]
     cfg = dataclasses.replace(uniform_config(tiny.spec, Budget.parse("15%")), scorer=spec, allocation="globaltopk")
     _assert_scores_as_generated(tiny, evaluator, prep, cfg, [evaluator.full])
+
+
+@pytest.mark.parametrize("name", [n for n in BASELINES if n != "full"])
+def test_every_baseline_is_a_point_of_its_arm_of_the_policy_space(tiny, name):
+    """The policy space holds every method: each baseline's arm (its scorer and rule) decodes the baseline's
+    genes to a config that keeps exactly the baseline's tokens, layer by layer and head by head, and scores the
+    same. The search starts each arm there."""
+    from evolkv.search.space import Arm, PolicySpace
+
+    budget = Budget.parse("15%")
+    base = baseline(name, tiny.spec, budget, ScorerSpec())
+    specs = list({s.key: s for s in [ScorerSpec(), base.scorer]}.values())
+    if base.scorer.name == "kvzip":
+        specs = [ScorerSpec(), dataclasses.replace(base.scorer, params=(("chunk", 16),))]
+        base = dataclasses.replace(base, scorer=specs[1])
+    evaluator = Evaluator(tiny.model, tiny.tokenizer, tiny.spec, specs, query_aware=True)
+    prepared = evaluator.prepare(_samples(tiny, 2))
+    arm = Arm.of(base)
+    view = PolicySpace(BudgetSpace(tiny.spec, budget, context=300), arm)
+    point = view.decode(view.encode(base))
+    assert arm.scorer == base.scorer and point.scorer == base.scorer
+    assert evaluator.head_counts([point], prepared) == evaluator.head_counts([base], prepared)
+    assert [s.objective for s in evaluator.score([point], prepared)] == \
+        [s.objective for s in evaluator.score([base], prepared)]
+
+
+@pytest.mark.parametrize("allocation", ["globaltopk", "cake", "dynamickv"])
+def test_a_per_prompt_allocation_with_searched_priors_scores_as_generate_applies_it(tiny, evaluator, allocation):
+    """A point of a per-prompt arm away from its baseline: layer priors and a static share."""
+    from evolkv.search.space import Arm, PolicySpace
+
+    prep = evaluator.prepare(_samples(tiny, 1))[0]
+    view = PolicySpace(BudgetSpace(tiny.spec, Budget.parse("15%"), context=300), Arm(ScorerSpec(), allocation))
+    genes = np.resize([2.0, -1.0, 0.5], view.n_var)
+    genes[-1] = 1.5  # half of each head's planned tokens kept first
+    cfg = view.decode(genes)
+    assert cfg.prior and cfg.static == pytest.approx(0.5) and cfg.allocation == allocation
+    _assert_scores_as_generated(tiny, evaluator, prep, cfg, [evaluator.full])

@@ -185,7 +185,7 @@ def test_per_head_token_search_refines_a_per_layer_search_and_resumes(model_dirs
     same winner."""
     settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
-                              baselines=["uniform", "adakv"])
+                              baselines=["uniform", "adakv"], arms=0)
     loaded, executor = make_executor(settings)
     recording, store = HeadSplits(executor), Store(str(tmp_path / "a.db"))
     straight = run_search(settings, loaded.spec, recording, store)
@@ -245,3 +245,34 @@ def test_per_head_precisions_refine_the_per_layer_front_and_resume(model_dirs, t
     resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
     assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in straight["front"]]
+
+
+def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_resumes(model_dirs, tmp_path):
+    """--arms 2: the two best baselines' policies (scorer and rule) are searched a generation each, started at
+    their baselines, so the first generation holds the best baseline's very kept set; the arm with the lowest
+    told value continues with the rest of the generations; an interruption there resumes to the same winner."""
+    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
+                              population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
+                              baselines=["uniform", "adakv", "globaltopk", "cake"], arms=2)
+    loaded, executor = make_executor(settings)
+    store = Store(str(tmp_path / "a.db"))
+    straight = run_search(settings, loaded.spec, executor, store)
+    assert straight["status"] == "finished"
+    arms = store.run(straight["id"]).derived["arms"]
+    assert len(arms["searched"]) == 2 and arms["continued"] in arms["searched"] and arms["first_round"] == 1
+    rule = {"static:snapkv": "uniform", "adakv:snapkv": "adakv", "globaltopk:snapkv": "globaltopk",
+            "cake:snapkv": "cake"}
+    rows = [row for row, _ in store.evaluations(straight["id"])]
+    baseline_kl = {row.label: row.objective for row in rows if row.stage == "baseline" and row.split == "search"}
+    for generation, arm in enumerate(arms["searched"]):  # each arm's first generation holds its best baseline
+        firsts = [row.objective for row in rows if row.stage == "search" and row.generation == generation]
+        want = baseline_kl[f"baseline:{rule[arm]}"]  # the same kept set, scored in another batch
+        assert any(kl == pytest.approx(want, rel=1e-4, abs=1e-7) for kl in firsts), arm
+    later = {row.generation for row in rows if row.stage == "search" and row.generation >= 2}
+    assert later and min(later) == 2  # the continued arm's generations
+    store = Store(str(tmp_path / "b.db"))
+    with pytest.raises(SearchInterrupted) as stopped:  # calls: baselines, generations 1-3, then the second round
+        run_search(settings, loaded.spec, Interrupting(executor, stop_at=4), store)
+    resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
+    assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
+    assert store.run(resumed["id"]).derived["arms"] == arms

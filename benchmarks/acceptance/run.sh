@@ -9,7 +9,10 @@
 # 5. accept : one search per suite in $SUITES (ruler, code) and budget, seed 0;
 # 6. explore : the 10% search on a JSONL task of look-ups in prose, as is and with each
 #    exploration fix ($EXPLORE: --step 0.15, --restarts 2, --samples 8), seeds $SEEDS;
-# 7. precision : quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS.
+# 7. precision : quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS;
+# 8. matrix : the acceptance matrix, $MATRIX_SUITES (ruler, code, prose look-ups, a JSONL task of order look-ups
+#    kept out of every tuning decision) x $MATRIX_BUDGETS, with the search's own defaults for the device (effort,
+#    samples, racing, arms), $PAR at a time; benchmarks/acceptance/picks.py then judges each pick on held-out data.
 # The seeds of one setting run side by side (PAR processes; each its own SQLite file, so no writer waits on
 # another). Every command's JSON lands in $OUT; benchmarks/acceptance/summarize.py makes the tables.
 set -uo pipefail
@@ -98,6 +101,16 @@ for step in $steps; do
         search "precision-head-$seed" "${SEARCH[@]}" --mode quant --budget 100% --target-bits "$TARGET" --per-head \
           --generations "$FRONT_GENS" --seed "$seed" --tasks "$ALL" &
       done; wait ;;
+    matrix)
+      python3 benchmarks/acceptance/make_orders_jsonl.py "$OUT/orders.jsonl" "${ORDERS:-240}" "${ORDERS_CHARS:-5000}"
+      for suite in ${MATRIX_SUITES:-ruler code prose orders}; do
+        tasks=$suite; [ "$suite" = orders ] && tasks="$OUT/orders.jsonl"
+        for budget in ${MATRIX_BUDGETS:-2% 5% 10% 20%}; do
+          while [ "$(jobs -rp | wc -l)" -ge "${PAR:-8}" ]; do sleep 2; done
+          search "matrix-$suite-${budget%\%}" $PER_HEAD --budget "$budget" --seed 0 --tasks "$tasks" &
+        done
+      done; wait
+      python3 benchmarks/acceptance/picks.py "$OUT" --out "$OUT/picks.md" --json "$OUT/picks.json" ;;
     quant|joint)
       for seed in $SEEDS; do
         if [ "$step" = quant ]; then extra=(--mode quant --budget 100%); else extra=(--mode joint --budget 20% $PER_HEAD); fi

@@ -13,13 +13,14 @@ within the bounds decodes to a valid config.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from evolkv.allocation import waterfill
-from evolkv.config import Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec
+from evolkv.config import ALLOCATIONS, Budget, KVConfig, LayerSpec, ModelSpec, ScorerSpec
 
 BOUND = 3.0
 SLICE = 0.5  # width of a scorer gene's slice (see the module docstring)
@@ -32,7 +33,8 @@ class BudgetSpace:
     budget: Budget
     scorer: ScorerSpec = field(default_factory=ScorerSpec)
     per_head: bool = False
-    floor: float = 0.1  # a layer keeps at least this share of the mean budget
+    floor: float = 0.025  # a layer keeps at least this share of the mean budget (PyramidKV's top layer, a
+    # twentieth of the mean, is a point of the space)
     context: int | None = None  # tokens budgets: no layer asks for more tokens per head than this
     choices: tuple[ScorerSpec, ...] = ()  # --scorers: a scorer gene per layer when there are two or more
 
@@ -93,7 +95,9 @@ class BudgetSpace:
         """Genes that decode to (about) ``cfg``; used to seed the search at a baseline."""
         floor = self.floor * self.budget.value
         extra = np.array([max(layer.budget - floor, 1e-9) for layer in cfg.layers])
-        genes = [np.log(extra / extra.sum()) - np.log(extra / extra.sum()).mean()]
+        logs = np.log(extra / extra.sum())
+        genes = [logs - (logs.max() + logs.min()) / 2]  # centred on the range (softmax ignores a shift): a
+        # spread of up to 2 * BOUND fits, PyramidKV's 77x between its bottom and top layer among them
         if self.per_head:
             for layer in cfg.layers:
                 shares = np.array(layer.heads or [1.0 / self.model.num_kv_heads] * self.model.num_kv_heads)
@@ -149,3 +153,73 @@ class SubSpace:
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
         return self.space.encode(cfg)[self._indices()]
+
+
+RULES = ("static", "adakv", *ALLOCATIONS)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The discrete part of a policy: the scorer that ranks the tokens and the rule that spends the budget.
+    ``static``: each layer's budget as searched, split evenly over its KV heads (or as searched, per head);
+    ``adakv``: each layer's budget as searched, split over its heads by score per prompt; an allocator
+    (``evolkv.allocators``): the whole budget spent per prompt, the searched layer budgets acting as priors
+    (``KVConfig.prior``) with a searched ``static`` share kept first. Every baseline but ``full`` is the point
+    of its arm where the layer genes are equal and the static share is 0 (PyramidKV: its layer budgets)."""
+
+    scorer: ScorerSpec
+    rule: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.rule}:{self.scorer.name}"
+
+    @property
+    def per_prompt(self) -> bool:
+        return self.rule in ALLOCATIONS
+
+    @classmethod
+    def of(cls, cfg: KVConfig) -> Arm | None:
+        """The arm ``cfg`` is a point of (None for a config with a scorer per layer or a precision)."""
+        if any(layer.scorer is not None or layer.quantized for layer in cfg.layers):
+            return None
+        rule = cfg.allocation or ("adakv" if any(layer.heads is None for layer in cfg.layers) else "static")
+        return cls(cfg.scorer, rule)
+
+
+@dataclass
+class PolicySpace:
+    """One arm's genes: ``L`` layer log-weights (the layers' budgets, as ``BudgetSpace`` decodes them) and, for a
+    per-prompt rule, a gene for the static share (``max(0, x) / BOUND``: from 0 at the middle of its range, so the
+    start is the method itself, to all of the plan at the top)."""
+
+    space: BudgetSpace
+    arm: Arm
+
+    @property
+    def n_var(self) -> int:
+        return self.space.model.num_layers + (1 if self.arm.per_prompt else 0)
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(self.n_var, -BOUND), np.full(self.n_var, BOUND)
+
+    def decode(self, x: np.ndarray) -> KVConfig:
+        x = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND)
+        model, layers = self.space.model, self.space.model.num_layers
+        heads = None if self.arm.rule == "adakv" else tuple([1.0 / model.num_kv_heads] * model.num_kv_heads)
+        specs = tuple(LayerSpec(budget=b, heads=heads) for b in self.space.layer_budgets(x[:layers]))
+        if not self.arm.per_prompt:
+            return KVConfig(model, self.space.budget, self.arm.scorer, specs)
+        static = float(min(max(x[layers], 0.0), BOUND) / BOUND)
+        return KVConfig(model, self.space.budget, self.arm.scorer, specs, allocation=self.arm.rule, prior=True,
+                        static=static)
+
+    def encode(self, cfg: KVConfig) -> np.ndarray:
+        layers = self.space.model.num_layers
+        flat = BudgetSpace(self.space.model, self.space.budget, floor=self.space.floor, context=self.space.context)
+        genes = flat.encode(dataclasses.replace(cfg, layers=tuple(dataclasses.replace(layer, scorer=None)
+                                                                  for layer in cfg.layers)))[:layers]
+        if self.arm.per_prompt:
+            genes = np.append(genes, cfg.static * BOUND)
+        return np.clip(genes, -BOUND, BOUND)

@@ -15,7 +15,7 @@ from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
-from evolkv.search.space import BudgetSpace, SubSpace
+from evolkv.search.space import Arm, BudgetSpace, PolicySpace, SubSpace
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
@@ -63,6 +63,11 @@ class TokenSearch(Strategy):
         self.baseline_scores: dict[str, Score] = {}  # the baselines on the search split (observe_baselines)
         self.history: dict[str, tuple[KVConfig, list[float]]] = {}  # config hash -> (config, told values)
         self.on_uniform: dict[str, KVConfig] = {}  # uniform's layer budgets with a profiled split (``transplants``)
+        self.home = Arm(scorer, "static")  # the budgets of ``space``: the run's scorer, layer (and head) budgets
+        self.arms: list[Arm] = [self.home]  # the arms searched, the best baseline's first (``observe_baselines``)
+        self.arm_best: dict[Arm, float] = {}  # the best told value found in each arm
+        self.home_best = math.inf  # the incumbent's told value (the home arm's best)
+        self._view_arm: dict[int, Arm] = {}
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
 
     def relative(self, score: Score, ref: Score | None) -> float:
@@ -88,6 +93,15 @@ class TokenSearch(Strategy):
                       and all(layer.heads is not None for layer in self.baselines[name].layers)]
         if self.seeds:
             self.incumbent = self.space.encode(self.seeds[0])
+            self.home_best = next(told for told, name in ranked if self.baselines[name] is self.seeds[0])
+        self.arm_seeds: dict[Arm, list[KVConfig]] = {}  # each arm's baselines, best first
+        for _, name in ranked:
+            arm = Arm.of(self.baselines[name])
+            if arm is not None:
+                self.arm_seeds.setdefault(arm, []).append(self.baselines[name])
+        wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
+        self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
+        self.total_generations = self._arm_generations()[-1]
 
     def warm_start(self, cfg):
         """Another budget's winner, its layers' budgets scaled to this budget (its shape kept), joins the first
@@ -110,8 +124,60 @@ class TokenSearch(Strategy):
             self.ref = job.evaluate([self.baselines["uniform"]], Stage.BASELINE, ["baseline:uniform"], split=split,
                                     generation=generation)[0]
 
+    def _arm_generations(self) -> tuple[int, int, int]:
+        """(generations of each arm in the first round, generations of the arm that continues, all of them)."""
+        gens, arms = self.settings.search.generations, self.arms
+        if arms == [self.home]:
+            return 0, gens, sum(count for _, count, _ in _schedule(self.settings, self.space))
+        first = max(1, gens // (2 * len(arms))) if len(arms) > 1 else 0
+        rest = gens - first * len(arms)  # --generations in all: no arm more than the generations
+        heads = rest // 2 if self.home in arms and self.space.per_head and self.spec.num_kv_heads > 1 else 0
+        return first, rest, first * len(arms) + rest + heads
+
     def blocks(self, job):
-        for index, (gen_start, gen_count, view) in enumerate(_schedule(self.settings, self.space)):
+        """The arms (``Arm``: a scorer and a rule; ``--arms``) of the best baselines, each started at its best
+        baseline (the best of all first): with two or more, successive halving: each arm gets an equal share of
+        half the generations, then the arm whose best told value is lowest gets the rest. The home arm (the run's
+        scorer, static budgets) is searched as ``_schedule`` lays out (per head: the layers, then the heads)."""
+        if self.arms == [self.home]:
+            yield from self._home_blocks(job, _schedule(self.settings, self.space))
+            return
+        first, rest, _ = self._arm_generations()
+        start, started = 0, {}
+        if len(self.arms) > 1:
+            for arm in self.arms:
+                if arm == self.home:
+                    view, optimizer, _ = next(self._home_blocks(job, _schedule(self.settings, self.space, first, start)))
+                else:
+                    view, optimizer = self._arm_start(arm, start)
+                started[arm] = (view, optimizer)
+                yield view, optimizer, range(start, start + first)
+                start += first
+        best = min(self.arms, key=lambda arm: (self.arm_best.get(arm, math.inf), self.arms.index(arm)))
+        job.derive(arms={"searched": [arm.name for arm in self.arms], "continued": best.name,
+                         "best": {arm.name: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
+                         "first_round": first, "rest": rest})
+        if not rest:
+            return
+        if best == self.home:
+            yield from self._home_blocks(job, _schedule(self.settings, self.space, rest, start))
+            return
+        view, optimizer = started.get(best) or self._arm_start(best, start)
+        yield view, optimizer, range(start, start + rest)
+
+    def _arm_start(self, arm: Arm, start: int):
+        """An arm's view (``PolicySpace``) and its optimiser, started at its baselines (its best first)."""
+        view = PolicySpace(dataclasses.replace(self.space, scorer=arm.scorer, choices=()), arm)
+        self._view_arm[id(view)] = arm
+        lower, upper = view.bounds
+        x0 = np.clip(np.stack([view.encode(cfg) for cfg in self.arm_seeds.get(arm, [])] or [np.zeros(view.n_var)]),
+                     lower, upper)
+        return view, make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper,
+                                    self.settings.search.population, self.settings.seed + start, x0=x0,
+                                    step=self.settings.search.step, restarts=self.settings.search.restarts)
+
+    def _home_blocks(self, job, schedule):
+        for index, (gen_start, gen_count, view) in enumerate(schedule):
             if isinstance(view, SubSpace):
                 view.incumbent = self.incumbent
             lower, upper = view.bounds
@@ -122,7 +188,8 @@ class TokenSearch(Strategy):
             optimizer = make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper, self.settings.search.population,
                                        self.settings.seed + gen_start, x0=x0, step=self.settings.search.step,
                                        restarts=self.settings.search.restarts,
-                                       x0_value=self.best_f if index and self.best_cfg is not None else None)
+                                       x0_value=self.home_best if index and math.isfinite(self.home_best) else None)
+            self._view_arm[id(view)] = self.home
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
     def transplants(self, job, incumbent: KVConfig) -> list[KVConfig]:
@@ -157,11 +224,15 @@ class TokenSearch(Strategy):
         return np.array([self.relative(s, self.ref) for s in scores])
 
     def observe(self, view, X, configs, scores):
+        arm = self._view_arm.get(id(view), self.home)
         for x, f, cfg, score in zip(X, self.told(scores), configs, scores):
             if cfg is not None and np.isfinite(f):
                 self.history.setdefault(cfg.hash(), (cfg, []))[1].append(float(f))
+                self.arm_best[arm] = min(self.arm_best.get(arm, math.inf), float(f))
             if f < self.best_f:
                 self.best_f, self.best_cfg, self.best_kl = float(f), cfg, score.objective
+            if arm == self.home and f < self.home_best:
+                self.home_best = float(f)
                 self.incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
 
     def best(self):
@@ -249,28 +320,30 @@ class TokenSearch(Strategy):
         return winner, after
 
 
-def _schedule(settings: SearchSettings, space: BudgetSpace):
+def _schedule(settings: SearchSettings, space: BudgetSpace, generations: int | None = None, start: int = 0):
     """(first generation, generations, view) blocks: the whole space, or EvolKV's layer groups in turn. Per
     head (more than one KV head, no groups): coarse to fine, ``--generations`` over the layers' budgets with
     each layer's split over its heads held at the best start's, then half as many over the splits alone, the
     layers' budgets held at the best found, started there and at the per-prompt baselines' splits
     (``TokenSearch.transplants``). Searched per head from the start, the 3x larger space lost to per-layer
     search at 5% on SmolLM2; a second stage over every gene never beat the first stage's config on validation
-    (benchmarks/acceptance/run.sh accept)."""
+    (benchmarks/acceptance/run.sh accept). ``generations`` from generation ``start`` on (the arms' second round)
+    in place of ``--generations`` from 0."""
+    gens = settings.search.generations if generations is None else generations
     if settings.space.groups <= 1:
         if space.per_head and space.model.num_kv_heads > 1:
             every_layer = list(range(space.model.num_layers))
             layers_only = SubSpace(space, every_layer, np.zeros(space.n_var), head_shares=False)
-            yield 0, settings.search.generations, layers_only
-            if settings.search.generations // 2:
+            yield start, gens, layers_only
+            if gens // 2:
                 heads_only = SubSpace(space, every_layer, np.zeros(space.n_var), layer_genes=False)
-                yield settings.search.generations, settings.search.generations // 2, heads_only
+                yield start + gens, gens // 2, heads_only
             return
-        yield 0, settings.search.generations, space
+        yield start, gens, space
         return
     layers = space.model.num_layers
     size = math.ceil(layers / settings.space.groups)
     groups = [list(range(i, min(i + size, layers))) for i in range(0, layers, size)]
-    per_group = max(1, settings.search.generations // len(groups))
+    per_group = max(1, gens // len(groups))
     for i, group in enumerate(groups):
-        yield i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
+        yield start + i * per_group, per_group, SubSpace(space, group, np.zeros(space.n_var))  # incumbent set in the loop
