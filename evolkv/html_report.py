@@ -29,6 +29,22 @@ svg text { font-size: 11px; fill: #333; }
 """
 
 
+def _how_chosen(detail: dict) -> list[str]:
+    """The lines that say how the winner came about: the arms searched, a raced close call, the choice's reason."""
+    lines = []
+    arms = (detail.get("derived") or {}).get("arms")
+    if arms:
+        lines.append(f"Arms searched (scorer and rule): {', '.join(arms['searched'])}; {arms['continued']} continued.")
+    evidence = ((detail.get("winner") or {}).get("selection") or {}).get("selection_evidence") or {}
+    race = evidence.get("race")
+    if race:
+        lines.append(f"Close call raced on {race['samples']} more validation samples: "
+                     f"{', '.join(label.removeprefix('baseline:') for label in race['configs'])}.")
+    if evidence.get("reason"):
+        lines.append(evidence["reason"])
+    return lines
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -168,8 +184,7 @@ def render(detail: dict[str, Any], winner=None, references: dict[str, Any] | Non
                f'{esc(str(detail.get("created_at") or "")[:19])}.</p>'
                f'<p>The run ships {shipped}: held-out {objective} <b>{_fmt(heldout)}</b> against uniform\'s '
                f'{_fmt(uniform)} (lower is better).</p>'
-               + (f'<p class="note">{esc(win.get("selection", {}).get("selection_evidence", {}).get("reason", ""))}</p>'
-                  if (win.get("selection") or {}).get("selection_evidence") else "") + '</section>')
+               + "".join(f'<p class="note">{esc(line)}</p>' for line in _how_chosen(detail)) + '</section>')
     # -- winner vs baselines
     ordered = sorted(results.items(), key=lambda kv: (kv[0] != "winner", kv[0].startswith("finalist:"), kv[0]))
     rows, classes, chart = [], [], []
