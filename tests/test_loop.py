@@ -248,27 +248,43 @@ def test_per_head_precisions_refine_the_per_layer_front_and_resume(model_dirs, t
 
 
 def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_resumes(model_dirs, tmp_path):
-    """--arms 2: the two best baselines' policies (scorer and rule) are searched a generation each, started at
-    their baselines, so the first generation holds the best baseline's very kept set; the arm with the lowest
-    told value continues with the rest of the generations; an interruption there resumes to the same winner."""
+    """--arms 2: the best baseline's policy (scorer and rule) and the next best distinct one are searched a
+    generation each, each started at its baselines, then the arm with the lowest told value continues with the
+    rest of the generations; an interruption there resumes to the same winner."""
+    from evolkv.search.space import Arm
+
     settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
                               baselines=["uniform", "adakv", "globaltopk", "cake"], arms=2)
     loaded, executor = make_executor(settings)
+    seen = {}
+    original = executor.evaluate
+
+    def recording(configs, split, progress=None, meanwhile=None):
+        seen.update({cfg.hash(): cfg for cfg in configs})
+        return original(configs, split, progress, meanwhile)
+
+    executor.evaluate = recording
     store = Store(str(tmp_path / "a.db"))
     straight = run_search(settings, loaded.spec, executor, store)
+    executor.evaluate = original
     assert straight["status"] == "finished"
     arms = store.run(straight["id"]).derived["arms"]
     assert len(arms["searched"]) == 2 and arms["continued"] in arms["searched"] and arms["first_round"] == 1
-    rule = {"static:snapkv": "uniform", "adakv:snapkv": "adakv", "globaltopk:snapkv": "globaltopk",
-            "cake:snapkv": "cake"}
-    rows = [row for row, _ in store.evaluations(straight["id"])]
-    baseline_kl = {row.label: row.objective for row in rows if row.stage == "baseline" and row.split == "search"}
-    for generation, arm in enumerate(arms["searched"]):  # each arm's first generation holds its best baseline
-        firsts = [row.objective for row in rows if row.stage == "search" and row.generation == generation]
-        want = baseline_kl[f"baseline:{rule[arm]}"]  # the same kept set, scored in another batch
-        assert any(kl == pytest.approx(want, rel=1e-4, abs=1e-7) for kl in firsts), arm
-    later = {row.generation for row in rows if row.stage == "search" and row.generation >= 2}
+    rows = store.evaluations(straight["id"])
+    baseline_kl = {row.label: row.objective for row, _ in rows if row.stage == "baseline" and row.split == "search"}
+    best = min((label for label in baseline_kl if label != "baseline:full"), key=baseline_kl.get)
+    from evolkv.config import Budget, ScorerSpec
+    from evolkv.search.baselines import baseline
+
+    scorer = ScorerSpec(settings.space.scorer, window=settings.space.window)
+    assert arms["searched"][0] == Arm.of(baseline(best.removeprefix("baseline:"), loaded.spec, Budget.parse("20%"),
+                                                  scorer)).name  # the best baseline's arm first
+    for generation, name in enumerate(arms["searched"]):  # each arm's generation holds its own policies only
+        configs = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == generation
+                   and digest in seen]
+        assert configs and {Arm.of(cfg).name for cfg in configs} == {name}, name
+    later = {row.generation for row, _ in rows if row.stage == "search" and row.generation >= 2}
     assert later and min(later) == 2  # the continued arm's generations
     store = Store(str(tmp_path / "b.db"))
     with pytest.raises(SearchInterrupted) as stopped:  # calls: baselines, generations 1-3, then the second round

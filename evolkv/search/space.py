@@ -212,7 +212,9 @@ class PolicySpace:
         if not self.arm.per_prompt:
             return KVConfig(model, self.space.budget, self.arm.scorer, specs)
         static = float(min(max(x[layers], 0.0), BOUND) / BOUND)
-        return KVConfig(model, self.space.budget, self.arm.scorer, specs, allocation=self.arm.rule, prior=True,
+        # equal layer budgets and no static share: the method itself, the very config of its baseline
+        prior = static > 0.0 or any(spec.budget != specs[0].budget for spec in specs)
+        return KVConfig(model, self.space.budget, self.arm.scorer, specs, allocation=self.arm.rule, prior=prior,
                         static=static)
 
     def encode(self, cfg: KVConfig) -> np.ndarray:

@@ -94,11 +94,11 @@ class TokenSearch(Strategy):
         if self.seeds:
             self.incumbent = self.space.encode(self.seeds[0])
             self.home_best = next(told for told, name in ranked if self.baselines[name] is self.seeds[0])
-        self.arm_seeds: dict[Arm, list[KVConfig]] = {}  # each arm's baselines, best first
-        for _, name in ranked:
+        self.arm_seeds: dict[Arm, list[tuple[float, KVConfig]]] = {}  # each arm's baselines, best first
+        for told, name in ranked:
             arm = Arm.of(self.baselines[name])
             if arm is not None:
-                self.arm_seeds.setdefault(arm, []).append(self.baselines[name])
+                self.arm_seeds.setdefault(arm, []).append((told, self.baselines[name]))
         wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
         self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
         self.total_generations = self._arm_generations()[-1]
@@ -170,11 +170,14 @@ class TokenSearch(Strategy):
         view = PolicySpace(dataclasses.replace(self.space, scorer=arm.scorer, choices=()), arm)
         self._view_arm[id(view)] = arm
         lower, upper = view.bounds
-        x0 = np.clip(np.stack([view.encode(cfg) for cfg in self.arm_seeds.get(arm, [])] or [np.zeros(view.n_var)]),
-                     lower, upper)
+        seeds = self.arm_seeds.get(arm, [])
+        x0 = np.clip(np.stack([view.encode(cfg) for _, cfg in seeds] or [np.zeros(view.n_var)]), lower, upper)
+        known = seeds[0][0] if len(seeds) == 1 and math.isfinite(seeds[0][0]) else None  # scored as a baseline:
+        # CMA-ES's first population is then a sampled one, not the start alone
         return view, make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper,
                                     self.settings.search.population, self.settings.seed + start, x0=x0,
-                                    step=self.settings.search.step, restarts=self.settings.search.restarts)
+                                    step=self.settings.search.step, restarts=self.settings.search.restarts,
+                                    x0_value=known)
 
     def _home_blocks(self, job, schedule):
         for index, (gen_start, gen_count, view) in enumerate(schedule):
