@@ -139,6 +139,8 @@ def _print_evidence(evidence: dict[str, Any], source: str) -> None:
         noise = "  (within noise)" if c["low"] <= 1.0 <= c["high"] else ""
         console.print(f"{who}, {other}: ratio {c['ratio']:.3f}, paired 95% interval [{c['low']:.3f}, "
                       f"{c['high']:.3f}] on {c['samples']} samples{noise}", soft_wrap=True)
+    for label, reason in (evidence.get("passed_over") or {}).items():
+        console.print(f"passed over, {label.removeprefix('baseline:')}: {reason}", soft_wrap=True)
     race = evidence.get("race")
     if race:
         names = ", ".join(label.removeprefix("baseline:") for label in race["configs"])

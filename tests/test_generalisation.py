@@ -349,3 +349,16 @@ def test_a_close_call_is_raced_on_more_validation_samples_prefilled_only_then(mo
     assert all(n == 2 + 4 + 2 for n in evidence["samples"].values())  # validation, race, and a baseline's search
     stages = [stage["stage"] for stage in store.run(detail["id"]).timings["stages"]]
     assert "race" in stages and "prefill race" in stages
+
+
+def test_every_contender_with_a_better_validation_value_says_why_it_did_not_ship():
+    from evolkv.search.tokens import _passed_over_reasons
+
+    evidence = {"ratio_to_uniform": {"finalist:0": 0.9, "baseline:adakv": 0.95, "baseline:uniform": 1.0,
+                                     "finalist:1": 1.02},
+                "leader": "finalist:0", "within_noise": True}
+    reasons = _passed_over_reasons({"finalist:0": 0.8, "finalist:1": 0.97, "finalist:2": 0.9}, "baseline:adakv",
+                                   evidence)
+    assert "within noise" in reasons["finalist:0"]
+    assert "1.020" in reasons["finalist:1"] and "0.950" in reasons["finalist:1"]
+    assert "raced" in reasons["finalist:2"]

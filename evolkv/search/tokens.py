@@ -270,6 +270,8 @@ class TokenSearch(Strategy):
         chosen_value = self.relative(scored[chosen], ref)
         passed_over = {label: round(typical_ratio(score, ref), 4) for label, score in scored.items()
                        if score.ok and self.relative(score, ref) < chosen_value}
+        if evidence.get("ratio_to_uniform"):
+            evidence["passed_over"] = _passed_over_reasons(passed_over, chosen, evidence)
         if not scored[chosen].ok:
             return Outcome()
         source = chosen if chosen.startswith("baseline:") else "search"
@@ -321,6 +323,22 @@ class TokenSearch(Strategy):
                          "before_reason": evidence.get("reason"),
                          "before_ratio_to_uniform": evidence.get("ratio_to_uniform")}
         return winner, after
+
+
+def _passed_over_reasons(passed: dict[str, float], chosen: str, evidence: dict) -> dict[str, str]:
+    """Why each contender with a better validation value than the winner's did not ship (``--choose paired``)."""
+    ratios = evidence["ratio_to_uniform"]
+    mine = ratios.get(chosen)
+    reasons = {}
+    for label in passed:
+        if label == evidence.get("leader") and evidence.get("within_noise"):
+            reasons[label] = "led, but within noise of the best baseline: the simpler config ships"
+        elif label in ratios and mine is not None:
+            reasons[label] = (f"its per-sample loss ratio to uniform, {ratios[label]:.3f}, is above the winner's "
+                              f"{mine:.3f}: a lower mean from a few samples")
+        else:
+            reasons[label] = "not among the contenders raced on more samples, which the winner led"
+    return reasons
 
 
 def _schedule(settings: SearchSettings, space: BudgetSpace, generations: int | None = None, start: int = 0):
