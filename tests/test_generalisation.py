@@ -362,3 +362,15 @@ def test_every_contender_with_a_better_validation_value_says_why_it_did_not_ship
     assert "within noise" in reasons["finalist:0"]
     assert "1.020" in reasons["finalist:1"] and "0.950" in reasons["finalist:1"]
     assert "raced" in reasons["finalist:2"]
+
+
+def test_fewer_paired_samples_than_the_minimum_never_ship_a_searched_config():
+    """A bootstrap of one gap has no width: a searched config better on the one validation sample is within
+    noise, and a close call."""
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR
+    from evolkv.search.selection import choose_paired, close_calls
+
+    validation = {"baseline:uniform": _per_sample([0.5]), "finalist:0": _per_sample([0.1])}
+    label, evidence = choose_paired(validation, {}, LOG_KL_FLOOR)
+    assert label == "baseline:uniform" and evidence["within_noise"] and "fewer than 4 samples" in evidence["reason"]
+    assert close_calls(validation, {}, LOG_KL_FLOOR) == ["finalist:0", "baseline:uniform"]

@@ -102,6 +102,13 @@ class PymooOptimizer(Optimizer):
     def _ask(self) -> np.ndarray:
         if self._seeding:
             return self.seeds.copy()
+        if self.name == "cmaes" and self._algorithm.termination.force_termination:
+            # cma stopped (a flat fitness: every candidate scored the same, as where a gene changes nothing): start
+            # again from the best so far with twice the step, rather than asking a finished strategy
+            self.step, self._stalled = min(2 * self.step, 0.5), 0
+            self.x0 = np.array(self.best_x) if self.best_x is not None else self.x0
+            self.seed += 1000
+            self._setup(self.best_f if self.best_x is not None else None)
         with self._own_rng():
             self._pending = self._algorithm.ask()
         return self._pending.get("X")

@@ -18,6 +18,7 @@ from evolkv.search.objectives import typical_ratio
 from evolkv.store.models import Stage
 
 CHOICES = ("paired", "mean", "typical", "metric")  # --choose
+MIN_PAIRED = 4  # fewer paired samples than this tell nothing apart: a bootstrap of one or two gaps has no width
 
 
 def choose_on_validation(job, contenders: dict[str, KVConfig], value, eligible=None) -> tuple[str, dict[str, Score]]:
@@ -112,7 +113,7 @@ def close_calls(validation: dict[str, Score], search: dict[str, Score], floor: f
         if mine == leader[:len(mine)]:  # the same config under another name (AdaKV on one KV head is uniform)
             continue
         common = min(len(leader), len(mine))
-        if compare(leader[:common], mine[:common])["high"] >= 0.0:
+        if common < MIN_PAIRED or compare(leader[:common], mine[:common])["high"] >= 0.0:
             close.append(label)
     if not close:
         return []
@@ -167,13 +168,14 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
         evidence["vs_best_baseline"] = {"baseline": best_baseline, "ratio": round(math.exp(c["gap"]), 4),
                                         "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),
                                         "better": c["losses"], "worse": c["wins"], "samples": n}
-        if c["high"] >= 0.0:
+        if c["high"] >= 0.0 or n < MIN_PAIRED:
             winner = best_baseline
             evidence["within_noise"] = True
             evidence["reason"] = (f"{leader} led (ratio to uniform {math.exp(gains[leader]):.3f} on {n} validation "
                                   f"samples) but was within noise of {best_baseline.removeprefix('baseline:')} "
                                   f"(paired 95% interval of its ratio [{math.exp(c['low']):.3f}, "
-                                  f"{math.exp(c['high']):.3f}] holds 1): the simpler config ships")
+                                  f"{math.exp(c['high']):.3f}]{' holds 1' if c['high'] >= 0.0 else f', fewer than {MIN_PAIRED} samples'}"
+                                  "): the simpler config ships")
         else:
             evidence["reason"] = (f"{leader} beats {best_baseline.removeprefix('baseline:')} on {n} validation "
                                   f"samples beyond the paired 95% interval ([{math.exp(c['low']):.3f}, "

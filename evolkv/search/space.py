@@ -178,6 +178,13 @@ class Arm:
     def per_prompt(self) -> bool:
         return self.rule in ALLOCATIONS
 
+    @property
+    def searchable(self) -> bool:
+        """Whether the genes move this arm's kept sets: PrefixKV compares each head's own share of its importance,
+        which a prior does not change, so below a static share every candidate of its arm is the method itself
+        (its baseline stands for it)."""
+        return self.rule != "prefixkv"
+
     @classmethod
     def of(cls, cfg: KVConfig) -> Arm | None:
         """The arm ``cfg`` is a point of (None for a config with a scorer per layer or a precision)."""

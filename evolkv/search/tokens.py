@@ -97,7 +97,7 @@ class TokenSearch(Strategy):
         self.arm_seeds: dict[Arm, list[tuple[float, KVConfig]]] = {}  # each arm's baselines, best first
         for told, name in ranked:
             arm = Arm.of(self.baselines[name])
-            if arm is not None:
+            if arm is not None and arm.searchable:
                 self.arm_seeds.setdefault(arm, []).append((told, self.baselines[name]))
         wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
         self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
