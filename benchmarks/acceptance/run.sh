@@ -12,7 +12,8 @@
 # 7. precision : quant fronts at --target-bits $TARGET, per layer and per head, seeds $SEEDS;
 # 8. matrix : the acceptance matrix, $MATRIX_SUITES (ruler, code, prose look-ups, a JSONL task of order look-ups
 #    kept out of every tuning decision) x $MATRIX_BUDGETS, with the search's own defaults for the device (effort,
-#    samples, racing, arms), $PAR at a time; benchmarks/acceptance/picks.py then judges each pick on held-out data.
+#    samples, racing, arms; $MATRIX_ARGS adds options), $PAR at a time; benchmarks/acceptance/picks.py then judges
+#    each pick on held-out data.
 # The seeds of one setting run side by side (PAR processes; each its own SQLite file, so no writer waits on
 # another). Every command's JSON lands in $OUT; benchmarks/acceptance/summarize.py makes the tables.
 set -uo pipefail
@@ -107,7 +108,7 @@ for step in $steps; do
         tasks=$suite; [ "$suite" = orders ] && tasks="$OUT/orders.jsonl"
         for budget in ${MATRIX_BUDGETS:-2% 5% 10% 20%}; do
           while [ "$(jobs -rp | wc -l)" -ge "${PAR:-8}" ]; do sleep 2; done
-          search "matrix-$suite-${budget%\%}" $PER_HEAD --budget "$budget" --seed 0 --tasks "$tasks" &
+          search "matrix-$suite-${budget%\%}" $PER_HEAD --budget "$budget" --seed 0 --tasks "$tasks" ${MATRIX_ARGS:-} &
         done
       done; wait
       python3 benchmarks/acceptance/picks.py "$OUT" --out "$OUT/picks.md" --json "$OUT/picks.json" ;;
