@@ -107,7 +107,8 @@ for step in $steps; do
       for suite in ${MATRIX_SUITES:-ruler code prose orders}; do
         tasks=$suite; [ "$suite" = orders ] && tasks="$OUT/orders.jsonl"
         for budget in ${MATRIX_BUDGETS:-2% 5% 10% 20%}; do
-          while [ "$(jobs -rp | wc -l)" -ge "${PAR:-8}" ]; do sleep 2; done
+          while [ "$(jobs -rp | wc -l)" -ge "${PAR:-3}" ]; do sleep 2; done  # each a GPU process; ruler
+          # cells hold 288 prefilled samples: 16 such processes on one H100 ran out of its 80 GB
           search "matrix-$suite-${budget%\%}" $PER_HEAD --budget "$budget" --seed 0 --tasks "$tasks" ${MATRIX_ARGS:-} &
         done
       done; wait

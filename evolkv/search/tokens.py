@@ -99,6 +99,9 @@ class TokenSearch(Strategy):
             arm = Arm.of(self.baselines[name])
             if arm is not None and arm.searchable:
                 self.arm_seeds.setdefault(arm, []).append((told, self.baselines[name]))
+        for arm, seeds in self.arm_seeds.items():  # an arm starts at its best baseline's value, a point of it
+            if math.isfinite(seeds[0][0]):
+                self.arm_best[arm] = seeds[0][0]
         wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
         self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
         self.total_generations = self._arm_generations()[-1]
