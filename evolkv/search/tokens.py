@@ -80,8 +80,9 @@ class TokenSearch(Strategy):
         return aggregate(score, ref, self.settings.scoring.aggregate, self.settings.scoring.tolerance, self.settings.scoring.objective)
 
     def observe_baselines(self, scores):
-        """Start from the best known configs: the baselines the space can express (fixed head shares, the
-        run's scorer) seed the first generation, the best first."""
+        """Start from the best known configs: the baselines the static space can express (fixed head shares,
+        the run's scorer) seed its first generation, the best first; every baseline's arm (``Arm.of``) is ranked
+        by its best baseline, and the ``--arms`` best are searched (``blocks``)."""
         self.ref = scores.get("uniform")
         self.baseline_scores = dict(scores)  # unbiased for the winner's choice: a baseline fitted nothing
         ranked = sorted(((self.relative(score, self.ref), name) for name, score in scores.items()
