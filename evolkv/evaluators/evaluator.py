@@ -383,9 +383,12 @@ class Evaluator:
         metric), in sample order; "own": each sample's own metric (``tasks.own_metric``: "sim" for code, "em"
         otherwise)."""
         hits: list[dict[str, list[float]]] = [defaultdict(list) for _ in configs]
+        # a greedy step reads every weight once whatever the batch: all configs of a sample decode together, up
+        # to EM_BATCHES forwards' worth (a run's winner and its ten baselines: one batch, not 8 + 3)
+        size = self.batch_size * EM_BATCHES
         for prep in prepared:
             prep = self._resident(prep)
-            for chunk in _chunks(list(range(len(configs))), self.batch_size):
+            for chunk in _chunks(list(range(len(configs))), size):
                 texts = self._greedy([configs[i] for i in chunk], prep)
                 for i, text in zip(chunk, texts):
                     values = _task_metrics(text, prep.sample.answer)
@@ -413,6 +416,9 @@ class Evaluator:
                 tokens.append(pending)
         generated = torch.cat(tokens, dim=1)
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+EM_BATCHES = 4  # exact match decodes up to this many --batch-size of configs at once (Evaluator.exact_match_samples)
 
 
 @dataclass
