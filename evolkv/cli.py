@@ -242,13 +242,9 @@ def search(
 ) -> None:
     """Search per-layer (and per-head) token budgets, or per-layer key/value precisions, that keep the
     model's answers closest to the full cache within the memory you give it."""
-    from evolkv.settings import SearchSettings
+    from evolkv.settings import SearchSettings, default_effort, parse_duration
 
     optimizer = optimizer or ("cmaes" if mode == "tokens" else "nsga2")
-    from evolkv.settings import default_effort
-
-    from evolkv.settings import parse_duration
-
     effort = default_effort(device)  # what the user leaves out follows the device
     seconds = parse_duration(time_budget) if time_budget is not None else 0.0
     generations = generations or (TIMED_GENERATIONS if seconds else effort["generations"])

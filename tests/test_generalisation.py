@@ -85,6 +85,15 @@ def test_only_a_config_better_on_the_typical_sample_displaces_uniform():
     assert admits("finalist:0", legacy)  # runs stored before per-sample logs: the mean alone
 
 
+def _count_prefills(executor) -> list[int]:
+    """The sizes of the sample lists ``executor``'s evaluator prefills, in order, as they are prefilled."""
+    prepared: list[int] = []
+    original = executor.evaluator.prepare
+    executor.evaluator.prepare = lambda samples, progress=None: prepared.append(len(samples)) or original(samples,
+                                                                                                         progress)
+    return prepared
+
+
 @pytest.mark.parametrize("choose", ["mean", "typical"])
 def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tmp_path, choose):
     """A search on draws from a pool: every generation is scored on a fresh draw beside uniform (its
@@ -94,10 +103,7 @@ def test_the_winner_is_chosen_on_validation_and_never_loses_there(model_dirs, tm
                               pool=3, validation_samples=2, heldout_samples=3, length=200,
                               tasks=["passkey", "multikey"], finalists=2, choose=choose)
     loaded, executor = make_executor(settings)
-    prepared = []
-    original = executor.evaluator.prepare
-    executor.evaluator.prepare = lambda samples, progress=None: prepared.append(len(samples)) or original(samples,
-                                                                                                         progress)
+    prepared = _count_prefills(executor)
     store = Store(str(tmp_path / "r.db"))
     detail = run_search(settings, loaded.spec, executor, store)
     assert detail["status"] == "finished"
@@ -332,10 +338,7 @@ def test_a_close_call_is_raced_on_more_validation_samples_prefilled_only_then(mo
                               validation_samples=1, heldout_samples=1, race=2, length=200,
                               tasks=["passkey", "multikey"], finalists=2, baselines=["uniform", "pyramid", "adakv"])
     loaded, executor = make_executor(settings)
-    prepared = []
-    original = executor.evaluator.prepare
-    executor.evaluator.prepare = lambda samples, progress=None: prepared.append(len(samples)) or original(samples,
-                                                                                                         progress)
+    prepared = _count_prefills(executor)
     store = Store(str(tmp_path / "r.db"))
     detail = run_search(settings, loaded.spec, executor, store)
     assert detail["status"] == "finished"
