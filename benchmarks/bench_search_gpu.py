@@ -1,7 +1,7 @@
 """Search wall time at EvolKV scale, through the CLI a user types, launch to stored winner, each stage beside
 its floor.
 
-Llama-3-8B shape (``benchmarks/gpu/make_llama8b.py``), ``--per-head``, 8 samples per task per split,
+Llama-3-8B shape (``benchmarks/gpu/make_llama8b.py``), ``--per-head``, 8 samples per task per split (no race),
 population 16 x 20 generations (320 candidates), every default baseline, at 8k (and 32k) context. Prints the
 total, the stage table the run stored (``runs show --json``), each stage's share and, where a stage has one, its
 floor measured in this process after the run, on the same device:
@@ -9,12 +9,13 @@ floor measured in this process after the run, on the same device:
 - prefill: one plain forward (SDPA, no scorer, no replay) of the same number of tokens, per prefilled sample;
 - candidate scoring (generations, baselines): each evaluation reads its kept keys and values once per search
   sample, and the weights once per ``--batch-size`` candidates, at the device's copy bandwidth;
-- exact match: one batched greedy decode of all final configs of a sample over the full cache, as many steps
-  as the samples' answers take (answer tokens + the lead-in the metric allows).
+- exact match (held-out split): one batched greedy decode of all final configs of a sample over the full cache,
+  as many steps as the samples' answers take (answer tokens + the lead-in the metric allows).
 
     python benchmarks/bench_search_gpu.py --model /tmp/llama8b --length 8000 [--length 32000]
     python benchmarks/bench_search_gpu.py --model gemma-3-270m --device cpu --length 500 --samples 1 \
         --population 4 --generations 2   # the same tables on a CPU, small
+    python benchmarks/bench_search_gpu.py --readme   # the README's first command, every default, on this machine
 """
 
 from __future__ import annotations
@@ -143,6 +144,59 @@ def stage_floors(floors: Floors, merged: dict[str, list[float]], budget: float, 
     return out
 
 
+def report(detail: dict, wall: float, floors_of) -> None:
+    """The run's stage table beside each stage's floor (``floors_of(merged)``, or None for none)."""
+    timings = detail["timings"]
+    stages = timings["stages"]
+    settings = detail["settings"]
+    evaluated = sum(s["evaluations"] for s in stages if s["stage"].startswith("generation"))
+    search_s = sum(s["seconds"] for s in stages if s["stage"].startswith("generation"))
+    target = TARGETS.get(settings["length"]) if settings["device"].startswith("cuda") else None
+    print(f"context {settings['length']}: launch to stored winner {wall:.1f} s ({wall / 60:.2f} min)"
+          + (f", target {target:.0f} s ({wall / target:.2f}x)" if target else "")
+          + f", status {detail['status']}, peak GPU {timings.get('peak_gpu_gib', 0):.1f} GiB; "
+          f"{evaluated} candidates in {search_s:.1f} s = {evaluated / max(search_s, 1e-9):.2f} evals/s")
+    staged = sum(s["seconds"] for s in stages)
+    merged: dict[str, list[float]] = {}
+    for s in stages:
+        key = "generations (all)" if s["stage"].startswith("generation") else s["stage"]
+        merged.setdefault(key, [0.0, 0])
+        merged[key][0] += s["seconds"]
+        merged[key][1] += s["evaluations"]
+    floors = floors_of(merged) if floors_of else {}
+    print(f"{'stage':22s} {'seconds':>8s} {'share':>6s} {'evals':>6s} {'floor s':>8s} {'x floor':>8s}  floor is")
+    for key, (seconds, evals) in sorted(merged.items(), key=lambda kv: -kv[1][0]):
+        floor, how = floors.get(key, (None, ""))
+        extra = f" {floor:8.2f} {seconds / max(floor, 1e-9):8.1f}  {how}" if floor is not None else ""
+        print(f"{key:22s} {seconds:8.1f} {seconds / wall:6.0%} {evals:6d}{extra}")
+    print(f"{'(process start, imports)':22s} {wall - staged:8.1f} {(wall - staged) / wall:6.0%}")
+    results = detail["results"]
+    for label in ("winner", "baseline:uniform", "baseline:adakv"):
+        r = results.get(label, {})
+        print(f"  {label:18s} search KL {r.get('search', {}).get('objective')}  held-out KL "
+              f"{r.get('heldout', {}).get('objective')}")
+    print(flush=True)
+
+
+def floors_for(detail: dict):
+    """A ``report`` callback measuring the floors of ``detail``'s run (its model, device, length and samples)."""
+    from evolkv.config import Budget
+    from evolkv.devices import resolve_device
+
+    settings = detail["settings"]
+
+    def measure(merged: dict[str, list[float]]) -> dict[str, tuple[float, str]]:
+        device = resolve_device(settings["device"]) if settings["device"] == "auto" else settings["device"]
+        floors = Floors(settings["model"], device, settings["length"])
+        heldout = settings["heldout_samples"] or settings["samples"]
+        steps = floors.answer_steps(settings["tasks"], heldout, settings["seed"], ("heldout",))
+        return stage_floors(floors, merged, Budget.parse(settings["budget"]).value, settings["batch_size"],
+                            int(merged.get("prefill search", [0, 0])[1]),
+                            int(merged.get("exact match", [0, 1])[1]), steps)
+
+    return measure
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="/tmp/llama8b")
@@ -154,58 +208,30 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tasks", default="passkey,multikey")
+    parser.add_argument("--readme", action="store_true",
+                        help="run the README's first command instead (evolkv search --budget 10%%, every default)")
     parser.add_argument("--no-floors", action="store_true", help="only the run's own stage table")
     parser.add_argument("--extra", default="", help="more CLI options, space separated")
     options = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' cache keyword rename
-    for length in options.length or [8000]:
+    runs = []
+    if options.readme:
+        runs.append(["search", "--budget", "10%"])
+    for length in [] if options.readme else options.length or [8000]:
+        runs.append(["search", "--model", options.model, "--budget", f"{options.budget:.1%}", "--device",
+                     options.device, "--per-head", "--length", str(length), "--samples", str(options.samples),
+                     "--heldout-samples", str(options.samples), "--race", "0", "--population",
+                     str(options.population), "--generations", str(options.generations), "--batch-size",
+                     str(options.batch_size), "--tasks", options.tasks])
+    for args in runs:
         db = Path(tempfile.mkdtemp()) / "bench.db"
-        args = ["search", "--model", options.model, "--budget", f"{options.budget:.1%}", "--device", options.device,
-                "--per-head", "--length", str(length), "--samples", str(options.samples), "--population",
-                str(options.population), "--generations", str(options.generations), "--batch-size",
-                str(options.batch_size), "--tasks", options.tasks, "--db", str(db), "--json", *options.extra.split()]
-        print(f"$ evolkv {' '.join(args)}", flush=True)
-        wall, result = run_cli(args)
+        print(f"$ evolkv {' '.join(args)} {options.extra}".rstrip(), flush=True)
+        wall, result = run_cli([*args, "--db", str(db), "--json", *options.extra.split()])
         if result.returncode != 0:
             print(f"exit {result.returncode}: {result.stderr[-1500:]}", flush=True)
             continue
         detail = json.loads(result.stdout)
-        timings = detail["timings"]
-        stages = timings["stages"]
-        evaluated = sum(s["evaluations"] for s in stages if s["stage"].startswith("generation"))
-        search_s = sum(s["seconds"] for s in stages if s["stage"].startswith("generation"))
-        target = TARGETS.get(length)
-        print(f"context {length}: launch to stored winner {wall:.1f} s ({wall / 60:.2f} min)"
-              + (f", target {target:.0f} s ({wall / target:.2f}x)" if target and options.device == "cuda" else "")
-              + f", status {detail['status']}, peak GPU {timings.get('peak_gpu_gib', 0):.1f} GiB; "
-              f"{evaluated} candidates in {search_s:.1f} s = {evaluated / max(search_s, 1e-9):.2f} evals/s")
-        staged = sum(s["seconds"] for s in stages)
-        merged: dict[str, list[float]] = {}
-        for s in stages:
-            key = "generations (all)" if s["stage"].startswith("generation") else s["stage"]
-            merged.setdefault(key, [0.0, 0])
-            merged[key][0] += s["seconds"]
-            merged[key][1] += s["evaluations"]
-        floors: dict[str, tuple[float, str]] = {}
-        if not options.no_floors:
-            measure = Floors(options.model, options.device, length)
-            tasks = options.tasks.split(",")
-            search_samples = int(merged.get("prefill search", [0, 0])[1])
-            finals = int(merged.get("exact match", [0, 2])[1]) // 2  # both splits: search and held-out
-            steps = measure.answer_steps(tasks, options.samples, 0, ("search", "heldout"))
-            floors = stage_floors(measure, merged, options.budget, options.batch_size, search_samples, finals, steps)
-        print(f"{'stage':22s} {'seconds':>8s} {'share':>6s} {'evals':>6s} {'floor s':>8s} {'x floor':>8s}  floor is")
-        for key, (seconds, evals) in sorted(merged.items(), key=lambda kv: -kv[1][0]):
-            floor, how = floors.get(key, (None, ""))
-            extra = f" {floor:8.2f} {seconds / max(floor, 1e-9):8.1f}  {how}" if floor is not None else ""
-            print(f"{key:22s} {seconds:8.1f} {seconds / wall:6.0%} {evals:6d}{extra}")
-        print(f"{'(process start, imports)':22s} {wall - staged:8.1f} {(wall - staged) / wall:6.0%}")
-        results = detail["results"]
-        for label in ("winner", "baseline:uniform", "baseline:adakv"):
-            r = results.get(label, {})
-            print(f"  {label:18s} search KL {r.get('search', {}).get('objective')}  held-out KL "
-                  f"{r.get('heldout', {}).get('objective')}")
-        print(flush=True)
+        report(detail, wall, None if options.no_floors else floors_for(detail))
 
 
 if __name__ == "__main__":

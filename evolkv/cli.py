@@ -219,12 +219,13 @@ def search(
                                           "--scorer, which the baselines use."),
     query_aware: bool = typer.Option(True, "--query-aware/--query-agnostic", help="Compress after the question "
                                      "(SnapKV) or after the context alone (question asked later)."),
-    baselines: str = typer.Option("full,uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv,kvzip",
-                                  help="Baselines evaluated alongside: globaltopk, prefixkv, cake and dynamickv "
-                                  "are per-prompt allocators of the same total (evolkv.allocators); kvzip is "
-                                  "KVzip's scores spent over all layers and heads (one replay pass per sample). "
-                                  "Also known: expected_attention (kvpress's default press: AdaKV + "
-                                  "ExpectedAttention)."),
+    baselines: Optional[str] = typer.Option(None, help="Baselines evaluated alongside: globaltopk, prefixkv, cake "
+                                            "and dynamickv are per-prompt allocators of the same total "
+                                            "(evolkv.allocators); kvzip is KVzip's scores spent over all layers and "
+                                            "heads (one replay pass per sample). Also known: expected_attention "
+                                            "(kvpress's default press: AdaKV + ExpectedAttention) [default: full,"
+                                            "uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv,"
+                                            "kvzip; on the CPU without kvzip, whose replay doubles each prefill]."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
     batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
     device: str = typer.Option("auto", help="auto (CUDA where this machine has it, else the CPU; the run says "
@@ -252,6 +253,7 @@ def search(
     samples = samples or effort["samples"]
     heldout_samples = effort["heldout_samples"] if heldout_samples is None else heldout_samples
     race = effort["race"] if race is None else race
+    baselines = ",".join(effort["baselines"]) if baselines is None else baselines
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,
                               step=step, restarts=restarts, time=seconds,

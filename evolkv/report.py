@@ -56,8 +56,11 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
                        if "/" in key})
     metrics = {own_metric(task) for task in answered} or {"em"}
     metric = {"em": "EM", "sim": "edit sim."}[metrics.pop()] if len(metrics) == 1 else "task metric"
+    answer_splits = [split for split in ("search/em", "heldout/em")  # runs decode the held-out split
+                     if split == "heldout/em" or any(splits.get(split) for _, splits in ordered)]
     results = Table(Column("config", no_wrap=True), f"search\n{name}", f"valid.\n{name}", f"held-out\n{name}",
-                    f"search\n{metric}", f"held-out\n{metric}", "gap",
+                    *[f"{'search' if split == 'search/em' else 'held-out'}\n{metric}" for split in answer_splits],
+                    "gap",
                     title=f"winner vs baselines ({OBJECTIVE_TITLES.get(settings.get('objective', 'kl'), '')}: lower "
                           f"is better; gap = held-out / search {name}; {metric} of greedy answers: higher is better)")
     for label, splits in ordered:
@@ -65,8 +68,7 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
         answers = lambda split: task_metric(splits[split]) if splits.get(split) else None  # noqa: E731
         gap = get("heldout") / get("search") if get("heldout") is not None and get("search") else None
         results.add_row(config_name(label, source), fmt(get("search")), fmt(get("validation")),
-                        fmt(get("heldout")), fmt(answers("search/em"), 3), fmt(answers("heldout/em"), 3),
-                        fmt(gap, 2))
+                        fmt(get("heldout")), *[fmt(answers(split), 3) for split in answer_splits], fmt(gap, 2))
     console.print(results)
     _print_paired(ordered, source, metric)
     selection = (detail.get("winner") or {}).get("selection") or {}

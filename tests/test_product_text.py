@@ -46,3 +46,19 @@ def test_the_pattern_finds_what_it_is_for():
         assert HISTORY.search(line), line
     for line in ("round(compression_ratio * 100) - 1", "a Session of SQLAlchemy", "rounds of 512 entries"):
         assert not HISTORY.search(line), line
+
+
+def test_readme_headline_figures_are_the_latest_results():
+    """The README's figures table is what benchmarks/figures.py makes from the latest committed results: a
+    figure cannot stay behind when a benchmark's output changes, nor be typed in by hand."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("evolkv_figures", ROOT / "benchmarks" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = figures  # its dataclass looks its module up
+    spec.loader.exec_module(figures)
+    made = figures.table()
+    assert figures.readme_block((ROOT / "README.md").read_text()) == made, \
+        "run python benchmarks/figures.py --write"
+    assert made.count("\n| ") == len(figures.FIGURES) + 1  # the header and one row a figure

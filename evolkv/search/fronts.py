@@ -173,7 +173,7 @@ class FrontSearch(Strategy):
             job.evaluate([winner], Stage.FINAL, ["winner"], split="heldout")
             if under:
                 job.evaluate([winner], Stage.FINAL, ["winner"], split="validation")
-        with job.stage("exact match", 2 * len(finals)):
+        with job.stage("exact match", len(finals)):
             job.exact_match(finals, ["winner", *[f"baseline:{n}" for n in self.baselines]])
         points = [(cfg, f, bits, h.objective if h.ok else None, h.metrics, i == win_index)
                   for i, ((cfg, f, bits), h) in enumerate(zip(front, heldout))]

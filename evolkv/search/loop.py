@@ -273,9 +273,9 @@ class _Job:
                 for cfg in configs]
 
     def exact_match(self, configs: list[KVConfig], labels: list[str]) -> None:
-        """Greedy exact-match accuracy of the final configs on both splits, stored as evaluations."""
-        for split in ("search", "heldout"):
-            self.task_metrics(configs, labels, split)
+        """Greedy task metrics of the final configs on the held-out split (where configs are judged), stored as
+        evaluations."""
+        self.task_metrics(configs, labels, "heldout")
 
     def task_metrics(self, configs: list[KVConfig], labels: list[str], split: str) -> list[dict[str, float]]:
         """Greedy-decoded task metrics (``Evaluator.exact_match``) of ``configs`` on ``split``, stored as

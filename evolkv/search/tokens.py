@@ -298,7 +298,7 @@ class TokenSearch(Strategy):
                                  **({"selection_evidence": evidence} if evidence else {}),
                                  heldout_objective=heldout[0].objective, heldout_metrics=heldout[0].metrics)
         finals = [winner, *self.baselines.values()]
-        with job.stage("exact match", 2 * len(finals)):
+        with job.stage("exact match", len(finals)):
             job.exact_match(finals, labels)
         return Outcome(winner, search[0].objective, heldout[0])
 
