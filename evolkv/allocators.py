@@ -32,7 +32,9 @@ heads stay comparable, as AdaKV compares them).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -66,20 +68,17 @@ def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequ
     """Tokens per layer: ``[B, H_kv]`` long for each layer, from the layers' rankings (``press.Ranking``),
     the config's plan ``tokens`` [L, H_kv] (its total is what is spent) and each layer's ``capacity``; the
     config's priors ``weights`` [L, H_kv] (``prior_weights``) and ``static`` share of the plan kept first."""
-    sorted_scores = [r.sorted_scores.float() for r in rankings]  # [B, H, T] per layer
-    batch, heads = sorted_scores[0].shape[:2]
+    base = _base(rankings, capacity)
+    batch, heads = rankings[0].sorted_scores.shape[:2]
     total = int(tokens.sum())
     floor = (tokens.double() * static).floor().long() if static else None
-    out = [torch.zeros(batch, heads, dtype=torch.long, device=s.device) for s in sorted_scores]
+    out = [torch.zeros(batch, heads, dtype=torch.long, device=r.sorted_scores.device) for r in rankings]
     for b in range(batch):
-        scores = [s[b] for s in sorted_scores]
-        caps = [min(cap, s.shape[-1]) for cap, s in zip(capacity, scores)]
-        must = [(s == float("inf")).sum(-1).clamp(max=cap) for s, cap in zip(scores, caps)]  # [H] windows
+        norm, must, caps = base.norm[b], base.must[b], base.caps
         if floor is not None:
             must = [torch.maximum(m, f.to(m.device)).clamp(max=cap) for m, f, cap in zip(must, floor, caps)]
-        norm = [_normalised(s) for s in scores]
         if weights is not None:  # -inf (not keepable) stays -inf: every weight is positive
-            norm = [n * w.to(n.device, n.dtype)[:, None] for n, w in zip(norm, weights)]
+            norm = norm.weighed(weights)
         stats = [r.stats[b] if getattr(r, "stats", None) is not None else None for r in rankings]
         if weights is not None and name == "cake":
             stats = [None if s is None else s * torch.stack([w.mean().to(s), torch.ones((), dtype=s.dtype,
@@ -90,6 +89,65 @@ def allocate(name: str, rankings: Sequence, tokens: torch.Tensor, capacity: Sequ
         for layer, c in enumerate(counts):
             out[layer][b] = c
     return out
+
+
+class _Scores(list):
+    """The layers' normalised scores of one sequence: ``padded`` [L, H, T_max] (``-inf`` past a layer's own
+    length), so the allocators pool all layers in one operation, and, as this list, each layer's [H, T_l] view
+    of it."""
+
+    def __init__(self, padded: torch.Tensor, lengths: Sequence[int]) -> None:
+        super().__init__(padded[i, :, :length] for i, length in enumerate(lengths))
+        self.padded = padded
+
+    @classmethod
+    def of(cls, layers: Sequence[torch.Tensor]) -> _Scores:
+        if isinstance(layers, _Scores):
+            return layers
+        longest = max(n.shape[-1] for n in layers)
+        padded = torch.full((len(layers), layers[0].shape[0], longest), float("-inf"), device=layers[0].device)
+        for i, n in enumerate(layers):
+            padded[i, :, : n.shape[-1]] = n
+        return cls(padded, [n.shape[-1] for n in layers])
+
+    def weighed(self, weights: torch.Tensor) -> _Scores:
+        """Each layer and head's scores times its weight ([L, H], positive: ``-inf`` stays)."""
+        return _Scores(self.padded * weights.to(self.padded.device, self.padded.dtype)[..., None],
+                       [n.shape[-1] for n in self])
+
+
+@dataclass
+class _Base:
+    """What ``allocate`` reads off a prompt's rankings whatever the config: per sequence the layers'
+    normalised scores and windows (``+inf`` ranks, within capacity), and each layer's capacity."""
+
+    norm: list[_Scores]
+    must: list[list[torch.Tensor]]
+    caps: list[int]
+
+
+_BASES: dict[int, list] = {}  # id of the first layer's scores -> [(refs, caps, base)], gone with those scores
+
+
+def _base(rankings: Sequence, capacity: Sequence[int]) -> _Base:
+    """``_Base`` of ``rankings``, made once while their scores live: a search plans many configs on one
+    prompt's rankings, and normalising them is most of a plan's work (and, on a GPU, its host syncs)."""
+    scores = [r.sorted_scores for r in rankings]
+    caps = [min(cap, s.shape[-1]) for cap, s in zip(capacity, scores)]
+    entries = _BASES.get(id(scores[0]))
+    if entries is None:
+        entries = _BASES[id(scores[0])] = []
+        weakref.finalize(scores[0], _BASES.pop, id(scores[0]), None)
+    for refs, known, base in entries:
+        if known == caps and len(refs) == len(scores) and all(ref() is s for ref, s in zip(refs, scores)):
+            return base
+    floats = [s.float() for s in scores]
+    norm = [_Scores.of([_normalised(s[b]) for s in floats]) for b in range(floats[0].shape[0])]
+    must = [[(s[b] == float("inf")).sum(-1).clamp(max=cap) for s, cap in zip(floats, caps)]
+            for b in range(floats[0].shape[0])]
+    base = _Base(norm, must, caps)
+    entries.append(([weakref.ref(s) for s in scores], caps, base))
+    return base
 
 
 def _normalised(scores: torch.Tensor) -> torch.Tensor:
@@ -107,13 +165,11 @@ def _normalised(scores: torch.Tensor) -> torch.Tensor:
 def _pool(norm: Sequence[torch.Tensor], counts: Sequence[torch.Tensor], caps: Sequence[int]) -> torch.Tensor:
     """Every layer's scores [H, T] of the ranks not yet taken (below the counts, past capacity: -inf),
     padded to one length: [L, H, T_max]."""
-    longest = max(n.shape[-1] for n in norm)
-    pool = torch.full((len(norm), norm[0].shape[0], longest), float("-inf"), device=norm[0].device)
-    for layer, (n, c, cap) in enumerate(zip(norm, counts, caps)):
-        rank = torch.arange(n.shape[-1], device=n.device)
-        open_ = (rank[None, :] >= c[:, None]) & (rank[None, :] < cap)
-        pool[layer, :, : n.shape[-1]] = torch.where(open_, n, torch.full_like(n, float("-inf")))
-    return pool
+    padded = _Scores.of(norm).padded
+    rank = torch.arange(padded.shape[-1], device=padded.device)
+    cap = torch.tensor(caps, device=padded.device)
+    open_ = (rank >= torch.stack(list(counts)).to(padded.device)[..., None]) & (rank < cap[:, None, None])
+    return torch.where(open_, padded, torch.full_like(padded, float("-inf")))
 
 
 def _take(pool: torch.Tensor, count: int) -> torch.Tensor:
@@ -128,10 +184,15 @@ def _take(pool: torch.Tensor, count: int) -> torch.Tensor:
     return taken.view(layers, heads)
 
 
+def _spent(counts: Sequence[torch.Tensor]) -> int:
+    """Tokens the layers' ``counts`` keep, summed (one host sync)."""
+    return int(torch.stack([c.sum() for c in counts]).sum())
+
+
 def _fill(norm, counts, caps, total) -> list[torch.Tensor]:
     """Spend what is left of ``total`` (rounding, capped layers) on the best open ranks; never past it."""
     counts = [c.clone() for c in counts]
-    rest = total - sum(int(c.sum()) for c in counts)
+    rest = total - _spent(counts)
     if rest > 0:
         extra = _take(_pool(norm, counts, caps), rest)
         counts = [c + e for c, e in zip(counts, extra)]
@@ -149,7 +210,7 @@ def _even(layer_total: int, must: torch.Tensor, cap: int) -> torch.Tensor:
 
 @_register("globaltopk")
 def _global_topk(norm, must, caps, total, stats):
-    rest = total - sum(int(m.sum()) for m in must)
+    rest = total - _spent(must)
     extra = _take(_pool(norm, must, caps), max(rest, 0))
     return [m + e for m, e in zip(must, extra)]
 
@@ -179,17 +240,23 @@ def _prefixkv(norm, must, caps, total, stats):
     return kept(low)
 
 
+def _host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The same tensors on the host, in one copy: the per-layer bookkeeping below then syncs with no device."""
+    return list(torch.stack(list(tensors)).cpu().unbind(0))
+
+
 @_register("cake")
 def _cake(norm, must, caps, total, stats):
     if any(s is None for s in stats):
         raise ValueError("cake needs the layers' attention statistics (Ranking.stats)")
-    preference = torch.stack([s[0].clamp_min(1e-6) * s[1].clamp_min(1e-12) for s in stats]).double()
+    device = must[0].device
+    preference = torch.stack([s[0].clamp_min(1e-6) * s[1].clamp_min(1e-12) for s in stats]).double().cpu()
+    must = _host(must)
     fixed = [int(m.sum()) for m in must]
-    room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64,
-                        device=preference.device)
+    room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64)
     shares = waterfill(max(total - sum(fixed), 0), preference, room.clamp(min=0))
     layer_totals = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]
-    return [_even(f + int(t), m, cap) for f, t, m, cap in zip(fixed, layer_totals.tolist(), must, caps)]
+    return [_even(f + int(t), m, cap).to(device) for f, t, m, cap in zip(fixed, layer_totals.tolist(), must, caps)]
 
 
 @_register("dynamickv")
@@ -200,6 +267,7 @@ def _dynamickv(norm, must, caps, total, stats, ratio: float = 2.0):
     rank = torch.arange(pool.shape[-1], device=pool.device)
     limits = torch.stack(must)[..., None] + offer  # [L, H, 1]
     pool = torch.where(rank[None, None, :] < limits, pool, torch.full_like(pool, float("-inf")))
-    rest = total - sum(int(m.sum()) for m in must)
+    rest = total - _spent(must)
     per_layer = _take(pool, max(rest, 0)).sum(-1)  # [L]
-    return [_even(int(m.sum()) + int(n), m, cap) for m, n, cap in zip(must, per_layer.tolist(), caps)]
+    device, must = must[0].device, _host(must)
+    return [_even(int(m.sum()) + int(n), m, cap).to(device) for m, n, cap in zip(must, per_layer.tolist(), caps)]

@@ -202,3 +202,34 @@ def test_a_config_with_priors_says_the_second_schema_and_round_trips(tmp_path):
             KVConfig.from_dict({**data, field: value})
     with pytest.raises(ConfigError, match="shape a per-prompt 'allocation'"):
         KVConfig.from_dict({**data, "allocation": None})
+
+
+def test_a_prompts_normalised_scores_are_made_once_for_every_config_and_go_with_its_rankings():
+    """A search plans many configs on one prompt's rankings: the part of a plan that depends on the rankings
+    alone is made once (the same counts as made afresh) and is dropped when the rankings are."""
+    import dataclasses
+    import gc
+
+    from evolkv import allocators
+    from evolkv.allocators import ALLOCATORS
+    from evolkv.press import Plan
+
+    spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
+    torch.manual_seed(0)
+    scores = [torch.rand(2, 2, 30) ** (i + 1) for i in range(3)]
+    stats = [torch.tensor([[1.0, 0.1], [2.0, 0.1]]) * (i + 1) for i in range(3)]
+    rankings = _rankings(scores, stats=stats)
+    before = len(allocators._BASES)
+    for name in ALLOCATORS:
+        for static in (0.0, 0.5):
+            cfg = dataclasses.replace(uniform_config(spec, Budget.parse("20%")), allocation=name, static=static,
+                                      layers=tuple(LayerSpec(budget=b, heads=(0.5, 0.5)) for b in (0.1, 0.2, 0.3)),
+                                      prior=True)
+            shared = [p.counts for p in Plan(cfg, 30).layers(rankings)]
+            fresh = [p.counts for p in Plan(cfg, 30).layers(_rankings(scores, stats=stats))]
+            assert all(torch.equal(a, b) for a, b in zip(shared, fresh)), (name, static)
+    gc.collect()
+    assert len(allocators._BASES) == before + 1  # the fresh rankings' entries went with them
+    del rankings
+    gc.collect()
+    assert len(allocators._BASES) == before
