@@ -33,7 +33,7 @@ class FigureError(RuntimeError):
 
 def latest(pattern: str) -> Path:
     """The newest result file matching ``pattern`` (a glob under results/, names start with the date)."""
-    found = sorted(RESULTS.glob(pattern), key=lambda p: p.name[:10])
+    found = sorted(RESULTS.glob(pattern), key=lambda p: (p.name[:10], p.name))
     if not found:
         raise FigureError(f"no result file matches benchmarks/results/{pattern}")
     return found[-1]
@@ -108,10 +108,12 @@ def _scoring(file):
             f"vs {float(naive):.0f} ms")
 
 
-def _search(short, long):
-    walls = [grab(text, r"launch to stored winner ([\d.]+) s", path)[0] for text, path in (short, long)]
-    return (f"8B-shaped `--per-head` search, 8 samples per task per split, 16 x 20: {walls[0]} s launch to stored "
-            f"winner at 8k, {walls[1]} s at 32k")
+def _search(file):
+    text, path = file
+    wall, length = grab(text, r"context (\d+): launch to stored winner ([\d.]+) s", path)[::-1]
+    evals = grab(text, r"= ([\d.]+) evals/s", path)[0]
+    return (f"8B-shaped `--per-head` search at {int(length) // 1000}k, 8 samples per task per split, 16 x 20: "
+            f"{wall} s launch to stored winner ({evals} candidates/s in the generations)")
 
 
 def _readme(file):
@@ -138,7 +140,7 @@ FIGURES = [
     Figure("benchmarks/gpu/generate_cli.sh", ("*-bench_serving.txt",), _generate),
     Figure("benchmarks/bench_packed_decode.py", ("*-bench_packed_decode.txt",), _packed),
     Figure("benchmarks/bench_gpu.py", ("*-bench_gpu-8192.txt",), _scoring),
-    Figure("benchmarks/bench_search_gpu.py", ("*-bench_search_gpu-8k.txt", "*-bench_search_gpu-32k.txt"), _search),
+    Figure("benchmarks/bench_search_gpu.py", ("*-bench_search_gpu-8k.txt",), _search),
     Figure("benchmarks/bench_search_gpu.py --readme", ("*-readme_search.txt",), _readme),
     Figure("benchmarks/bench_ray_gpus.py", ("*-ray_gpus.md",), _ray),
 ]
