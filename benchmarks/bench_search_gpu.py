@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 TARGETS = {8000: 90.0, 32000: 180.0}  # launch to stored winner, seconds, on one H100
+README_TARGET = 240.0  # the README's first command on 2 CPU cores, the model cache warm
 
 
 def run_cli(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -74,7 +75,9 @@ class Floors:
         dtype_bytes = next(self.model.parameters()).element_size()
         self.kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * length * dtype_bytes
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.vocab = config.vocab_size
+        self.vocab, self.hidden = config.vocab_size, config.hidden_size
+        embeddings = {id(m.weight) for m in (self.model.get_input_embeddings(), self.model.get_output_embeddings())}
+        self.body_params = sum(p.numel() for p in self.model.parameters() if id(p) not in embeddings)
 
     def forward_s(self) -> float:
         import torch
@@ -91,6 +94,15 @@ class Floors:
         x = torch.empty(size, dtype=torch.uint8, device=self.device)
         y = torch.empty_like(x)
         return 2 * size / _timed(lambda: y.copy_(x), self.device, repeat=5)
+
+    def matmul_flops(self) -> float:
+        """Floating-point operations per second of a square matmul in the model's dtype."""
+        import torch
+
+        n = 4096 if self.device.type == "cuda" else 1024
+        dtype = next(self.model.parameters()).dtype
+        a = torch.randn(n, n, device=self.device, dtype=dtype)
+        return 2 * n ** 3 / _timed(lambda: a @ a, self.device, repeat=5)
 
     def decode_step_s(self, batch: int, steps: int = 8) -> float:
         """One greedy step of ``batch`` sequences over a shared ``length``-token prefill (the full cache): the
@@ -114,44 +126,56 @@ class Floors:
                 best = min(best, (time.perf_counter() - started) / steps)
         return best
 
-    def answer_steps(self, tasks: list[str], samples: int, seed: int, splits: tuple[str, ...]) -> int:
-        """Greedy steps exact match takes over ``splits``: each sample's answer tokens plus the lead-in."""
-        from evolkv.evaluators.evaluator import LEAD_IN
+    def answers(self, tasks: list[str], samples: int, seed: int, splits: tuple[str, ...]) -> list[int]:
+        """Each sample's answer tokens over ``splits``."""
         from evolkv.evaluators.tasks import load_tasks
 
         tokenizer = self.loaded.tokenizer
-        return sum(len(tokenizer(" " + s.answer.strip(), add_special_tokens=False).input_ids) + LEAD_IN
-                   for split in splits for s in load_tasks(tasks, samples, self.length, seed, split, tokenizer))
+        return [len(tokenizer(" " + s.answer.strip(), add_special_tokens=False).input_ids)
+                for split in splits for s in load_tasks(tasks, samples, self.length, seed, split, tokenizer)]
 
 
 def stage_floors(floors: Floors, merged: dict[str, list[float]], budget: float, batch: int, search_samples: int,
-                 finals: int, steps: int) -> dict[str, tuple[float, str]]:
-    """Each stage's floor in seconds and how it was reckoned."""
+                 finals: int, answers: list[int]) -> dict[str, tuple[float, str]]:
+    """Each stage's floor in seconds and how it was reckoned (``answers``: the answer tokens of the held-out
+    samples, which exact match decodes and which stand for every split's)."""
+    from evolkv.evaluators.evaluator import LEAD_IN
+
     out: dict[str, tuple[float, str]] = {}
     forward = floors.forward_s()
     for key, (_, evals) in merged.items():
         if key.startswith("prefill"):
             out[key] = (forward * evals, f"{int(evals)} plain forwards of {floors.length} tokens, {forward:.3f} s each")
-    bandwidth = floors.bandwidth()
-    per_eval = search_samples * (budget * floors.kv_bytes + floors.weight_bytes / batch) / bandwidth
+    # a candidate on a sample: its kept KV and a batch's share of the weights read once, or the teacher-forced
+    # forward of the answer tokens (the full-vocabulary logits the KL needs) computed, whichever takes longer
+    bandwidth, flops = floors.bandwidth(), floors.matmul_flops()
+    answer = sum(answers) / max(len(answers), 1)
+    read = (budget * floors.kv_bytes + floors.weight_bytes / batch) / bandwidth
+    compute = 2 * answer * (floors.body_params + floors.vocab * floors.hidden) / flops
+    per_eval = search_samples * max(read, compute)
+    bound = (f"kept KV + weights/{batch} at {bandwidth / 1e9:.0f} GB/s" if read >= compute else
+             f"{answer:.1f} answer tokens' forward at {flops / 1e12:.2f} TFLOP/s")
     for key in ("generations (all)", "baselines"):
         if key in merged:
-            out[key] = (per_eval * merged[key][1], f"{search_samples} samples x (kept KV + weights/{batch}) at "
-                                                   f"{bandwidth / 1e9:.0f} GB/s: {per_eval * 1e3:.1f} ms an eval")
+            out[key] = (per_eval * merged[key][1], f"{search_samples} samples x ({bound}): {per_eval * 1e3:.1f} ms "
+                                                   "an eval")
     if "exact match" in merged:
+        steps = sum(answers) + LEAD_IN * len(answers)
         step = floors.decode_step_s(finals)
         out["exact match"] = (step * steps, f"{steps} greedy steps of {finals} configs, {step * 1e3:.1f} ms each")
     return out
 
 
-def report(detail: dict, wall: float, floors_of) -> None:
-    """The run's stage table beside each stage's floor (``floors_of(merged)``, or None for none)."""
+def report(detail: dict, wall: float, floors_of, target: float | None = None) -> None:
+    """The run's stage table beside each stage's floor (``floors_of(merged)``, or None for none), against
+    ``target`` seconds (by default the GPU target of the run's length)."""
     timings = detail["timings"]
     stages = timings["stages"]
     settings = detail["settings"]
     evaluated = sum(s["evaluations"] for s in stages if s["stage"].startswith("generation"))
     search_s = sum(s["seconds"] for s in stages if s["stage"].startswith("generation"))
-    target = TARGETS.get(settings["length"]) if settings["device"].startswith("cuda") else None
+    if target is None and settings["device"].startswith("cuda"):
+        target = TARGETS.get(settings["length"])
     print(f"context {settings['length']}: launch to stored winner {wall:.1f} s ({wall / 60:.2f} min)"
           + (f", target {target:.0f} s ({wall / target:.2f}x)" if target else "")
           + f", status {detail['status']}, peak GPU {timings.get('peak_gpu_gib', 0):.1f} GiB; "
@@ -170,6 +194,14 @@ def report(detail: dict, wall: float, floors_of) -> None:
         extra = f" {floor:8.2f} {seconds / max(floor, 1e-9):8.1f}  {how}" if floor is not None else ""
         print(f"{key:22s} {seconds:8.1f} {seconds / wall:6.0%} {evals:6d}{extra}")
     print(f"{'(process start, imports)':22s} {wall - staged:8.1f} {(wall - staged) / wall:6.0%}")
+    if floors:
+        above = sorted(((merged[key][0] - floor, key, merged[key][0] / max(floor, 1e-9))
+                        for key, (floor, _) in floors.items()), reverse=True)
+        verdict = (f"target {target:.0f} s missed by {wall - target:.1f} s" if target and wall > target
+                   else f"target {target:.0f} s met" if target else "no target on this device")
+        print(f"{verdict}; time above each stage's floor: "
+              + ", ".join(f"{key} {excess:.1f} s ({ratio:.1f}x)" for excess, key, ratio in above[:4])
+              + f"; stages without a floor and the process start {wall - staged + sum(seconds for key, (seconds, _) in merged.items() if key not in floors):.1f} s")
     results = detail["results"]
     for label in ("winner", "baseline:uniform", "baseline:adakv"):
         r = results.get(label, {})
@@ -189,10 +221,10 @@ def floors_for(detail: dict):
         device = resolve_device(settings["device"]) if settings["device"] == "auto" else settings["device"]
         floors = Floors(settings["model"], device, settings["length"])
         heldout = settings["heldout_samples"] or settings["samples"]
-        steps = floors.answer_steps(settings["tasks"], heldout, settings["seed"], ("heldout",))
+        answers = floors.answers(settings["tasks"], heldout, settings["seed"], ("heldout",))
         return stage_floors(floors, merged, Budget.parse(settings["budget"]).value, settings["batch_size"],
                             int(merged.get("prefill search", [0, 0])[1]),
-                            int(merged.get("exact match", [0, 1])[1]), steps)
+                            int(merged.get("exact match", [0, 1])[1]), answers)
 
     return measure
 
@@ -231,7 +263,8 @@ def main() -> None:
             print(f"exit {result.returncode}: {result.stderr[-1500:]}", flush=True)
             continue
         detail = json.loads(result.stdout)
-        report(detail, wall, None if options.no_floors else floors_for(detail))
+        report(detail, wall, None if options.no_floors else floors_for(detail),
+               README_TARGET if options.readme else None)
 
 
 if __name__ == "__main__":
