@@ -101,7 +101,8 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if arms:
         best = arms.get("best") or {}
         console.print("arms searched (scorer and rule, best told value; 1 = uniform): " + ", ".join(
-            f"{name} {fmt(best.get(name), 3)}" for name in arms["searched"]) + f"; {arms['continued']} continued",
+            f"{name} {fmt(best.get(name), 3)}" for name in arms["searched"]) + f"; {arms['continued']} continued"
+            + (f", then its priors per KV head ({arms['head_priors']} generations)" if arms.get("head_priors") else ""),
             soft_wrap=True)
     stopped = (detail.get("derived") or {}).get("stopped_by_time")
     if stopped:

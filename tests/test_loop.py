@@ -292,3 +292,65 @@ def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_
     resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
     assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
     assert store.run(resumed["id"]).derived["arms"] == arms
+
+
+def test_a_continued_per_prompt_arm_searches_its_priors_per_kv_head_last(model_dirs, tmp_path, monkeypatch):
+    """--per-head: a per-prompt arm that continues ends, as the home arm does, with half as many generations
+    over each layer's split of its priors over the KV heads, its layers' priors and static share held at the
+    arm's best."""
+    import math
+
+    from evolkv.search.space import Arm
+    from evolkv.search.tokens import TokenSearch
+
+    observe = TokenSearch.observe
+
+    def favour_per_prompt(self, view, X, configs, scores):  # whatever the scores, the per-prompt arm continues
+        observe(self, view, X, configs, scores)
+        for arm in self.arm_best:
+            if not arm.per_prompt:
+                self.arm_best[arm] = math.inf
+
+    monkeypatch.setattr(TokenSearch, "observe", favour_per_prompt)
+    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
+                              population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
+                              baselines=["uniform", "globaltopk"], arms=2)
+    loaded, executor = make_executor(settings)
+    seen = {}
+    original = executor.evaluate
+
+    def recording(configs, split, progress=None, meanwhile=None):
+        seen.update({cfg.hash(): cfg for cfg in configs})
+        return original(configs, split, progress, meanwhile)
+
+    executor.evaluate = recording
+    store = Store(str(tmp_path / "a.db"))
+    result = run_search(settings, loaded.spec, executor, store)
+    assert result["status"] == "finished"
+    arms = store.run(result["id"]).derived["arms"]
+    assert arms["continued"].startswith("globaltopk") and arms["rest"] == 2 and arms["head_priors"] == 1
+    rows = store.evaluations(result["id"])
+    last = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == 4 and digest in seen]
+    assert last and all(Arm.of(cfg).name == arms["continued"] for cfg in last)
+    assert len({tuple(layer.budget for layer in cfg.layers) for cfg in last}) == 1  # the layers' priors held
+    assert any(layer.heads != (0.5, 0.5) for cfg in last for layer in cfg.layers)  # the heads' split searched
+
+
+def test_head_priors_decode_even_genes_to_the_incumbent_and_weigh_each_kv_head():
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from evolkv.allocators import prior_weights
+    from evolkv.config import Budget, ModelSpec, uniform_config
+    from evolkv.search.space import HeadPriors
+
+    spec = ModelSpec("toy", "llama", 3, 4, 2, 8, ["full_attention"] * 3)
+    incumbent = dataclasses.replace(uniform_config(spec, Budget.parse("20%")), allocation="globaltopk")
+    view = HeadPriors(incumbent)
+    assert view.n_var == 6 and view.decode(np.zeros(6)) == incumbent and not view.decode(np.zeros(6)).prior
+    moved = view.decode(np.array([1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
+    weights = prior_weights(moved)
+    assert moved.prior and weights[0, 0] > 1.0 > weights[0, 1] and torch.allclose(weights[1:], torch.ones(2, 2, dtype=weights.dtype))
+    assert np.allclose(view.encode(moved), [1.0, -1.0, 0.0, 0.0, 0.0, 0.0])

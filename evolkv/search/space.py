@@ -232,3 +232,38 @@ class PolicySpace:
         if self.arm.per_prompt:
             genes = np.append(genes, cfg.static * BOUND)
         return np.clip(genes, -BOUND, BOUND)
+
+
+@dataclass
+class HeadPriors:
+    """A per-prompt arm's stage per head: each layer's split of its priors over its KV heads (``L x H_kv`` genes,
+    a softmax per layer), the layers' priors and the static share held at ``incumbent`` (the arm's best). Equal
+    genes in a layer split it evenly, to the bit; where every split is even, the incumbent is the config."""
+
+    incumbent: KVConfig
+
+    @property
+    def n_var(self) -> int:
+        return self.incumbent.model.num_layers * self.incumbent.model.num_kv_heads
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(self.n_var, -BOUND), np.full(self.n_var, BOUND)
+
+    def decode(self, x: np.ndarray) -> KVConfig:
+        cfg, heads = self.incumbent, self.incumbent.model.num_kv_heads
+        genes = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND).reshape(-1, heads)
+        even = tuple([1.0 / heads] * heads)
+        splits = [even if np.ptp(row) == 0 else tuple(torch.softmax(torch.tensor(row), dim=0).tolist())
+                  for row in genes]
+        layers = tuple(dataclasses.replace(layer, heads=split) for layer, split in zip(cfg.layers, splits))
+        prior = cfg.static > 0.0 or any(layer.budget != layers[0].budget or layer.heads != even for layer in layers)
+        return dataclasses.replace(cfg, layers=layers, prior=prior, provenance={})
+
+    def encode(self, cfg: KVConfig) -> np.ndarray:
+        heads = cfg.model.num_kv_heads
+        genes = []
+        for layer in cfg.layers:
+            logs = np.log(np.maximum(np.array(layer.heads or [1.0 / heads] * heads), 1e-9))
+            genes.append(logs - logs.mean())
+        return np.clip(np.concatenate(genes), -BOUND, BOUND)

@@ -15,7 +15,7 @@ from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
-from evolkv.search.space import Arm, BudgetSpace, PolicySpace, SubSpace
+from evolkv.search.space import Arm, BudgetSpace, HeadPriors, PolicySpace, SubSpace
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
@@ -66,6 +66,7 @@ class TokenSearch(Strategy):
         self.home = Arm(scorer, "static")  # the budgets of ``space``: the run's scorer, layer (and head) budgets
         self.arms: list[Arm] = [self.home]  # the arms searched, the best baseline's first (``observe_baselines``)
         self.arm_best: dict[Arm, float] = {}  # the best told value found in each arm
+        self.arm_best_cfg: dict[Arm, KVConfig] = {}  # and the config that has it
         self.home_best = math.inf  # the incumbent's told value (the home arm's best)
         self._view_arm: dict[int, Arm] = {}
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
@@ -102,7 +103,7 @@ class TokenSearch(Strategy):
                 self.arm_seeds.setdefault(arm, []).append((told, self.baselines[name]))
         for arm, seeds in self.arm_seeds.items():  # an arm starts at its best baseline's value, a point of it
             if math.isfinite(seeds[0][0]):
-                self.arm_best[arm] = seeds[0][0]
+                self.arm_best[arm], self.arm_best_cfg[arm] = seeds[0][0], seeds[0][1]
         wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
         self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
         self.total_generations = self._arm_generations()[-1]
@@ -135,8 +136,13 @@ class TokenSearch(Strategy):
             return 0, gens, sum(count for _, count, _ in _schedule(self.settings, self.space))
         first = max(1, gens // (2 * len(arms))) if len(arms) > 1 else 0
         rest = gens - first * len(arms)  # --generations in all: no arm more than the generations
-        heads = rest // 2 if self.home in arms and self.space.per_head and self.spec.num_kv_heads > 1 else 0
+        heads = rest // 2 if any(self._head_stage(arm) for arm in arms) else 0
         return first, rest, first * len(arms) + rest + heads
+
+    def _head_stage(self, arm: Arm) -> bool:
+        """Whether ``arm``, continued, ends with a stage over its split per KV head (``--per-head``): the home
+        arm's static splits (``_schedule``), a per-prompt arm's priors (``HeadPriors``)."""
+        return self.space.per_head and self.spec.num_kv_heads > 1 and (arm == self.home or arm.per_prompt)
 
     def blocks(self, job):
         """The arms (``Arm``: a scorer and a rule; ``--arms``) of the best baselines, each started at its best
@@ -158,9 +164,10 @@ class TokenSearch(Strategy):
                 yield view, optimizer, range(start, start + first)
                 start += first
         best = min(self.arms, key=lambda arm: (self.arm_best.get(arm, math.inf), self.arms.index(arm)))
-        job.derive(arms={"searched": [arm.name for arm in self.arms], "continued": best.name,
-                         "best": {arm.name: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
-                         "first_round": first, "rest": rest})
+        arms = {"searched": [arm.name for arm in self.arms], "continued": best.name,
+                "best": {arm.name: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
+                "first_round": first, "rest": rest}
+        job.derive(arms=arms)
         if not rest:
             return
         if best == self.home:
@@ -168,6 +175,17 @@ class TokenSearch(Strategy):
             return
         view, optimizer = started.get(best) or self._arm_start(best, start)
         yield view, optimizer, range(start, start + rest)
+        heads = rest // 2 if self._head_stage(best) else 0
+        if heads and best in self.arm_best_cfg:  # coarse to fine, as the home arm: then each layer's heads
+            view = HeadPriors(self.arm_best_cfg[best])
+            self._view_arm[id(view)] = best
+            lower, upper = view.bounds
+            yield view, make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper,
+                                       self.settings.search.population, self.settings.seed + start + rest,
+                                       x0=view.encode(view.incumbent)[None], step=self.settings.search.step,
+                                       restarts=self.settings.search.restarts, x0_value=self.arm_best[best]
+                                       ), range(start + rest, start + rest + heads)
+            job.derive(arms={**arms, "head_priors": heads})
 
     def _arm_start(self, arm: Arm, start: int):
         """An arm's view (``PolicySpace``) and its optimiser, started at its baselines (its best first)."""
@@ -235,7 +253,8 @@ class TokenSearch(Strategy):
         for x, f, cfg, score in zip(X, self.told(scores), configs, scores):
             if cfg is not None and np.isfinite(f):
                 self.history.setdefault(cfg.hash(), (cfg, []))[1].append(float(f))
-                self.arm_best[arm] = min(self.arm_best.get(arm, math.inf), float(f))
+                if f < self.arm_best.get(arm, math.inf):
+                    self.arm_best[arm], self.arm_best_cfg[arm] = float(f), cfg
             if f < self.best_f:
                 self.best_f, self.best_cfg, self.best_kl = float(f), cfg, score.objective
             if arm == self.home and f < self.home_best:
