@@ -149,8 +149,11 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     samples = {split: shard_of(items, rank, world) for split, items in samples.items()}
     from evolkv.search.baselines import scorer_choices, scorers_of
 
-    scorers = scorers_of([*settings.scoring.baselines, "streaming"], loaded.spec,
-                         ScorerSpec(settings.space.scorer, window=settings.space.window), scorer_choices(settings))
+    from evolkv.search.space import knob_variants
+
+    run_scorer = ScorerSpec(settings.space.scorer, window=settings.space.window)
+    scorers = scorers_of([*settings.scoring.baselines, "streaming"], loaded.spec, run_scorer,
+                         (*scorer_choices(settings), *knob_variants(run_scorer, settings.space.knobs)))
     evaluator = Evaluator(loaded.model, loaded.tokenizer, loaded.spec, scorers, settings.data.query_aware,
                           settings.scoring.batch_size, settings.scoring.objective)
     evaluator.check_lengths([sample for split, items in samples.items() if split != PROBE for sample in items])

@@ -34,6 +34,7 @@ class SpaceSettings:
     scorer: str = "snapkv"
     scorers: list[str] = field(default_factory=list)  # --scorers: the search picks one per layer (tokens mode)
     arms: int = 2  # tokens: the best baselines' (scorer, rule) arms searched, by successive halving (search.space.Arm)
+    knobs: int = 0  # tokens: arms of the best arm's rule with the run's scorer at other knobs (search.space.knob_variants)
     window: int = 8
     target_bits: float = 4.0  # quant/joint: the winner is the best front point at or under this many bits
     group_size: int = 128
@@ -64,6 +65,8 @@ class SpaceSettings:
                               "with one, give --scorer")
         if self.arms < 0:
             raise EvolKVError(f"--arms {self.arms}: give 0 or more")
+        if self.knobs < 0:
+            raise EvolKVError(f"--knobs {self.knobs}: give 0 or more")
         if self.mode == "tokens":
             if budget.value == 1.0 and budget.kind == "fraction":
                 raise EvolKVError("give a --budget below 100% to search token budgets (or --mode quant)")

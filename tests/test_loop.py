@@ -354,3 +354,33 @@ def test_head_priors_decode_even_genes_to_the_incumbent_and_weigh_each_kv_head()
     weights = prior_weights(moved)
     assert moved.prior and weights[0, 0] > 1.0 > weights[0, 1] and torch.allclose(weights[1:], torch.ones(2, 2, dtype=weights.dtype))
     assert np.allclose(view.encode(moved), [1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_knobs_search_the_best_arms_rule_with_the_scorer_at_other_knobs(model_dirs, tmp_path):
+    """--knobs 1: beside the arms of the best baselines, the best arm's rule with the run's scorer observing 32
+    queries is an arm of its own, started at the best baseline's config with that scorer, its ranking prepared at
+    prefill with the others."""
+    from evolkv.search.space import Arm
+
+    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=6,
+                              population=3, samples=1, length=200, tasks=["passkey"],
+                              baselines=["uniform", "globaltopk"], arms=2, knobs=1)
+    loaded, executor = make_executor(settings)
+    assert "snapkv:32:5" in executor.evaluator.scorers
+    seen = {}
+    original = executor.evaluate
+
+    def recording(configs, split, progress=None, meanwhile=None):
+        seen.update({cfg.hash(): cfg for cfg in configs})
+        return original(configs, split, progress, meanwhile)
+
+    executor.evaluate = recording
+    store = Store(str(tmp_path / "k.db"))
+    result = run_search(settings, loaded.spec, executor, store)
+    assert result["status"] == "finished"
+    arms = store.run(result["id"]).derived["arms"]
+    assert len(arms["searched"]) == 3 and arms["searched"][2].endswith("snapkv:32:5")  # Arm.name: rule:scorer key
+    rows = store.evaluations(result["id"])
+    third = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == 2 and digest in seen]
+    assert third and {Arm.of(cfg).name for cfg in third} == {arms["searched"][2]}
+    assert all(cfg.scorer.window == 32 for cfg in third)

@@ -156,6 +156,20 @@ class SubSpace:
 
 
 RULES = ("static", "adakv", *ALLOCATIONS)
+KNOBS = ((32, None), (None, 1), (32, 1), (16, 7))  # (window, pooling kernel) in the order --knobs takes them;
+# None keeps the scorer's own: SnapKV's paper observes 32 queries and pools with a kernel of 7
+
+
+def knob_variants(scorer: ScorerSpec, count: int) -> list[ScorerSpec]:
+    """The first ``count`` of ``scorer`` at other knobs (its observation window, its pooling kernel): each ranks
+    the tokens its own way, so each is another arm's scorer (``--knobs``)."""
+    variants = []
+    for window, kernel in KNOBS:
+        variant = dataclasses.replace(scorer, window=window or scorer.window, kernel=kernel or scorer.kernel)
+        if variant != scorer and variant not in variants:
+            variants.append(variant)
+    return variants[:count]
+
 
 
 @dataclass(frozen=True)
@@ -172,7 +186,9 @@ class Arm:
 
     @property
     def name(self) -> str:
-        return f"{self.rule}:{self.scorer.name}"
+        """``rule:scorer``, with the scorer's knobs where they are not its defaults (``globaltopk:snapkv:32:5``)."""
+        plain = self.scorer == ScorerSpec(self.scorer.name)
+        return f"{self.rule}:{self.scorer.name if plain else self.scorer.key}"
 
     @property
     def per_prompt(self) -> bool:

@@ -15,7 +15,7 @@ from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
-from evolkv.search.space import Arm, BudgetSpace, HeadPriors, PolicySpace, SubSpace
+from evolkv.search.space import Arm, BudgetSpace, HeadPriors, PolicySpace, SubSpace, knob_variants
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
@@ -106,6 +106,13 @@ class TokenSearch(Strategy):
                 self.arm_best[arm], self.arm_best_cfg[arm] = seeds[0][0], seeds[0][1]
         wanted = self.settings.space.arms if self.settings.space.groups <= 1 else 0  # groups: their own schedule
         self.arms = list(self.arm_seeds)[:min(wanted, self.settings.search.generations)] or [self.home]
+        if wanted and self.arms[0].scorer == self.scorer:  # --knobs: the best arm's rule at the scorer's other knobs
+            seed = self.arm_seeds[self.arms[0]][0][1]
+            for variant in knob_variants(self.scorer, self.settings.space.knobs):
+                arm = Arm(variant, self.arms[0].rule)
+                self.arm_seeds[arm] = [(math.inf, dataclasses.replace(seed, scorer=variant, provenance={}))]
+                self.arms.append(arm)
+            self.arms = self.arms[:self.settings.search.generations]
         self.total_generations = self._arm_generations()[-1]
 
     def warm_start(self, cfg):
