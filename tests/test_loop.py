@@ -360,6 +360,7 @@ def test_knobs_search_the_best_arms_rule_with_the_scorer_at_other_knobs(model_di
     """--knobs 1: beside the arms of the best baselines, the best arm's rule with the run's scorer observing 32
     queries is an arm of its own, started at the best baseline's config with that scorer, its ranking prepared at
     prefill with the others."""
+    from evolkv.config import ScorerSpec
     from evolkv.search.space import Arm
 
     settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=6,
@@ -379,8 +380,8 @@ def test_knobs_search_the_best_arms_rule_with_the_scorer_at_other_knobs(model_di
     result = run_search(settings, loaded.spec, executor, store)
     assert result["status"] == "finished"
     arms = store.run(result["id"]).derived["arms"]
-    assert len(arms["searched"]) == 3 and arms["searched"][2].endswith("snapkv:32:5")  # Arm.name: rule:scorer key
+    assert len(arms["searched"]) == 3 and arms["searched"][2] == "globaltopk:snapkv:32:5"  # names with the knobs
+    assert arms["searched"][0] == "globaltopk:snapkv:8:5"  # where two arms would share one
     rows = store.evaluations(result["id"])
     third = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == 2 and digest in seen]
-    assert third and {Arm.of(cfg).name for cfg in third} == {arms["searched"][2]}
-    assert all(cfg.scorer.window == 32 for cfg in third)
+    assert third and {Arm.of(cfg) for cfg in third} == {Arm(ScorerSpec("snapkv", window=32), "globaltopk")}

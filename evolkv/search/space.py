@@ -186,9 +186,7 @@ class Arm:
 
     @property
     def name(self) -> str:
-        """``rule:scorer``, with the scorer's knobs where they are not its defaults (``globaltopk:snapkv:32:5``)."""
-        plain = self.scorer == ScorerSpec(self.scorer.name)
-        return f"{self.rule}:{self.scorer.name if plain else self.scorer.key}"
+        return f"{self.rule}:{self.scorer.name}"
 
     @property
     def per_prompt(self) -> bool:

@@ -171,8 +171,10 @@ class TokenSearch(Strategy):
                 yield view, optimizer, range(start, start + first)
                 start += first
         best = min(self.arms, key=lambda arm: (self.arm_best.get(arm, math.inf), self.arms.index(arm)))
-        arms = {"searched": [arm.name for arm in self.arms], "continued": best.name,
-                "best": {arm.name: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
+        names = [arm.name for arm in self.arms]  # with --knobs, arms that share a name say their scorer's knobs
+        names = {arm: f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms}
+        arms = {"searched": [names[arm] for arm in self.arms], "continued": names[best],
+                "best": {names[arm]: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
                 "first_round": first, "rest": rest}
         job.derive(arms=arms)
         if not rest:
