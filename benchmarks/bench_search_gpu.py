@@ -197,11 +197,12 @@ def report(detail: dict, wall: float, floors_of, target: float | None = None) ->
     if floors:
         above = sorted(((merged[key][0] - floor, key, merged[key][0] / max(floor, 1e-9))
                         for key, (floor, _) in floors.items()), reverse=True)
+        unfloored = sum(seconds for key, (seconds, _) in merged.items() if key not in floors)
         verdict = (f"target {target:.0f} s missed by {wall - target:.1f} s" if target and wall > target
                    else f"target {target:.0f} s met" if target else "no target on this device")
         print(f"{verdict}; time above each stage's floor: "
               + ", ".join(f"{key} {excess:.1f} s ({ratio:.1f}x)" for excess, key, ratio in above[:4])
-              + f"; stages without a floor and the process start {wall - staged + sum(seconds for key, (seconds, _) in merged.items() if key not in floors):.1f} s")
+              + f"; stages without a floor and the process start {wall - staged + unfloored:.1f} s")
     results = detail["results"]
     for label in ("winner", "baseline:uniform", "baseline:adakv"):
         r = results.get(label, {})

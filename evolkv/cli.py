@@ -207,9 +207,10 @@ def search(
                                   "KV head of a layer group its own key/value bits."),
     arms: int = typer.Option(2, min=0, help="tokens: how many policies of the best baselines the search explores, "
                              "each a scorer and an allocation rule (static budgets, AdaKV's split, or a per-prompt "
-                             "allocator with searched per-layer priors, per KV head too with --per-head, and static share), each started at its best "
-                             "baseline: half the generations are shared between them, the best continues with the "
-                             "rest. 1: only the best baseline's policy; 0: static budgets with --scorer only."),
+                             "allocator with searched per-layer priors, per KV head too with --per-head, and static "
+                             "share), each started at its best baseline: half the generations are shared between "
+                             "them, the best continues with the rest. 1: only the best baseline's policy; 0: static "
+                             "budgets with --scorer only."),
     knobs: int = typer.Option(0, min=0, help="tokens: also search the best arm's rule with --scorer at this many other "
                               "knob settings (observation window 32, pooling kernel 1, both, window 16 with kernel 7), "
                               "each an arm of its own in the successive halving; each adds a ranking per sample at "
@@ -269,7 +270,8 @@ def search(
                               heldout_samples=heldout_samples, race=race, pool=pool, aggregate=aggregate, choose=choose,
                               tolerance=tolerance,
                               objective=objective,
-                              finalists=finalists, length=length, per_head=per_head, groups=groups, arms=arms, knobs=knobs,
+                              finalists=finalists, length=length, per_head=per_head, groups=groups, arms=arms,
+                              knobs=knobs,
                               scorer=_split(scorers)[0] if scorers else scorer, scorers=_split(scorers or ""),
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)

@@ -148,7 +148,6 @@ def make_local(settings, shard: tuple[int, int] | None = None):
     rank, world = shard or (0, 1)
     samples = {split: shard_of(items, rank, world) for split, items in samples.items()}
     from evolkv.search.baselines import scorer_choices, scorers_of
-
     from evolkv.search.space import knob_variants
 
     run_scorer = ScorerSpec(settings.space.scorer, window=settings.space.window)

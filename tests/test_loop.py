@@ -1,5 +1,7 @@
 """The search loop: an interrupted search resumes from the store and ends where an uninterrupted one does."""
 
+from contextlib import contextmanager
+
 import pytest
 
 from evolkv.errors import SearchInterrupted
@@ -32,6 +34,28 @@ class Interrupting:
 
     def split_size(self, split):
         return self.inner.split_size(split)
+
+
+@contextmanager
+def _recording(executor):
+    """Every config ``executor`` scores inside the block, by hash."""
+    seen, original = {}, executor.evaluate
+
+    def recording(configs, split, progress=None, meanwhile=None):
+        seen.update({cfg.hash(): cfg for cfg in configs})
+        return original(configs, split, progress, meanwhile)
+
+    executor.evaluate = recording
+    try:
+        yield seen
+    finally:
+        executor.evaluate = original
+
+
+def _generation(rows, seen, generation):
+    """The configs of search generation ``generation`` among a run's evaluation ``rows``."""
+    return [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == generation
+            and digest in seen]
 
 
 @pytest.mark.parametrize("optimizer,groups", [("cmaes", 0), ("ga", 2)])
@@ -257,17 +281,9 @@ def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
                               baselines=["uniform", "adakv", "globaltopk", "cake"], arms=2)
     loaded, executor = make_executor(settings)
-    seen = {}
-    original = executor.evaluate
-
-    def recording(configs, split, progress=None, meanwhile=None):
-        seen.update({cfg.hash(): cfg for cfg in configs})
-        return original(configs, split, progress, meanwhile)
-
-    executor.evaluate = recording
     store = Store(str(tmp_path / "a.db"))
-    straight = run_search(settings, loaded.spec, executor, store)
-    executor.evaluate = original
+    with _recording(executor) as seen:
+        straight = run_search(settings, loaded.spec, executor, store)
     assert straight["status"] == "finished"
     arms = store.run(straight["id"]).derived["arms"]
     assert len(arms["searched"]) == 2 and arms["continued"] in arms["searched"] and arms["first_round"] == 1
@@ -281,8 +297,7 @@ def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_
     assert arms["searched"][0] == Arm.of(baseline(best.removeprefix("baseline:"), loaded.spec, Budget.parse("20%"),
                                                   scorer)).name  # the best baseline's arm first
     for generation, name in enumerate(arms["searched"]):  # each arm's generation holds its own policies only
-        configs = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == generation
-                   and digest in seen]
+        configs = _generation(rows, seen, generation)
         assert configs and {Arm.of(cfg).name for cfg in configs} == {name}, name
     later = {row.generation for row, _ in rows if row.stage == "search" and row.generation >= 2}
     assert later and min(later) == 2  # the continued arm's generations
@@ -316,21 +331,14 @@ def test_a_continued_per_prompt_arm_searches_its_priors_per_kv_head_last(model_d
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
                               baselines=["uniform", "globaltopk"], arms=2)
     loaded, executor = make_executor(settings)
-    seen = {}
-    original = executor.evaluate
-
-    def recording(configs, split, progress=None, meanwhile=None):
-        seen.update({cfg.hash(): cfg for cfg in configs})
-        return original(configs, split, progress, meanwhile)
-
-    executor.evaluate = recording
     store = Store(str(tmp_path / "a.db"))
-    result = run_search(settings, loaded.spec, executor, store)
+    with _recording(executor) as seen:
+        result = run_search(settings, loaded.spec, executor, store)
     assert result["status"] == "finished"
     arms = store.run(result["id"]).derived["arms"]
     assert arms["continued"].startswith("globaltopk") and arms["rest"] == 2 and arms["head_priors"] == 1
     rows = store.evaluations(result["id"])
-    last = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == 4 and digest in seen]
+    last = _generation(rows, seen, 4)
     assert last and all(Arm.of(cfg).name == arms["continued"] for cfg in last)
     assert len({tuple(layer.budget for layer in cfg.layers) for cfg in last}) == 1  # the layers' priors held
     assert any(layer.heads != (0.5, 0.5) for cfg in last for layer in cfg.layers)  # the heads' split searched
@@ -352,7 +360,8 @@ def test_head_priors_decode_even_genes_to_the_incumbent_and_weigh_each_kv_head()
     assert view.n_var == 6 and view.decode(np.zeros(6)) == incumbent and not view.decode(np.zeros(6)).prior
     moved = view.decode(np.array([1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
     weights = prior_weights(moved)
-    assert moved.prior and weights[0, 0] > 1.0 > weights[0, 1] and torch.allclose(weights[1:], torch.ones(2, 2, dtype=weights.dtype))
+    assert moved.prior and weights[0, 0] > 1.0 > weights[0, 1]
+    assert torch.allclose(weights[1:], torch.ones(2, 2, dtype=weights.dtype))
     assert np.allclose(view.encode(moved), [1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 
 
@@ -368,20 +377,13 @@ def test_knobs_search_the_best_arms_rule_with_the_scorer_at_other_knobs(model_di
                               baselines=["uniform", "globaltopk"], arms=2, knobs=1)
     loaded, executor = make_executor(settings)
     assert "snapkv:32:5" in executor.evaluator.scorers
-    seen = {}
-    original = executor.evaluate
-
-    def recording(configs, split, progress=None, meanwhile=None):
-        seen.update({cfg.hash(): cfg for cfg in configs})
-        return original(configs, split, progress, meanwhile)
-
-    executor.evaluate = recording
     store = Store(str(tmp_path / "k.db"))
-    result = run_search(settings, loaded.spec, executor, store)
+    with _recording(executor) as seen:
+        result = run_search(settings, loaded.spec, executor, store)
     assert result["status"] == "finished"
     arms = store.run(result["id"]).derived["arms"]
     assert len(arms["searched"]) == 3 and arms["searched"][2] == "globaltopk:snapkv:32:5"  # names with the knobs
     assert arms["searched"][0] == "globaltopk:snapkv:8:5"  # where two arms would share one
     rows = store.evaluations(result["id"])
-    third = [seen[digest] for row, digest in rows if row.stage == "search" and row.generation == 2 and digest in seen]
+    third = _generation(rows, seen, 2)
     assert third and {Arm.of(cfg) for cfg in third} == {Arm(ScorerSpec("snapkv", window=32), "globaltopk")}

@@ -27,6 +27,22 @@ SLICE = 0.5  # width of a scorer gene's slice (see the module docstring)
 SLICES = int(2 * BOUND / SLICE)
 
 
+def head_splits(genes: np.ndarray) -> list[tuple[float, ...]]:
+    """Each layer's split over its KV heads from its genes ([L, H_kv], a softmax per layer)."""
+    return [tuple(row) for row in torch.softmax(torch.tensor(genes), dim=1).tolist()]
+
+
+def head_genes(cfg: KVConfig) -> np.ndarray:
+    """Genes that decode (``head_splits``) to ``cfg``'s splits over the KV heads, layer after layer (an even split
+    where a layer has none)."""
+    heads = cfg.model.num_kv_heads
+    genes = []
+    for layer in cfg.layers:
+        logs = np.log(np.maximum(np.array(layer.heads or [1.0 / heads] * heads), 1e-9))
+        genes.append(logs - logs.mean())
+    return np.concatenate(genes)
+
+
 @dataclass
 class BudgetSpace:
     model: ModelSpec
@@ -84,7 +100,7 @@ class BudgetSpace:
         x = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND)
         layers, heads = self.model.num_layers, self.model.num_kv_heads
         if self.per_head:
-            shares = torch.softmax(torch.tensor(x[layers:self.budget_vars].reshape(layers, heads)), dim=1).tolist()
+            shares = head_splits(x[layers:self.budget_vars].reshape(layers, heads))
         else:
             shares = [[1.0 / heads] * heads] * layers
         specs = tuple(LayerSpec(budget=b, heads=tuple(s), scorer=own)
@@ -99,10 +115,7 @@ class BudgetSpace:
         genes = [logs - (logs.max() + logs.min()) / 2]  # centred on the range (softmax ignores a shift): a
         # spread of up to 2 * BOUND fits, PyramidKV's 77x between its bottom and top layer among them
         if self.per_head:
-            for layer in cfg.layers:
-                shares = np.array(layer.heads or [1.0 / self.model.num_kv_heads] * self.model.num_kv_heads)
-                logs = np.log(np.maximum(shares, 1e-9))
-                genes.append(logs - logs.mean())
+            genes.append(head_genes(cfg))
         if len(self.choices) > 1:  # each layer's scorer's slice nearest the middle (the run's scorer if not a choice)
             keys = [c.key for c in self.choices]
             picks = [keys.index(cfg.scorer_of(i).key) if cfg.scorer_of(i).key in keys else 0
@@ -268,16 +281,10 @@ class HeadPriors:
         cfg, heads = self.incumbent, self.incumbent.model.num_kv_heads
         genes = np.clip(np.asarray(x, dtype=np.float64), -BOUND, BOUND).reshape(-1, heads)
         even = tuple([1.0 / heads] * heads)
-        splits = [even if np.ptp(row) == 0 else tuple(torch.softmax(torch.tensor(row), dim=0).tolist())
-                  for row in genes]
+        splits = [even if np.ptp(row) == 0 else split for row, split in zip(genes, head_splits(genes))]
         layers = tuple(dataclasses.replace(layer, heads=split) for layer, split in zip(cfg.layers, splits))
         prior = cfg.static > 0.0 or any(layer.budget != layers[0].budget or layer.heads != even for layer in layers)
         return dataclasses.replace(cfg, layers=layers, prior=prior, provenance={})
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
-        heads = cfg.model.num_kv_heads
-        genes = []
-        for layer in cfg.layers:
-            logs = np.log(np.maximum(np.array(layer.heads or [1.0 / heads] * heads), 1e-9))
-            genes.append(logs - logs.mean())
-        return np.clip(np.concatenate(genes), -BOUND, BOUND)
+        return np.clip(head_genes(cfg), -BOUND, BOUND)

@@ -187,43 +187,39 @@ class TokenSearch(Strategy):
         heads = rest // 2 if self._head_stage(best) else 0
         if heads and best in self.arm_best_cfg:  # coarse to fine, as the home arm: then each layer's heads
             view = HeadPriors(self.arm_best_cfg[best])
-            self._view_arm[id(view)] = best
-            lower, upper = view.bounds
-            yield view, make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper,
-                                       self.settings.search.population, self.settings.seed + start + rest,
-                                       x0=view.encode(view.incumbent)[None], step=self.settings.search.step,
-                                       restarts=self.settings.search.restarts, x0_value=self.arm_best[best]
-                                       ), range(start + rest, start + rest + heads)
+            yield view, self._optimizer(view, best, start + rest, view.encode(view.incumbent)[None],
+                                        self.arm_best[best]), range(start + rest, start + rest + heads)
             job.derive(arms={**arms, "head_priors": heads})
 
     def _arm_start(self, arm: Arm, start: int):
         """An arm's view (``PolicySpace``) and its optimiser, started at its baselines (its best first)."""
         view = PolicySpace(dataclasses.replace(self.space, scorer=arm.scorer, choices=()), arm)
-        self._view_arm[id(view)] = arm
-        lower, upper = view.bounds
         seeds = self.arm_seeds.get(arm, [])
-        x0 = np.clip(np.stack([view.encode(cfg) for _, cfg in seeds] or [np.zeros(view.n_var)]), lower, upper)
+        x0 = np.stack([view.encode(cfg) for _, cfg in seeds] or [np.zeros(view.n_var)])
         known = seeds[0][0] if len(seeds) == 1 and math.isfinite(seeds[0][0]) else None  # scored as a baseline:
         # CMA-ES's first population is then a sampled one, not the start alone
-        return view, make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper,
-                                    self.settings.search.population, self.settings.seed + start, x0=x0,
-                                    step=self.settings.search.step, restarts=self.settings.search.restarts,
-                                    x0_value=known)
+        return view, self._optimizer(view, arm, start, x0, known)
+
+    def _optimizer(self, view, arm: Arm, start: int, x0: np.ndarray, x0_value: float | None):
+        """``view``'s optimiser (``--optimizer``, ``--population``, ``--step``, ``--restarts``), seeded by its first
+        generation ``start``, started at the rows of ``x0`` (clipped to the bounds), the first told ``x0_value``
+        where known; ``view``'s candidates count for ``arm``."""
+        self._view_arm[id(view)] = arm
+        lower, upper = view.bounds
+        search = self.settings.search
+        return make_optimizer(search.optimizer, view.n_var, lower, upper, search.population, self.settings.seed + start,
+                              x0=np.clip(x0, lower, upper), step=search.step, restarts=search.restarts,
+                              x0_value=x0_value)
 
     def _home_blocks(self, job, schedule):
         for index, (gen_start, gen_count, view) in enumerate(schedule):
             if isinstance(view, SubSpace):
                 view.incumbent = self.incumbent
-            lower, upper = view.bounds
             starts = [self.space.decode(self.incumbent)] + (self.seeds[1:] if index == 0 else [])
             if isinstance(view, SubSpace) and not view.layer_genes:  # the heads' stage: transplanted splits too
                 starts += self.transplants(job, starts[0])
-            x0 = np.clip(np.stack([view.encode(cfg) for cfg in starts]), lower, upper)
-            optimizer = make_optimizer(self.settings.search.optimizer, view.n_var, lower, upper, self.settings.search.population,
-                                       self.settings.seed + gen_start, x0=x0, step=self.settings.search.step,
-                                       restarts=self.settings.search.restarts,
-                                       x0_value=self.home_best if index and math.isfinite(self.home_best) else None)
-            self._view_arm[id(view)] = self.home
+            optimizer = self._optimizer(view, self.home, gen_start, np.stack([view.encode(cfg) for cfg in starts]),
+                                        self.home_best if index and math.isfinite(self.home_best) else None)
             yield view, optimizer, range(gen_start, gen_start + gen_count)
 
     def transplants(self, job, incumbent: KVConfig) -> list[KVConfig]:
