@@ -18,7 +18,6 @@ REQUEST = "\n\nRepeat the previous context exactly."
 REQUEST_NEXT = "\n\nRepeat the part of the previous context exactly, starting with"
 SUFFIX = "\n"
 OVERLAP = 8  # a later chunk's request ends with the previous chunk's last tokens
-BLOCK = 256  # reconstruction queries scored at a time
 
 
 @dataclass
@@ -35,23 +34,18 @@ class Replay:
     def record(self, layer: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
         """Scores of the chunk's tokens at ``layer``: query [B, H_q, q, D] of the reconstruction tokens, keys
         [B, H_kv, T + q, D] (the prefill's, then theirs). The softmax runs over the first ``sinks`` tokens,
-        the chunk and the reconstruction tokens (causally); the maximum over queries and the group is kept.
-        Queries go ``BLOCK`` at a time, so memory stays [B, H_q, BLOCK, sinks + 2 x chunk] float32."""
+        the chunk and the reconstruction tokens (causally); the maximum over queries and the group is kept
+        (``kernels.replay_scores``: on CUDA without building the attention matrix)."""
+        from evolkv import kernels
+
         batch, num_q, q_len, dim = query.shape
         num_kv = keys.shape[1]
         sink = min(self.sinks, self.start)
-        subset = torch.cat([keys[:, :, :sink], keys[:, :, self.start:self.end], keys[:, :, -q_len:]], dim=2).float()
-        q = query.float().view(batch, num_kv, num_q // num_kv, q_len, dim)
+        subset = torch.cat([keys[:, :, :sink], keys[:, :, self.start:self.end], keys[:, :, -q_len:]], dim=2)
+        q = query.reshape(batch, num_kv, num_q // num_kv, q_len, dim)
         best = self.scores[layer][..., self.start:self.end]  # [B, H_kv, chunk] (zeros: scores are >= 0)
-        own = torch.arange(q_len, device=keys.device)
-        for first in range(0, q_len, BLOCK):
-            rows = slice(first, min(first + BLOCK, q_len))
-            logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, rows], subset) * scaling
-            future = own[None, :] > own[rows, None]  # [block, q] a reconstruction token's later ones
-            logits[..., -q_len:] = logits[..., -q_len:].masked_fill(future, float("-inf"))
-            probs = logits.softmax(dim=-1)[..., sink:sink + self.end - self.start]
-            best = torch.maximum(best, probs.amax(dim=(2, 3)))
-        self.scores[layer][..., self.start:self.end] = best
+        chunk = kernels.replay_scores(q, subset, scaling, sink, self.end - self.start)
+        self.scores[layer][..., self.start:self.end] = torch.maximum(best, chunk)
 
 
 def chunks(tokenizer, context: torch.Tensor, size: int) -> list[tuple[int, int, torch.Tensor]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine runs, in one command (device machine, repository root, carry .whl and .gpukit,
 # staged here by benchmarks/gpu/stage_wheels.sh):
-#   bash benchmarks/gpu/run.sh [tests] [search8k] [search32k] [headline]
+#   bash benchmarks/gpu/run.sh [tests] [search8k] [search32k] [profile] [headline]
 # Installs the staged wheels, builds the Llama-3-8B-shaped model directory, runs the GPU tests and the
 # benchmarks; logs go to $OUT (or ./gpu-out).
 set -uo pipefail
@@ -23,6 +23,10 @@ for step in $steps; do
       length=$([ "$step" = search8k ] && echo 8000 || echo 32000)
       timeout ${T_SEARCH:-560} python3 benchmarks/bench_search_gpu.py --model /tmp/llama8b --length "$length" ${BENCH_ARGS:-} \
         2>&1 | tee "$OUT/bench_search_gpu_$length.txt" ;;
+    profile)  # where one prefill and one batch of scoring spend their time (torch.profiler)
+      python3 benchmarks/gpu/make_llama8b.py /tmp/llama8b 2>&1 | tail -1
+      timeout ${T_PROFILE:-300} python3 benchmarks/gpu/profile_prefill.py --model /tmp/llama8b --length ${LENGTH:-8000} \
+        2>&1 | tee "$OUT/profile_prefill.txt" ;;
     serving-tests)
       timeout ${T_TESTS:-300} python3 -m pytest -q -p no:cacheprovider tests/test_serving.py tests/kernels/test_ragged.py \
         2>&1 | tee "$OUT/serving_tests.txt" | tail -15 ;;

@@ -17,7 +17,7 @@ DECODE_MIN_ENTRIES = 2048  # below this cache length per-call overheads outweigh
 DENSIFY_MIN_CANDIDATES = 32  # from this many candidates a packed prefill is dequantized once per forward (H100:
 # at population 64 it wins from 16k context on, at 16 it does not; benchmarks/results/*bench_quantized*)
 
-__all__ = ["attend", "attend_gathered", "attend_packed", "attend_ragged", "gather_kv"]
+__all__ = ["attend", "attend_gathered", "attend_packed", "attend_ragged", "gather_kv", "replay_scores"]
 
 
 def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None, softcap=None):
@@ -29,6 +29,16 @@ def attend(query, keys, values, key_pos, query_pos, scaling, sliding_window=None
 
         return decode_attention(query, keys, values, key_pos, query_pos, scaling, sliding_window)
     return reference.attend(query, keys, values, key_pos, query_pos, scaling, sliding_window, softcap)
+
+
+def replay_scores(query, keys, scaling, sink, count):
+    """KVzip's replay scores of a chunk (see ``reference.replay_scores``): the two-pass Triton kernels on CUDA,
+    which never build the attention matrix, the torch reference otherwise."""
+    if use_triton(query) and query.shape[-1] in (16, 32, 64, 128, 256):
+        from evolkv.kernels.replay import replay_scores as kernel
+
+        return kernel(query, keys, scaling, sink, count)
+    return reference.replay_scores(query, keys, scaling, sink, count)
 
 
 def attend_ragged(query, keys, values, start, count, step, capacity, scaling, pos=None, query_pos=None,

@@ -1,6 +1,6 @@
 """Pure-torch references: attention over a compressed, per-head variable-length KV cache, and the gather
 that builds such a cache from a ranking. The Triton kernels are checked against these; on CPU they are the
-path the evaluator and runtime take.
+path the evaluator and runtime take. KVzip's replay scores (``replay_scores``) are here too.
 
 A compressed layer cache is three tensors: keys and values [B, H_kv, L, D] and positions [B, H_kv, L]
 (the token position each entry came from, -1 for an empty slot). Heads may keep different numbers of
@@ -146,3 +146,25 @@ def attend_ragged(query, keys, values, start, count, step, capacity, scaling, po
         key_pos = torch.where(valid, 0, -1).view(shape)
         q_pos = torch.zeros(1, dtype=torch.long, device=keys.device)
     return attend(query, k, v, key_pos, q_pos, scaling, sliding_window, softcap)
+
+
+REPLAY_BLOCK = 256  # ``replay_scores``' queries scored at a time: memory [B, H_kv, G, BLOCK, S] float32
+
+
+def replay_scores(query: torch.Tensor, keys: torch.Tensor, scaling: float, sink: int, count: int) -> torch.Tensor:
+    """KVzip's replay scores (``kernels.replay_scores``): query [B, H_kv, G, Q, D] of the reconstruction tokens,
+    keys [B, H_kv, S, D] (``sink`` sinks, the chunk's ``count`` tokens, then the Q reconstruction tokens, causal
+    among themselves). Returns [B, H_kv, count] float32, each chunk token's largest softmax probability over the
+    queries and the GQA group; the softmax runs ``REPLAY_BLOCK`` queries at a time."""
+    num_q = query.shape[3]
+    q, subset = query.float(), keys.float()
+    own = torch.arange(num_q, device=keys.device)
+    best = torch.zeros(keys.shape[:2] + (count,), device=keys.device)
+    for first in range(0, num_q, REPLAY_BLOCK):
+        rows = slice(first, min(first + REPLAY_BLOCK, num_q))
+        logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, rows], subset) * scaling
+        future = own[None, :] > own[rows, None]  # [block, q] a reconstruction token's later ones
+        logits[..., -num_q:] = logits[..., -num_q:].masked_fill(future, float("-inf"))
+        probs = logits.softmax(dim=-1)[..., sink:sink + count]
+        best = torch.maximum(best, probs.amax(dim=(2, 3)))
+    return best
