@@ -199,13 +199,27 @@ def _fill(norm, counts, caps, total) -> list[torch.Tensor]:
     return counts
 
 
-def _even(layer_total: int, must: torch.Tensor, cap: int) -> torch.Tensor:
-    """A layer's ``layer_total`` tokens over its heads: each its window, the rest evenly (within capacity)."""
-    heads = must.shape[0]
-    rest = max(layer_total - int(must.sum()), 0)
-    share = torch.full((heads,), rest / heads, dtype=torch.float64, device=must.device)
-    room = (cap - must).clamp(min=0).double()
-    return must + round_to_total(torch.minimum(share, room)[None], min(rest, int(room.sum())), room[None])[0].to(must)
+def _even(layer_totals: Sequence[int], must: Sequence[torch.Tensor], caps: Sequence[int]) -> list[torch.Tensor]:
+    """Each layer's total over its heads: each its window (``must`` [H]), the rest evenly within capacity,
+    rounded by largest remainder; all layers at once, on the host."""
+    must_all = torch.stack([m.cpu() for m in must]).long()  # [L, H]
+    heads = must_all.shape[1]
+    cap = torch.tensor(caps, dtype=torch.long)[:, None]
+    rest = (torch.tensor(layer_totals, dtype=torch.long) - must_all.sum(-1)).clamp(min=0)  # [L]
+    room = (cap - must_all).clamp(min=0).double()
+    wanted = torch.minimum(rest[:, None].double() / heads, room)
+    return [m.to(must[0]) + r for m, r in zip(must_all, _round_rows(wanted, torch.minimum(rest, room.sum(-1).long()),
+                                                                      room))]
+
+
+def _round_rows(values: torch.Tensor, totals: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
+    """``allocation.round_to_total`` of each row of ``values`` [L, H] to its ``totals`` [L] within ``caps``."""
+    base = values.floor().clamp(max=caps)
+    short = (totals - base.sum(-1).long()).clamp(min=0)  # [L]
+    remainder = torch.where(base < caps, values - base, torch.full_like(values, -1.0))
+    order = torch.argsort(remainder, dim=-1, descending=True, stable=True)
+    bump = (torch.arange(values.shape[-1])[None, :] < short[:, None]).double()
+    return base.scatter_add(-1, order, bump).long()
 
 
 @_register("globaltopk")
@@ -217,27 +231,28 @@ def _global_topk(norm, must, caps, total, stats):
 
 @_register("prefixkv")
 def _prefixkv(norm, must, caps, total, stats):
-    curves = []  # per layer: the head-averaged share of importance held by its first n ranks, n = 0..cap
-    for n, m, cap in zip(norm, must, caps):
-        body = torch.where(torch.isfinite(n), n, torch.zeros_like(n))
-        per_head = body / body.sum(-1, keepdim=True).clamp_min(1e-12)
-        curves.append(torch.cat([torch.zeros(1, device=n.device), per_head.cumsum(-1).mean(0)])[: cap + 1])
+    # per layer: the head-averaged share of importance held by its first n ranks, n = 0..cap (all layers at
+    # once, padded: past a layer's last rank or its capacity a curve stays above any share)
+    scores = _Scores.of(norm).padded  # [L, H, T]
+    body = torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores))
+    per_head = body / body.sum(-1, keepdim=True).clamp_min(1e-12)
+    curves = torch.cat([torch.zeros_like(per_head[:, 0, :1]), per_head.cumsum(-1).mean(1)], dim=-1).cpu()
+    lengths = torch.tensor([min(n.shape[-1], cap) + 1 for n, cap in zip(norm, caps)])  # [L] points of each curve
+    curves[torch.arange(curves.shape[1])[None, :] >= lengths[:, None]] = 2.0
+    device, must_host, cap = must[0].device, torch.stack(_host(must)), torch.tensor(caps)[:, None]
 
-    def spend(p: float) -> list[int]:
-        return [min(int(torch.searchsorted(c, torch.tensor([p], device=c.device) - 1e-9)), len(c) - 1)
-                for c in curves]
-
-    def kept(p: float) -> list[torch.Tensor]:  # ranks kept per head: the prefix, and never less than the window
-        return [m.clamp(min=n).clamp(max=cap) for m, n, cap in zip(must, spend(p), caps)]
+    def kept(p: float) -> torch.Tensor:  # [L, H] ranks kept: the prefix, never less than the window
+        spent = torch.searchsorted(curves, torch.full((len(norm), 1), p) - 1e-9)
+        return must_host.clamp(min=torch.minimum(spent, lengths[:, None] - 1)).clamp(max=cap)
 
     low, high = 0.0, 1.0
     for _ in range(40):  # the largest share p whose prefixes fit the budget (the window ranks hold no share)
         mid = (low + high) / 2
-        if sum(int(k.sum()) for k in kept(mid)) <= total:
+        if int(kept(mid).sum()) <= total:
             low = mid
         else:
             high = mid
-    return kept(low)
+    return list(kept(low).to(device).unbind(0))
 
 
 def _host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -256,7 +271,7 @@ def _cake(norm, must, caps, total, stats):
     room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64)
     shares = waterfill(max(total - sum(fixed), 0), preference, room.clamp(min=0))
     layer_totals = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]
-    return [_even(f + int(t), m, cap).to(device) for f, t, m, cap in zip(fixed, layer_totals.tolist(), must, caps)]
+    return [c.to(device) for c in _even([f + int(t) for f, t in zip(fixed, layer_totals.tolist())], must, caps)]
 
 
 @_register("dynamickv")
@@ -270,4 +285,5 @@ def _dynamickv(norm, must, caps, total, stats, ratio: float = 2.0):
     rest = total - _spent(must)
     per_layer = _take(pool, max(rest, 0)).sum(-1)  # [L]
     device, must = must[0].device, _host(must)
-    return [_even(int(m.sum()) + int(n), m, cap).to(device) for m, n, cap in zip(must, per_layer.tolist(), caps)]
+    totals = (torch.stack(must).sum(-1) + per_layer.cpu()).tolist()
+    return [c.to(device) for c in _even(totals, must, caps)]
