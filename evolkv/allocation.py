@@ -77,19 +77,22 @@ def adaptive_split(sorted_scores: torch.Tensor, total: torch.Tensor, cap: int, f
     """
     batch, heads, length = sorted_scores.shape
     cap = min(cap, length)
-    total = total.to(sorted_scores.device)
-    base = (floor * total.double() / heads).floor().long().clamp(max=cap)[:, None].expand(batch, heads).clone()
-    counts = base.clone()
+    device = sorted_scores.device
+    total = total.cpu()  # the bookkeeping is the host's: no sync per layer on a GPU
+    base = (floor * total.double() / heads).floor().long().clamp(max=cap)  # [B] each head's floor
+    counts = base[:, None].expand(batch, heads).clone().to(device)
+    positions = torch.arange(length, device=device)
     for b in range(batch):
-        rest = int(total[b]) - int(base[b].sum())
+        first = int(base[b])
+        rest = min(int(total[b]) - first * heads, heads * (cap - first))  # at most every eligible rank
         if rest <= 0:
             continue
-        positions = torch.arange(length, device=sorted_scores.device)
-        eligible = (positions[None, :] >= base[b][:, None]) & (positions[None, :] < cap)  # [H, T]
-        pool = torch.where(eligible, sorted_scores[b].double(), torch.full_like(sorted_scores[b], float("-inf"),
-                                                                                 dtype=torch.float64))
-        chosen = torch.topk(pool.flatten(), min(rest, int(eligible.sum()))).indices // length
-        counts[b] += torch.bincount(chosen, minlength=heads).to(counts.dtype)
+        eligible = (positions >= first) & (positions < cap)  # [T], the same ranks of every head
+        pool = torch.where(eligible[None, :], sorted_scores[b].double(),
+                           torch.full_like(sorted_scores[b], float("-inf"), dtype=torch.float64))
+        chosen = torch.topk(pool.flatten(), rest).indices // length
+        counts[b] += torch.zeros(heads, dtype=counts.dtype, device=device).scatter_add_(
+            0, chosen, torch.ones_like(chosen, dtype=counts.dtype))
     return counts
 
 

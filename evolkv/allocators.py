@@ -180,7 +180,7 @@ def _take(pool: torch.Tensor, count: int) -> torch.Tensor:
     taken = torch.zeros(layers * heads, dtype=torch.long, device=pool.device)
     if count > 0:
         chosen = torch.topk(flat, count).indices // length
-        taken += torch.bincount(chosen, minlength=layers * heads)
+        taken.scatter_add_(0, chosen, torch.ones_like(chosen))  # (bincount would sync for its length)
     return taken.view(layers, heads)
 
 

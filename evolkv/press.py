@@ -107,9 +107,10 @@ class Plan:
     def layer(self, i: int, ranking: Ranking) -> LayerPlan:
         spec, cap = self.cfg.layers[i], self.capacity[i]
         batch = ranking.order.shape[0]
-        counts = self.tokens[i].to(ranking.order.device).expand(batch, -1)
         if spec.heads is None:  # AdaKV: the layer's tokens go to the heads' best scores, per sequence
-            counts = adaptive_split(ranking.sorted_scores, counts.sum(-1), cap)
+            counts = adaptive_split(ranking.sorted_scores, self.tokens[i].sum().expand(batch), cap)
+        else:
+            counts = self.tokens[i].to(ranking.order.device).expand(batch, -1)
         return LayerPlan(spec, self.length, cap, counts)
 
 
