@@ -90,6 +90,13 @@ class Plan:
         self.cfg, self.length = cfg, length
         self.capacity = [layer_capacity(cfg.model, i, length) for i in range(cfg.model.num_layers)]
         self.tokens = plan_tokens(cfg, length, self.capacity)  # [L, H_kv]
+        self._on: dict[torch.device, torch.Tensor] = {}  # ``tokens`` on a device, copied once
+
+    def tokens_on(self, device: torch.device) -> torch.Tensor:
+        """``tokens`` [L, H_kv] on ``device`` (one copy for all the layers)."""
+        if device not in self._on:
+            self._on[device] = self.tokens.to(device)
+        return self._on[device]
 
     def layers(self, rankings: list[Ranking]) -> list[LayerPlan]:
         """Every layer's plan from every layer's ranking: a config with an ``allocation`` redistributes its
@@ -110,7 +117,7 @@ class Plan:
         if spec.heads is None:  # AdaKV: the layer's tokens go to the heads' best scores, per sequence
             counts = adaptive_split(ranking.sorted_scores, self.tokens[i].sum().expand(batch), cap)
         else:
-            counts = self.tokens[i].to(ranking.order.device).expand(batch, -1)
+            counts = self.tokens_on(ranking.order.device)[i].expand(batch, -1)
         return LayerPlan(spec, self.length, cap, counts)
 
 
