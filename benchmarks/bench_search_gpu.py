@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--generations", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="the CLI's default for the device unless given")
     parser.add_argument("--tasks", default="passkey,multikey")
     parser.add_argument("--readme", action="store_true",
                         help="run the README's first command instead (evolkv search --budget 10%%, every default)")
@@ -254,8 +254,8 @@ def main() -> None:
         runs.append(["search", "--model", options.model, "--budget", f"{options.budget:.1%}", "--device",
                      options.device, "--per-head", "--length", str(length), "--samples", str(options.samples),
                      "--heldout-samples", str(options.samples), "--race", "0", "--population",
-                     str(options.population), "--generations", str(options.generations), "--batch-size",
-                     str(options.batch_size), "--tasks", options.tasks])
+                     str(options.population), "--generations", str(options.generations), "--tasks", options.tasks,
+                     *(["--batch-size", str(options.batch_size)] if options.batch_size else [])])
     for args in runs:
         db = Path(tempfile.mkdtemp()) / "bench.db"
         print(f"$ evolkv {' '.join(args)} {options.extra}".rstrip(), flush=True)

@@ -232,7 +232,8 @@ def search(
                                             "uniform,pyramid,adakv,streaming,globaltopk,prefixkv,cake,dynamickv,"
                                             "kvzip; on the CPU without kvzip, whose replay doubles each prefill]."),
     seed: int = typer.Option(0, help="Seed of the optimiser and the synthetic tasks."),
-    batch_size: int = typer.Option(8, min=1, help="Candidates scored in one batched forward."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Candidates scored in one batched forward [default: "
+                                             "16 on a GPU, 8 on the CPU]."),
     device: str = typer.Option("auto", help="auto (CUDA where this machine has it, else the CPU; the run says "
                                "which) | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="Weights and activations: auto (bfloat16 on CUDA, float32 on the "
@@ -258,6 +259,7 @@ def search(
     samples = samples or effort["samples"]
     heldout_samples = effort["heldout_samples"] if heldout_samples is None else heldout_samples
     race = effort["race"] if race is None else race
+    batch_size = batch_size or effort["batch_size"]
     baselines = ",".join(effort["baselines"]) if baselines is None else baselines
     settings = SearchSettings(model=model, budget=budget, optimizer=optimizer, generations=generations,
                               mode=mode, target_bits=target_bits, group_size=group_size, residual=residual,

@@ -192,10 +192,12 @@ class ComputeSettings:
 
 EFFORT = {  # the search's default effort by where it runs: a GPU scores hundreds of candidates in the time a CPU
     # scores dozens, and more held-out samples make its report mean something (options the user gives win); on a
-    # CPU the baselines leave KVzip out: its context replay is one more forward of every prefill
-    "cpu": {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0, "race": 0,
+    # CPU the baselines leave KVzip out: its context replay is one more forward of every prefill. A GPU scores a
+    # generation of 16 in one forward per sample: the forward reads every weight once and launches the same
+    # kernels whatever the batch, so its cost barely grows with the candidates in it
+    "cpu": {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0, "race": 0, "batch_size": 8,
             "baselines": [name for name in DEFAULT_BASELINES if name != "kvzip"]},
-    "cuda": {"generations": 20, "population": 16, "samples": 8, "heldout_samples": 16, "race": 16,
+    "cuda": {"generations": 20, "population": 16, "samples": 8, "heldout_samples": 16, "race": 16, "batch_size": 16,
              "baselines": list(DEFAULT_BASELINES)},
 }
 

@@ -285,14 +285,15 @@ def test_device_auto_is_the_default_and_takes_cuda_where_there_is_one():
 def test_the_default_effort_follows_the_device():
     """On a GPU a default search scores hundreds of candidates against every default baseline and reports on 16
     held-out samples per task; on a CPU it leaves out KVzip, whose context replay is one more forward of every
-    prefill (the README's CPU run stays within 4 minutes)."""
+    prefill (the README's CPU run stays within 4 minutes). A GPU scores a generation in one forward per sample."""
     from evolkv.settings import DEFAULT_BASELINES, default_effort
 
     cpu, gpu = default_effort("cpu"), default_effort("cuda:1")
     assert gpu["generations"] * gpu["population"] >= 300 and gpu["heldout_samples"] >= 16 and gpu["race"] >= 16
     assert gpu["baselines"] == list(DEFAULT_BASELINES) and "kvzip" in gpu["baselines"]
     assert cpu == {"generations": 6, "population": 8, "samples": 4, "heldout_samples": 0,  # the README's CPU run
-                   "race": 0, "baselines": [name for name in DEFAULT_BASELINES if name != "kvzip"]}
+                   "race": 0, "batch_size": 8, "baselines": [name for name in DEFAULT_BASELINES if name != "kvzip"]}
+    assert gpu["batch_size"] == gpu["population"]  # a generation in one forward per sample
 
 
 def test_one_search_for_several_budgets(model_dirs, tmp_path):
