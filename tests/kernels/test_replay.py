@@ -14,6 +14,7 @@ CASES = [  # batch, H_kv, group, queries, sinks, chunk, D
     (1, 2, 4, 37, 4, 50, 32),
     (2, 1, 3, 70, 0, 20, 16),
     (1, 3, 1, 5, 4, 130, 64),  # fewer queries than a block, a chunk over two key blocks
+    (1, 2, 2, 9, 4, 12, 128),  # an 8B model's head size
 ]
 
 
