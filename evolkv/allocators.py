@@ -201,15 +201,14 @@ def _fill(norm, counts, caps, total) -> list[torch.Tensor]:
 
 def _even(layer_totals: Sequence[int], must: Sequence[torch.Tensor], caps: Sequence[int]) -> list[torch.Tensor]:
     """Each layer's total over its heads: each its window (``must`` [H]), the rest evenly within capacity,
-    rounded by largest remainder; all layers at once, on the host."""
+    rounded by largest remainder; all layers at once, on the host (the counts come back there)."""
     must_all = torch.stack([m.cpu() for m in must]).long()  # [L, H]
     heads = must_all.shape[1]
     cap = torch.tensor(caps, dtype=torch.long)[:, None]
     rest = (torch.tensor(layer_totals, dtype=torch.long) - must_all.sum(-1)).clamp(min=0)  # [L]
     room = (cap - must_all).clamp(min=0).double()
     wanted = torch.minimum(rest[:, None].double() / heads, room)
-    return [m.to(must[0]) + r for m, r in zip(must_all, _round_rows(wanted, torch.minimum(rest, room.sum(-1).long()),
-                                                                      room))]
+    return list((must_all + _round_rows(wanted, torch.minimum(rest, room.sum(-1).long()), room)).unbind(0))
 
 
 def _round_rows(values: torch.Tensor, totals: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
