@@ -199,13 +199,13 @@ def _fill(norm, counts, caps, total) -> list[torch.Tensor]:
     return counts
 
 
-def _even(layer_totals: Sequence[int], must: Sequence[torch.Tensor], caps: Sequence[int]) -> list[torch.Tensor]:
-    """Each layer's total over its heads: each its window (``must`` [H]), the rest evenly within capacity,
-    rounded by largest remainder; all layers at once, on the host (the counts come back there)."""
-    must_all = torch.stack([m.cpu() for m in must]).long()  # [L, H]
+def _even(extra: Sequence[int], must: Sequence[torch.Tensor], caps: Sequence[int]) -> list[torch.Tensor]:
+    """Each layer's heads keep their windows (``must`` [H]) and share the layer's ``extra`` tokens evenly within
+    capacity, rounded by largest remainder; all layers at once, on the host (the counts come back there)."""
+    must_all = torch.stack(list(must)).cpu().long()  # [L, H]
     heads = must_all.shape[1]
     cap = torch.tensor(caps, dtype=torch.long)[:, None]
-    rest = (torch.tensor(layer_totals, dtype=torch.long) - must_all.sum(-1)).clamp(min=0)  # [L]
+    rest = torch.tensor(extra, dtype=torch.long).clamp(min=0)  # [L]
     room = (cap - must_all).clamp(min=0).double()
     wanted = torch.minimum(rest[:, None].double() / heads, room)
     return list((must_all + _round_rows(wanted, torch.minimum(rest, room.sum(-1).long()), room)).unbind(0))
@@ -269,8 +269,8 @@ def _cake(norm, must, caps, total, stats):
     fixed = [int(m.sum()) for m in must]
     room = torch.tensor([cap * m.shape[0] - f for cap, m, f in zip(caps, must, fixed)], dtype=torch.float64)
     shares = waterfill(max(total - sum(fixed), 0), preference, room.clamp(min=0))
-    layer_totals = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]
-    return [c.to(device) for c in _even([f + int(t) for f, t in zip(fixed, layer_totals.tolist())], must, caps)]
+    extra = round_to_total(shares[None], int(shares.sum().round()), room.clamp(min=0)[None])[0]  # past the windows
+    return [c.to(device) for c in _even(extra.tolist(), must, caps)]
 
 
 @_register("dynamickv")
@@ -283,6 +283,5 @@ def _dynamickv(norm, must, caps, total, stats, ratio: float = 2.0):
     pool = torch.where(rank[None, None, :] < limits, pool, torch.full_like(pool, float("-inf")))
     rest = total - _spent(must)
     per_layer = _take(pool, max(rest, 0)).sum(-1)  # [L]
-    device, must = must[0].device, _host(must)
-    totals = (torch.stack(must).sum(-1) + per_layer.cpu()).tolist()
-    return [c.to(device) for c in _even(totals, must, caps)]
+    device = must[0].device
+    return [c.to(device) for c in _even(per_layer.tolist(), _host(must), caps)]

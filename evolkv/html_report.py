@@ -34,9 +34,9 @@ def _how_chosen(detail: dict) -> list[str]:
     lines = []
     arms = (detail.get("derived") or {}).get("arms")
     if arms:
-        lines.append(f"Arms searched (scorer and rule): {', '.join(arms['searched'])}; {arms['continued']} continued"
-                     + (f", then its priors per KV head ({arms['head_priors']} generations)." if arms.get("head_priors")
-                        else "."))
+        from evolkv.report import continued
+
+        lines.append(f"Arms searched (scorer and rule): {', '.join(arms['searched'])}; {continued(arms)}.")
     evidence = ((detail.get("winner") or {}).get("selection") or {}).get("selection_evidence") or {}
     race = evidence.get("race")
     if race:

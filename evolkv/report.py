@@ -30,6 +30,12 @@ def short_model(name: str) -> str:
     return parts[-1] if name.startswith(("/", ".", "~")) and parts else name
 
 
+def continued(arms: dict[str, Any]) -> str:
+    """What a run's ``derived.arms`` says of the arm that continued (and its stage per KV head, where it had one)."""
+    heads = arms.get("head_priors")
+    return f"{arms['continued']} continued" + (f", then its priors per KV head ({heads} generations)" if heads else "")
+
+
 def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail, indent=2))
@@ -101,8 +107,7 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if arms:
         best = arms.get("best") or {}
         console.print("arms searched (scorer and rule, best told value; 1 = uniform): " + ", ".join(
-            f"{name} {fmt(best.get(name), 3)}" for name in arms["searched"]) + f"; {arms['continued']} continued"
-            + (f", then its priors per KV head ({arms['head_priors']} generations)" if arms.get("head_priors") else ""),
+            f"{name} {fmt(best.get(name), 3)}" for name in arms["searched"]) + f"; {continued(arms)}",
             soft_wrap=True)
     stopped = (detail.get("derived") or {}).get("stopped_by_time")
     if stopped:

@@ -184,7 +184,6 @@ def knob_variants(scorer: ScorerSpec, count: int) -> list[ScorerSpec]:
     return variants[:count]
 
 
-
 @dataclass(frozen=True)
 class Arm:
     """The discrete part of a policy: the scorer that ranks the tokens and the rule that spends the budget.
