@@ -271,19 +271,27 @@ def test_per_head_precisions_refine_the_per_layer_front_and_resume(model_dirs, t
     assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in straight["front"]]
 
 
+def _arms_search(model_dirs, tmp_path, baselines):
+    """A 4-generation --arms 2 --per-head search of the tiny Qwen3 (2 KV heads) against ``baselines``: (settings,
+    the loaded model, its executor, the store in tmp_path/a.db, the result, every config scored by hash)."""
+    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
+                              population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
+                              baselines=baselines, arms=2)
+    loaded, executor = make_executor(settings)
+    store = Store(str(tmp_path / "a.db"))
+    with _recording(executor) as seen:
+        result = run_search(settings, loaded.spec, executor, store)
+    return settings, loaded, executor, store, result, seen
+
+
 def test_the_search_starts_each_arm_at_its_best_baseline_continues_the_best_and_resumes(model_dirs, tmp_path):
     """--arms 2: the best baseline's policy (scorer and rule) and the next best distinct one are searched a
     generation each, each started at its baselines, then the arm with the lowest told value continues with the
     rest of the generations; an interruption there resumes to the same winner."""
     from evolkv.search.space import Arm
 
-    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
-                              population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
-                              baselines=["uniform", "adakv", "globaltopk", "cake"], arms=2)
-    loaded, executor = make_executor(settings)
-    store = Store(str(tmp_path / "a.db"))
-    with _recording(executor) as seen:
-        straight = run_search(settings, loaded.spec, executor, store)
+    settings, loaded, executor, store, straight, seen = _arms_search(model_dirs, tmp_path,
+                                                                     ["uniform", "adakv", "globaltopk", "cake"])
     assert straight["status"] == "finished"
     arms = store.run(straight["id"]).derived["arms"]
     assert len(arms["searched"]) == 2 and arms["continued"] in arms["searched"] and arms["first_round"] == 1
@@ -327,13 +335,7 @@ def test_a_continued_per_prompt_arm_searches_its_priors_per_kv_head_last(model_d
                 self.arm_best[arm] = math.inf
 
     monkeypatch.setattr(TokenSearch, "observe", favour_per_prompt)
-    settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
-                              population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
-                              baselines=["uniform", "globaltopk"], arms=2)
-    loaded, executor = make_executor(settings)
-    store = Store(str(tmp_path / "a.db"))
-    with _recording(executor) as seen:
-        result = run_search(settings, loaded.spec, executor, store)
+    _, _, _, store, result, seen = _arms_search(model_dirs, tmp_path, ["uniform", "globaltopk"])
     assert result["status"] == "finished"
     arms = store.run(result["id"]).derived["arms"]
     assert arms["continued"].startswith("globaltopk") and arms["rest"] == 2 and arms["head_priors"] == 1
