@@ -211,6 +211,12 @@ def search(
                              "share), each started at its best baseline: half the generations are shared between "
                              "them, the best continues with the rest. 1: only the best baseline's policy; 0: static "
                              "budgets with --scorer only."),
+    arm_search: str = typer.Option("halving", help="tokens, two or more --arms: how the arms share the generations. "
+                                   "halving: each arm its own --optimizer (CMA-ES) from its best baseline, an equal "
+                                   "share of half the generations each, then the best arm the rest. tpe: one optuna "
+                                   "TPE study picks the arm per candidate (a categorical) and each arm's genes "
+                                   "conditional on it, its first trials every arm's baselines, for as many "
+                                   "candidates."),
     knobs: int = typer.Option(0, min=0, help="tokens: also search the best arm's rule with --scorer at this many other "
                               "knob settings (observation window 32, pooling kernel 1, both, window 16 with kernel 7), "
                               "each an arm of its own in the successive halving; each adds a ranking per sample at "
@@ -273,7 +279,7 @@ def search(
                               tolerance=tolerance,
                               objective=objective,
                               finalists=finalists, length=length, per_head=per_head, groups=groups, arms=arms,
-                              knobs=knobs,
+                              knobs=knobs, arm_search=arm_search,
                               scorer=_split(scorers)[0] if scorers else scorer, scorers=_split(scorers or ""),
                               query_aware=query_aware, baselines=_split(baselines), batch_size=batch_size,
                               device=device, dtype=dtype)

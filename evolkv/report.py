@@ -33,7 +33,11 @@ def short_model(name: str) -> str:
 def continued(arms: dict[str, Any]) -> str:
     """What a run's ``derived.arms`` says of the arm that continued (and its stage per KV head, where it had one)."""
     heads = arms.get("head_priors")
-    return f"{arms['continued']} continued" + (f", then its priors per KV head ({heads} generations)" if heads else "")
+    went = f"{arms['continued']} continued"
+    if arms.get("arm_search") == "tpe":  # one study over every arm: how many candidates each was given
+        given = ", ".join(f"{name} {count}" for name, count in (arms.get("trials") or {}).items())
+        went = f"one TPE study over the arms ({given} candidates); {arms['continued']} best"
+    return went + (f", then its priors per KV head ({heads} generations)" if heads else "")
 
 
 def print_detail(detail: dict[str, Any], as_json: bool) -> None:

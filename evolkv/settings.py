@@ -19,6 +19,7 @@ from evolkv.errors import EvolKVError
 
 MODES = ("tokens", "quant", "joint")
 EXECUTORS = ("local", "ray")
+ARM_SEARCHES = ("halving", "tpe")
 DEFAULT_BASELINES = ("full", "uniform", "pyramid", "adakv", "streaming", "globaltopk", "prefixkv", "cake",
                      "dynamickv", "kvzip")
 
@@ -152,11 +153,14 @@ class OptimizerSettings:
     step: float = 0.15  # tokens, cmaes: the initial step, relative to the genes' range
     restarts: int = 0  # tokens, cmaes: restarts from the incumbent at twice the step when the search stalls
     time: float = 0.0  # seconds the optimiser's generations may take (0: no limit; ``parse_duration``)
+    arm_search: str = "halving"  # tokens, two or more arms: halving (each arm its --optimizer) | tpe (one study)
 
     def validate(self, objectives: int) -> None:
         from evolkv.search.optimizers import check_objectives
 
         check_objectives(self.optimizer, objectives)
+        if self.arm_search not in ARM_SEARCHES:
+            raise EvolKVError(f"--arm-search must be {' or '.join(ARM_SEARCHES)}, not {self.arm_search!r}")
 
 
 @dataclass

@@ -281,6 +281,32 @@ def test_a_searched_leader_ships_only_beyond_the_paired_interval():
     assert not evidence["within_noise_of_uniform"]
 
 
+def test_a_searched_leader_tied_with_a_baseline_ships_when_it_beats_uniform_and_uniform_is_the_simplest():
+    """Within noise of the best baseline but better than uniform on every sample, the searched leader ships (the
+    lowest mean is the best estimate); a baseline that leads but is within noise of uniform gives way to uniform."""
+    from evolkv.evaluators.evaluator import LOG_KL_FLOOR
+    from evolkv.search.selection import choose_paired
+    from evolkv.search.tokens import _passed_over_reasons
+
+    n = 24
+    uniform = [0.5 + 0.1 * (i % 3) for i in range(n)]
+    base = {"baseline:uniform": _per_sample(uniform)}
+    search = {"baseline:uniform": _per_sample(uniform)}
+    adakv = [u * 0.8 for u in uniform]
+    leader = [u * (0.55 if i % 2 else 0.98) for i, u in enumerate(uniform)]  # ties adakv, beats uniform
+    label, evidence = choose_paired({**base, "baseline:adakv": _per_sample(adakv), "finalist:0": _per_sample(leader)},
+                                    {**search, "baseline:adakv": _per_sample(adakv)}, LOG_KL_FLOOR)
+    assert label == "finalist:0" and evidence["within_noise"] and evidence["vs_best_baseline"]["high"] >= 1.0
+    assert "beats uniform beyond noise" in evidence["reason"]
+    noisy = [u * (0.7 if i % 2 else 1.25) for i, u in enumerate(uniform)]  # leads uniform on average only
+    label, evidence = choose_paired({**base, "baseline:cake": _per_sample(noisy)},
+                                    {**search, "baseline:cake": _per_sample(noisy)}, LOG_KL_FLOOR)
+    assert evidence["leader"] == "baseline:cake" and label == "baseline:uniform"
+    assert evidence["simplest"] == "baseline:cake" and "uniform, the simplest config, ships" in evidence["reason"]
+    reasons = _passed_over_reasons({"baseline:cake": 0.95}, label, evidence)
+    assert "within noise of uniform" in reasons["baseline:cake"]
+
+
 def test_close_calls_name_the_contenders_within_noise_of_the_leader_and_pooled_scores_decide():
     """A searched leader tied with a baseline on a few validation samples is raced; after more samples where it
     is better on every one, it ships."""

@@ -241,6 +241,13 @@ def test_bad_run_ids_are_one_line_and_touch_nothing(tmp_path):
     assert invoke("runs", "show", "ef0d", "--db", db).exit_code == 0
 
 
+def test_an_unknown_arm_search_is_one_line_naming_the_choices(tmp_path):
+    db = tmp_path / "x.db"
+    line = one_line_error(invoke("search", "--budget", "10%", "--arm-search", "bandit", "--db", db))
+    assert "halving or tpe" in line and "'bandit'" in line
+    assert not db.exists() or not Store(str(db)).runs()
+
+
 # -- the bad-input matrix: every command x every kind of malformed input -----------------------------------
 
 KINDS = ("budget", "model", "config", "db", "run id", "task file", "device", "dtype")

@@ -271,12 +271,13 @@ def test_per_head_precisions_refine_the_per_layer_front_and_resume(model_dirs, t
     assert [p["bits"] for p in resumed["front"]] == [p["bits"] for p in straight["front"]]
 
 
-def _arms_search(model_dirs, tmp_path, baselines):
-    """A 4-generation --arms 2 --per-head search of the tiny Qwen3 (2 KV heads) against ``baselines``: (settings,
-    the loaded model, its executor, the store in tmp_path/a.db, the result, every config scored by hash)."""
+def _arms_search(model_dirs, tmp_path, baselines, **more):
+    """A 4-generation --arms 2 --per-head search of the tiny Qwen3 (2 KV heads) against ``baselines`` (``more``:
+    other settings): (settings, the loaded model, its executor, the store in tmp_path/a.db, the result, every
+    config scored by hash)."""
     settings = SearchSettings(model=model_dirs["qwen3"], budget="20%", optimizer="cmaes", generations=4,
                               population=4, samples=1, length=200, tasks=["passkey"], per_head=True,
-                              baselines=baselines, arms=2)
+                              baselines=baselines, arms=2, **more)
     loaded, executor = make_executor(settings)
     store = Store(str(tmp_path / "a.db"))
     with _recording(executor) as seen:
@@ -344,6 +345,39 @@ def test_a_continued_per_prompt_arm_searches_its_priors_per_kv_head_last(model_d
     assert last and all(Arm.of(cfg).name == arms["continued"] for cfg in last)
     assert len({tuple(layer.budget for layer in cfg.layers) for cfg in last}) == 1  # the layers' priors held
     assert any(layer.heads != (0.5, 0.5) for cfg in last for layer in cfg.layers)  # the heads' split searched
+
+
+def test_arm_search_tpe_searches_the_arms_in_one_study_started_at_their_baselines(model_dirs, tmp_path):
+    """--arm-search tpe: one TPE study over the arms for the generations halving would share, every arm's
+    baselines its first trials (the best baseline among them), each candidate a point of the arm it picked; the
+    run resumes to the same winner."""
+    from evolkv.config import Budget, ScorerSpec
+    from evolkv.search.baselines import baseline
+    from evolkv.search.space import Arm
+
+    settings, loaded, executor, store, straight, seen = _arms_search(
+        model_dirs, tmp_path, ["uniform", "adakv", "globaltopk", "cake"], arm_search="tpe")
+    assert straight["status"] == "finished"
+    arms = store.run(straight["id"]).derived["arms"]
+    assert arms["arm_search"] == "tpe" and arms["generations"] == 4 and len(arms["searched"]) == 2
+    assert sum(arms["trials"].values()) == 4 * settings.search.population
+    from evolkv.report import continued
+
+    assert continued(arms).startswith("one TPE study over the arms (") and f"{arms['continued']} best" in continued(arms)
+    rows = store.evaluations(straight["id"])
+    baseline_kl = {row.label.removeprefix("baseline:"): row.objective for row, _ in rows
+                   if row.stage == "baseline" and row.split == "search" and row.label != "baseline:full"}
+    best = baseline(min(baseline_kl, key=baseline_kl.get), loaded.spec, Budget.parse("20%"),
+                    ScorerSpec(settings.space.scorer, window=settings.space.window))
+    first = _generation(rows, seen, 0)
+    assert best.hash() in {cfg.hash() for cfg in first}  # the best baseline is one of the study's first trials
+    for generation in range(4):
+        assert {Arm.of(cfg).name for cfg in _generation(rows, seen, generation)} <= set(arms["searched"])
+    store = Store(str(tmp_path / "b.db"))
+    with pytest.raises(SearchInterrupted) as stopped:
+        run_search(settings, loaded.spec, Interrupting(executor, stop_at=3), store)
+    resumed = run_search(settings, loaded.spec, executor, store, run_id=stopped.value.run_id)
+    assert resumed["winner"]["config_hash"] == straight["winner"]["config_hash"]
 
 
 def test_head_priors_decode_even_genes_to_the_incumbent_and_weigh_each_kv_head():

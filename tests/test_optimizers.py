@@ -176,3 +176,27 @@ def test_cmaes_spends_no_generation_on_a_start_it_was_told():
         X = restarting.ask()
         restarting.tell(X, 1.0 + (X ** 2).sum(axis=1))
     assert restarting.restarts == 0 and restarting.ask().shape == (6, N)
+
+
+def test_arm_tpe_asks_the_seeds_first_and_only_the_picked_arms_genes():
+    """``--arm-search tpe``: a point is gene 0 (the arm) and each arm's genes in turn; the seeds (each arm's starts)
+    are the first trials, and a candidate of one arm leaves the other arm's genes at that arm's start."""
+    from evolkv.search.optuna_backend import ArmTPE
+
+    segments = [("a", 1, 2), ("b", 3, 3)]
+    lower = np.array([0.0, -3, -3, -3, -3, -3])
+    upper = np.array([1.5, 3, 3, 3, 3, 3])
+    seeds = np.array([[1.5, 0.1, 0.2, 1.0, 1.0, 1.0], [0.5, 2.0, 2.0, 0.3, 0.3, 0.3]])
+    opt = ArmTPE(segments, 6, lower, upper, population=8, seed=0, x0=seeds)
+    seen = {"a": 0, "b": 0}
+    for generation in range(4):
+        X = opt.ask()
+        if generation == 0:  # the seeds, each as a point of its own arm
+            assert np.allclose(X[0, [0, 3, 4, 5]], seeds[0, [0, 3, 4, 5]]) and np.allclose(X[1, :3], seeds[1, :3])
+        for x in X:
+            arm = "b" if x[0] >= 1 else "a"
+            seen[arm] += 1
+            other = slice(3, 6) if arm == "a" else slice(1, 3)
+            assert np.allclose(x[other], [1.0] * 3 if arm == "a" else [2.0, 2.0])  # the other arm at its start
+        opt.tell(X, np.where(X[:, 0] >= 1, ((X[:, 3:] - 1) ** 2).sum(axis=1), 5.0))  # arm b pays
+    assert seen["a"] and seen["b"] > seen["a"] and opt.best_f < 0.5

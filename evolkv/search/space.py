@@ -287,3 +287,56 @@ class HeadPriors:
 
     def encode(self, cfg: KVConfig) -> np.ndarray:
         return np.clip(head_genes(cfg), -BOUND, BOUND)
+
+
+@dataclass
+class ArmChoice:
+    """Every arm's genes in one vector (``--arm-search tpe``): gene 0 picks the arm (``floor``: ``[0, 1)`` the
+    first, ``[1, 2)`` the second, ...), then each arm's view's genes in turn; a candidate decodes through the
+    picked arm's view alone, so the genes of the arms not picked do not matter (``ArmTPE`` leaves them at their
+    starts)."""
+
+    arms: list[Arm]
+    views: list  # each arm's view: ``PolicySpace``, or the home arm's ``BudgetSpace`` / ``SubSpace``
+
+    @property
+    def offsets(self) -> list[int]:
+        return [1 + sum(view.n_var for view in self.views[:i]) for i in range(len(self.views))]
+
+    @property
+    def n_var(self) -> int:
+        return 1 + sum(view.n_var for view in self.views)
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lower = np.concatenate([[0.0], *(view.bounds[0] for view in self.views)])
+        upper = np.concatenate([[len(self.views) - 0.5], *(view.bounds[1] for view in self.views)])
+        return lower, upper
+
+    def part(self, x: np.ndarray) -> tuple[int, object, np.ndarray]:
+        """The picked arm's index, its view and its genes in ``x``."""
+        index = int(np.clip(np.floor(x[0]), 0, len(self.views) - 1))
+        first = self.offsets[index]
+        return index, self.views[index], np.asarray(x[first:first + self.views[index].n_var])
+
+    def decode(self, x: np.ndarray) -> KVConfig:
+        _, view, genes = self.part(x)
+        return view.decode(genes)
+
+    def encode(self, cfg: KVConfig, index: int, fill: np.ndarray | None = None) -> np.ndarray:
+        """``cfg`` as a point of arm ``index`` (the other arms' genes from ``fill``, else zero)."""
+        x = np.zeros(self.n_var) if fill is None else np.array(fill, dtype=np.float64)
+        first = self.offsets[index]
+        x[0] = index + 0.5
+        x[first:first + self.views[index].n_var] = self.views[index].encode(cfg)
+        return x
+
+    @property
+    def names(self) -> list[str]:
+        """Each arm's name (with its scorer's knobs where two arms share a name, ``--knobs``)."""
+        names = [arm.name for arm in self.arms]
+        return [f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms]
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """(name, first gene, gene count) of each arm (``ArmTPE``)."""
+        return [(name, first, view.n_var) for name, first, view in zip(self.names, self.offsets, self.views)]

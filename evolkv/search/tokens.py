@@ -15,7 +15,8 @@ from evolkv.search.baselines import baseline, scorer_choices
 from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
-from evolkv.search.space import Arm, BudgetSpace, HeadPriors, PolicySpace, SubSpace, knob_variants
+from evolkv.search.optuna_backend import ArmTPE
+from evolkv.search.space import Arm, ArmChoice, BudgetSpace, HeadPriors, PolicySpace, SubSpace, knob_variants
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
@@ -68,7 +69,8 @@ class TokenSearch(Strategy):
         self.arm_best: dict[Arm, float] = {}  # the best told value found in each arm
         self.arm_best_cfg: dict[Arm, KVConfig] = {}  # and the config that has it
         self.home_best = math.inf  # the incumbent's told value (the home arm's best)
-        self._view_arm: dict[int, Arm] = {}
+        self._view_arm: dict[int, Arm | ArmChoice] = {}  # a view's arm (``ArmChoice``: the arm of each candidate)
+        self._trials_per_arm: dict[str, int] = {}  # --arm-search tpe: the candidates each arm was given
         self.total_generations = sum(count for _, count, _ in _schedule(settings, self.space))
 
     def relative(self, score: Score, ref: Score | None) -> float:
@@ -159,6 +161,9 @@ class TokenSearch(Strategy):
         if self.arms == [self.home]:
             yield from self._home_blocks(job, _schedule(self.settings, self.space))
             return
+        if len(self.arms) > 1 and self.settings.search.arm_search == "tpe":
+            yield from self._tpe_blocks(job)
+            return
         first, rest, _ = self._arm_generations()
         start, started = 0, {}
         if len(self.arms) > 1:
@@ -170,12 +175,8 @@ class TokenSearch(Strategy):
                 started[arm] = (view, optimizer)
                 yield view, optimizer, range(start, start + first)
                 start += first
-        best = min(self.arms, key=lambda arm: (self.arm_best.get(arm, math.inf), self.arms.index(arm)))
-        names = [arm.name for arm in self.arms]  # with --knobs, arms that share a name say their scorer's knobs
-        names = {arm: f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms}
-        arms = {"searched": [names[arm] for arm in self.arms], "continued": names[best],
-                "best": {names[arm]: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms},
-                "first_round": first, "rest": rest}
+        best = self._best_arm()
+        arms = {**self._arms_found(best), "first_round": first, "rest": rest}
         job.derive(arms=arms)
         if not rest:
             return
@@ -184,12 +185,67 @@ class TokenSearch(Strategy):
             return
         view, optimizer = started.get(best) or self._arm_start(best, start)
         yield view, optimizer, range(start, start + rest)
-        heads = rest // 2 if self._head_stage(best) else 0
-        if heads and best in self.arm_best_cfg:  # coarse to fine, as the home arm: then each layer's heads
-            view = HeadPriors(self.arm_best_cfg[best])
-            yield view, self._optimizer(view, best, start + rest, view.encode(view.incumbent)[None],
-                                        self.arm_best[best]), range(start + rest, start + rest + heads)
-            job.derive(arms={**arms, "head_priors": heads})
+        yield from self._head_priors(job, best, start + rest, rest // 2, arms)
+
+    def _best_arm(self) -> Arm:
+        return min(self.arms, key=lambda arm: (self.arm_best.get(arm, math.inf), self.arms.index(arm)))
+
+    def _arms_found(self, best: Arm) -> dict:
+        """What ``derived.arms`` says of the arms: their names, the best told value of each, the one that goes on."""
+        names = [arm.name for arm in self.arms]  # with --knobs, arms that share a name say their scorer's knobs
+        names = {arm: f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms}
+        return {"searched": [names[arm] for arm in self.arms], "continued": names[best],
+                "best": {names[arm]: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms}}
+
+    def _head_priors(self, job, arm: Arm, start: int, count: int, arms: dict):
+        """A per-prompt arm's stage per KV head, coarse to fine as the home arm's: each layer's split of its
+        priors, started at the arm's best (``HeadPriors``)."""
+        if not count or not self._head_stage(arm) or arm not in self.arm_best_cfg:
+            return
+        view = HeadPriors(self.arm_best_cfg[arm])
+        yield view, self._optimizer(view, arm, start, view.encode(view.incumbent)[None],
+                                    self.arm_best[arm]), range(start, start + count)
+        job.derive(arms={**arms, "head_priors": count})
+
+    def _tpe_blocks(self, job):
+        """``--arm-search tpe``: the arms side by side in one TPE study (``ArmTPE``) for as many generations as
+        successive halving gives them all, each arm's genes conditional on it and every arm's baselines (the best
+        first) its first trials; then the best arm's stage per KV head, as with halving."""
+        first, rest, _ = self._arm_generations()
+        count = first * len(self.arms) + rest
+        views = []
+        for arm in self.arms:
+            if arm == self.home:
+                view = next(iter(_schedule(self.settings, self.space, count)))[2]
+                if isinstance(view, SubSpace):
+                    view.incumbent = self.incumbent
+            else:
+                view = PolicySpace(dataclasses.replace(self.space, scorer=arm.scorer, choices=()), arm)
+            views.append(view)
+        choice = ArmChoice(self.arms, views)
+        starts = [(told, index, cfg) for index, arm in enumerate(self.arms)
+                  for told, cfg in (self.arm_seeds.get(arm) or [(self.home_best, self.space.decode(self.incumbent))])]
+        starts.sort(key=lambda item: item[0])
+        fill = np.zeros(choice.n_var)
+        for _, index, cfg in reversed(starts):
+            fill = choice.encode(cfg, index, fill)
+        x0 = np.stack([choice.encode(cfg, index, fill) for _, index, cfg in starts])
+        lower, upper = choice.bounds
+        optimizer = ArmTPE(choice.segments(), choice.n_var, lower, upper, population=self.settings.search.population,
+                           seed=self.settings.seed, x0=np.clip(x0, lower, upper))
+        self._view_arm[id(choice)] = choice
+        yield choice, optimizer, range(0, count)
+        best = self._best_arm()
+        arms = {**self._arms_found(best), "arm_search": "tpe", "generations": count,
+                "trials": self._trials_per_arm}
+        job.derive(arms=arms)
+        heads = rest // 2
+        if best == self.home:
+            if heads and self._head_stage(best):
+                stage = list(_schedule(self.settings, self.space, rest, count))[1:]
+                yield from self._home_blocks(job, [(count, heads, view) for _, _, view in stage])
+            return
+        yield from self._head_priors(job, best, count, heads, arms)
 
     def _arm_start(self, arm: Arm, start: int):
         """An arm's view (``PolicySpace``) and its optimiser, started at its baselines (its best first)."""
@@ -254,8 +310,13 @@ class TokenSearch(Strategy):
         return np.array([self.relative(s, self.ref) for s in scores])
 
     def observe(self, view, X, configs, scores):
-        arm = self._view_arm.get(id(view), self.home)
+        owner = self._view_arm.get(id(view), self.home)  # an ``ArmChoice``: each candidate's own arm
         for x, f, cfg, score in zip(X, self.told(scores), configs, scores):
+            arm, part, genes = owner, view, x
+            if isinstance(owner, ArmChoice):
+                index, part, genes = owner.part(x)
+                arm = owner.arms[index]
+                self._trials_per_arm[owner.names[index]] = self._trials_per_arm.get(owner.names[index], 0) + 1
             if cfg is not None and np.isfinite(f):
                 self.history.setdefault(cfg.hash(), (cfg, []))[1].append(float(f))
                 if f < self.arm_best.get(arm, math.inf):
@@ -264,7 +325,7 @@ class TokenSearch(Strategy):
                 self.best_f, self.best_cfg, self.best_kl = float(f), cfg, score.objective
             if arm == self.home and f < self.home_best:
                 self.home_best = float(f)
-                self.incumbent = view.full(x) if isinstance(view, SubSpace) else np.array(x)
+                self.incumbent = part.full(genes) if isinstance(part, SubSpace) else np.array(genes)
 
     def best(self):
         return self.best_kl if self.best_cfg is not None else None
@@ -359,8 +420,10 @@ def _passed_over_reasons(passed: dict[str, float], chosen: str, evidence: dict) 
     mine = ratios.get(chosen)
     reasons = {}
     for label in passed:
-        if label == evidence.get("leader") and evidence.get("within_noise"):
-            reasons[label] = "led, but within noise of the best baseline: the simpler config ships"
+        if label == evidence.get("simplest"):
+            reasons[label] = "led, but within noise of uniform: uniform, the simplest config, ships"
+        elif label == evidence.get("leader") and evidence.get("within_noise"):
+            reasons[label] = "led, but within noise of the best baseline and of uniform: the simpler config ships"
         elif label in ratios and mine is not None:
             reasons[label] = (f"its per-sample loss ratio to uniform, {ratios[label]:.3f}, is above the winner's "
                               f"{mine:.3f}: a lower mean from a few samples")
