@@ -133,6 +133,11 @@ def pooled(first: Score, more: Score) -> Score:
     return Score(objective, {"per_sample": [*a, *b]}, duration_s=first.duration_s + more.duration_s)
 
 
+def _against_uniform(ratios: list[float]) -> dict[str, float]:
+    """The paired comparison of per-sample log ratios to uniform with uniform itself (every ratio 0)."""
+    return compare(ratios, [0.0] * len(ratios))
+
+
 def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor: float) -> tuple[str, dict[str, Any]]:
     """``--choose paired`` (the default): the winner by per-sample statistics, not by a mean of a few heavy-tailed
     values. Each contender's per-sample log loss ratio to uniform (log(KL + ``floor``) minus uniform's, on the same
@@ -179,7 +184,7 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
                    f"within noise of {best_baseline.removeprefix('baseline:')} (paired 95% interval of its ratio "
                    f"[{math.exp(c['low']):.3f}, {math.exp(c['high']):.3f}]"
                    f"{' holds 1' if c['high'] >= 0.0 else f', fewer than {MIN_PAIRED} samples'})")
-            u = compare(ratios[leader][:n], [0.0] * n)
+            u = _against_uniform(ratios[leader][:n])
             if u["high"] < 0.0 and n >= MIN_PAIRED:
                 evidence["reason"] = (f"{led}; it beats uniform beyond noise ([{math.exp(u['low']):.3f}, "
                                       f"{math.exp(u['high']):.3f}] below 1), so the best estimate ships")
@@ -194,15 +199,14 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
         evidence["reason"] = (f"{leader.removeprefix('baseline:')} has the lowest mean per-sample ratio to uniform "
                               f"({math.exp(gains[leader]):.3f} on {len(ratios[leader])} samples, search and "
                               "validation pooled for a baseline)")
-    if winner.startswith("baseline:") and winner != ref:  # among baselines uniform is the simplest: another
-        # ships only beyond noise of it
-        u = compare(ratios[winner], [0.0] * len(ratios[winner]))
-        if u["high"] >= 0.0 or len(ratios[winner]) < MIN_PAIRED:
-            evidence["simplest"] = winner
-            evidence["reason"] += (f"; {winner.removeprefix('baseline:')} is within noise of uniform (paired 95% "
-                                   f"interval [{math.exp(u['low']):.3f}, {math.exp(u['high']):.3f}] holds 1): "
-                                   "uniform, the simplest config, ships")
-            winner = ref
+    u = _against_uniform(ratios[winner]) if winner != ref else None
+    if winner.startswith("baseline:") and u is not None and (u["high"] >= 0.0 or len(ratios[winner]) < MIN_PAIRED):
+        # among baselines uniform is the simplest: another ships only beyond noise of it
+        evidence["simplest"] = winner
+        evidence["reason"] += (f"; {winner.removeprefix('baseline:')} is within noise of uniform (paired 95% "
+                               f"interval [{math.exp(u['low']):.3f}, {math.exp(u['high']):.3f}] holds 1): "
+                               "uniform, the simplest config, ships")
+        winner, u = ref, None
     same = ratios[winner]  # a contender with the winner's very per-sample values is the same config (AdaKV on one
     # KV head is uniform): the runner-up is the best one that differs
     runner = next((label for label in ranked if label != winner and ratios[label] != same[:len(ratios[label])]),
@@ -213,9 +217,8 @@ def choose_paired(validation: dict[str, Score], search: dict[str, Score], floor:
         evidence["vs_runner_up"] = {"config": runner, "ratio": round(math.exp(c["gap"]), 4),
                                     "low": round(math.exp(c["low"]), 4), "high": round(math.exp(c["high"]), 4),
                                     "samples": common}
-    if winner != ref:
-        c = compare(ratios[winner], [0.0] * len(ratios[winner]))
-        evidence["vs_uniform"] = {"ratio": round(math.exp(c["gap"]), 4), "low": round(math.exp(c["low"]), 4),
-                                  "high": round(math.exp(c["high"]), 4), "samples": len(ratios[winner])}
+    if u is not None:
+        evidence["vs_uniform"] = {"ratio": round(math.exp(u["gap"]), 4), "low": round(math.exp(u["low"]), 4),
+                                  "high": round(math.exp(u["high"]), 4), "samples": len(ratios[winner])}
     evidence["within_noise_of_uniform"] = winner == ref or evidence["vs_uniform"]["high"] >= 1.0
     return winner, evidence

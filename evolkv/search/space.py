@@ -220,6 +220,12 @@ class Arm:
         return cls(cfg.scorer, rule)
 
 
+def arm_names(arms: list[Arm]) -> list[str]:
+    """Each arm's name, with its scorer's knobs where two arms share a name (``--knobs``)."""
+    names = [arm.name for arm in arms]
+    return [f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in arms]
+
+
 @dataclass
 class PolicySpace:
     """One arm's genes: ``L`` layer log-weights (the layers' budgets, as ``BudgetSpace`` decodes them) and, for a
@@ -323,9 +329,9 @@ class ArmChoice:
         _, view, genes = self.part(x)
         return view.decode(genes)
 
-    def encode(self, cfg: KVConfig, index: int, fill: np.ndarray | None = None) -> np.ndarray:
-        """``cfg`` as a point of arm ``index`` (the other arms' genes from ``fill``, else zero)."""
-        x = np.zeros(self.n_var) if fill is None else np.array(fill, dtype=np.float64)
+    def encode(self, cfg: KVConfig, index: int) -> np.ndarray:
+        """``cfg`` as a point of arm ``index`` (the other arms' genes zero: nothing reads them)."""
+        x = np.zeros(self.n_var)
         first = self.offsets[index]
         x[0] = index + 0.5
         x[first:first + self.views[index].n_var] = self.views[index].encode(cfg)
@@ -333,9 +339,7 @@ class ArmChoice:
 
     @property
     def names(self) -> list[str]:
-        """Each arm's name (with its scorer's knobs where two arms share a name, ``--knobs``)."""
-        names = [arm.name for arm in self.arms]
-        return [f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms]
+        return arm_names(self.arms)
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(name, first gene, gene count) of each arm (``ArmTPE``)."""

@@ -16,7 +16,8 @@ from evolkv.search.objectives import aggregate, typical_ratio
 from evolkv.search.optimizers import make_optimizer
 from evolkv.search.selection import admits, choose_on_validation, choose_paired, close_calls, metric_guard, pooled
 from evolkv.search.optuna_backend import ArmTPE
-from evolkv.search.space import Arm, ArmChoice, BudgetSpace, HeadPriors, PolicySpace, SubSpace, knob_variants
+from evolkv.search.space import (Arm, ArmChoice, BudgetSpace, HeadPriors, PolicySpace, SubSpace, arm_names,
+                                 knob_variants)
 from evolkv.search.strategy import Outcome, Strategy
 from evolkv.settings import SearchSettings
 from evolkv.store.models import Stage
@@ -192,8 +193,7 @@ class TokenSearch(Strategy):
 
     def _arms_found(self, best: Arm) -> dict:
         """What ``derived.arms`` says of the arms: their names, the best told value of each, the one that goes on."""
-        names = [arm.name for arm in self.arms]  # with --knobs, arms that share a name say their scorer's knobs
-        names = {arm: f"{arm.rule}:{arm.scorer.key}" if names.count(arm.name) > 1 else arm.name for arm in self.arms}
+        names = dict(zip(self.arms, arm_names(self.arms)))
         return {"searched": [names[arm] for arm in self.arms], "continued": names[best],
                 "best": {names[arm]: _finite(self.arm_best.get(arm, math.inf)) for arm in self.arms}}
 
@@ -225,11 +225,9 @@ class TokenSearch(Strategy):
         choice = ArmChoice(self.arms, views)
         starts = [(told, index, cfg) for index, arm in enumerate(self.arms)
                   for told, cfg in (self.arm_seeds.get(arm) or [(self.home_best, self.space.decode(self.incumbent))])]
-        starts.sort(key=lambda item: item[0])
-        fill = np.zeros(choice.n_var)
-        for _, index, cfg in reversed(starts):
-            fill = choice.encode(cfg, index, fill)
-        x0 = np.stack([choice.encode(cfg, index, fill) for _, index, cfg in starts])
+        starts.sort(key=lambda item: item[0])  # each arm's best start first: ArmTPE keeps it as the arm's genes
+        # while another arm is picked
+        x0 = np.stack([choice.encode(cfg, index) for _, index, cfg in starts])
         lower, upper = choice.bounds
         optimizer = ArmTPE(choice.segments(), choice.n_var, lower, upper, population=self.settings.search.population,
                            seed=self.settings.seed, x0=np.clip(x0, lower, upper))
